@@ -1,0 +1,82 @@
+# The user interface: configuration through kconfiglib, the test matrix, reports.
+# `make help` lists the targets. The first `make` builds .venv from requirements.txt.
+
+PYTHON ?= python3
+VENV := .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.installed
+KCONFIG := $(PY) scripts/kconfig.py
+export srctree := $(CURDIR)
+
+.DEFAULT_GOAL := all
+.PHONY: all help menuconfig olddefconfig savedefconfig listdefconfigs test-matrix-dry-run \
+	continue report test ci clean mrproper venv
+
+$(STAMP): requirements.txt
+	@echo "Setting up $(VENV) (first run only; a few minutes)..."
+	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	@$(PY) -m pip install --quiet --disable-pip-version-check --upgrade pip 2>&1 | grep -v -i warning || true
+	@$(PY) -m pip install --quiet --disable-pip-version-check -r requirements.txt 2>&1 | grep -v -i warning || true
+	@$(PY) -c "import torch, kconfiglib, pynvml, psutil, pandas, matplotlib" || \
+		{ echo "error: installing requirements.txt into $(VENV) failed; see the pip output above" >&2; exit 2; }
+	@touch $@
+
+venv: $(STAMP)
+
+all: $(STAMP)
+	@$(PY) scripts/matrix.py run
+
+help:
+	@echo "Configuration:"
+	@echo "  make menuconfig            edit .config in a menu (kconfiglib)"
+	@echo "  make defconfig-NAME        load defconfigs/NAME into .config"
+	@echo "  make listdefconfigs        list the named configurations"
+	@echo "  make olddefconfig          fill .config with defaults for unset symbols"
+	@echo "  make savedefconfig         write a minimal 'defconfig' from .config"
+	@echo "Running:"
+	@echo "  make                       run the test matrix of .config (default: lenet5-quick)"
+	@echo "  make test-matrix-dry-run   list the runs of .config without training"
+	@echo "  make continue [RESULTS=d]  finish the newest (or given) result directory"
+	@echo "  make report RESULTS=d [OUT=o]  regenerate summary_report.txt, report.md"
+	@echo "Development:"
+	@echo "  make test                  run the test suite"
+	@echo "  make ci                    run every ci-* defconfig end to end"
+	@echo "  make clean                 remove caches;  make mrproper: also .config, results, .venv"
+
+menuconfig: $(STAMP)
+	@$(VENV)/bin/menuconfig Kconfig
+
+defconfig-%: $(STAMP)
+	@$(KCONFIG) defconfig $*
+
+olddefconfig: $(STAMP)
+	@$(KCONFIG) olddefconfig
+
+savedefconfig: $(STAMP)
+	@$(KCONFIG) savedefconfig
+
+listdefconfigs: $(STAMP)
+	@$(KCONFIG) listdefconfigs
+
+test-matrix-dry-run: $(STAMP)
+	@$(PY) scripts/matrix.py dry-run
+
+continue: $(STAMP)
+	@$(PY) scripts/matrix.py continue $(if $(RESULTS),--results $(RESULTS))
+
+report: $(STAMP)
+	@test -n "$(RESULTS)" || { echo "error: give the result directory: make report RESULTS=dir [OUT=dir]" >&2; exit 2; }
+	@$(PY) scripts/report.py $(RESULTS) $(if $(OUT),--out $(OUT))
+
+test: $(STAMP)
+	@$(PY) -m pytest -q
+
+ci: $(STAMP)
+	@$(PY) scripts/ci.py
+
+clean:
+	rm -rf .pytest_cache
+	find . -name __pycache__ -type d -prune -not -path './$(VENV)/*' -exec rm -rf {} +
+
+mrproper: clean
+	rm -rf .config .config.old test_matrix_results $(VENV)

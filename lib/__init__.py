@@ -1,0 +1,1 @@
+"""The framework: configuration, matrix, runner, training, pruning, reports."""

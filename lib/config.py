@@ -1,0 +1,329 @@
+"""Configuration: `.config` -> kconfiglib -> one frozen, typed, validated Settings.
+
+This module owns the only path from Kconfig files to Python values. It loads a
+configuration through kconfiglib against the project's Kconfig tree, translates
+the idioms of upstream AdamWPrune defconfigs (see upstream_aliases), validates
+every number held in a string symbol, and returns a Settings object. Nothing
+below it reads `.config` or the environment.
+"""
+from __future__ import annotations
+
+import math
+import os
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any, Callable
+
+import kconfiglib
+
+from lib.errors import UserError
+from lib.upstream_aliases import apply_upstream_aliases
+
+ROOT = Path(__file__).resolve().parent.parent
+MODELS = ("lenet5", "resnet18", "resnet50", "gpt2")
+OPTIMIZERS = ("sgd", "adam", "adamw", "adamwadv", "adamwspam", "adamwprune")
+PRUNING_METHODS = ("none", "magnitude", "movement", "state")
+SPARSITY_LEVELS = (50, 70, 90, 95, 99)
+BITTER_VARIANTS = ("bitter0", "bitter1", "bitter2", "bitter3", "bitter7", "bitter8", "bitter9")
+
+
+@dataclass(frozen=True)
+class NumberRule:
+    """Allowed range of a number held in a string symbol."""
+
+    low: float
+    high: float
+    low_open: bool = False
+    high_open: bool = False
+
+    def allows(self, value: float) -> bool:
+        above = value > self.low if self.low_open else value >= self.low
+        below = value < self.high if self.high_open else value <= self.high
+        return math.isfinite(value) and above and below
+
+    def describe(self) -> str:
+        return f"{'(' if self.low_open else '['}{self.low:g}, {self.high:g}{')' if self.high_open else ']'}"
+
+
+_FRACTION = NumberRule(0, 1, high_open=True)
+_DECAY = NumberRule(0, 1)
+_EPS = NumberRule(0, 1, low_open=True)
+NUMBER_SYMBOLS: dict[str, NumberRule] = {
+    "LEARNING_RATE": NumberRule(0, 10, low_open=True),
+    "TARGET_SPARSITY": _FRACTION,
+    "ADAMWPRUNE_TARGET_SPARSITY": _FRACTION,
+    "SGD_MOMENTUM": _FRACTION,
+    "SGD_WEIGHT_DECAY": _DECAY,
+    "ADAM_BETA1": _FRACTION, "ADAM_BETA2": _FRACTION, "ADAM_EPSILON": _EPS, "ADAM_WEIGHT_DECAY": _DECAY,
+    "ADAMW_BETA1": _FRACTION, "ADAMW_BETA2": _FRACTION, "ADAMW_EPSILON": _EPS, "ADAMW_WEIGHT_DECAY": _DECAY,
+    "ADV_WEIGHT_DECAY": _DECAY, "ADV_COSINE_ETA_MIN": NumberRule(0, 1), "ADV_GRAD_CLIP": NumberRule(0, 1e6),
+    "SPAM_THETA": NumberRule(0, 1e9, low_open=True), "SPAM_SPIKE_THRESHOLD": NumberRule(0, 1e9),
+    "ADAMWPRUNE_BETA1": _FRACTION, "ADAMWPRUNE_BETA2": _FRACTION, "ADAMWPRUNE_WEIGHT_DECAY": _DECAY,
+    "GPT2_MIN_LR": NumberRule(0, 10),
+}
+
+
+@dataclass(frozen=True)
+class TrainingSettings:
+    batch_size: int
+    epochs: int
+    learning_rate: float
+    lr_schedule: str
+    device: str
+    data_dir: str
+    compile_model: bool
+    mixed_precision: bool
+    save_checkpoint: bool
+
+
+@dataclass(frozen=True)
+class PruningSettings:
+    warmup_steps: int
+    frequency: int
+    ramp_end_epoch: int
+    schedule: str
+
+
+@dataclass(frozen=True)
+class RunnerSettings:
+    parallel_jobs: int
+    timeout_s: int
+    retries: int
+    executor: str
+    results_root: str
+
+
+@dataclass(frozen=True)
+class Settings:
+    """Everything a matrix needs, resolved and checked."""
+
+    models: tuple[str, ...]
+    optimizers: tuple[str, ...]
+    pruning_methods: tuple[str, ...]
+    sparsities_pct: tuple[float, ...]
+    adamwprune_sparsities_pct: tuple[float, ...]
+    gpt2_variants: tuple[str, ...]
+    seeds: tuple[int, ...]
+    training: TrainingSettings
+    pruning: PruningSettings
+    runner: RunnerSettings
+    optimizer_params: dict[str, dict[str, Any]]
+    model_params: dict[str, dict[str, Any]]
+
+    def to_json(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+@dataclass(frozen=True)
+class LoadedConfig:
+    kconf: kconfiglib.Kconfig
+    unknown_symbols: tuple[str, ...]
+    warnings: tuple[str, ...]
+
+
+def new_kconfig() -> kconfiglib.Kconfig:
+    """Parse the project's Kconfig tree (sources resolve against the project root)."""
+    os.environ["srctree"] = str(ROOT)
+    kconf = kconfiglib.Kconfig(str(ROOT / "Kconfig"), warn_to_stderr=False)
+    kconf.warn_assign_undef = False  # unknown symbols are reported once, by name, below
+    return kconf
+
+
+def load_kconfig(path: str | os.PathLike) -> LoadedConfig:
+    """Load a .config or defconfig, translate upstream idioms, reject bad ints."""
+    path = Path(path)
+    if not path.is_file():
+        raise UserError(f"{path}: no such configuration file (run `make defconfig-NAME` or `make menuconfig`)")
+    kconf = new_kconfig()
+    kconf.load_config(str(path))
+    unknown = apply_upstream_aliases(kconf)
+    _check_int_symbols(kconf, path)
+    return LoadedConfig(kconf, tuple(unknown), tuple(kconf.warnings))
+
+
+def _check_int_symbols(kconf: kconfiglib.Kconfig, path: Path) -> None:
+    # kconfiglib silently falls back to the default for a malformed or
+    # out-of-range int; a typo must not quietly change an experiment.
+    for sym in kconf.unique_defined_syms:
+        if sym.orig_type not in (kconfiglib.INT, kconfiglib.HEX) or sym.user_value is None:
+            continue
+        if not sym.visibility or sym.str_value == sym.user_value.strip():
+            continue
+        allowed = _int_range(sym)
+        raise UserError(f"{path}: CONFIG_{sym.name}={sym.user_value!r} is not valid; allowed: an integer in {allowed}")
+
+
+def _int_range(sym: kconfiglib.Symbol) -> str:
+    for low, high, cond in sym.ranges:
+        if kconfiglib.expr_value(cond):
+            return f"[{low.str_value}, {high.str_value}]"
+    return "(any integer)"
+
+
+def parse_number(kconf: kconfiglib.Kconfig, name: str) -> float:
+    """The float value of a string symbol, checked against NUMBER_SYMBOLS."""
+    sym = kconf.syms[name]
+    raw = sym.str_value.strip()
+    if not raw and not sym.visibility and sym.defaults:
+        # Settings of a menu that is switched off still get their documented default.
+        raw = sym.defaults[0][0].str_value
+    rule = NUMBER_SYMBOLS[name]
+    try:
+        value = float(raw)
+    except ValueError:
+        value = math.nan
+    if not rule.allows(value):
+        raise UserError(f"CONFIG_{name}=\"{raw}\" is not valid; allowed: a number in {rule.describe()}")
+    return value
+
+
+def validate_numbers(kconf: kconfiglib.Kconfig) -> dict[str, float]:
+    """Check every number-holding string symbol; first bad one stops with one line."""
+    return {name: parse_number(kconf, name) for name in NUMBER_SYMBOLS if name in kconf.syms}
+
+
+def parse_seeds(raw: str) -> tuple[int, ...]:
+    try:
+        seeds = tuple(int(tok) for tok in raw.replace(",", " ").split())
+    except ValueError:
+        seeds = ()
+    if not seeds or any(s < 0 for s in seeds) or len(set(seeds)) != len(seeds):
+        raise UserError(f"CONFIG_SEEDS=\"{raw}\" is not valid; allowed: distinct non-negative integers separated by spaces")
+    return seeds
+
+
+def _enabled(kconf: kconfiglib.Kconfig, prefix: str, names: tuple[str, ...]) -> tuple[str, ...]:
+    return tuple(n for n in names if kconf.syms[f"{prefix}{n.upper()}"].tri_value == 2)
+
+
+def _y(kconf: kconfiglib.Kconfig, name: str) -> bool:
+    return kconf.syms[name].tri_value == 2
+
+
+def _int(kconf: kconfiglib.Kconfig, name: str) -> int:
+    return int(kconf.syms[name].str_value or 0)
+
+
+def _pruning_methods(kconf: kconfiglib.Kconfig) -> tuple[str, ...]:
+    if _y(kconf, "PRUNING_MODE_SINGLE"):
+        return _enabled(kconf, "PRUNING_SELECT_", PRUNING_METHODS) or ("none",)
+    if _y(kconf, "PRUNING_MODE_MULTIPLE"):
+        return _enabled(kconf, "PRUNING_ENABLE_", PRUNING_METHODS)
+    return ("none",)
+
+
+def _sparsities(kconf: kconfiglib.Kconfig, numbers: dict[str, float], fallback: str) -> tuple[float, ...]:
+    levels = tuple(float(n) for n in SPARSITY_LEVELS if _y(kconf, f"SPARSITY_ENABLE_{n}"))
+    return levels or (round(numbers[fallback] * 100, 6),)
+
+
+_SCHEDULES = {"PRUNING_SCHEDULE_CUBIC": "cubic", "PRUNING_SCHEDULE_LINEAR": "linear",
+              "PRUNING_SCHEDULE_UPSTREAM_P3": "upstream-p3"}
+
+
+def _choice_name(kconf: kconfiglib.Kconfig, names: dict[str, str], default: str) -> str:
+    return next((value for sym, value in names.items() if _y(kconf, sym)), default)
+
+
+def _optimizer_params(kconf: kconfiglib.Kconfig, n: dict[str, float]) -> dict[str, dict[str, Any]]:
+    base = _choice_name(kconf, {f"ADAMWPRUNE_BASE_{b.upper()}": b for b in ("adam", "adamw", "adamwadv", "adamwspam")},
+                        "adamw")
+    spam = {"theta": n["SPAM_THETA"], "enable_clip": _y(kconf, "SPAM_ENABLE_CLIP"),
+            "periodic_reset": _y(kconf, "SPAM_PERIODIC_RESET"), "interval": _int(kconf, "SPAM_INTERVAL"),
+            "warmup": _y(kconf, "SPAM_WARMUP"), "warmup_steps": _int(kconf, "SPAM_WARMUP_STEPS")}
+    adv = {"amsgrad": _y(kconf, "ADV_USE_AMSGRAD"), "weight_decay": n["ADV_WEIGHT_DECAY"],
+           "cosine_annealing": _y(kconf, "ADV_USE_COSINE_ANNEALING"), "eta_min": n["ADV_COSINE_ETA_MIN"],
+           "grad_clip": n["ADV_GRAD_CLIP"]}
+    return {
+        "sgd": {"momentum": n["SGD_MOMENTUM"], "weight_decay": n["SGD_WEIGHT_DECAY"]},
+        "adam": {"betas": (n["ADAM_BETA1"], n["ADAM_BETA2"]), "eps": n["ADAM_EPSILON"],
+                 "weight_decay": n["ADAM_WEIGHT_DECAY"]},
+        "adamw": {"betas": (n["ADAMW_BETA1"], n["ADAMW_BETA2"]), "eps": n["ADAMW_EPSILON"],
+                  "weight_decay": n["ADAMW_WEIGHT_DECAY"]},
+        "adamwadv": {"betas": (n["ADAMW_BETA1"], n["ADAMW_BETA2"]), "eps": n["ADAMW_EPSILON"], **adv},
+        "adamwspam": {"betas": (n["ADAMW_BETA1"], n["ADAMW_BETA2"]), "eps": n["ADAMW_EPSILON"],
+                      "weight_decay": n["ADAMW_WEIGHT_DECAY"], **spam},
+        "adamwprune": {"base": base, "betas": (n["ADAMWPRUNE_BETA1"], n["ADAMWPRUNE_BETA2"]),
+                       "eps": n["ADAMW_EPSILON"], "weight_decay": n["ADAMWPRUNE_WEIGHT_DECAY"],
+                       "amsgrad": _y(kconf, "ADAMWPRUNE_AMSGRAD"),
+                       "warmup_steps": _int(kconf, "ADAMWPRUNE_WARMUP_STEPS"),
+                       "frequency": _int(kconf, "ADAMWPRUNE_FREQUENCY"),
+                       "ramp_end_step": _int(kconf, "ADAMWPRUNE_RAMP_END_STEP"), "spam": spam, "adv": adv},
+    }
+
+
+def _model_params(kconf: kconfiglib.Kconfig, n: dict[str, float]) -> dict[str, dict[str, Any]]:
+    gpt2_dataset = _choice_name(kconf, {f"GPT2_DATASET_{d.upper()}": d
+                                        for d in ("finewebedu", "shakespeare", "tinystories", "local")}, "finewebedu")
+    return {
+        "lenet5": {"train_limit": _int(kconf, "LENET5_TRAIN_LIMIT"), "test_limit": _int(kconf, "LENET5_TEST_LIMIT"),
+                   "augment": _y(kconf, "LENET5_AUGMENT")},
+        "resnet18": {},
+        "resnet50": {},
+        "gpt2": {"model_size": kconf.syms["GPT2_MODEL_SIZE"].str_value, "dataset": gpt2_dataset,
+                 "block_size": _int(kconf, "GPT2_BLOCK_SIZE"), "max_time_s": _int(kconf, "GPT2_MAX_TIME"),
+                 "max_iters": _int(kconf, "GPT2_MAX_ITERS"), "eval_interval": _int(kconf, "GPT2_EVAL_INTERVAL"),
+                 "eval_samples": _int(kconf, "GPT2_EVAL_SAMPLES"), "warmup_steps": _int(kconf, "GPT2_WARMUP_STEPS"),
+                 "min_lr": n["GPT2_MIN_LR"]},
+    }
+
+
+def settings_from_kconfig(kconf: kconfiglib.Kconfig) -> Settings:
+    """Turn a loaded Kconfig into Settings; the first invalid value raises UserError."""
+    numbers = validate_numbers(kconf)
+    seeds = parse_seeds(kconf.syms["SEEDS"].str_value)
+    models = (_enabled(kconf, "MODEL_SELECT_", MODELS) if _y(kconf, "MODEL_MODE_SINGLE")
+              else _enabled(kconf, "MODEL_ENABLE_", MODELS))
+    optimizers = (_enabled(kconf, "OPTIMIZER_SELECT_", OPTIMIZERS) if _y(kconf, "OPTIMIZER_MODE_SINGLE")
+                  else _enabled(kconf, "OPTIMIZER_ENABLE_", OPTIMIZERS))
+    if not models:
+        raise UserError("no model is enabled; set MODEL_SELECT_<M> or MODEL_ENABLE_<M> (make menuconfig)")
+    if not optimizers:
+        raise UserError("no optimizer is enabled; set OPTIMIZER_SELECT_<O> or OPTIMIZER_ENABLE_<O> (make menuconfig)")
+    syms = kconf.syms
+    training = TrainingSettings(
+        batch_size=_int(kconf, "BATCH_SIZE"), epochs=_int(kconf, "NUM_EPOCHS"),
+        learning_rate=numbers["LEARNING_RATE"],
+        lr_schedule="cosine" if _y(kconf, "LR_SCHEDULE_COSINE") else "constant",
+        device=_device(syms["DEVICE"].str_value), data_dir=syms["DATA_DIR"].str_value or "./data",
+        compile_model=_y(kconf, "COMPILE_MODEL"), mixed_precision=_y(kconf, "MIXED_PRECISION"),
+        save_checkpoint=_y(kconf, "SAVE_CHECKPOINT"))
+    pruning = PruningSettings(
+        warmup_steps=_int(kconf, "PRUNING_WARMUP"), frequency=_int(kconf, "PRUNING_FREQUENCY") or 1,
+        ramp_end_epoch=_int(kconf, "PRUNING_RAMP_END_EPOCH") or training.epochs,
+        schedule=_choice_name(kconf, _SCHEDULES, "cubic"))
+    runner = RunnerSettings(
+        parallel_jobs=_int(kconf, "PARALLEL_JOBS") or 1, timeout_s=_int(kconf, "RUN_TIMEOUT"),
+        retries=_int(kconf, "RUN_RETRIES"), executor="local",
+        results_root=syms["RESULTS_ROOT"].str_value or "test_matrix_results")
+    return Settings(
+        models=models, optimizers=optimizers, pruning_methods=_pruning_methods(kconf),
+        sparsities_pct=_sparsities(kconf, numbers, "TARGET_SPARSITY"),
+        adamwprune_sparsities_pct=_sparsities(kconf, numbers, "ADAMWPRUNE_TARGET_SPARSITY"),
+        gpt2_variants=_enabled(kconf, "GPT2_ADAMWPRUNE_VARIANT_", BITTER_VARIANTS) or ("bitter7",),
+        seeds=seeds, training=training, pruning=pruning, runner=runner,
+        optimizer_params=_optimizer_params(kconf, numbers), model_params=_model_params(kconf, numbers))
+
+
+def _device(raw: str) -> str:
+    value = raw.strip() or "auto"
+    if value in ("auto", "cpu", "cuda", "mps") or (value.startswith("cuda:") and value[5:].isdigit()):
+        return value
+    raise UserError(f"CONFIG_DEVICE=\"{raw}\" is not valid; allowed: auto, cpu, cuda, cuda:N or mps")
+
+
+def load_settings(path: str | os.PathLike, warn: Callable[[str], None] | None = None) -> Settings:
+    """Load and validate a configuration file; warnings go to `warn` (default: stderr)."""
+    loaded = load_kconfig(path)
+    warn = warn or _print_warning
+    if loaded.unknown_symbols:
+        warn(f"{path}: ignoring symbols this framework does not define: {', '.join(loaded.unknown_symbols)}")
+    for message in loaded.warnings:
+        warn(message)
+    return settings_from_kconfig(loaded.kconf)
+
+
+def _print_warning(message: str) -> None:
+    import sys
+
+    print(f"warning: {message}", file=sys.stderr)

@@ -1,0 +1,24 @@
+"""The one exception type for mistakes a user can fix (bad config, missing data,
+unreadable results). Command-line entry points catch it, print one line and
+exit with code 2; programming errors keep their traceback."""
+from __future__ import annotations
+
+import sys
+from typing import Callable, TypeVar
+
+T = TypeVar("T")
+
+USER_ERROR_EXIT = 2
+
+
+class UserError(Exception):
+    """A problem the user can fix; the message names the thing and the fix."""
+
+
+def run_cli(main: Callable[[], T]) -> T:
+    """Call `main`, turning a UserError into one line on stderr and exit code 2."""
+    try:
+        return main()
+    except UserError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        sys.exit(USER_ERROR_EXIT)

@@ -1,0 +1,636 @@
+"""The memory sampler: a small process that runs beside one training run and
+writes `<run_id>/gpu_stats.json` (format in docs/results-format.md).
+
+    python -m lib.gpu_monitor --pid PID --out PATH [--interval 0.1] [--flush-every 5.0]
+
+It owns measuring memory of the run's process tree (the pid and all of its
+descendants) and nothing else: it never touches the training process, never
+reads `.config`, and never writes a GPU figure it did not measure. The
+backend is chosen once at start:
+
+1. NVML through nvidia-ml-py (`pynvml`) when nvmlInit works and at least one
+   device is visible (CUDA_VISIBLE_DEVICES, by index or UUID, if set).
+2. `nvidia-smi --query-compute-apps` parsing when NVML fails but nvidia-smi
+   runs.
+3. Otherwise the resident set size of the process tree (psutil), written as
+   `"device": "cpu", "source": "rss"`. RSS sums count pages shared between
+   forked processes (data-loader workers) once per process, so this is an
+   upper bound on the tree's resident memory.
+
+On a GPU, `memory_mib` is the memory the driver attributes to the process
+tree (`"memory_scope": "process"`). When the driver cannot attribute memory
+to processes (usedGpuMemory not available, as on Windows WDDM, or the driver
+lists pids of another PID namespace, as in containers) the whole file falls
+back to the device-wide figure (`"memory_scope": "device"`); both figures are
+tracked from the first sample, so the switch keeps the summary exact and never
+mixes scopes in one file. Several visible devices: memory and power are
+summed, utilisation averaged, temperature is the hottest.
+
+Bounded samples: a multi-day run at 100 ms would keep millions of samples, so
+once more than MAX_SAMPLES are retained the list is thinned to every other
+sample and the stored stride (`sample_stride`) doubles; later samples are kept
+only at multiples of the stride, so the retained ones stay evenly spaced.
+n_samples, duration_s, mean_mib and peak_mib are running figures over every
+sample taken and stay exact; p50_mib and p95_mib come from the retained
+samples and are exact until the first thinning, approximate after it.
+
+The file is rewritten atomically every --flush-every seconds, so a crash or
+kill -9 loses at most that much; SIGTERM/SIGINT or the end of the process
+tree writes the final file and exits 0.
+"""
+from __future__ import annotations
+
+import argparse
+import csv
+import io
+import json
+import math
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any, Callable, Mapping, Protocol
+
+import psutil
+
+from lib.errors import UserError, run_cli
+from lib.jsonio import SCHEMA_VERSION, write_json_atomic
+
+MAX_SAMPLES = 20_000
+MIB = 1024 * 1024
+PROJECT_ROOT = Path(__file__).resolve().parents[1]
+# A listed pid that does not exist here may just have exited between the
+# driver's listing and our check; only this many samples in a row mean the
+# driver reports pids of another PID namespace.
+FOREIGN_PID_SAMPLES = 3
+SMI_TIMEOUT_S = 10.0
+FLUSH_CPU_SHARE = 0.05
+
+
+@dataclass(frozen=True)
+class Reading:
+    """One measurement. process_mib None: the driver cannot attribute memory
+    to processes; other None fields: not measured."""
+    process_mib: float | None
+    device_mib: float | None = None
+    utilization_pct: float | None = None
+    power_w: float | None = None
+    temperature_c: float | None = None
+
+
+class Backend(Protocol):
+    name: str            # "nvml" | "nvidia-smi" | "rss"
+    device: str          # "cuda" | "cpu"
+    gpu_name: str | None
+
+    def read(self, procs: list[psutil.Process]) -> Reading | None: ...
+    def close(self) -> None: ...
+
+
+# ---------------------------------------------------------------- process tree
+
+class ProcessTree:
+    """The target pid and its descendants. Descendants seen once are
+    remembered, so children that outlive the root (reparented to init) are
+    still followed; psutil.Process objects guard against pid reuse."""
+
+    def __init__(self, pid: int):
+        self._procs: dict[int, psutil.Process] = {}
+        try:
+            self._procs[pid] = psutil.Process(pid)
+        except psutil.NoSuchProcess:
+            pass  # already gone: the tree is empty and sampling ends at once
+
+    def refresh(self) -> list[psutil.Process]:
+        """Return the live processes of the tree (zombies count as exited)."""
+        found: dict[int, psutil.Process] = {}
+        for proc in list(self._procs.values()):
+            if not _alive(proc):
+                continue
+            found[proc.pid] = proc
+            try:
+                for child in proc.children(recursive=True):
+                    if _alive(child):
+                        found.setdefault(child.pid, child)
+            except (psutil.NoSuchProcess, psutil.AccessDenied):
+                pass  # exited or hidden while listing: keep what we have
+        self._procs = found
+        return list(found.values())
+
+
+def _alive(proc: psutil.Process) -> bool:
+    try:
+        return proc.is_running() and proc.status() != psutil.STATUS_ZOMBIE
+    except (psutil.NoSuchProcess, psutil.AccessDenied):
+        return False
+
+
+# -------------------------------------------------------------------- backends
+
+class RssBackend:
+    name, device, gpu_name = "rss", "cpu", None
+
+    def read(self, procs: list[psutil.Process]) -> Reading | None:
+        total, readable = 0, 0
+        for proc in procs:
+            try:
+                total += proc.memory_info().rss
+                readable += 1
+            except (psutil.NoSuchProcess, psutil.AccessDenied):
+                continue  # exited since the tree was listed, or not ours to read
+        return Reading(process_mib=total / MIB) if readable else None
+
+    def close(self) -> None:
+        pass
+
+
+def _visible_entries() -> list[str] | None:
+    """CUDA_VISIBLE_DEVICES as a list of indices/UUIDs, None when unset.
+    CUDA stops at the first malformed entry, so do we; "-1" hides all."""
+    raw = os.environ.get("CUDA_VISIBLE_DEVICES")
+    if raw is None:
+        return None
+    entries = []
+    for item in (part.strip() for part in raw.split(",")):
+        if item.isdigit() or item.startswith(("GPU-", "MIG-")):
+            entries.append(item)
+        else:
+            break
+    return entries
+
+
+class NvmlBackend:
+    name, device = "nvml", "cuda"
+
+    def __init__(self) -> None:
+        import pynvml  # optional dependency; ImportError means "not this backend"
+        self._nvml = pynvml
+        pynvml.nvmlInit()
+        try:
+            self._handles = self._visible_handles()
+            if not self._handles:
+                raise pynvml.NVMLError(pynvml.NVML_ERROR_NOT_FOUND)
+            names = [pynvml.nvmlDeviceGetName(h) for h in self._handles]
+        except BaseException:
+            pynvml.nvmlShutdown()
+            raise
+        self.gpu_name = ", ".join(_text(n) for n in names)
+        self._foreign_streak = 0
+        self._per_process = True
+
+    def _visible_handles(self) -> list[Any]:
+        nvml = self._nvml
+        every = [nvml.nvmlDeviceGetHandleByIndex(i) for i in range(nvml.nvmlDeviceGetCount())]
+        entries = _visible_entries()
+        if entries is None:
+            return every
+        uuids = [_text(nvml.nvmlDeviceGetUUID(h)) for h in every]
+        handles = []
+        for entry in entries:
+            if entry.isdigit():
+                # CUDA numbers devices fastest-first unless CUDA_DEVICE_ORDER=
+                # PCI_BUS_ID, NVML by PCI bus; on mixed machines these differ.
+                if int(entry) >= len(every):
+                    break
+                handles.append(every[int(entry)])
+            elif entry.startswith("MIG-"):
+                handle = self._call(nvml.nvmlDeviceGetHandleByUUID, entry)
+                if handle is None:
+                    break
+                handles.append(handle)
+            else:
+                matches = [h for h, u in zip(every, uuids) if u.startswith(entry)]
+                if len(matches) != 1:  # CUDA rejects unknown or ambiguous prefixes
+                    break
+                handles.append(matches[0])
+        return handles
+
+    def _call(self, fn: Callable[..., Any], *args: Any) -> Any:
+        try:
+            return fn(*args)
+        except self._nvml.NVMLError:
+            return None  # not supported on this device, or it went away
+
+    def _processes(self, handle: Any) -> list[Any] | None:
+        nvml = self._nvml
+        try:
+            return nvml.nvmlDeviceGetComputeRunningProcesses(handle)
+        except nvml.NVMLError_FunctionNotFound:
+            # drivers older than the v3 entry point
+            return self._call(nvml.nvmlDeviceGetComputeRunningProcesses_v2, handle)
+        except nvml.NVMLError:
+            return None
+
+    def read(self, procs: list[psutil.Process]) -> Reading | None:
+        nvml, pids = self._nvml, {p.pid for p in procs}
+        ours, foreign = 0, False
+        device_bytes, utils, power_mw, temps = [], [], [], []
+        for h in self._handles:
+            listed = self._processes(h) if self._per_process else None
+            if listed is None:
+                self._per_process = False
+            for p in listed or ():
+                if p.usedGpuMemory is None:
+                    self._per_process = False
+                elif p.pid in pids:
+                    ours += p.usedGpuMemory
+                elif not psutil.pid_exists(p.pid):
+                    foreign = True
+            mem = self._call(nvml.nvmlDeviceGetMemoryInfo, h)
+            device_bytes.append(None if mem is None else mem.used)
+            rates = self._call(nvml.nvmlDeviceGetUtilizationRates, h)
+            utils.append(None if rates is None else rates.gpu)
+            power_mw.append(self._call(nvml.nvmlDeviceGetPowerUsage, h))
+            temps.append(self._call(nvml.nvmlDeviceGetTemperature, h, nvml.NVML_TEMPERATURE_GPU))
+        self._foreign_streak = self._foreign_streak + 1 if foreign and not ours else 0
+        if self._foreign_streak >= FOREIGN_PID_SAMPLES:
+            self._per_process = False
+        return Reading(
+            process_mib=ours / MIB if self._per_process else None,
+            device_mib=_sum_or_none(device_bytes, scale=1 / MIB),
+            utilization_pct=_mean_or_none(utils),
+            power_w=_sum_or_none(power_mw, scale=1e-3),
+            temperature_c=_max_or_none(temps),
+        )
+
+    def close(self) -> None:
+        self._call(self._nvml.nvmlShutdown)
+
+
+class SmiBackend:
+    name, device = "nvidia-smi", "cuda"
+
+    def __init__(self) -> None:
+        exe = shutil.which("nvidia-smi")
+        if exe is None:
+            raise OSError("nvidia-smi not found")
+        entries = _visible_entries()
+        if entries == []:
+            raise OSError("CUDA_VISIBLE_DEVICES hides every GPU")
+        self._base = [exe] + ([f"--id={','.join(entries)}"] if entries else [])
+        names = [row[0] for row in self._query("--query-gpu=name")]
+        if not names:
+            raise OSError("nvidia-smi lists no GPU")
+        self.gpu_name = ", ".join(names)
+        self._per_process = True
+
+    def _query(self, query: str) -> list[list[str]]:
+        out = subprocess.run(self._base + [query, "--format=csv,noheader,nounits"],
+                             capture_output=True, text=True, timeout=SMI_TIMEOUT_S, check=True)
+        return [[c.strip() for c in row] for row in csv.reader(io.StringIO(out.stdout)) if row]
+
+    def read(self, procs: list[psutil.Process]) -> Reading | None:
+        pids = {p.pid for p in procs}
+        try:
+            apps = self._query("--query-compute-apps=pid,used_memory")
+            gpus = self._query("--query-gpu=memory.used,utilization.gpu,power.draw,temperature.gpu")
+        except (OSError, subprocess.SubprocessError):
+            return None  # a hung or failing nvidia-smi loses this sample only
+        ours = 0.0
+        for pid, used in (row[:2] for row in apps if len(row) >= 2):
+            used_mib = _number(used)
+            if used_mib is None:  # "[N/A]": the driver cannot attribute memory
+                self._per_process = False
+            elif pid.isdigit() and int(pid) in pids:
+                ours += used_mib
+        cols = [[_number(v) for v in row] for row in gpus if len(row) == 4]
+        return Reading(
+            process_mib=ours if self._per_process else None,
+            device_mib=_sum_or_none([c[0] for c in cols]),
+            utilization_pct=_mean_or_none([c[1] for c in cols]),
+            power_w=_sum_or_none([c[2] for c in cols]),
+            temperature_c=_max_or_none([c[3] for c in cols]),
+        )
+
+    def close(self) -> None:
+        pass
+
+
+def _text(value: str | bytes) -> str:
+    return value.decode() if isinstance(value, bytes) else value
+
+
+def _number(text: str) -> float | None:
+    try:
+        value = float(text)
+    except ValueError:
+        return None  # "[N/A]", "[Not Supported]"
+    return value if math.isfinite(value) else None
+
+
+def _known(values: list[float | None]) -> list[float]:
+    return [v for v in values if v is not None]
+
+
+def _sum_or_none(values: list[float | None], scale: float = 1.0) -> float | None:
+    # a partial sum over devices would understate: unknown if any is unknown
+    return None if not values or None in values else sum(values) * scale
+
+
+def _mean_or_none(values: list[float | None]) -> float | None:
+    known = _known(values)
+    return sum(known) / len(known) if known else None
+
+
+def _max_or_none(values: list[float | None]) -> float | None:
+    known = _known(values)
+    return max(known) if known else None
+
+
+def open_backend() -> Backend:
+    """The best backend that works here: NVML, then nvidia-smi, then RSS."""
+    try:
+        return NvmlBackend()
+    except ImportError:
+        pass
+    except Exception as exc:  # NVMLError, OSError from a missing libnvidia-ml
+        if not _is_nvml_error(exc):
+            raise
+    try:
+        return SmiBackend()
+    except (OSError, subprocess.SubprocessError):
+        pass
+    return RssBackend()
+
+
+def _is_nvml_error(exc: BaseException) -> bool:
+    nvml = sys.modules.get("pynvml")
+    return isinstance(exc, OSError) or (nvml is not None and isinstance(exc, nvml.NVMLError))
+
+
+def detect_backend() -> str:
+    """Name of the backend a sampler would use here: "nvml", "nvidia-smi" or "rss"."""
+    backend = open_backend()
+    backend.close()
+    return backend.name
+
+
+# ------------------------------------------------------------- samples, summary
+
+@dataclass
+class RunningStats:
+    """Count, mean and peak over every value seen, however many are thinned."""
+    n: int = 0
+    total: float = 0.0
+    peak: float = -math.inf
+
+    def add(self, value: float) -> None:
+        self.n += 1
+        self.total += value
+        self.peak = max(self.peak, value)
+
+
+class SampleStore:
+    """Samples with a bounded list (see module docstring) and exact running
+    stats for each memory field, so the scope can be chosen at the end."""
+
+    FIELDS = ("process_mib", "device_mib")
+
+    def __init__(self, max_samples: int = MAX_SAMPLES):
+        if max_samples < 2:
+            raise ValueError("max_samples must be at least 2")
+        self.max_samples = max_samples
+        self.samples: list[dict[str, Any]] = []
+        self.stride = 1
+        self.offered = 0
+        self.first_t: float | None = None
+        self.last_t: float | None = None
+        self.stats = {f: RunningStats() for f in self.FIELDS}
+
+    def add(self, sample: dict[str, Any]) -> None:
+        for field, stats in self.stats.items():
+            if sample.get(field) is not None:
+                stats.add(sample[field])
+        if self.first_t is None:
+            self.first_t = sample["t_s"]
+        self.last_t = sample["t_s"]
+        if self.offered % self.stride == 0:
+            self.samples.append(sample)
+            if len(self.samples) > self.max_samples:
+                # retained samples sit at multiples of the stride; keeping
+                # every other one leaves them at multiples of twice the stride
+                self.samples = self.samples[::2]
+                self.stride *= 2
+        self.offered += 1
+
+    def summary(self, field: str) -> dict[str, Any]:
+        stats = self.stats[field]
+        if stats.n == 0:
+            return {"n_samples": 0, "duration_s": None, "mean_mib": None,
+                    "peak_mib": None, "p50_mib": None, "p95_mib": None}
+        kept = sorted(s[field] for s in self.samples if s.get(field) is not None)
+        return {
+            "n_samples": stats.n,
+            "duration_s": round(self.last_t - self.first_t, 3),
+            "mean_mib": round(stats.total / stats.n, 3),
+            "peak_mib": round(stats.peak, 3),
+            "p50_mib": _round(percentile(kept, 50)),
+            "p95_mib": _round(percentile(kept, 95)),
+        }
+
+
+def percentile(sorted_values: list[float], q: float) -> float | None:
+    """Linear interpolation between closest ranks (numpy's default)."""
+    if not sorted_values:
+        return None
+    pos = (len(sorted_values) - 1) * q / 100
+    lo = math.floor(pos)
+    hi = min(lo + 1, len(sorted_values) - 1)
+    return sorted_values[lo] + (sorted_values[hi] - sorted_values[lo]) * (pos - lo)
+
+
+def _round(value: float | None, digits: int = 3) -> float | None:
+    return None if value is None else round(value, digits)
+
+
+# --------------------------------------------------------------------- sampler
+
+class StopFlag:
+    """Set from a signal handler. A plain attribute, not threading.Event:
+    Event.set takes a lock that the interrupted main thread may be holding."""
+
+    def __init__(self) -> None:
+        self.stopped = False
+
+    def set(self) -> None:
+        self.stopped = True
+
+    def is_set(self) -> bool:
+        return self.stopped
+
+    def wait(self, timeout: float) -> None:
+        # short sleeps so a stop is noticed within 50 ms even at long intervals
+        deadline = time.monotonic() + timeout
+        while not self.stopped and (left := deadline - time.monotonic()) > 0:
+            time.sleep(min(left, 0.05))
+
+
+class Sampler:
+    """Samples one process tree with one backend; usable in-process."""
+
+    def __init__(self, pid: int, backend: Backend, interval_s: float = 0.1,
+                 max_samples: int = MAX_SAMPLES):
+        self.pid = pid
+        self.backend = backend
+        self.interval_s = interval_s
+        self.tree = ProcessTree(pid)
+        self.store = SampleStore(max_samples)
+        self.scope = "process"
+        self.target_exited = False
+        self.started_at = datetime.now(timezone.utc).isoformat(timespec="seconds")
+        self._t0 = time.monotonic()
+
+    def sample_once(self) -> dict[str, Any] | None:
+        """Take and record one sample; None when nothing could be measured
+        (then `target_exited` says whether the tree is gone)."""
+        procs = self.tree.refresh()
+        if not procs:
+            self.target_exited = True
+            return None
+        reading = self.backend.read(procs)
+        if reading is None:
+            return None
+        if reading.process_mib is None:
+            self.scope = "device"  # for the whole file; see module docstring
+        sample = {"t_s": round(time.monotonic() - self._t0, 3),
+                  "process_mib": _round(reading.process_mib),
+                  "device_mib": _round(reading.device_mib),
+                  "utilization_pct": _round(reading.utilization_pct, 1),
+                  "power_w": _round(reading.power_w, 2),
+                  "temperature_c": _round(reading.temperature_c, 1)}
+        self.store.add(sample)
+        return sample
+
+    def to_json(self) -> dict[str, Any]:
+        field = "process_mib" if self.scope == "process" else "device_mib"
+        gpu = self.backend.device == "cuda"
+        samples = []
+        for s in self.store.samples:
+            row = {"t_s": s["t_s"], "memory_mib": s[field]}
+            if gpu:
+                row.update(device_memory_mib=s["device_mib"], utilization_pct=s["utilization_pct"],
+                           power_w=s["power_w"], temperature_c=s["temperature_c"])
+            samples.append(row)
+        return {"schema_version": SCHEMA_VERSION, "device": self.backend.device,
+                "source": self.backend.name, "memory_scope": self.scope,
+                "gpu_name": self.backend.gpu_name, "interval_s": self.interval_s,
+                "pid": self.pid, "started_at": self.started_at,
+                "sample_stride": self.store.stride, "samples": samples,
+                "summary": self.store.summary(field)}
+
+    def run(self, stop: StopFlag, out_path: Path | None = None, flush_every_s: float = 5.0) -> None:
+        """Sample until the tree exits or `stop` is set, flushing to out_path."""
+        next_sample = next_flush = time.monotonic()
+        while not stop.is_set():
+            self.sample_once()
+            if self.target_exited:
+                break
+            now = time.monotonic()
+            if out_path is not None and now >= next_flush:
+                self._write(out_path, final=False)
+                # rewriting 20,000 samples takes about half a second; spacing
+                # flushes by their cost keeps the sampler to a few % of a core
+                cost = time.monotonic() - now
+                next_flush = now + max(flush_every_s, cost / FLUSH_CPU_SHARE)
+            # a slow nvidia-smi or flush delays the schedule instead of
+            # bursting samples to catch up, which would skew the mean
+            next_sample = max(next_sample + self.interval_s, now)
+            stop.wait(next_sample - now)
+        if out_path is not None:
+            self._write(out_path, final=True)
+
+    def _write(self, out_path: Path, final: bool) -> None:
+        try:
+            write_json_atomic(out_path, self.to_json())
+        except OSError as exc:
+            if final:
+                raise UserError(f"{out_path}: cannot write gpu stats ({exc})") from None
+            # a full disk should not end sampling; the next flush retries
+            print(f"warning: {out_path}: flush failed ({exc})", file=sys.stderr)
+
+
+# ------------------------------------------------------------ runner interface
+
+def start_sampler(pid: int, out_path: Path, interval_s: float = 0.1, python: str = sys.executable,
+                  *, flush_every_s: float = 5.0, log_path: Path | None = None,
+                  env: Mapping[str, str] | None = None) -> subprocess.Popen:
+    """Launch the sampler CLI beside process `pid`. Pass the training run's
+    `env` so the sampler sees the same CUDA_VISIBLE_DEVICES; its output goes
+    to `log_path` (appended) or nowhere."""
+    out = Path(out_path).resolve()  # absolute: the sampler runs from the project root
+    cmd = [python, "-m", "lib.gpu_monitor", "--pid", str(pid), "--out", str(out),
+           "--interval", repr(float(interval_s)), "--flush-every", repr(float(flush_every_s))]
+    log = open(log_path, "ab") if log_path is not None else subprocess.DEVNULL
+    try:
+        return subprocess.Popen(cmd, cwd=PROJECT_ROOT, stdin=subprocess.DEVNULL, stdout=log,
+                                stderr=log, env=None if env is None else dict(env))
+    finally:
+        if log_path is not None:
+            log.close()  # the child holds its own descriptor
+
+
+def stop_sampler(proc: subprocess.Popen, timeout_s: float = 10.0) -> dict[str, Any] | None:
+    """SIGTERM the sampler, wait (kill after timeout_s) and return its summary
+    as read_summary does, or None if the file is missing or corrupt."""
+    if proc.poll() is None:
+        proc.send_signal(signal.SIGTERM)
+        try:
+            proc.wait(timeout_s)
+        except subprocess.TimeoutExpired:
+            proc.kill()  # the last periodic flush is still on disk
+            proc.wait()
+    args = [str(a) for a in proc.args] if isinstance(proc.args, (list, tuple)) else []
+    if "--out" not in args:
+        return None
+    return read_summary(Path(args[args.index("--out") + 1]))
+
+
+def read_summary(path: Path) -> dict[str, Any] | None:
+    """The summary of a gpu_stats.json with where it came from, flat, for
+    result.json metrics: device, source, memory_scope, gpu_name, n_samples,
+    duration_s, mean_mib, peak_mib, p50_mib, p95_mib. None if unreadable."""
+    try:
+        data = json.loads(Path(path).read_text())
+        summary = data["summary"]
+        if data["schema_version"] != SCHEMA_VERSION or not isinstance(summary, dict):
+            return None
+        head = {k: data.get(k) for k in ("device", "source", "memory_scope", "gpu_name")}
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+    return {**head, **summary}
+
+
+# ------------------------------------------------------------------------- CLI
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m lib.gpu_monitor",
+                                     description="Sample a process tree's memory.")
+    parser.add_argument("--pid", type=int, required=True, help="process whose tree to sample")
+    parser.add_argument("--out", type=Path, required=True, help="gpu_stats.json to write")
+    parser.add_argument("--interval", type=float, default=0.1, help="seconds between samples")
+    parser.add_argument("--flush-every", type=float, default=5.0, help="seconds between rewrites")
+    args = parser.parse_args(argv)
+    if args.pid <= 0:
+        raise UserError(f"--pid {args.pid}: not a process id")
+    if not (args.interval > 0 and args.flush_every > 0):
+        raise UserError("--interval and --flush-every must be positive seconds")
+    stop = StopFlag()
+    # before opening the backend, which can take a second: a stop that
+    # arrives meanwhile still ends with a written file
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(sig, lambda *_: stop.set())
+    backend = open_backend()
+    try:
+        Sampler(args.pid, backend, args.interval).run(stop, args.out, args.flush_every)
+    finally:
+        backend.close()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(run_cli(main))

@@ -1,0 +1,86 @@
+"""Settings -> the list of runs (RunSpec) and their IDs.
+
+Expansion rules (docs/configuration.md): pruning `none` gives one run at
+sparsity 0; `state` pruning exists only inside AdamWPrune, and AdamWPrune
+takes only `state` or `none` (state is added for it whenever any pruning
+method is enabled, as upstream does); magnitude and movement pair with every
+other optimizer; GPT-2 state runs multiply by the enabled bitter variants;
+every run multiplies by the seeds. Run IDs keep the upstream shape.
+"""
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+from lib.config import Settings
+from lib.errors import UserError
+
+
+@dataclass(frozen=True)
+class RunSpec:
+    """What to run: one cell of the test matrix with its resolved settings."""
+
+    run_id: str
+    model: str
+    optimizer: str
+    pruning: str
+    variant: str | None
+    target_sparsity_pct: float
+    seed: int
+    hyperparams: dict[str, Any] = field(default_factory=dict, compare=False)
+
+    def to_json(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_json(cls, data: dict[str, Any]) -> "RunSpec":
+        return cls(**{name: data.get(name) for name in cls.__dataclass_fields__ if name in data})
+
+
+def format_sparsity(pct: float) -> str:
+    """70.0 -> '70', 92.5 -> '92.5' (the number as it appears in run IDs)."""
+    return f"{pct:g}"
+
+
+def make_run_id(model: str, optimizer: str, pruning: str, variant: str | None, sparsity_pct: float,
+                seed: int | None) -> str:
+    parts = [model, optimizer] + ([variant] if variant else []) + [pruning]
+    if pruning != "none":
+        parts.append(format_sparsity(sparsity_pct))
+    run_id = "_".join(parts)
+    return f"{run_id}_s{seed}" if seed is not None else run_id
+
+
+def _methods_for(optimizer: str, enabled: tuple[str, ...]) -> list[str]:
+    if optimizer == "adamwprune":
+        methods = ["none"] if "none" in enabled else []
+        return methods + (["state"] if any(m != "none" for m in enabled) else [])
+    return [m for m in enabled if m != "state"]
+
+
+def _hyperparams(settings: Settings, model: str, optimizer: str) -> dict[str, Any]:
+    return {"training": asdict(settings.training), "pruning": asdict(settings.pruning),
+            "optimizer": settings.optimizer_params[optimizer], "model": settings.model_params[model]}
+
+
+def expand(settings: Settings) -> list[RunSpec]:
+    """Every run of the matrix, in a stable order (model, optimizer, method, variant, sparsity, seed)."""
+    runs: list[RunSpec] = []
+    tag_seed = len(settings.seeds) > 1
+    for model in settings.models:
+        for optimizer in settings.optimizers:
+            hyperparams = _hyperparams(settings, model, optimizer)
+            for method in _methods_for(optimizer, settings.pruning_methods):
+                variants = settings.gpt2_variants if (method == "state" and model == "gpt2") else (None,)
+                levels = ((0.0,) if method == "none" else
+                          settings.adamwprune_sparsities_pct if method == "state" else settings.sparsities_pct)
+                for variant in variants:
+                    for level in levels:
+                        for seed in settings.seeds:
+                            run_id = make_run_id(model, optimizer, method, variant, level,
+                                                 seed if tag_seed else None)
+                            runs.append(RunSpec(run_id, model, optimizer, method, variant, level, seed, hyperparams))
+    if not runs:
+        raise UserError("the configuration expands to no runs: enable a pruning method the selected optimizers "
+                        "accept (state pruning needs AdamWPrune)")
+    return runs

@@ -1,0 +1,262 @@
+"""Read a result directory into one table, one row per run.
+
+Owns: finding the runs of a directory (matrix.json, else the run folders),
+reading each run's result.json, metrics.json and gpu_stats.json into the flat
+row of docs/results-format.md, and turning a missing or corrupt file into empty
+cells plus a warning, so one bad run never stops a report. It formats and
+writes nothing (lib/report does). Other directory layouts (the upstream
+AdamWPrune ones) plug in as further functions in READERS, tried in order.
+"""
+from __future__ import annotations
+
+import math
+import sys
+from pathlib import Path
+from typing import Any, Callable, Optional
+
+import pandas as pd
+
+from lib.errors import UserError
+from lib.jsonio import read_json
+
+# The all_results.json row of docs/results-format.md, in its order.
+ROW_FIELDS: tuple[str, ...] = (
+    "run_id", "model", "optimizer", "pruning", "variant", "seed", "task", "status",
+    "target_sparsity_pct", "sparsity_pct", "best_accuracy_pct", "final_accuracy_pct",
+    "memory_mean_mib", "memory_peak_mib", "memory_source", "memory_device",
+    "training_multiplier", "inference_multiplier", "wall_time_s",
+)
+# Table-only columns: curves for graphs, the log tail for the failed-runs
+# section, and the warnings raised while reading the run.
+EXTRA_FIELDS: tuple[str, ...] = ("epochs_accuracy", "log_tail", "warnings")
+# Present only when the table holds language-model runs.
+LM_FIELDS: tuple[str, ...] = ("best_perplexity", "final_perplexity")
+NUMERIC_FIELDS: tuple[str, ...] = (
+    "target_sparsity_pct", "sparsity_pct", "best_accuracy_pct", "final_accuracy_pct",
+    "memory_mean_mib", "memory_peak_mib", "training_multiplier", "inference_multiplier",
+    "wall_time_s",
+) + LM_FIELDS
+
+LANGUAGE_MODELING = "language_modeling"
+# A run that never wrote metrics.json still needs a task, so that reports put
+# it with the right kind of runs; only GPT-2 is a language model.
+TASK_BY_MODEL = {"gpt2": LANGUAGE_MODELING}
+STATUSES = ("success", "failed", "timeout", "interrupted")
+MISSING = "missing"
+LOG_TAIL_LINES = 5
+
+Row = dict[str, Any]
+# A reader recognises one directory layout: it returns the rows of the runs it
+# found, or None when the directory is not in its layout; problems go to the
+# warnings list as "path: what".
+Reader = Callable[[Path, list[str]], Optional[list[Row]]]
+
+
+class _RunFiles:
+    """The JSON files of one run folder, read leniently: problems become warnings."""
+
+    def __init__(self, run_dir: Path, warnings: list[str]) -> None:
+        self.run_dir = run_dir
+        self.global_warnings = warnings
+        self.warnings: list[str] = []
+
+    def warn(self, path: Path, what: str) -> None:
+        message = f"{path}: {what}"
+        self.warnings.append(message)
+        self.global_warnings.append(message)
+
+    def load(self, name: str, expected: bool) -> dict:
+        """The file's JSON object, or {} when absent (a warning if `expected`) or corrupt."""
+        path = self.run_dir / name
+        if not path.is_file():
+            if expected:
+                self.warn(path, "file not found")
+            return {}
+        try:
+            data = read_json(path)
+        except UserError as exc:  # its message already names the path
+            self.warnings.append(str(exc))
+            self.global_warnings.append(str(exc))
+            return {}
+        if not isinstance(data, dict):
+            self.warn(path, "not a JSON object")
+            return {}
+        return data
+
+    def number(self, data: dict, keys: tuple[str, ...], name: str) -> float:
+        """data[k0][k1]... as a float; NaN when absent, NaN and a warning when not a number."""
+        value: Any = data
+        for key in keys:
+            value = value.get(key) if isinstance(value, dict) else None
+        if value is None:
+            return math.nan
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            self.warn(self.run_dir / name, f"{'.'.join(keys)} is not a number ({value!r})")
+            return math.nan
+        return float(value)
+
+
+def _status(files: _RunFiles, result: dict) -> str:
+    if not result:
+        return MISSING  # no (valid) result.json: the run never finished
+    status = result.get("status")
+    if status not in STATUSES:
+        files.warn(files.run_dir / "result.json", f"unknown status {status!r}")
+        return MISSING
+    return status
+
+
+def _spec_cells(spec: dict) -> Row:
+    target = spec.get("target_sparsity_pct")
+    seed = spec.get("seed")
+    return {
+        "run_id": spec["run_id"],
+        "model": spec.get("model"),
+        "optimizer": spec.get("optimizer"),
+        "pruning": spec.get("pruning"),
+        "variant": spec.get("variant"),
+        "seed": seed if isinstance(seed, int) and not isinstance(seed, bool) else None,
+        "target_sparsity_pct": float(target) if isinstance(target, (int, float)) else math.nan,
+    }
+
+
+def _metric_cells(files: _RunFiles, metrics: dict) -> Row:
+    def num(*keys: str) -> float:
+        return files.number(metrics, keys, "metrics.json")
+
+    epochs = metrics.get("epochs")
+    cells = {
+        "best_accuracy_pct": num("best_accuracy_pct"),
+        "final_accuracy_pct": num("final_accuracy_pct"),
+        "sparsity_pct": num("sparsity", "global_pct"),
+        "training_multiplier": num("memory", "training_multiplier"),
+        "inference_multiplier": num("memory", "inference_multiplier"),
+        "wall_time_s": num("wall_time_s"),
+        "epochs_accuracy": [files.number(epoch, ("test_accuracy_pct",), "metrics.json")
+                            for epoch in (epochs if isinstance(epochs, list) else [])],
+    }
+    cells.update({field: num(field) for field in LM_FIELDS})
+    return cells
+
+
+def _memory_cells(files: _RunFiles, gpu_stats: dict) -> Row:
+    summary = gpu_stats.get("summary") if isinstance(gpu_stats.get("summary"), dict) else {}
+    return {
+        "memory_mean_mib": files.number(summary, ("mean_mib",), "gpu_stats.json"),
+        "memory_peak_mib": files.number(summary, ("peak_mib",), "gpu_stats.json"),
+        "memory_device": gpu_stats.get("device"),
+        "memory_source": gpu_stats.get("source"),
+    }
+
+
+def read_run(run_dir: Path, spec: dict, warnings: list[str]) -> Row:
+    """One table row from a run folder and its spec (from matrix.json or run.json)."""
+    files = _RunFiles(run_dir, warnings)
+    result = files.load("result.json", expected=False)
+    status = _status(files, result)
+    # Only a successful run must have its metrics; a failed one may stop early.
+    done = status == "success"
+    metrics = files.load("metrics.json", expected=done)
+    gpu_stats = files.load("gpu_stats.json", expected=done)
+    row = _spec_cells(spec)
+    row["model"] = row["model"] or metrics.get("model")
+    row["task"] = metrics.get("task") or TASK_BY_MODEL.get(row["model"], "classification")
+    row["status"] = status
+    row.update(_metric_cells(files, metrics))
+    row.update(_memory_cells(files, gpu_stats))
+    tail = result.get("log_tail")
+    row["log_tail"] = [str(line) for line in tail[-LOG_TAIL_LINES:]] if isinstance(tail, list) else []
+    row["warnings"] = files.warnings
+    return row
+
+
+def _specs_from_matrix(results_dir: Path, warnings: list[str]) -> Optional[list[dict]]:
+    """The run specs of matrix.json; None when it is absent or unusable."""
+    path = results_dir / "matrix.json"
+    if not path.is_file():
+        return None
+    try:
+        matrix = read_json(path)
+    except UserError as exc:  # its message already names the path
+        warnings.append(f"{exc}; reading the run folders instead")
+        return None
+    runs = matrix.get("runs") if isinstance(matrix, dict) else None
+    if not isinstance(runs, list):
+        warnings.append(f"{path}: no 'runs' list; reading the run folders instead")
+        return None
+    specs = [spec for spec in runs if isinstance(spec, dict) and isinstance(spec.get("run_id"), str)]
+    if len(specs) < len(runs):
+        warnings.append(f"{path}: {len(runs) - len(specs)} run(s) without a run_id ignored")
+    return specs
+
+
+def _specs_from_run_folders(results_dir: Path, warnings: list[str]) -> list[dict]:
+    """Specs of the folders holding run.json or result.json, when there is no matrix."""
+    specs = []
+    for run_dir in sorted(p for p in results_dir.iterdir() if p.is_dir()):
+        if not ((run_dir / "run.json").is_file() or (run_dir / "result.json").is_file()):
+            continue
+        spec = _RunFiles(run_dir, warnings).load("run.json", expected=True).get("spec")
+        spec = dict(spec) if isinstance(spec, dict) else {}
+        spec["run_id"] = run_dir.name  # the folder name is what the runner used
+        specs.append(spec)
+    return specs
+
+
+def read_own_layout(results_dir: Path, warnings: list[str]) -> Optional[list[Row]]:
+    """Rows of a directory written by this framework (docs/results-format.md)."""
+    specs = _specs_from_matrix(results_dir, warnings)
+    if specs is None:
+        specs = _specs_from_run_folders(results_dir, warnings)
+    seen: set[str] = set()
+    rows = []
+    for spec in specs:
+        if spec["run_id"] not in seen:
+            seen.add(spec["run_id"])
+            rows.append(read_run(results_dir / spec["run_id"], spec, warnings))
+    return rows or None
+
+
+# Tried in order; the first that recognises the directory wins.
+READERS: list[Reader] = [read_own_layout]
+
+
+def _to_frame(rows: list[Row]) -> pd.DataFrame:
+    columns = list(ROW_FIELDS) + list(EXTRA_FIELDS)
+    if any(row.get("task") == LANGUAGE_MODELING for row in rows):
+        columns += list(LM_FIELDS)
+    table = pd.DataFrame(rows, columns=columns)
+    for field in NUMERIC_FIELDS:
+        if field in table:
+            table[field] = table[field].astype(float)
+    table["seed"] = table["seed"].astype("Int64")  # integer, but may be unknown
+    # Text cells hold None, never NaN, when unknown.
+    text = [c for c in table.columns if table[c].dtype == object]
+    table[text] = table[text].astype(object).where(table[text].notna(), None)
+    return table
+
+
+def print_warnings(warnings: list[str]) -> None:
+    """Print each warning once to stderr as `warning: <path>: <what>`."""
+    for message in dict.fromkeys(warnings):
+        print(f"warning: {message}", file=sys.stderr)
+
+
+def load_results(results_dir: Path) -> pd.DataFrame:
+    """The table of all runs of `results_dir`: ROW_FIELDS + EXTRA_FIELDS (+ LM_FIELDS).
+
+    Unmeasured figures are NaN, unknown text None; runs listed in matrix.json
+    without a result have status "missing". Raises UserError when the
+    directory does not exist or holds no runs.
+    """
+    results_dir = Path(results_dir)
+    if not results_dir.is_dir():
+        raise UserError(f"{results_dir}: no such result directory "
+                        "(give a test_matrix_results/<timestamp> folder)")
+    warnings: list[str] = []
+    rows = next((found for reader in READERS if (found := reader(results_dir, warnings))), None)
+    print_warnings(warnings)
+    if rows is None:
+        raise UserError(f"{results_dir}: no runs found (expected matrix.json or run "
+                        "folders holding run.json or result.json)")
+    return _to_frame(rows)

@@ -1,0 +1,7 @@
+"""Put the project root on sys.path: scripts are run as files, not modules."""
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+if str(ROOT) not in sys.path:
+    sys.path.insert(0, str(ROOT))

@@ -1,0 +1,72 @@
+#!/usr/bin/env python3
+"""Configuration commands behind `make defconfig-NAME`, `olddefconfig`,
+`savedefconfig` and `listdefconfigs`; all through kconfiglib (lib/config)."""
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+import _path  # noqa: F401
+from lib.config import ROOT, load_kconfig, settings_from_kconfig
+from lib.errors import UserError, run_cli
+
+DEFCONFIGS = ROOT / "defconfigs"
+
+
+def defconfig_path(name: str) -> Path:
+    path = DEFCONFIGS / name
+    if not path.is_file():
+        raise UserError(f"no defconfig named {name!r} in defconfigs/ (`make listdefconfigs` lists them)")
+    return path
+
+
+def normalise(source: Path, target: Path) -> None:
+    """Load `source` (upstream idioms translated), check it, write a full `target`."""
+    loaded = load_kconfig(source)
+    if loaded.unknown_symbols:
+        print(f"warning: {source.name}: ignoring symbols this framework does not define: "
+              f"{', '.join(loaded.unknown_symbols)}")
+    settings_from_kconfig(loaded.kconf)  # stop on a bad value now, not at `make`
+    loaded.kconf.write_config(str(target), save_old=False)
+    print(f"wrote {target.name} from {source.relative_to(ROOT) if source.is_relative_to(ROOT) else source}")
+
+
+def first_comment(path: Path) -> str:
+    for line in path.read_text(errors="replace").splitlines():
+        text = line.lstrip("#").strip()
+        if line.startswith("#") and text and not text.startswith("SPDX"):
+            return text
+    return ""
+
+
+def list_defconfigs() -> None:
+    names = sorted(p.name for p in DEFCONFIGS.iterdir() if p.is_file())
+    width = max(map(len, names), default=0)
+    for name in names:
+        print(f"  {name:<{width}}  {first_comment(DEFCONFIGS / name)}")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__)
+    sub = parser.add_subparsers(dest="command", required=True)
+    sub.add_parser("defconfig").add_argument("name")
+    sub.add_parser("olddefconfig")
+    sub.add_parser("savedefconfig").add_argument("--out", default="defconfig")
+    sub.add_parser("listdefconfigs")
+    parser.add_argument("--config", default=str(ROOT / ".config"), help="the .config to read or write")
+    args = parser.parse_args()
+    config = Path(args.config)
+    if args.command == "defconfig":
+        normalise(defconfig_path(args.name), config)
+    elif args.command == "olddefconfig":
+        normalise(config, config)
+    elif args.command == "savedefconfig":
+        loaded = load_kconfig(config)
+        loaded.kconf.write_min_config(args.out)
+        print(f"wrote minimal configuration to {args.out}")
+    else:
+        list_defconfigs()
+
+
+if __name__ == "__main__":
+    run_cli(main)

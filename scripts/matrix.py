@@ -1,0 +1,114 @@
+#!/usr/bin/env python3
+"""Matrix commands behind `make`, `make continue` and `make test-matrix-dry-run`."""
+from __future__ import annotations
+
+import argparse
+import filecmp
+import sys
+from pathlib import Path
+
+import _path  # noqa: F401
+from kconfig import defconfig_path, normalise
+from lib.config import ROOT, load_settings
+from lib.errors import UserError, run_cli
+from lib.matrix import expand
+from lib.report import write_reports
+from lib.results import load_results
+from lib.runner import check_runnable, create_results_dir, load_matrix, run_matrix
+
+DEFAULT_DEFCONFIG = "lenet5-quick"
+
+
+def ensure_config(config: Path) -> None:
+    if not config.exists():
+        print(f"No {config.name} found: loading the embedded default `{DEFAULT_DEFCONFIG}` "
+              f"(pick another with `make defconfig-NAME` or `make menuconfig`).")
+        normalise(defconfig_path(DEFAULT_DEFCONFIG), config)
+
+
+def dry_run(config: Path) -> None:
+    settings = load_settings(config)
+    runs = expand(settings)
+    print(f"Test matrix from {config.name}: models {', '.join(settings.models)}; "
+          f"optimizers {', '.join(settings.optimizers)}; pruning {', '.join(settings.pruning_methods)}; "
+          f"seeds {' '.join(map(str, settings.seeds))}")
+    for number, spec in enumerate(runs, 1):
+        print(f"  {number}. {spec.run_id}")
+    print(f"Total: {len(runs)} runs (nothing was run)")
+
+
+def report(results_dir: Path) -> None:
+    for path in write_reports(load_results(results_dir), results_dir, results_dir.name):
+        print(f"wrote {path}")
+
+
+def finish(results_dir: Path, counts: dict[str, int]) -> None:
+    report(results_dir)
+    print(f"\nResults: {results_dir}\nSummary: {results_dir / 'summary_report.txt'}")
+    if counts["failed"]:
+        print(f"error: {counts['failed']} run(s) failed; see their output.log, then `make continue`",
+              file=sys.stderr)
+        sys.exit(1)
+
+
+def run(config: Path) -> None:
+    ensure_config(config)
+    settings = load_settings(config)
+    runs = expand(settings)
+    check_runnable(runs)
+    results_dir = create_results_dir(results_root(config), config, None, runs)
+    try:
+        counts = run_matrix(results_dir, runs, settings)
+    except KeyboardInterrupt:
+        print(f"\ninterrupted: finished runs are kept; resume with `make continue RESULTS={results_dir}`",
+              file=sys.stderr)
+        sys.exit(130)
+    finish(results_dir, counts)
+
+
+def newest_results_dir(root: Path) -> Path:
+    candidates = sorted((p for p in root.glob("*/matrix.json")), key=lambda p: p.parent.name)
+    if not candidates:
+        raise UserError(f"no result directory under {root} to continue (run `make` first)")
+    return candidates[-1].parent
+
+
+def results_root(config: Path) -> Path:
+    root = Path(load_settings(config, warn=lambda _: None).runner.results_root if config.exists()
+                else "test_matrix_results")
+    return root if root.is_absolute() else ROOT / root
+
+
+def continue_matrix(results: str | None, config: Path) -> None:
+    results_dir = Path(results) if results else newest_results_dir(results_root(config))
+    runs = load_matrix(results_dir)
+    recorded = results_dir / "config.txt"
+    if config.exists() and not filecmp.cmp(config, recorded, shallow=False):
+        print(f"note: {config.name} differs from {recorded}; "
+              f"continuing the matrix recorded in {results_dir.name}/matrix.json")
+    try:
+        counts = run_matrix(results_dir, runs, load_settings(recorded, warn=lambda _: None))
+    except KeyboardInterrupt:
+        print(f"\ninterrupted: resume with `make continue RESULTS={results_dir}`", file=sys.stderr)
+        sys.exit(130)
+    finish(results_dir, counts)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("command", choices=["run", "continue", "dry-run"])
+    parser.add_argument("--config", default=str(ROOT / ".config"))
+    parser.add_argument("--results", default=None, help="result directory for `continue`")
+    args = parser.parse_args()
+    config = Path(args.config)
+    if args.command == "run":
+        run(config)
+    elif args.command == "continue":
+        continue_matrix(args.results, config)
+    else:
+        ensure_config(config)
+        dry_run(config)
+
+
+if __name__ == "__main__":
+    run_cli(main)

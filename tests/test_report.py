@@ -1,0 +1,306 @@
+"""Reports from a result directory: lib/results reads it, lib/report writes
+all_results.json, summary_report.txt and report.md, scripts/report.py wraps both.
+
+The fixture writes a small directory in the format of docs/results-format.md:
+successful runs, a failed run with a log tail, a run whose metrics.json is
+corrupt and a run of matrix.json that never started. The summary table is
+read back through the independent reader tests/fixtures/summary_rows.py.
+"""
+from __future__ import annotations
+
+import importlib.util
+import json
+import math
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from lib.errors import UserError
+from lib.report import write_reports
+from lib.results import EXTRA_FIELDS, ROW_FIELDS, load_results
+
+ROOT = Path(__file__).resolve().parent.parent
+_spec = importlib.util.spec_from_file_location("summary_rows", ROOT / "tests/fixtures/summary_rows.py")
+summary_rows = importlib.util.module_from_spec(_spec)
+_spec.loader.exec_module(summary_rows)
+
+# run_id -> (optimizer, pruning, variant, target, status, metrics, memory (mean, peak) or None)
+RUNS = {
+    "lenet5_adam_none": ("adam", "none", None, 0.0, "success",
+                         dict(best=98.52, final=98.31, sparsity=0.0, train=4.0, infer=1.0), (812.4, 901.0)),
+    "lenet5_adam_magnitude_70": ("adam", "magnitude", None, 70.0, "success",
+                                 dict(best=98.1, final=97.95, sparsity=69.98, train=4.25, infer=0.3002),
+                                 (830.1, 925.5)),
+    "lenet5_adamwprune_none": ("adamwprune", "none", None, 0.0, "success",
+                               dict(best=98.6, final=98.47, sparsity=0.0, train=4.0, infer=1.0), (800.7, 890.6)),
+    "lenet5_adamwprune_state_70": ("adamwprune", "state", "bitter0", 70.0, "success",
+                                   dict(best=98.4, final=98.22, sparsity=70.01, train=None, infer=0.2999),
+                                   (790.0, 880.3)),
+    "lenet5_sgd_movement_70": ("sgd", "movement", None, 70.0, "failed", None, (512.0, 640.0)),
+    "lenet5_adamw_magnitude_70": ("adamw", "magnitude", None, 70.0, "success", "corrupt", (845.2, 930.9)),
+    "lenet5_adamw_none": ("adamw", "none", None, 0.0, None, None, None),  # never started
+}
+LOG_TAIL = [f"line {i}" for i in range(1, 8)] + ["RuntimeError: CUDA out of memory"]
+MEMORY_HEADERS = ("GPU Mean (MiB)", "GPU Max (MiB)")
+
+
+def _write(path: Path, data) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(data if isinstance(data, str) else json.dumps(data))
+
+
+def _spec_of(run_id: str, run: tuple, model: str = "lenet5") -> dict:
+    optimizer, pruning, variant, target = run[:4]
+    return {"run_id": run_id, "model": model, "optimizer": optimizer, "pruning": pruning,
+            "variant": variant, "target_sparsity_pct": target, "seed": 1, "hyperparams": {"epochs": 3}}
+
+
+def _metrics(run_id: str, m: dict, task: str = "classification") -> dict:
+    return {"run_id": run_id, "model": run_id.split("_")[0], "task": task,
+            "epochs": [{"epoch": 1, "test_accuracy_pct": m["best"] - 1.0},
+                       {"epoch": 2, "test_accuracy_pct": m["best"]},
+                       {"epoch": 3, "test_accuracy_pct": m["final"]}],
+            "best_accuracy_pct": m["best"], "final_accuracy_pct": m["final"],
+            "sparsity": {"target_pct": 70.0, "global_pct": m["sparsity"]},
+            "memory": {"training_multiplier": m["train"], "inference_multiplier": m["infer"]},
+            "wall_time_s": 60.5, **m.get("extra", {})}
+
+
+def _gpu_stats(memory: tuple, device: str) -> dict:
+    return {"schema_version": 1, "device": device, "source": "nvml" if device == "cuda" else "rss",
+            "summary": {"n_samples": 10, "mean_mib": memory[0], "peak_mib": memory[1]}}
+
+
+def make_results(root: Path, runs: dict = RUNS, device: str = "cuda", matrix: bool = True,
+                 model: str = "lenet5", task: str = "classification") -> Path:
+    """A result directory holding `runs` in the format of docs/results-format.md."""
+    specs = [_spec_of(run_id, run, model) for run_id, run in runs.items()]
+    if matrix:
+        _write(root / "matrix.json", {"schema_version": 1, "config_name": "test", "runs": specs})
+    for spec, (run_id, (*_, status, metrics, memory)) in zip(specs, runs.items()):
+        if status is None:
+            continue
+        run_dir = root / run_id
+        _write(run_dir / "run.json", {"schema_version": 1, "spec": spec})
+        if metrics == "corrupt":
+            _write(run_dir / "metrics.json", '{"best_accuracy_pct": 9')
+        elif metrics:
+            _write(run_dir / "metrics.json", _metrics(run_id, metrics, task))
+        if memory:
+            _write(run_dir / "gpu_stats.json", _gpu_stats(memory, device))
+        result = {"schema_version": 1, "run_id": run_id, "status": status, "metrics": {}}
+        if status != "success":
+            result["log_tail"] = LOG_TAIL
+        _write(run_dir / "result.json", result)
+    return root
+
+
+@pytest.fixture
+def results(tmp_path: Path) -> Path:
+    return make_results(tmp_path / "20250101_000000")
+
+
+@pytest.fixture
+def reports(results: Path) -> Path:
+    write_reports(load_results(results), results, str(results))
+    return results
+
+
+def _table_lines(text: str) -> dict[str, str]:
+    return {line.split()[0]: line for line in text.splitlines() if line.startswith("lenet5_")}
+
+
+def _isnan(value) -> bool:
+    return value is None or (isinstance(value, float) and math.isnan(value))
+
+
+def test_table_has_contract_columns_and_row_per_run(results: Path) -> None:
+    table = load_results(results).set_index("run_id", drop=False)
+    assert list(table.columns) == list(ROW_FIELDS) + list(EXTRA_FIELDS)
+    assert set(table.index) == set(RUNS)
+    row = table.loc["lenet5_adam_magnitude_70"]
+    assert (row.sparsity_pct, row.target_sparsity_pct, row.memory_device) == (69.98, 70.0, "cuda")
+    assert row.epochs_accuracy == [97.1, 98.1, 97.95]
+    assert table.loc["lenet5_adamw_none", "status"] == "missing"
+    assert table.loc["lenet5_sgd_movement_70", "log_tail"] == LOG_TAIL[-5:]
+
+
+def test_corrupt_metrics_is_a_warning_not_an_error(results: Path, capsys) -> None:
+    table = load_results(results).set_index("run_id")
+    row = table.loc["lenet5_adamw_magnitude_70"]
+    assert row.status == "success" and math.isnan(row.best_accuracy_pct) and math.isnan(row.sparsity_pct)
+    assert row.memory_mean_mib == 845.2  # the other files of the run still count
+    assert any("metrics.json" in w for w in row.warnings)
+    warnings = [line for line in capsys.readouterr().err.splitlines() if line.startswith("warning: ")]
+    assert len(warnings) == 1 and "lenet5_adamw_magnitude_70/metrics.json: not valid JSON" in warnings[0]
+
+
+def test_all_results_json_rows_follow_the_schema(reports: Path) -> None:
+    data = json.loads((reports / "all_results.json").read_text(),
+                      parse_constant=lambda c: pytest.fail(f"{c} in JSON"))
+    assert data["schema_version"] == 1 and data["source"] == str(reports)
+    rows = {row["run_id"]: row for row in data["runs"]}
+    assert set(rows) == set(RUNS)
+    assert all(list(row) == list(ROW_FIELDS) for row in rows.values())
+    good = rows["lenet5_adam_magnitude_70"]
+    assert (good["best_accuracy_pct"], good["sparsity_pct"], good["memory_peak_mib"]) == (98.1, 69.98, 925.5)
+    assert (good["seed"], good["memory_source"], good["training_multiplier"]) == (1, "nvml", 4.25)
+    assert rows["lenet5_adamw_magnitude_70"]["best_accuracy_pct"] is None
+    assert rows["lenet5_adamwprune_state_70"]["training_multiplier"] is None
+    assert rows["lenet5_adamw_none"]["status"] == "missing"
+
+
+def test_every_summary_figure_equals_its_source(reports: Path) -> None:
+    parsed = {row["id"]: row for row in summary_rows.rows((reports / "summary_report.txt").read_text())}
+    assert set(parsed) == set(RUNS)
+    for run_id, (*_, metrics, memory) in RUNS.items():
+        columns = parsed[run_id]["columns"]
+        expected = {}
+        if isinstance(metrics, dict):
+            expected = {"Best Acc (%)": metrics["best"], "Final Acc (%)": metrics["final"],
+                        "Sparsity (%)": metrics["sparsity"]}
+            assert parsed[run_id]["accuracy"] == pytest.approx(metrics["best"])
+            assert parsed[run_id]["sparsity"] == pytest.approx(metrics["sparsity"])
+        if memory:
+            expected.update(zip(MEMORY_HEADERS, memory))
+        assert columns == pytest.approx(expected), run_id
+
+
+def test_summary_layout_and_order(reports: Path) -> None:
+    text = (reports / "summary_report.txt").read_text()
+    head = text.splitlines()
+    assert head[0] == "Test Matrix Summary Report" and head[1].startswith("Generated: ")
+    assert head[2] == f"From: {reports}" and head[3] == "=" * 80
+    for line in ("Total tests: 7", "Successful: 5", "Failed: 1", "Missing: 1", "Best Performers:",
+                 "Top 20 by Best Acc:", "Best by Optimizer:", "Memory Efficiency Analysis:", "Failed Runs:"):
+        assert line in head, line
+    header = next(line for line in head if "Test ID" in line)
+    for name in ("Best Acc (%)", "Final Acc (%)", "Sparsity (%)", *MEMORY_HEADERS, "Status"):
+        assert name in header
+    order = [run_id for run_id in _table_lines(text)][:4]
+    assert order == ["lenet5_adamwprune_none", "lenet5_adam_none",
+                     "lenet5_adamwprune_state_70", "lenet5_adam_magnitude_70"]
+    assert "  adamwprune: lenet5_adamwprune_none (98.60%)" in head
+    assert "✓ Success" in text and "✗ Failed" in text and "… Missing" in text
+
+
+def test_measured_sparsity_and_na_for_missing_figures(reports: Path) -> None:
+    text = (reports / "summary_report.txt").read_text()
+    lines = _table_lines(text)
+    assert "69.98%" in lines["lenet5_adam_magnitude_70"] and "70.00" not in lines["lenet5_adam_magnitude_70"]
+    for run_id in ("lenet5_adamw_magnitude_70", "lenet5_sgd_movement_70", "lenet5_adamw_none"):
+        assert lines[run_id].count("n/a") >= 3, run_id
+    assert "0.0000" not in text
+
+
+def test_efficiency_uses_measured_multipliers(reports: Path) -> None:
+    text = (reports / "summary_report.txt").read_text()
+    assert "weights + gradients + optimizer state + masks" in text
+    assert "3.03x" not in text
+    score = 98.1 / (830.1 / 100)
+    assert (f"Best Acc: 98.10%, GPU Mean: 830.1 MiB, Training Memory: 4.25x weights, "
+            f"Efficiency Score: {score:.2f}") in text
+    assert "Training Memory: not measured" in text  # adamwprune_state_70 has no multiplier
+    assert "Inference Memory: 0.30x weights" in text
+
+
+def test_failed_runs_show_last_log_lines(reports: Path) -> None:
+    text = (reports / "summary_report.txt").read_text()
+    section = text[text.index("Failed Runs:"):]
+    assert "lenet5_sgd_movement_70: ✗ Failed" in section
+    assert "| RuntimeError: CUDA out of memory" in section and "| line 4" in section
+    assert "| line 3" not in section
+    assert "lenet5_adamw_none" in text[text.index("Missing Runs"):]
+
+
+def test_report_md_has_a_table_per_model_with_dense_delta(reports: Path) -> None:
+    md = (reports / "report.md").read_text()
+    assert "## lenet5" in md
+    header = next(line for line in md.splitlines() if line.startswith("| Run |"))
+    for name in ("Best Acc (%)", "Sparsity (%)", "GPU Mean (MiB)", "Efficiency", "Δ dense"):
+        assert name in header
+    state = next(line for line in md.splitlines() if "`lenet5_adamwprune_state_70`" in line)
+    cells = [c.strip() for c in state.strip("|").split("|")]
+    assert cells[3:6] == ["98.40", "98.22", "70.01%"]
+    assert cells[header.strip("|").split("|").index(" Δ dense ")] == "-0.20"
+    assert "+0.00" in md  # the dense runs themselves
+    adamw = next(line for line in md.splitlines() if "`lenet5_adamw_magnitude_70`" in line)
+    assert "n/a" in adamw  # no metrics and no dense adamw baseline
+
+
+def test_cpu_memory_is_labelled_rss(tmp_path: Path) -> None:
+    root = make_results(tmp_path / "cpu", device="cpu")
+    write_reports(load_results(root), root, "cpu")
+    text = (root / "summary_report.txt").read_text()
+    assert "Memory: CPU process resident set size (no GPU); not GPU memory" in text
+    assert "GPU Mean" not in text
+    row = {r["id"]: r for r in summary_rows.rows(text)}["lenet5_adam_none"]
+    assert row["columns"]["RSS Avg (MiB)"] == 812.4 and row["columns"]["RSS Max (MiB)"] == 901.0
+
+
+def test_mixed_memory_devices_get_neutral_labels(results: Path) -> None:
+    stats = results / "lenet5_adam_none" / "gpu_stats.json"
+    _write(stats, _gpu_stats((812.4, 901.0), "cpu"))
+    write_reports(load_results(results), results, "mixed")
+    text = (results / "summary_report.txt").read_text()
+    assert "Mem Avg (MiB)" in text and "not comparable" in text
+    assert "adam (cpu)" in text and "adam (cuda)" in text
+    assert "RSS Mean: 812.4 MiB" in text and "GPU Mean: 830.1 MiB" in text
+
+
+def test_language_model_runs_report_perplexity(tmp_path: Path) -> None:
+    runs = {f"gpt2_adamwprune_bitter{v}_state_50": ("adamwprune", "state", f"bitter{v}", 50.0, "success",
+                                                     dict(best=0.0, final=0.0, sparsity=50.02, train=3.25,
+                                                          infer=0.5, extra={"best_perplexity": p,
+                                                                            "final_perplexity": p + 1}),
+                                                     (25311.5, 25344.0))
+            for v, p in ((7, 41.27), (1, 44.9))}
+    root = make_results(tmp_path / "lm", runs, model="gpt2", task="language_modeling")
+    for run_id in runs:  # language models report no accuracy
+        metrics = json.loads((root / run_id / "metrics.json").read_text())
+        del metrics["best_accuracy_pct"], metrics["final_accuracy_pct"]
+        _write(root / run_id / "metrics.json", metrics)
+    write_reports(load_results(root), root, "lm")
+    text = (root / "summary_report.txt").read_text()
+    header = next(line for line in text.splitlines() if "Test ID" in line)
+    assert "Best PPL" in header and "Acc" not in header
+    parsed = summary_rows.rows(text)
+    assert [r["id"] for r in parsed] == ["gpt2_adamwprune_bitter7_state_50", "gpt2_adamwprune_bitter1_state_50"]
+    assert parsed[0]["perplexity"] == 41.27 and parsed[0]["sparsity"] == 50.02
+    rows = json.loads((root / "all_results.json").read_text())["runs"]
+    assert rows[0]["best_perplexity"] == 41.27 and rows[0]["best_accuracy_pct"] is None
+
+
+def test_run_folders_are_read_without_matrix(tmp_path: Path) -> None:
+    root = make_results(tmp_path / "nomatrix", matrix=False)
+    table = load_results(root)
+    assert set(table["run_id"]) == set(RUNS) - {"lenet5_adamw_none"}
+    assert set(table["optimizer"]) == {"adam", "adamw", "adamwprune", "sgd"}
+
+
+@pytest.mark.parametrize("make", [lambda p: p / "absent", lambda p: p])
+def test_no_runs_is_a_user_error(tmp_path: Path, make) -> None:
+    with pytest.raises(UserError):
+        load_results(make(tmp_path))
+
+
+def test_cli_writes_reports_and_fails_cleanly(results: Path, tmp_path: Path) -> None:
+    script = [sys.executable, str(ROOT / "scripts/report.py")]
+    out = tmp_path / "out"
+    done = subprocess.run(script + [str(results), "--out", str(out)], capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.split() == [str(out / n) for n in ("all_results.json", "summary_report.txt", "report.md")]
+    assert done.stderr.count("warning: ") == 1
+    failed = subprocess.run(script + [str(tmp_path / "absent")], capture_output=True, text=True)
+    assert failed.returncode == 2 and failed.stderr.startswith("error: ") and "Traceback" not in failed.stderr
+
+
+def test_timeout_is_counted_as_failed_and_named(results: Path) -> None:
+    result = results / "lenet5_sgd_movement_70" / "result.json"
+    _write(result, {**json.loads(result.read_text()), "status": "timeout"})
+    write_reports(load_results(results), results, "timeout")
+    text = (results / "summary_report.txt").read_text()
+    assert "Failed: 1 (1 timeout)" in text.splitlines()
+    assert "lenet5_sgd_movement_70: ✗ Timeout" in text

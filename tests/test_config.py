@@ -1,0 +1,337 @@
+"""Configuration: a `.config` goes through kconfiglib and lib/config into one
+frozen, typed Settings; bad numbers stop with one line naming the symbol, the
+value and the allowed range; upstream AdamWPrune defconfigs load (unknown
+symbols listed, not fatal) with their idioms translated; and the commands
+behind `make defconfig-NAME`, `savedefconfig` and `listdefconfigs` work as
+typed. Every .config written here lives in tmp_path.
+"""
+from __future__ import annotations
+
+import dataclasses
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from lib.config import (NUMBER_SYMBOLS, Settings, load_kconfig, load_settings, parse_seeds,
+                        settings_from_kconfig)
+from lib.errors import UserError
+from lib.matrix import expand
+
+ROOT = Path(__file__).resolve().parent.parent
+DEFCONFIGS = sorted(p for p in (ROOT / "defconfigs").iterdir() if p.is_file())
+UPSTREAM = ROOT / "tests/fixtures/upstream-defconfigs"
+KCONFIG_CLI = ROOT / "scripts/kconfig.py"
+
+# A small valid base: LeNet-5, Adam and AdamW, magnitude pruning at one level.
+BASE = """\
+CONFIG_MODEL_MODE_SINGLE=y
+CONFIG_MODEL_SELECT_LENET5=y
+CONFIG_OPTIMIZER_MODE_MULTIPLE=y
+CONFIG_OPTIMIZER_ENABLE_SGD=y
+CONFIG_OPTIMIZER_ENABLE_ADAM=y
+CONFIG_OPTIMIZER_ENABLE_ADAMW=y
+CONFIG_PRUNING_MODE_SINGLE=y
+CONFIG_PRUNING_SELECT_MAGNITUDE=y
+"""
+
+
+def write_config(tmp_path: Path, text: str, name: str = ".config") -> Path:
+    path = tmp_path / name
+    path.write_text(text)
+    return path
+
+
+def settings_of(tmp_path: Path, text: str) -> Settings:
+    return load_settings(write_config(tmp_path, text), warn=lambda message: None)
+
+
+def run_ids(settings: Settings) -> list[str]:
+    return [run.run_id for run in expand(settings)]
+
+
+# --- named defconfigs and upstream defconfigs ------------------------------------------
+
+
+@pytest.mark.parametrize("path", DEFCONFIGS, ids=[p.name for p in DEFCONFIGS])
+def test_every_defconfig_loads_and_validates(path):
+    loaded = load_kconfig(path)
+    assert loaded.unknown_symbols == ()
+    assert loaded.warnings == ()
+    settings = settings_from_kconfig(loaded.kconf)
+    assert settings.models and settings.optimizers and settings.seeds
+    assert expand(settings)
+
+
+def test_upstream_lenet5_defconfig_lists_its_unknown_symbols():
+    loaded = load_kconfig(UPSTREAM / "lenet5-test-matrix-full")
+    assert {"NUM_WORKERS", "VERBOSE", "MOVEMENT_PRUNING_BETA", "STATE_PRUNING_STRATEGY"} <= set(
+        loaded.unknown_symbols)
+    # Upstream idioms with a meaning here are translated, not reported as unknown.
+    assert not {"TEST_MODELS", "TEST_MODEL_LENET5"} & set(loaded.unknown_symbols)
+    settings = settings_from_kconfig(loaded.kconf)
+    assert settings.models == ("lenet5",)
+    assert settings.training.device == "cuda"
+    assert settings.training.batch_size == 512
+
+
+def test_upstream_gpt2_defconfig_lists_its_unknown_symbols():
+    loaded = load_kconfig(UPSTREAM / "gpt2-finewebedu-bitter7")
+    assert {"NUM_WORKERS", "GPT2_FLASH_ATTENTION", "ENABLE_WANDB", "PIN_MEMORY"} <= set(loaded.unknown_symbols)
+    assert not {"MODEL", "TEST_MODELS", "OPTIMIZER", "PRUNING_METHOD", "GPT2_DATASET"} & set(
+        loaded.unknown_symbols)
+    settings = settings_from_kconfig(loaded.kconf)
+    assert (settings.models, settings.optimizers, settings.pruning_methods) == (("gpt2",), ("adamwprune",),
+                                                                                ("state",))
+    assert settings.gpt2_variants == ("bitter7",)
+    assert settings.training.learning_rate == pytest.approx(6e-4)
+    assert settings.optimizer_params["adamwprune"]["base"] == "adamwspam"
+    assert settings.model_params["gpt2"]["max_time_s"] == 7200
+
+
+def test_load_settings_warns_once_naming_the_unknown_symbols():
+    messages: list[str] = []
+    load_settings(UPSTREAM / "lenet5-test-matrix-full", warn=messages.append)
+    assert len(messages) == 1
+    assert "NUM_WORKERS" in messages[0] and "VERBOSE" in messages[0]
+
+
+def test_missing_file_is_a_user_error(tmp_path):
+    with pytest.raises(UserError, match="no such configuration file"):
+        load_kconfig(tmp_path / "absent.config")
+
+
+# --- numbers held in string symbols ------------------------------------------------------
+
+
+def test_learning_rate_that_is_not_a_number_names_symbol_value_and_range(tmp_path):
+    with pytest.raises(UserError) as err:
+        settings_of(tmp_path, BASE + 'CONFIG_LEARNING_RATE="abc"\n')
+    message = str(err.value)
+    assert "LEARNING_RATE" in message and '"abc"' in message
+    assert NUMBER_SYMBOLS["LEARNING_RATE"].describe() in message  # (0, 10]
+    assert "\n" not in message
+
+
+@pytest.mark.parametrize("symbol, value", [
+    ("ADAM_BETA1", "1.5"),
+    ("ADAMW_BETA2", "1.5"),
+    ("TARGET_SPARSITY", "-0.1"),
+    ("LEARNING_RATE", "0"),
+    ("LEARNING_RATE", "nan"),
+    ("ADAMW_EPSILON", "0"),
+])
+def test_out_of_range_number_names_the_symbol(tmp_path, symbol, value):
+    with pytest.raises(UserError) as err:
+        settings_of(tmp_path, BASE + f'CONFIG_{symbol}="{value}"\n')
+    message = str(err.value)
+    assert f"CONFIG_{symbol}=" in message and value in message
+    assert NUMBER_SYMBOLS[symbol].describe() in message
+
+
+def test_negative_adamwprune_sparsity_names_the_symbol(tmp_path):
+    text = BASE + "CONFIG_OPTIMIZER_ENABLE_ADAMWPRUNE=y\nCONFIG_ADAMWPRUNE_TARGET_SPARSITY=\"-0.5\"\n"
+    with pytest.raises(UserError, match="ADAMWPRUNE_TARGET_SPARSITY"):
+        settings_of(tmp_path, text)
+
+
+def test_number_rule_bounds():
+    fraction = NUMBER_SYMBOLS["TARGET_SPARSITY"]
+    assert fraction.allows(0.0) and fraction.allows(0.99)
+    assert not fraction.allows(1.0) and not fraction.allows(-0.01) and not fraction.allows(float("inf"))
+    assert fraction.describe() == "[0, 1)"
+
+
+@pytest.mark.parametrize("value", ["0", "1000001", "-3"])
+def test_batch_size_out_of_range_names_the_symbol(tmp_path, value):
+    with pytest.raises(UserError) as err:
+        settings_of(tmp_path, BASE + f"CONFIG_BATCH_SIZE={value}\n")
+    assert "BATCH_SIZE" in str(err.value) and value in str(err.value)
+    assert "[1, 1000000]" in str(err.value)
+
+
+@pytest.mark.xfail(strict=True, reason=(
+    "lib/config.py _check_int_symbols skips symbols whose user_value is None, but kconfiglib's "
+    "set_value() rejects a malformed int ('abc') without storing it, so the symbol silently falls "
+    "back to its default (BATCH_SIZE=abc -> 128) and only a kconfiglib warning remains"))
+@pytest.mark.parametrize("symbol", ["BATCH_SIZE", "NUM_EPOCHS"])
+def test_int_symbol_that_is_not_a_number_names_the_symbol(tmp_path, symbol):
+    with pytest.raises(UserError, match=symbol):
+        settings_of(tmp_path, BASE + f"CONFIG_{symbol}=abc\n")
+
+
+def test_valid_numbers_become_floats(tmp_path):
+    settings = settings_of(tmp_path, BASE + 'CONFIG_LEARNING_RATE="2e-3"\nCONFIG_ADAM_BETA2="0.98"\n')
+    assert settings.training.learning_rate == 2e-3
+    assert settings.optimizer_params["adam"]["betas"] == (0.9, 0.98)
+
+
+def test_bad_device_is_a_user_error(tmp_path):
+    with pytest.raises(UserError, match="DEVICE"):
+        settings_of(tmp_path, BASE + 'CONFIG_DEVICE="gpu"\n')
+
+
+# --- seeds ---------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("raw, seeds", [("1 2 3", (1, 2, 3)), ("1,2", (1, 2)), (" 7 ", (7,)),
+                                         ("0, 5,9", (0, 5, 9))])
+def test_parse_seeds_accepts_spaces_and_commas(raw, seeds):
+    assert parse_seeds(raw) == seeds
+
+
+@pytest.mark.parametrize("raw", ["1 1", "1 -2", "1 a", "x", "", "1.5"])
+def test_parse_seeds_rejects_duplicates_negatives_and_letters(raw):
+    with pytest.raises(UserError, match="SEEDS"):
+        parse_seeds(raw)
+
+
+def test_seeds_symbol_reaches_settings(tmp_path):
+    assert settings_of(tmp_path, BASE + 'CONFIG_SEEDS="3 1 2"\n').seeds == (3, 1, 2)
+    with pytest.raises(UserError, match="SEEDS"):
+        settings_of(tmp_path, BASE + 'CONFIG_SEEDS="1 1"\n')
+
+
+# --- upstream idioms -----------------------------------------------------------------------
+
+# kconfiglib records an undefined string assignment with its quotes ('"gpt2"'),
+# and lib/upstream_aliases.py compares that raw text with bare names.
+QUOTED_STRING_ALIAS_BUG = pytest.mark.xfail(strict=True, reason=(
+    "lib/upstream_aliases.py apply_upstream_aliases: `missing = dict(kconf.missing_syms)` keeps the "
+    "quotes kconfiglib leaves on string values (CONFIG_MODEL=\"gpt2\" -> '\"gpt2\"'), so the MODEL, "
+    "TEST_MODELS, OPTIMIZER, PRUNING_METHOD and GPT2_DATASET aliases never match and are silently ignored"))
+
+
+def test_test_sparsity_alias_enables_that_level(tmp_path):
+    settings = settings_of(tmp_path, BASE + "CONFIG_TEST_SPARSITY_70=y\n")
+    assert settings.sparsities_pct == (70.0,)
+    assert run_ids(settings)[:2] == ["lenet5_sgd_magnitude_70", "lenet5_adam_magnitude_70"]
+
+
+def test_test_sparsity_alias_adds_to_levels_set_our_way(tmp_path):
+    settings = settings_of(tmp_path, BASE + "CONFIG_SPARSITY_ENABLE_50=y\nCONFIG_TEST_SPARSITY_90=y\n")
+    assert settings.sparsities_pct == (50.0, 90.0)
+
+
+def test_target_sparsity_alone_gives_that_level(tmp_path):
+    settings = settings_of(tmp_path, BASE + 'CONFIG_TARGET_SPARSITY="0.65"\n')
+    assert settings.sparsities_pct == (65.0,)
+    assert "lenet5_adam_magnitude_65" in run_ids(settings)
+
+
+@QUOTED_STRING_ALIAS_BUG
+def test_upstream_pruning_method_string_with_target_sparsity(tmp_path):
+    settings = settings_of(tmp_path, 'CONFIG_PRUNING_METHOD="magnitude"\nCONFIG_TARGET_SPARSITY="0.65"\n')
+    assert settings.pruning_methods == ("magnitude",)
+    assert run_ids(settings) == ["lenet5_adamw_magnitude_65"]
+
+
+@QUOTED_STRING_ALIAS_BUG
+def test_model_string_selects_that_model(tmp_path):
+    settings = settings_of(tmp_path, 'CONFIG_MODEL="gpt2"\n')
+    assert settings.models == ("gpt2",)
+    assert run_ids(settings) == ["gpt2_adamw_none"]
+
+
+@QUOTED_STRING_ALIAS_BUG
+def test_test_models_string_gives_several_models(tmp_path):
+    settings = settings_of(tmp_path, 'CONFIG_TEST_MODELS="lenet5 resnet18"\n')
+    assert settings.models == ("lenet5", "resnet18")
+
+
+@QUOTED_STRING_ALIAS_BUG
+def test_optimizer_string_selects_that_optimizer(tmp_path):
+    assert settings_of(tmp_path, 'CONFIG_OPTIMIZER="adam"\n').optimizers == ("adam",)
+
+
+def test_our_own_symbols_win_over_upstream_aliases(tmp_path):
+    settings = settings_of(tmp_path, 'CONFIG_MODEL_SELECT_RESNET18=y\nCONFIG_MODEL="gpt2"\n')
+    assert settings.models == ("resnet18",)
+
+
+# --- the Settings object -------------------------------------------------------------------
+
+
+def test_settings_are_frozen(tmp_path):
+    settings = settings_of(tmp_path, BASE)
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        settings.models = ("gpt2",)
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        settings.training.batch_size = 1
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        settings.pruning.warmup_steps = 0
+
+
+def test_settings_to_json_is_plain_data(tmp_path):
+    data = settings_of(tmp_path, BASE).to_json()
+    assert data["training"]["learning_rate"] == 0.001
+    assert data["pruning"]["schedule"] == "cubic"
+    assert data["optimizer_params"]["sgd"]["momentum"] == 0.9
+
+
+# --- the command line: scripts/kconfig.py --------------------------------------------------
+
+
+def kconfig_cli(*args: str | Path, cwd: Path) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, str(KCONFIG_CLI), *map(str, args)], cwd=cwd,
+                          capture_output=True, text=True, timeout=60)
+
+
+def test_cli_unknown_defconfig_is_one_line_and_exit_2(tmp_path):
+    result = kconfig_cli("--config", tmp_path / ".config", "defconfig", "nonexistent", cwd=tmp_path)
+    assert result.returncode == 2
+    assert len(result.stderr.splitlines()) == 1
+    assert "nonexistent" in result.stderr
+    assert "Traceback" not in result.stderr + result.stdout
+    assert not (tmp_path / ".config").exists()
+
+
+def test_cli_bad_value_is_one_line_and_exit_2(tmp_path):
+    config = write_config(tmp_path, BASE + 'CONFIG_LEARNING_RATE="fast"\n')
+    result = kconfig_cli("--config", config, "olddefconfig", cwd=tmp_path)
+    assert result.returncode == 2
+    assert result.stderr.count("\n") == 1 and "LEARNING_RATE" in result.stderr
+    assert "Traceback" not in result.stderr
+
+
+def test_cli_defconfig_writes_a_config_that_loads(tmp_path):
+    config = tmp_path / ".config"
+    result = kconfig_cli("--config", config, "defconfig", "lenet5-quick", cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    assert config.is_file()
+    written = expand(load_settings(config))
+    assert [r.to_json() for r in written] == [r.to_json() for r in expand(load_settings(ROOT / "defconfigs/lenet5-quick"))]
+
+
+def test_cli_savedefconfig_round_trips(tmp_path):
+    config, minimal = tmp_path / ".config", tmp_path / "defconfig"
+    assert kconfig_cli("--config", config, "defconfig", "lenet5-quick", cwd=tmp_path).returncode == 0
+    result = kconfig_cli("--config", config, "savedefconfig", "--out", minimal, cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    assert len(minimal.read_text().splitlines()) < len(config.read_text().splitlines())
+    full, small = expand(load_settings(config)), expand(load_settings(minimal))
+    assert [r.to_json() for r in small] == [r.to_json() for r in full]
+
+
+@pytest.mark.parametrize("name", ["lenet5-test-matrix-full", "gpt2-finewebedu-bitter7"])
+def test_cli_olddefconfig_on_upstream_defconfig_keeps_its_matrix(tmp_path, name):
+    config = write_config(tmp_path, (UPSTREAM / name).read_text())
+    before = expand(load_settings(config, warn=lambda message: None))
+    result = kconfig_cli("--config", config, "olddefconfig", cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    assert "NUM_WORKERS" in result.stdout  # the unknown symbols are named once
+    loaded = load_kconfig(config)
+    assert loaded.unknown_symbols == ()
+    assert [r.to_json() for r in expand(settings_from_kconfig(loaded.kconf))] == [r.to_json() for r in before]
+
+
+def test_cli_listdefconfigs_prints_names_and_first_comment(tmp_path):
+    result = kconfig_cli("listdefconfigs", cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    lines = result.stdout.splitlines()
+    assert len(lines) == len(DEFCONFIGS)
+    for path, line in zip(DEFCONFIGS, lines):
+        comment = path.read_text().splitlines()[0].lstrip("#").strip()
+        assert line.split()[0] == path.name
+        assert line.rstrip().endswith(comment)

@@ -144,6 +144,9 @@ def load_kconfig(path: str | os.PathLike) -> LoadedConfig:
 def _check_int_symbols(kconf: kconfiglib.Kconfig, path: Path) -> None:
     # kconfiglib silently falls back to the default for a malformed or
     # out-of-range int; a typo must not quietly change an experiment.
+    for message in kconf.warnings:
+        if "is invalid for" in message and "assignment ignored" in message:
+            raise UserError(f"{path}: {message.removeprefix('warning: ')}")
     for sym in kconf.unique_defined_syms:
         if sym.orig_type not in (kconfiglib.INT, kconfiglib.HEX) or sym.user_value is None:
             continue

@@ -25,7 +25,7 @@ def _user_set(kconf: kconfiglib.Kconfig, *names: str) -> bool:
 
 
 def _select_models(kconf: kconfiglib.Kconfig, models: list[str]) -> None:
-    prefixes = [f"MODEL_SELECT_{m.upper()}" for m in _MODEL_NAMES] + ["MODEL_MODE_MULTIPLE"]
+    prefixes = [f"MODEL_SELECT_{m.upper()}" for m in _MODEL_NAMES] + ["MODEL_MODE_SINGLE", "MODEL_MODE_MULTIPLE"]
     if not models or _user_set(kconf, *prefixes):
         return
     if len(models) == 1:
@@ -47,7 +47,9 @@ def _select_single(kconf: kconfiglib.Kconfig, mode: str, prefix: str, value: str
 
 def apply_upstream_aliases(kconf: kconfiglib.Kconfig) -> list[str]:
     """Apply upstream idioms found in kconf.missing_syms; return names still unknown."""
-    missing = dict(kconf.missing_syms)
+    # kconfiglib keeps string values as written, quotes and escapes included.
+    missing = {name: kconfiglib.unescape(value[1:-1]) if value.startswith('"') and value.endswith('"') else value
+               for name, value in kconf.missing_syms}
     handled: set[str] = set()
     models = [m for m in _MODEL_NAMES if missing.get(f"TEST_MODEL_{m.upper()}") == "y"]
     for key in ("TEST_MODELS", "MODEL"):

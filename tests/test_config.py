@@ -151,10 +151,6 @@ def test_batch_size_out_of_range_names_the_symbol(tmp_path, value):
     assert "[1, 1000000]" in str(err.value)
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "lib/config.py _check_int_symbols skips symbols whose user_value is None, but kconfiglib's "
-    "set_value() rejects a malformed int ('abc') without storing it, so the symbol silently falls "
-    "back to its default (BATCH_SIZE=abc -> 128) and only a kconfiglib warning remains"))
 @pytest.mark.parametrize("symbol", ["BATCH_SIZE", "NUM_EPOCHS"])
 def test_int_symbol_that_is_not_a_number_names_the_symbol(tmp_path, symbol):
     with pytest.raises(UserError, match=symbol):
@@ -165,6 +161,18 @@ def test_valid_numbers_become_floats(tmp_path):
     settings = settings_of(tmp_path, BASE + 'CONFIG_LEARNING_RATE="2e-3"\nCONFIG_ADAM_BETA2="0.98"\n')
     assert settings.training.learning_rate == 2e-3
     assert settings.optimizer_params["adam"]["betas"] == (0.9, 0.98)
+
+
+@pytest.mark.parametrize("optimizer", ["ADAMWADV", "ADAMWSPAM"])
+def test_adamw_betas_reach_adamw_family_optimizers(tmp_path, optimizer):
+    settings = settings_of(tmp_path, f'CONFIG_OPTIMIZER_SELECT_{optimizer}=y\nCONFIG_ADAMW_BETA1="0.8"\n')
+    assert settings.optimizer_params[optimizer.lower()]["betas"] == (0.8, 0.999)
+
+
+@pytest.mark.parametrize("optimizer", ["ADAMWADV", "ADAMWSPAM"])
+def test_bad_adamw_beta_stops_adamw_family_optimizers(tmp_path, optimizer):
+    with pytest.raises(UserError, match="ADAMW_BETA2"):
+        settings_of(tmp_path, f'CONFIG_OPTIMIZER_SELECT_{optimizer}=y\nCONFIG_ADAMW_BETA2="7"\n')
 
 
 def test_bad_device_is_a_user_error(tmp_path):
@@ -195,14 +203,6 @@ def test_seeds_symbol_reaches_settings(tmp_path):
 
 # --- upstream idioms -----------------------------------------------------------------------
 
-# kconfiglib records an undefined string assignment with its quotes ('"gpt2"'),
-# and lib/upstream_aliases.py compares that raw text with bare names.
-QUOTED_STRING_ALIAS_BUG = pytest.mark.xfail(strict=True, reason=(
-    "lib/upstream_aliases.py apply_upstream_aliases: `missing = dict(kconf.missing_syms)` keeps the "
-    "quotes kconfiglib leaves on string values (CONFIG_MODEL=\"gpt2\" -> '\"gpt2\"'), so the MODEL, "
-    "TEST_MODELS, OPTIMIZER, PRUNING_METHOD and GPT2_DATASET aliases never match and are silently ignored"))
-
-
 def test_test_sparsity_alias_enables_that_level(tmp_path):
     settings = settings_of(tmp_path, BASE + "CONFIG_TEST_SPARSITY_70=y\n")
     assert settings.sparsities_pct == (70.0,)
@@ -220,27 +220,23 @@ def test_target_sparsity_alone_gives_that_level(tmp_path):
     assert "lenet5_adam_magnitude_65" in run_ids(settings)
 
 
-@QUOTED_STRING_ALIAS_BUG
 def test_upstream_pruning_method_string_with_target_sparsity(tmp_path):
     settings = settings_of(tmp_path, 'CONFIG_PRUNING_METHOD="magnitude"\nCONFIG_TARGET_SPARSITY="0.65"\n')
     assert settings.pruning_methods == ("magnitude",)
     assert run_ids(settings) == ["lenet5_adamw_magnitude_65"]
 
 
-@QUOTED_STRING_ALIAS_BUG
 def test_model_string_selects_that_model(tmp_path):
     settings = settings_of(tmp_path, 'CONFIG_MODEL="gpt2"\n')
     assert settings.models == ("gpt2",)
     assert run_ids(settings) == ["gpt2_adamw_none"]
 
 
-@QUOTED_STRING_ALIAS_BUG
 def test_test_models_string_gives_several_models(tmp_path):
     settings = settings_of(tmp_path, 'CONFIG_TEST_MODELS="lenet5 resnet18"\n')
     assert settings.models == ("lenet5", "resnet18")
 
 
-@QUOTED_STRING_ALIAS_BUG
 def test_optimizer_string_selects_that_optimizer(tmp_path):
     assert settings_of(tmp_path, 'CONFIG_OPTIMIZER="adam"\n').optimizers == ("adam",)
 
@@ -332,6 +328,7 @@ def test_cli_listdefconfigs_prints_names_and_first_comment(tmp_path):
     lines = result.stdout.splitlines()
     assert len(lines) == len(DEFCONFIGS)
     for path, line in zip(DEFCONFIGS, lines):
-        comment = path.read_text().splitlines()[0].lstrip("#").strip()
+        comment = next(text for text in (line.lstrip("#").strip() for line in path.read_text().splitlines()
+                                         if line.startswith("#")) if text and not text.startswith("SPDX"))
         assert line.split()[0] == path.name
         assert line.rstrip().endswith(comment)

@@ -145,8 +145,9 @@ def _check_int_symbols(kconf: kconfiglib.Kconfig, path: Path) -> None:
     # kconfiglib silently falls back to the default for a malformed or
     # out-of-range int; a typo must not quietly change an experiment.
     for message in kconf.warnings:
-        if "is invalid for" in message and "assignment ignored" in message:
-            raise UserError(f"{path}: {message.removeprefix('warning: ')}")
+        if "assignment ignored" in message.lower():  # malformed int, bool or unquoted string
+            text = message.replace("warning: ", "", 1)
+            raise UserError(text if text.startswith(str(path)) else f"{path}: {text}")
     for sym in kconf.unique_defined_syms:
         if sym.orig_type not in (kconfiglib.INT, kconfiglib.HEX) or sym.user_value is None:
             continue
@@ -322,7 +323,7 @@ def load_settings(path: str | os.PathLike, warn: Callable[[str], None] | None = 
     if loaded.unknown_symbols:
         warn(f"{path}: ignoring symbols this framework does not define: {', '.join(loaded.unknown_symbols)}")
     for message in loaded.warnings:
-        warn(message)
+        warn(message.replace("warning: ", "", 1))
     return settings_from_kconfig(loaded.kconf)
 
 

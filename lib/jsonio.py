@@ -14,25 +14,8 @@ from lib.errors import UserError
 SCHEMA_VERSION = 1
 
 
-def write_json_atomic(path: str | os.PathLike, data: Any) -> None:
-    """Write `data` as indented JSON to `path` through a temp file and rename."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w") as handle:
-            json.dump(data, handle, indent=2, allow_nan=False, default=str)
-            handle.write("\n")
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
 def write_text_atomic(path: str | os.PathLike, text: str) -> None:
-    """Write text through a temp file and rename, like write_json_atomic."""
+    """Write text to `path` through a temp file in the same folder, fsync, rename."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
@@ -45,6 +28,11 @@ def write_text_atomic(path: str | os.PathLike, text: str) -> None:
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
+
+
+def write_json_atomic(path: str | os.PathLike, data: Any) -> None:
+    """Write `data` as indented JSON to `path` atomically (see write_text_atomic)."""
+    write_text_atomic(path, json.dumps(data, indent=2, allow_nan=False, default=str) + "\n")
 
 
 def read_json(path: str | os.PathLike) -> Any:

@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import argparse
+import sys
 from pathlib import Path
 
 import _path  # noqa: F401
@@ -25,7 +26,7 @@ def normalise(source: Path, target: Path) -> None:
     loaded = load_kconfig(source)
     if loaded.unknown_symbols:
         print(f"warning: {source.name}: ignoring symbols this framework does not define: "
-              f"{', '.join(loaded.unknown_symbols)}")
+              f"{', '.join(loaded.unknown_symbols)}", file=sys.stderr)
     settings_from_kconfig(loaded.kconf)  # stop on a bad value now, not at `make`
     loaded.kconf.write_config(str(target), save_old=False)
     print(f"wrote {target.name} from {source.relative_to(ROOT) if source.is_relative_to(ROOT) else source}")

@@ -10,6 +10,7 @@ from __future__ import annotations
 import os
 import signal
 import subprocess
+import sys
 import time
 from dataclasses import dataclass
 from datetime import datetime
@@ -32,6 +33,19 @@ class RunOutcome:
 
 class Executor(Protocol):
     def run(self, command: list[str], run_dir: Path) -> RunOutcome: ...
+
+
+def _die_with_parent() -> None:
+    """Linux: have the kernel SIGTERM the run if the runner itself dies (even by
+    SIGKILL), so no training process outlives it and `make continue` can rerun
+    the run cleanly. Runs in the child between fork and exec."""
+    try:
+        import ctypes
+
+        libc = ctypes.CDLL("libc.so.6", use_errno=True)
+        libc.prctl(1, signal.SIGTERM)  # 1 = PR_SET_PDEATHSIG
+    except (OSError, AttributeError):
+        pass  # not Linux: Ctrl-C and timeouts still stop the run's process group
 
 
 def _now() -> str:
@@ -68,7 +82,8 @@ class SequentialExecutor:
             # A new session gives the run its own process group, so Ctrl-C and
             # timeouts can stop the trainer and every child it started.
             proc = subprocess.Popen(command, cwd=ROOT, stdout=log, stderr=subprocess.STDOUT,
-                                    stdin=subprocess.DEVNULL, start_new_session=True)
+                                    stdin=subprocess.DEVNULL, start_new_session=True,
+                                    preexec_fn=_die_with_parent if sys.platform == "linux" else None)
         sampler = start_sampler(proc.pid, run_dir / "gpu_stats.json", self.sample_interval_s)
         try:
             exit_code = proc.wait(timeout=self.timeout_s or None)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import filecmp
+import signal
 import sys
 from pathlib import Path
 
@@ -94,7 +95,13 @@ def continue_matrix(results: str | None, config: Path) -> None:
     finish(results_dir, counts)
 
 
+def _sigterm_as_interrupt(signum, frame) -> None:
+    raise KeyboardInterrupt  # same clean stop as Ctrl-C: children killed, directory resumable
+
+
 def main() -> None:
+    signal.signal(signal.SIGTERM, _sigterm_as_interrupt)
+    sys.stdout.reconfigure(line_buffering=True)  # progress lines reach CI logs and pipes as they happen
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("command", choices=["run", "continue", "dry-run"])
     parser.add_argument("--config", default=str(ROOT / ".config"))

@@ -144,3 +144,34 @@ def test_make_defconfig_nonexistent_is_one_clear_line():
     ours = [line for line in proc.stderr.splitlines() if not line.startswith("make")]
     assert ours == ["error: no defconfig named 'nonexistent' in defconfigs/ (`make listdefconfigs` lists them)"]
     assert "Traceback" not in proc.stdout + proc.stderr
+
+
+def _trainers_of(results_root: Path) -> list[int]:
+    import psutil
+
+    return [p.pid for p in psutil.process_iter(["cmdline"])
+            if any(str(results_root) in part for part in (p.info["cmdline"] or [])) and "--run-dir" in p.info["cmdline"]]
+
+
+@pytest.mark.parametrize("how", ["SIGINT", "SIGKILL"])
+def test_stopping_the_runner_leaves_no_training_process_and_resumes(isolated_config, tmp_path, how):
+    import signal
+
+    config = isolated_config("ci-quick", NUM_EPOCHS="20")
+    runner_proc = subprocess.Popen([sys.executable, str(MATRIX), "run", "--config", str(config)], cwd=ROOT,
+                                   stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    deadline = time.monotonic() + 60
+    while not _trainers_of(tmp_path / "results") and time.monotonic() < deadline:
+        time.sleep(0.2)
+    assert _trainers_of(tmp_path / "results"), "no trainer started"
+    runner_proc.send_signal(getattr(signal, how))
+    runner_proc.wait(timeout=30)
+    deadline = time.monotonic() + 15
+    while _trainers_of(tmp_path / "results") and time.monotonic() < deadline:
+        time.sleep(0.2)
+    assert _trainers_of(tmp_path / "results") == []
+    results_dir = _results_dir(config)
+    assert not list(results_dir.glob("*/result.json"))  # the interrupted run is not marked done
+    from lib.runner import load_matrix, pending
+
+    assert len(pending(results_dir, load_matrix(results_dir))) == 6

@@ -15,9 +15,10 @@ from types import SimpleNamespace
 import pytest
 
 from lib import gpu_monitor
-from lib.gpu_monitor import (MAX_SAMPLES, MIB, RssBackend, SampleStore, Sampler, StopFlag,
-                             detect_backend, percentile, read_summary, start_sampler,
+from lib import memory_backends
+from lib.gpu_monitor import (MAX_SAMPLES, SampleStore, Sampler, StopFlag, percentile, read_summary, start_sampler,
                              stop_sampler)
+from lib.memory_backends import MIB, RssBackend, detect_backend
 
 ALLOCATE_200MB = "x = bytearray(200_000_000); import time; time.sleep(2)"
 
@@ -217,7 +218,7 @@ def test_nvml_attributes_memory_to_tree_on_visible_devices(monkeypatch):
     me = os.getpid()
     use_fake_nvml(monkeypatch, {0: [(me, 900 * MIB)], 1: [(me, 300 * MIB), (1, 5000 * MIB)]},
                   visible="GPU-0001")
-    backend = gpu_monitor.open_backend()
+    backend = memory_backends.open_backend()
     assert backend.name == "nvml" and backend.gpu_name == "Fake H100"
     sampler = Sampler(me, backend)
     sampler.sample_once()
@@ -231,7 +232,7 @@ def test_nvml_attributes_memory_to_tree_on_visible_devices(monkeypatch):
 def test_nvml_without_per_process_figures_reports_device_scope(monkeypatch):
     me = os.getpid()
     fake = use_fake_nvml(monkeypatch, {0: [(me, 100 * MIB)], 1: []}, visible="0")
-    sampler = Sampler(me, gpu_monitor.open_backend())
+    sampler = Sampler(me, memory_backends.open_backend())
     sampler.sample_once()
     fake.processes[0] = [(me, None)]  # WDDM-style: the driver stops attributing
     sampler.sample_once()
@@ -244,10 +245,10 @@ def test_nvml_without_per_process_figures_reports_device_scope(monkeypatch):
 def test_nvml_pids_from_another_namespace_mean_device_scope(monkeypatch):
     me = os.getpid()
     use_fake_nvml(monkeypatch, {0: [(2**22 + 12345, 100 * MIB)], 1: []}, visible=None)
-    sampler = Sampler(me, gpu_monitor.open_backend())
+    sampler = Sampler(me, memory_backends.open_backend())
     sampler.sample_once()
     assert sampler.scope == "process"  # one sample may be an exit race
-    for _ in range(gpu_monitor.FOREIGN_PID_SAMPLES):
+    for _ in range(memory_backends.FOREIGN_PID_SAMPLES):
         sampler.sample_once()
     assert sampler.scope == "device"
     assert sampler.to_json()["summary"]["peak_mib"] == 3072.0  # both devices, summed
@@ -278,7 +279,7 @@ def test_nvidia_smi_parsing(monkeypatch):
         return SimpleNamespace(stdout=answers[cmd[1]], returncode=0)
 
     monkeypatch.setattr(subprocess, "run", fake_run)
-    sampler = Sampler(me, gpu_monitor.open_backend())
+    sampler = Sampler(me, memory_backends.open_backend())
     sample = sampler.sample_once()
     assert sampler.backend.name == "nvidia-smi" and sampler.backend.gpu_name.startswith("NVIDIA")
     assert sample["process_mib"] == 1500.0 and sample["device_mib"] == 2400.0

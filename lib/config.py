@@ -137,17 +137,18 @@ def load_kconfig(path: str | os.PathLike) -> LoadedConfig:
     kconf = new_kconfig()
     kconf.load_config(str(path))
     unknown = apply_upstream_aliases(kconf)
-    _check_int_symbols(kconf, path)
-    return LoadedConfig(kconf, tuple(unknown), tuple(kconf.warnings))
+    # kconfiglib prefixes each message with "warning: "; callers add their own label.
+    warnings = tuple(message.replace("warning: ", "", 1) for message in kconf.warnings)
+    _check_int_symbols(kconf, path, warnings)
+    return LoadedConfig(kconf, tuple(unknown), warnings)
 
 
-def _check_int_symbols(kconf: kconfiglib.Kconfig, path: Path) -> None:
+def _check_int_symbols(kconf: kconfiglib.Kconfig, path: Path, warnings: tuple[str, ...]) -> None:
     # kconfiglib silently falls back to the default for a malformed or
     # out-of-range int; a typo must not quietly change an experiment.
-    for message in kconf.warnings:
+    for message in warnings:
         if "assignment ignored" in message.lower():  # malformed int, bool or unquoted string
-            text = message.replace("warning: ", "", 1)
-            raise UserError(text if text.startswith(str(path)) else f"{path}: {text}")
+            raise UserError(message if message.startswith(str(path)) else f"{path}: {message}")
     for sym in kconf.unique_defined_syms:
         if sym.orig_type not in (kconfiglib.INT, kconfiglib.HEX) or sym.user_value is None:
             continue
@@ -323,7 +324,7 @@ def load_settings(path: str | os.PathLike, warn: Callable[[str], None] | None = 
     if loaded.unknown_symbols:
         warn(f"{path}: ignoring symbols this framework does not define: {', '.join(loaded.unknown_symbols)}")
     for message in loaded.warnings:
-        warn(message.replace("warning: ", "", 1))
+        warn(message)
     return settings_from_kconfig(loaded.kconf)
 
 

@@ -210,10 +210,9 @@ def run_matrix(results_dir: Path, runs: list[RunSpec], settings: Settings | None
     """Run every spec of `runs` not yet done in `results_dir`; return counts by status."""
     todo = pending(results_dir, runs)
     check_runnable(todo)
-    if settings is not None:
-        executor = executor or SequentialExecutor(timeout_s=settings.runner.timeout_s,
-                                                  retries=settings.runner.retries)
-    executor = executor or SequentialExecutor()
+    if executor is None:
+        executor = (SequentialExecutor(timeout_s=settings.runner.timeout_s, retries=settings.runner.retries)
+                    if settings else SequentialExecutor())
     skipped = len(runs) - len(todo)
     out(f"{results_dir}: {len(runs)} runs, {skipped} already done, {len(todo)} to run")
     if todo:

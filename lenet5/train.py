@@ -13,9 +13,8 @@ from lib.data.augment import random_crop
 from lib.data.mnist import load_mnist
 from lib.errors import run_cli
 from lib.optim import build_optimizer
-from lib.pruning import GradualPruner
-from lib.train import (ClassificationTask, cuda_peak_mib, environment, load_spec, parse_run_dir, resolve_device,
-                       seed_everything, train_classifier, write_metrics)
+from lib.train import (ClassificationTask, build_pruner, cuda_peak_mib, environment, load_spec, parse_run_dir,
+                       resolve_device, schedule_for, seed_everything, train_classifier, write_metrics)
 
 
 def prepare_data(hyperparams: dict) -> str:
@@ -37,20 +36,15 @@ def main() -> None:
                       test_limit=hp["model"]["test_limit"] or None)
     print(f"data: {data.info['source']} {data.info['train_size']} train / {data.info['test_size']} test")
     model = LeNet5(LeNet5Config(num_classes=data.num_classes)).to(device)
-    optimizer = build_optimizer(spec.optimizer, model, training["learning_rate"], hp["optimizer"])
     steps_per_epoch = math.ceil(data.info["train_size"] / training["batch_size"])
-    pruner = None
-    if spec.pruning != "none":
-        pruning = hp["pruning"]
-        pruner = GradualPruner(model, optimizer, spec.pruning, spec.target_sparsity_pct / 100.0,
-                               warmup_steps=pruning["warmup_steps"],
-                               ramp_end_step=min(pruning["ramp_end_epoch"], training["epochs"]) * steps_per_epoch,
-                               frequency=pruning["frequency"], schedule=pruning["schedule"])
+    total_steps = training["epochs"] * steps_per_epoch
+    schedule = schedule_for(spec, total_steps)
+    optimizer = build_optimizer(spec.optimizer, model, schedule.peak, hp["optimizer"])
+    pruner = build_pruner(spec, model, optimizer, total_steps, steps_per_epoch)
     augment = (lambda x, g: random_crop(x, 2, g)) if hp["model"]["augment"] else None
     task = ClassificationTask(data.train_images, data.train_labels, data.test_images, data.test_labels, augment)
     metrics = train_classifier(model, task, optimizer, pruner, epochs=training["epochs"],
-                               batch_size=training["batch_size"], lr=training["learning_rate"],
-                               lr_schedule=training["lr_schedule"], generator=generator)
+                               batch_size=training["batch_size"], schedule=schedule, generator=generator)
     metrics["memory"]["cuda_max_allocated_mib"] = cuda_peak_mib(device)
     metrics.update(dataset=data.info, environment=environment(device, note),
                    wall_time_s=time.perf_counter() - started)

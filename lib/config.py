@@ -22,9 +22,10 @@ from lib.upstream_aliases import apply_upstream_aliases
 ROOT = Path(__file__).resolve().parent.parent
 MODELS = ("lenet5", "resnet18", "resnet50", "gpt2")
 OPTIMIZERS = ("sgd", "adam", "adamw", "adamwadv", "adamwspam", "adamwprune")
-PRUNING_METHODS = ("none", "magnitude", "movement", "state")
+PRUNING_METHODS = ("none", "magnitude", "movement", "movement-upstream", "state")
 SPARSITY_LEVELS = (50, 70, 90, 95, 99)
-BITTER_VARIANTS = ("bitter0", "bitter1", "bitter2", "bitter3", "bitter7", "bitter8", "bitter9")
+BITTER_VARIANTS = ("bitter0", "bitter1", "bitter2", "bitter3", "bitter7", "bitter8", "bitter9",
+                   "bitter1-upstream", "bitter2-upstream", "bitter8-upstream")
 
 
 @dataclass(frozen=True)
@@ -50,6 +51,8 @@ _DECAY = NumberRule(0, 1)
 _EPS = NumberRule(0, 1, low_open=True)
 NUMBER_SYMBOLS: dict[str, NumberRule] = {
     "LEARNING_RATE": NumberRule(0, 10, low_open=True),
+    "SGD_LEARNING_RATE": NumberRule(0, 10),
+    "LR_STEP_GAMMA": NumberRule(0, 1, low_open=True),
     "TARGET_SPARSITY": _FRACTION,
     "ADAMWPRUNE_TARGET_SPARSITY": _FRACTION,
     "SGD_MOMENTUM": _FRACTION,
@@ -69,6 +72,9 @@ class TrainingSettings:
     epochs: int
     learning_rate: float
     lr_schedule: str
+    lr_warmup_steps: int
+    lr_step_every: int
+    lr_step_gamma: float
     device: str
     data_dir: str
     compile_model: bool
@@ -197,8 +203,13 @@ def parse_seeds(raw: str) -> tuple[int, ...]:
     return seeds
 
 
+def symbol_suffix(name: str) -> str:
+    """'movement-upstream' -> 'MOVEMENT_UPSTREAM': the Kconfig spelling of a method or variant."""
+    return name.upper().replace("-", "_")
+
+
 def _enabled(kconf: kconfiglib.Kconfig, prefix: str, names: tuple[str, ...]) -> tuple[str, ...]:
-    return tuple(n for n in names if kconf.syms[f"{prefix}{n.upper()}"].tri_value == 2)
+    return tuple(n for n in names if kconf.syms[f"{prefix}{symbol_suffix(n)}"].tri_value == 2)
 
 
 def _y(kconf: kconfiglib.Kconfig, name: str) -> bool:
@@ -222,6 +233,7 @@ def _sparsities(kconf: kconfiglib.Kconfig, numbers: dict[str, float], fallback: 
     return levels or (round(numbers[fallback] * 100, 6),)
 
 
+_LR_SCHEDULES = {"LR_SCHEDULE_CONSTANT": "constant", "LR_SCHEDULE_COSINE": "cosine", "LR_SCHEDULE_STEP": "step"}
 _SCHEDULES = {"PRUNING_SCHEDULE_CUBIC": "cubic", "PRUNING_SCHEDULE_LINEAR": "linear",
               "PRUNING_SCHEDULE_UPSTREAM_P3": "upstream-p3"}
 
@@ -240,7 +252,8 @@ def _optimizer_params(kconf: kconfiglib.Kconfig, n: dict[str, float]) -> dict[st
            "cosine_annealing": _y(kconf, "ADV_USE_COSINE_ANNEALING"), "eta_min": n["ADV_COSINE_ETA_MIN"],
            "grad_clip": n["ADV_GRAD_CLIP"]}
     return {
-        "sgd": {"momentum": n["SGD_MOMENTUM"], "weight_decay": n["SGD_WEIGHT_DECAY"]},
+        "sgd": {"momentum": n["SGD_MOMENTUM"], "weight_decay": n["SGD_WEIGHT_DECAY"],
+                "learning_rate": n["SGD_LEARNING_RATE"] or None},
         "adam": {"betas": (n["ADAM_BETA1"], n["ADAM_BETA2"]), "eps": n["ADAM_EPSILON"],
                  "weight_decay": n["ADAM_WEIGHT_DECAY"]},
         "adamw": {"betas": (n["ADAMW_BETA1"], n["ADAMW_BETA2"]), "eps": n["ADAMW_EPSILON"],
@@ -250,11 +263,24 @@ def _optimizer_params(kconf: kconfiglib.Kconfig, n: dict[str, float]) -> dict[st
                       "weight_decay": n["ADAMW_WEIGHT_DECAY"], **spam},
         "adamwprune": {"base": base, "betas": (n["ADAMWPRUNE_BETA1"], n["ADAMWPRUNE_BETA2"]),
                        "eps": n["ADAMW_EPSILON"], "weight_decay": n["ADAMWPRUNE_WEIGHT_DECAY"],
-                       "amsgrad": _y(kconf, "ADAMWPRUNE_AMSGRAD"),
+                       "amsgrad": _y(kconf, "ADAMWPRUNE_AMSGRAD"), "state_score": _state_score(kconf),
                        "warmup_steps": _int(kconf, "ADAMWPRUNE_WARMUP_STEPS"),
                        "frequency": _int(kconf, "ADAMWPRUNE_FREQUENCY"),
                        "ramp_end_step": _int(kconf, "ADAMWPRUNE_RAMP_END_STEP"), "spam": spam, "adv": adv},
     }
+
+
+def _state_score(kconf: kconfiglib.Kconfig) -> str:
+    raw = kconf.syms["ADAMWPRUNE_STATE_SCORE"].str_value.strip() or "bitter0"
+    if raw not in BITTER_VARIANTS:
+        raise UserError(f"CONFIG_ADAMWPRUNE_STATE_SCORE=\"{raw}\" is not valid; allowed: {', '.join(BITTER_VARIANTS)}")
+    return raw
+
+
+def _check_combinations(kconf: kconfiglib.Kconfig, optimizers: tuple[str, ...]) -> None:
+    if "adamwprune" in optimizers and _y(kconf, "ADAMWPRUNE_BASE_ADAMWSPAM") and _y(kconf, "ADAMWPRUNE_AMSGRAD"):
+        raise UserError("CONFIG_ADAMWPRUNE_AMSGRAD=y does not combine with CONFIG_ADAMWPRUNE_BASE_ADAMWSPAM=y: "
+                        "SPAM has no AMSGrad; unset one of them")
 
 
 def _model_params(kconf: kconfiglib.Kconfig, n: dict[str, float]) -> dict[str, dict[str, Any]]:
@@ -285,11 +311,13 @@ def settings_from_kconfig(kconf: kconfiglib.Kconfig) -> Settings:
         raise UserError("no model is enabled; set MODEL_SELECT_<M> or MODEL_ENABLE_<M> (make menuconfig)")
     if not optimizers:
         raise UserError("no optimizer is enabled; set OPTIMIZER_SELECT_<O> or OPTIMIZER_ENABLE_<O> (make menuconfig)")
+    _check_combinations(kconf, optimizers)
     syms = kconf.syms
     training = TrainingSettings(
         batch_size=_int(kconf, "BATCH_SIZE"), epochs=_int(kconf, "NUM_EPOCHS"),
         learning_rate=numbers["LEARNING_RATE"],
-        lr_schedule="cosine" if _y(kconf, "LR_SCHEDULE_COSINE") else "constant",
+        lr_schedule=_choice_name(kconf, _LR_SCHEDULES, "constant"), lr_warmup_steps=_int(kconf, "LR_WARMUP_STEPS"),
+        lr_step_every=_int(kconf, "LR_STEP_EVERY"), lr_step_gamma=numbers["LR_STEP_GAMMA"],
         device=_device(syms["DEVICE"].str_value), data_dir=syms["DATA_DIR"].str_value or "./data",
         compile_model=_y(kconf, "COMPILE_MODEL"), mixed_precision=_y(kconf, "MIXED_PRECISION"),
         save_checkpoint=_y(kconf, "SAVE_CHECKPOINT"))

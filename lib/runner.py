@@ -54,15 +54,17 @@ def check_runnable(runs: Iterable[RunSpec]) -> None:
     """Fail before any run starts if a run asks for a model, optimizer or method we lack."""
     from lib.optim import OPTIMIZERS
     from lib.pruning import SCORES
+    from lib.pruning.scores import score_name
 
     for spec in runs:
         trainer_command(spec, Path("."))
         if spec.optimizer not in OPTIMIZERS:
             raise UserError(f"{spec.run_id}: optimizer {spec.optimizer!r} is not available in this version "
                             f"(have: {', '.join(OPTIMIZERS)})")
-        if spec.pruning != "none" and spec.pruning not in SCORES:
-            raise UserError(f"{spec.run_id}: pruning method {spec.pruning!r} is not available in this version "
-                            f"(have: none, {', '.join(SCORES)})")
+        score = score_name(spec.pruning, spec.variant, spec.hyperparams.get("optimizer", {}).get("state_score", ""))
+        if spec.pruning != "none" and score not in SCORES:
+            raise UserError(f"{spec.run_id}: pruning score {score!r} is not available in this version "
+                            f"(have: none, state, {', '.join(SCORES)})")
 
 
 def git_commit() -> str | None:

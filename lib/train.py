@@ -22,7 +22,9 @@ from torch import nn
 from lib.jsonio import SCHEMA_VERSION, read_json, write_json_atomic
 from lib.matrix import RunSpec
 from lib.optim import state_bytes
+from lib.optim.lr_schedules import LRSchedule, lr_schedule_for
 from lib.pruning import GradualPruner, measure_sparsity, prunable_parameters
+from lib.pruning.scores import score_name
 
 
 def parse_run_dir(description: str) -> tuple[Path, bool]:
@@ -62,12 +64,32 @@ def environment(device: torch.device, note: str | None) -> dict[str, Any]:
             "host": platform.node(), "device_note": note}
 
 
-def lr_at(schedule: str, step: int, total_steps: int, peak: float) -> float:
-    """Constant, or cosine decay from the peak to 1% of it over training."""
-    if schedule != "cosine" or total_steps <= 1:
-        return peak
-    floor = 0.01 * peak
-    return floor + 0.5 * (peak - floor) * (1 + math.cos(math.pi * min(step, total_steps) / total_steps))
+def build_pruner(spec: RunSpec, model: nn.Module, optimizer: torch.optim.Optimizer, total_steps: int,
+                 steps_per_epoch: int) -> GradualPruner | None:
+    """The run's pruner, or None for a dense run.
+
+    State runs follow AdamWPrune's own warm-up/frequency/ramp-end settings
+    (as upstream); magnitude and movement runs the general pruning ones.
+    """
+    if spec.pruning == "none":
+        return None
+    pruning, opt = spec.hyperparams["pruning"], spec.hyperparams["optimizer"]
+    ramp_end = min(pruning["ramp_end_epoch"] * steps_per_epoch, total_steps)
+    warmup, frequency = pruning["warmup_steps"], pruning["frequency"]
+    if spec.pruning == "state":
+        warmup, frequency = opt["warmup_steps"], opt["frequency"]
+        ramp_end = min(opt["ramp_end_step"] or ramp_end, total_steps)
+    score = score_name(spec.pruning, spec.variant, opt.get("state_score", "bitter0"))
+    return GradualPruner(model, optimizer, score, spec.target_sparsity_pct / 100.0, warmup_steps=min(warmup, ramp_end),
+                         ramp_end_step=ramp_end, frequency=frequency, schedule=pruning["schedule"], seed=spec.seed)
+
+
+def schedule_for(spec: RunSpec, total_steps: int, warmup_steps: int | None = None,
+                 min_lr: float | None = None) -> LRSchedule:
+    """The run's learning-rate schedule (lib/optim/lr_schedules.py)."""
+    training = spec.hyperparams["training"]
+    warmup = training.get("lr_warmup_steps", 0) if warmup_steps is None else warmup_steps
+    return lr_schedule_for(spec.optimizer, spec.hyperparams["optimizer"], training, total_steps, warmup, min_lr)
 
 
 @dataclass
@@ -100,19 +122,23 @@ def memory_account(model: nn.Module, optimizer: torch.optim.Optimizer, pruner: G
     grads = sum(p.grad.numel() * p.grad.element_size() for p in model.parameters() if p.grad is not None)
     state = state_bytes(optimizer)
     masks = pruner.mask_bytes() if pruner else 0
-    nonzero = sum(int((p != 0).sum()) * p.element_size() for p in model.parameters())
+    tracked = pruner.tracked_bytes() if pruner else 0
+    nonzero = sum(int(torch.count_nonzero(p)) * p.element_size() for p in model.parameters())
     return {"weights_bytes": weights, "gradients_bytes": grads, "optimizer_state_bytes": state,
-            "mask_bytes": masks, "training_multiplier": (weights + grads + state + masks) / weights,
-            "inference_multiplier": nonzero / weights, "terms": "weights + gradients + optimizer state + masks"}
+            "mask_bytes": masks, "pruning_state_bytes": tracked,
+            "training_multiplier": (weights + grads + state + masks + tracked) / weights,
+            "inference_multiplier": nonzero / weights,
+            "terms": "training: weights + gradients + optimizer state + masks + pruning state; "
+                     "inference: non-zero weights only (sparse storage, index overhead not counted)"}
 
 
 def train_classifier(model: nn.Module, task: ClassificationTask, optimizer: torch.optim.Optimizer,
-                     pruner: GradualPruner | None, *, epochs: int, batch_size: int, lr: float, lr_schedule: str,
+                     pruner: GradualPruner | None, *, epochs: int, batch_size: int, schedule: LRSchedule,
                      generator: torch.Generator, log: Callable[[str], None] = print) -> dict[str, Any]:
     """Train for `epochs`, evaluate each epoch; return the metrics of metrics.json."""
     n = task.train_x.shape[0]
     steps_per_epoch = math.ceil(n / batch_size)
-    total_steps, step, history, best = epochs * steps_per_epoch, 0, [], (-1.0, 0)
+    step, history, best = 0, [], (-1.0, 0)
     start = time.perf_counter()
     for epoch in range(1, epochs + 1):
         model.train()
@@ -124,15 +150,17 @@ def train_classifier(model: nn.Module, task: ClassificationTask, optimizer: torc
             if task.augment:
                 x = task.augment(x, generator)
             for group in optimizer.param_groups:
-                group["lr"] = lr_at(lr_schedule, step, total_steps, lr)
+                group["lr"] = schedule.at(step)
             logits = model(x)
             loss = nn.functional.cross_entropy(logits, y)
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
+            if pruner:
+                pruner.before_optimizer_step()
             optimizer.step()
             step += 1
             if pruner:
-                pruner.step(step)
+                pruner.after_optimizer_step(step)
             loss_sum += loss.item() * y.shape[0]
             correct += int((logits.argmax(1) == y).sum())
         test_loss, test_acc = evaluate(model, task.test_x, task.test_y, max(batch_size, 512))

@@ -14,7 +14,7 @@ from torch import nn
 
 from lib.errors import UserError
 from lib.pruning import SCHEDULES, GradualPruner, measure_sparsity, prunable_parameters
-from lib.pruning.masks import global_threshold
+from lib.pruning.threshold import kth_smallest
 from lib.pruning.schedules import target_fraction
 
 WARMUP, RAMP_END, FINAL = 20, 120, 0.8
@@ -57,20 +57,42 @@ def test_schedule_without_a_ramp_jumps_to_final_after_warmup():
 # --- threshold and sparsity measurement -----------------------------------------------------
 
 
-@pytest.mark.parametrize("fraction", [0.1, 0.5, 0.9, 0.999])
-def test_global_threshold_is_an_exact_order_statistic(fraction):
+def threshold_of(scores: list[torch.Tensor], k: int, sample_size: int, chunk: int = 50):
+    flat = torch.cat([s.reshape(-1) for s in scores])
+    gen = torch.Generator().manual_seed(3)
+
+    def chunks():
+        for s in scores:
+            view = s.reshape(-1)
+            for start in range(0, view.numel(), chunk):
+                yield view[start:start + chunk]
+
+    return flat, kth_smallest(chunks, lambda n: flat[torch.randint(flat.numel(), (n,), generator=gen)],
+                              flat.numel(), k, sample_size)
+
+
+@pytest.mark.parametrize("fraction", [0.001, 0.1, 0.5, 0.9, 0.999])
+@pytest.mark.parametrize("sample_size", [16, 200, 10**6])
+def test_threshold_is_the_exact_order_statistic(fraction, sample_size):
     gen = torch.Generator().manual_seed(0)
     scores = [torch.rand(30, 7, generator=gen), torch.rand(101, generator=gen), torch.rand(3, 4, 5, generator=gen)]
-    flat = torch.cat([s.reshape(-1) for s in scores])
-    k = round(fraction * flat.numel())
-    threshold = global_threshold(scores, fraction)
-    assert threshold == torch.sort(flat).values[k - 1]
-    assert int((flat <= threshold).sum()) == k  # distinct scores: exactly k at or below
+    k = max(1, round(fraction * 371))
+    flat, found = threshold_of(scores, k, sample_size)
+    assert found.value == torch.sort(flat).values[k - 1].item()
+    assert (found.count_below, found.count_equal) == (k - 1, 1)  # distinct scores
 
 
-def test_global_threshold_of_zero_fraction_is_none():
-    assert global_threshold([torch.rand(10)], 0.0) is None
-    assert global_threshold([torch.rand(10)], 0.04) is None  # rounds to zero entries
+def test_threshold_counts_ties():
+    scores = [torch.tensor([0.0, 0.0, 0.0, 1.0, 2.0]), torch.tensor([0.0, 3.0, 0.0, 4.0])]
+    _, found = threshold_of(scores, 3, sample_size=4, chunk=2)
+    assert (found.value, found.count_below, found.count_equal) == (0.0, 0, 5)
+
+
+def test_threshold_survives_a_misleading_sample():
+    # A sample that sees only the largest values must still end at the exact answer.
+    scores = [torch.arange(1000.0)]
+    found = kth_smallest(lambda: iter(scores), lambda n: torch.full((n,), 999.0), 1000, 500)
+    assert found.value == 499.0 and found.passes > 1
 
 
 def test_measure_sparsity_per_layer():
@@ -97,7 +119,7 @@ def small_model() -> nn.Module:
 
 
 def make_pruner(model: nn.Module, optimizer: torch.optim.Optimizer, **overrides) -> GradualPruner:
-    kwargs = dict(method="magnitude", final_sparsity=FINAL, warmup_steps=WARMUP, ramp_end_step=RAMP_END,
+    kwargs = dict(score="magnitude", final_sparsity=FINAL, warmup_steps=WARMUP, ramp_end_step=RAMP_END,
                   frequency=10, schedule="cubic")
     kwargs.update(overrides)
     return GradualPruner(model, optimizer, **kwargs)
@@ -126,8 +148,9 @@ def _train():
         loss = nn.functional.cross_entropy(model(inputs[batch]), targets[batch])
         optimizer.zero_grad()
         loss.backward()
+        pruner.before_optimizer_step()
         optimizer.step()
-        pruner.step(step)
+        pruner.after_optimizer_step(step)
         record["masks"][step] = {name: mask.clone() for name, mask in pruner.masks.items()}
         record["sparsity"][step] = measure_sparsity(pruner.params)[0]
         if step > RAMP_END:
@@ -198,10 +221,10 @@ def test_mask_bytes_counts_one_byte_per_weight(trained):
     assert pruner.mask_bytes() == 16 * 64 + 64 * 4
 
 
-def test_unknown_method_is_a_user_error():
+def test_unknown_score_is_a_user_error():
     model = small_model()
     with pytest.raises(UserError, match="bogus"):
-        make_pruner(model, torch.optim.Adam(model.parameters()), method="bogus")
+        make_pruner(model, torch.optim.Adam(model.parameters()), score="bogus")
 
 
 def test_unknown_schedule_is_a_user_error():

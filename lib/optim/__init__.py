@@ -1,8 +1,9 @@
 """Optimizer registry: name -> builder(param_groups, lr, params) -> torch optimizer.
 
-Parameter groups follow nanoGPT: tensors of rank >= 2 (Linear and Conv2d
-weights) get weight decay; biases and normalisation weights do not. The full
-library (AdamWAdv, AdamWSPAM, AdamWPrune) registers here too.
+`params` is the optimizer's block of Settings.optimizer_params (Kconfig
+values, already checked). Parameter groups follow nanoGPT: tensors of rank
+>= 2 (Linear and Conv2d weights, embeddings) get weight decay; biases and
+normalisation weights do not. Formulas and sources: docs/algorithms.md.
 """
 from __future__ import annotations
 
@@ -12,6 +13,8 @@ import torch
 from torch import nn
 
 from lib.errors import UserError
+from lib.optim.adamwadv import AdamWAdv
+from lib.optim.spam import AdamWSPAM
 
 OptimizerBuilder = Callable[[list[dict[str, Any]], float, dict[str, Any]], torch.optim.Optimizer]
 
@@ -23,26 +26,63 @@ def param_groups(model: nn.Module, weight_decay: float) -> list[dict[str, Any]]:
             {"params": [p for p in params if p.dim() < 2], "weight_decay": 0.0}]
 
 
+def _implementation(groups: list[dict[str, Any]]) -> dict[str, bool]:
+    # torch's fused Adam/AdamW kernels (CPU and CUDA) are the fastest; they
+    # need every parameter floating point on one of those devices.
+    params = [p for g in groups for p in g["params"]]
+    fused = all(p.is_floating_point() and p.device.type in ("cpu", "cuda") for p in params)
+    return {"fused": True} if fused else {"foreach": True}
+
+
 def _sgd(groups: list[dict[str, Any]], lr: float, p: dict[str, Any]) -> torch.optim.Optimizer:
     return torch.optim.SGD(groups, lr=lr, momentum=p["momentum"], foreach=True)
 
 
 def _adam(groups: list[dict[str, Any]], lr: float, p: dict[str, Any]) -> torch.optim.Optimizer:
     # Adam adds weight decay to the gradient (coupled L2), per group as configured above.
-    return torch.optim.Adam(groups, lr=lr, betas=tuple(p["betas"]), eps=p["eps"], foreach=True)
+    return torch.optim.Adam(groups, lr=lr, betas=tuple(p["betas"]), eps=p["eps"], amsgrad=p.get("amsgrad", False),
+                            **_implementation(groups))
 
 
 def _adamw(groups: list[dict[str, Any]], lr: float, p: dict[str, Any]) -> torch.optim.Optimizer:
-    return torch.optim.AdamW(groups, lr=lr, betas=tuple(p["betas"]), eps=p["eps"], foreach=True)
+    return torch.optim.AdamW(groups, lr=lr, betas=tuple(p["betas"]), eps=p["eps"], amsgrad=p.get("amsgrad", False),
+                             **_implementation(groups))
 
 
-OPTIMIZERS: dict[str, OptimizerBuilder] = {"sgd": _sgd, "adam": _adam, "adamw": _adamw}
+def _adamwadv(groups: list[dict[str, Any]], lr: float, p: dict[str, Any]) -> torch.optim.Optimizer:
+    return AdamWAdv(groups, lr, betas=tuple(p["betas"]), eps=p["eps"], amsgrad=p["amsgrad"], grad_clip=p["grad_clip"],
+                    **_implementation(groups))
+
+
+def _adamwspam(groups: list[dict[str, Any]], lr: float, p: dict[str, Any]) -> torch.optim.Optimizer:
+    if p.get("amsgrad"):
+        raise UserError("AMSGrad is not part of SPAM: unset ADAMWPRUNE_AMSGRAD or pick another AdamWPrune base")
+    return AdamWSPAM(groups, lr, tuple(p["betas"]), p["eps"], theta=p["theta"], enable_clip=p["enable_clip"],
+                     reset_interval=p["interval"] if p["periodic_reset"] else 0,
+                     warmup_steps=p["warmup_steps"] if p["warmup"] else 0)
+
+
+def adamwprune_base_params(p: dict[str, Any]) -> dict[str, Any]:
+    """The base optimizer's settings with AdamWPrune's own betas, eps, decay and AMSGrad on top."""
+    extra = {"adamwadv": p["adv"], "adamwspam": p["spam"]}.get(p["base"], {})
+    return {**extra, "betas": p["betas"], "eps": p["eps"], "weight_decay": p["weight_decay"], "amsgrad": p["amsgrad"]}
+
+
+def _adamwprune(groups: list[dict[str, Any]], lr: float, p: dict[str, Any]) -> torch.optim.Optimizer:
+    # AdamWPrune is its base optimizer configured by AdamWPrune's Kconfig
+    # values; its state pruning (lib/pruning, `state` runs) reads that
+    # optimizer's own exp_avg / exp_avg_sq, so it adds no optimizer memory.
+    return OPTIMIZERS[p["base"]](groups, lr, adamwprune_base_params(p))
+
+
+OPTIMIZERS: dict[str, OptimizerBuilder] = {"sgd": _sgd, "adam": _adam, "adamw": _adamw, "adamwadv": _adamwadv,
+                                           "adamwspam": _adamwspam, "adamwprune": _adamwprune}
 
 
 def build_optimizer(name: str, model: nn.Module, lr: float, params: dict[str, Any]) -> torch.optim.Optimizer:
     """Build the named optimizer with decay only on rank >= 2 tensors."""
     if name not in OPTIMIZERS:
-        raise UserError(f"optimizer {name!r} is not available in this version (have: {', '.join(OPTIMIZERS)})")
+        raise UserError(f"optimizer {name!r} is unknown (have: {', '.join(OPTIMIZERS)})")
     return OPTIMIZERS[name](param_groups(model, params.get("weight_decay", 0.0)), lr, params)
 
 

@@ -1,35 +1,40 @@
-"""Bool masks over all prunable weights, chosen by one global threshold.
+"""Gradual global pruning: score -> global threshold -> bool mask -> apply.
 
 Prunable: the weights of every Linear and Conv2d layer (biases and
-normalisation parameters are left dense). After each optimizer step the
-masks zero the weight and the optimizer's per-parameter state of the same
-shape (momentum, Adam moments), so a pruned weight stays exactly zero.
+normalisation parameters stay dense). With tied GPT-2 embeddings the shared
+matrix is lm_head's weight and so is pruned once, as one tensor.
+
+How pruned weights stay exactly zero at the cost of one pass per step: when
+the masks change, the weight and every same-shape optimizer state tensor
+(Adam's moments, AMSGrad's maximum, SGD's momentum) are zeroed where pruned;
+before every optimizer step the gradient is zeroed there. Adam, AdamW, SGD
+and SPAM then leave those entries at zero (m and v stay 0, the update is
+0/(0+eps), decay of 0 is 0). Tests check it after training.
 """
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+import math
+from typing import Iterator, Optional
 
 import torch
 from torch import nn
 
 from lib.errors import UserError
+from lib.pruning.mask_ops import zero_pruned_
 from lib.pruning.schedules import SCHEDULES, target_fraction
-from lib.pruning.scores import SCORES
+from lib.pruning.scores import SCORES, ScoreInputs
+from lib.pruning.threshold import SAMPLE_SIZE, kth_smallest
 
 
 def prunable_parameters(model: nn.Module) -> dict[str, nn.Parameter]:
-    """Name -> weight of every Linear and Conv2d layer, in module order."""
-    return {f"{name}.weight": module.weight for name, module in model.named_modules()
-            if isinstance(module, (nn.Linear, nn.Conv2d))}
-
-
-def global_threshold(scores: list[torch.Tensor], fraction: float) -> torch.Tensor | None:
-    """The score at or below which `fraction` of all entries fall (exact order statistic)."""
-    flat = torch.cat([s.reshape(-1).float() for s in scores])
-    k = int(round(fraction * flat.numel()))
-    if k <= 0:
-        return None
-    return flat.kthvalue(k).values
+    """Name -> weight of every Linear and Conv2d layer, in module order, each tensor once."""
+    params: dict[str, nn.Parameter] = {}
+    seen: set[int] = set()
+    for name, module in model.named_modules():
+        if isinstance(module, (nn.Linear, nn.Conv2d)) and id(module.weight) not in seen:
+            seen.add(id(module.weight))
+            params[f"{name}.weight"] = module.weight
+    return params
 
 
 @torch.no_grad()
@@ -37,70 +42,178 @@ def measure_sparsity(params: dict[str, torch.Tensor]) -> tuple[float, dict[str, 
     """(global %, per-tensor %, zero count, total count) of exactly-zero entries."""
     per_layer, zeros, total = {}, 0, 0
     for name, tensor in params.items():
-        z = int((tensor == 0).sum())
+        z = tensor.numel() - int(torch.count_nonzero(tensor))
         per_layer[name] = 100.0 * z / tensor.numel()
         zeros, total = zeros + z, total + tensor.numel()
     return (100.0 * zeros / total if total else 0.0), per_layer, zeros, total
 
 
-@dataclass
+def _default_chunk(device: torch.device) -> int:
+    # Small enough to stay in CPU cache through the in-place score passes;
+    # large enough that kernel launches do not dominate on a GPU.
+    return (1 << 24) if device.type == "cuda" else (1 << 18)
+
+
 class GradualPruner:
-    """Gradual global pruning from warm-up to ramp end, every `frequency` steps."""
+    """Global pruning from warm-up to ramp end, masks updated every `frequency` steps.
 
-    model: nn.Module
-    optimizer: torch.optim.Optimizer
-    method: str
-    final_sparsity: float
-    warmup_steps: int
-    ramp_end_step: int
-    frequency: int
-    schedule: str = "cubic"
-    masks: dict[str, torch.Tensor] = field(default_factory=dict)
-    history: list[dict] = field(default_factory=list)
+    The training loop calls before_optimizer_step() after backward (and any
+    gradient accumulation) and after_optimizer_step(step) after each step.
+    """
 
-    def __post_init__(self) -> None:
-        if self.method not in SCORES:
-            raise UserError(f"pruning method {self.method!r} is not available in this version "
-                            f"(have: none, {', '.join(SCORES)})")
-        if self.schedule not in SCHEDULES:
-            raise UserError(f"sparsity schedule {self.schedule!r} is unknown (have: {', '.join(SCHEDULES)})")
-        self.params = prunable_parameters(self.model)
+    def __init__(self, model: nn.Module, optimizer: torch.optim.Optimizer, score: str, final_sparsity: float, *,
+                 warmup_steps: int, ramp_end_step: int, frequency: int, schedule: str = "cubic", seed: int = 0,
+                 chunk_size: Optional[int] = None, sample_size: int = SAMPLE_SIZE) -> None:
+        if score not in SCORES:
+            raise UserError(f"pruning score {score!r} is unknown (have: {', '.join(SCORES)})")
+        if schedule not in SCHEDULES:
+            raise UserError(f"sparsity schedule {schedule!r} is unknown (have: {', '.join(SCHEDULES)})")
+        if not 0.0 <= final_sparsity < 1.0:
+            raise UserError(f"target sparsity {final_sparsity} is outside [0, 1)")
+        self.optimizer, self.score_name, self.score = optimizer, score, SCORES[score]
+        self.final_sparsity, self.schedule = final_sparsity, schedule
+        self.warmup_steps, self.ramp_end_step, self.frequency = warmup_steps, ramp_end_step, max(1, frequency)
+        self.params = prunable_parameters(model)
+        self.total = sum(p.numel() for p in self.params.values())
+        device = next(iter(self.params.values())).device
+        self.chunk_size = chunk_size or _default_chunk(device)
+        self.sample_size = sample_size
+        self.generator = torch.Generator().manual_seed(seed)
+        self.masks: dict[str, torch.Tensor] = {}  # name -> bool, True = keep
+        self.tracked = self._tracked_tensors()
+        self.history: list[dict] = []
+        self.last_update_scratch_bytes = 0
+
+    def _tracked_tensors(self) -> dict[str, torch.Tensor]:
+        if self.score.tracks == "initial":
+            return {name: p.detach().clone() for name, p in self.params.items()}
+        if self.score.tracks == "movement":
+            return {name: torch.zeros_like(p) for name, p in self.params.items()}
+        return {}
+
+    # -- per step ---------------------------------------------------------
+
+    @torch.no_grad()
+    def before_optimizer_step(self) -> None:
+        """Zero pruned gradients; accumulate movement scores (-g*w) if tracked."""
+        zero_pruned_((self.params[name].grad, mask) for name, mask in self.masks.items()
+                     if self.params[name].grad is not None)
+        if self.score.tracks == "movement":
+            for name, param in self.params.items():
+                if param.grad is not None:
+                    self.tracked[name].addcmul_(param.grad, param, value=-1.0)
+
+    @torch.no_grad()
+    def after_optimizer_step(self, step: int) -> None:
+        """Update the masks when `step` is a pruning step of the schedule."""
+        if self._due(step):
+            self.update_masks(target_fraction(self.schedule, step, self.warmup_steps, self.ramp_end_step,
+                                              self.final_sparsity), step)
 
     def _due(self, step: int) -> bool:
-        if step < self.warmup_steps or (self.masks and step > self.ramp_end_step):
+        if step < self.warmup_steps or (self.history and step > self.ramp_end_step):
             return False
         return step >= self.ramp_end_step or (step - self.warmup_steps) % self.frequency == 0
 
-    @torch.no_grad()
-    def step(self, step: int) -> None:
-        """Call after optimizer.step(): update masks when due, then apply them."""
-        if self._due(step):
-            self._update_masks(step)
-        self.apply()
+    # -- mask update ------------------------------------------------------
 
     @torch.no_grad()
-    def _update_masks(self, step: int) -> None:
-        fraction = target_fraction(self.schedule, step, self.warmup_steps, self.ramp_end_step, self.final_sparsity)
-        score_fn = SCORES[self.method]
-        scores = {name: score_fn(p, self.optimizer.state.get(p, {})) for name, p in self.params.items()}
-        for name, mask in self.masks.items():
-            scores[name].masked_fill_(~mask, float("-inf"))  # pruned stays pruned
-        threshold = global_threshold(list(scores.values()), fraction)
-        if threshold is None:
+    def update_masks(self, fraction: float, step: int = 0) -> None:
+        """Prune exactly round(fraction * N) entries by global score, then zero them everywhere."""
+        k = int(round(fraction * self.total))
+        if k <= 0:
             return
-        self.masks = {name: score > threshold for name, score in scores.items()}
+        found = kth_smallest(self._all_score_chunks, self._sample_scores, self.total, k, self.sample_size)
+        if not self.masks:
+            self.masks = {name: torch.ones_like(p, dtype=torch.bool) for name, p in self.params.items()}
+        # Masks are rewritten in place, chunk by chunk, right after each chunk is scored.
+        for name, start, end, scores in self._score_chunks():
+            torch.gt(scores, found.value, out=self.masks[name].view(-1)[start:end])
+        excess = found.count_below + found.count_equal - k
+        if excess > 0:  # ties at the threshold: keep `excess` of them
+            self._keep_ties(found.value, excess)
         self.apply()
         measured, _, _, _ = measure_sparsity(self.params)
-        self.history.append({"step": step, "target_pct": 100.0 * fraction, "measured_pct": measured})
+        self.history.append({"step": step, "target_pct": 100.0 * fraction, "measured_pct": measured,
+                             "threshold": found.value, "passes": found.passes})
+        self.last_update_scratch_bytes = 4 * (min(self.chunk_size, self.total) + found.collected
+                                              + min(self.sample_size, self.total))
+
+    def _keep_ties(self, value: float, excess: int) -> None:
+        # Only live weights (w != 0) are kept: a pruned weight is never revived.
+        for name, start, end, scores in self._score_chunks(force_pruned=False):
+            if excess <= 0:
+                return
+            ties = (scores == value) & (self.params[name].detach().view(-1)[start:end] != 0)
+            index = torch.nonzero(ties).view(-1)[:excess]
+            self.masks[name].view(-1)[start:end][index] = True
+            excess -= index.numel()
 
     @torch.no_grad()
     def apply(self) -> None:
+        """Zero pruned entries of each weight and its same-shape optimizer state."""
+        pairs = []
         for name, mask in self.masks.items():
             param = self.params[name]
-            param.mul_(mask)
-            for value in self.optimizer.state.get(param, {}).values():
-                if torch.is_tensor(value) and value.shape == param.shape:
-                    value.mul_(mask)
+            pairs.append((param.data, mask))
+            pairs.extend((value, mask) for value in self.optimizer.state.get(param, {}).values()
+                         if torch.is_tensor(value) and value.shape == param.shape)
+        zero_pruned_(pairs)
+
+    # -- scores -----------------------------------------------------------
+
+    def _inputs(self, name: str, param: torch.Tensor) -> ScoreInputs:
+        state = self.optimizer.state.get(param, {})
+        if self.score.needs_moments and "exp_avg_sq" not in state:
+            raise UserError(f"score {self.score_name!r} reads Adam's moments, but the optimizer "
+                            f"({type(self.optimizer).__name__}) has none for {name}: use AdamWPrune")
+        bias_correction1 = 1.0
+        if "step" in state:
+            beta1 = next(g["betas"][0] for g in self.optimizer.param_groups if any(p is param for p in g["params"]))
+            bias_correction1 = 1.0 - beta1 ** float(state["step"])
+        return ScoreInputs(param.detach(), state.get("exp_avg"), state.get("exp_avg_sq"), self.tracked.get(name),
+                           bias_correction1 or 1.0)
+
+    def _score_chunks(self, force_pruned: bool = True) -> Iterator[tuple[str, int, int, torch.Tensor]]:
+        """(name, start, end, scores) per chunk; the scores live in reused scratch memory.
+
+        Signed scores (movement) get -inf where the mask prunes, so pruned stays pruned.
+        """
+        scratch: Optional[torch.Tensor] = None
+        for name, param in self.params.items():
+            inputs, n = self._inputs(name, param), param.numel()
+            if scratch is None:
+                scratch = torch.empty(min(self.chunk_size, self.total), device=param.device)
+            for start in range(0, n, self.chunk_size):
+                end = min(start + self.chunk_size, n)
+                out = scratch[:end - start]
+                self.score.fn(inputs.chunk(start, end), out)
+                if force_pruned and self.score.signed and name in self.masks:
+                    out.masked_fill_(~self.masks[name].view(-1)[start:end], -math.inf)
+                yield name, start, end, out
+
+    def _all_score_chunks(self) -> Iterator[torch.Tensor]:
+        return (scores for _, _, _, scores in self._score_chunks())
+
+    def _sample_scores(self, n: int) -> torch.Tensor:
+        positions = torch.randint(self.total, (n,), generator=self.generator).sort().values
+        samples, offset = [], 0
+        for name, param in self.params.items():
+            lo, hi = torch.searchsorted(positions, torch.tensor([offset, offset + param.numel()])).tolist()
+            index = (positions[lo:hi] - offset).to(param.device)
+            out = torch.empty(index.numel(), device=param.device)
+            self.score.fn(self._inputs(name, param).take(index), out)
+            if self.score.signed and name in self.masks:
+                out.masked_fill_(~self.masks[name].view(-1)[index], -math.inf)
+            samples.append(out.cpu())
+            offset += param.numel()
+        return torch.cat(samples)
+
+    # -- accounting -------------------------------------------------------
 
     def mask_bytes(self) -> int:
         return sum(m.numel() * m.element_size() for m in self.masks.values())
+
+    def tracked_bytes(self) -> int:
+        """Extra per-weight state the score keeps (movement's accumulator, w0)."""
+        return sum(t.numel() * t.element_size() for t in self.tracked.values())

@@ -1,0 +1,223 @@
+#!/usr/bin/env python3
+"""AdamWPrune cost on GPT-2 124M shapes, each figure a ratio to a baseline measured in the same run.
+
+(a) optimizer step of AdamWPrune (base AdamW, 50% masks applied every step)
+    over torch.optim.AdamW fused=True and foreach=True;
+(b) one full mask update (bitter7 scores, exact global threshold, masks,
+    zeroing) over the same update done the upstream way (scores computed
+    twice, all concatenated, kthvalue on a 2% sample, float masks), with
+    each one's sparsity error;
+(c) our threshold search over torch.kthvalue on all scores concatenated;
+(d) memory state pruning adds, over the weights' bytes.
+
+Usage: python benchmarks/bench_pruning.py [--device cpu|cuda] [--size 124M] [--repeats 5]
+Results of past runs: docs/performance.md.
+"""
+from __future__ import annotations
+
+import argparse
+import platform
+import statistics
+import sys
+import time
+from pathlib import Path
+from typing import Callable
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from gpt2.model import GPT, gpt2_config  # noqa: E402
+from lib.optim import build_optimizer  # noqa: E402
+from lib.pruning import GradualPruner  # noqa: E402
+from lib.pruning.scores import SCORE_EPS, SCORES, ScoreInputs  # noqa: E402
+from lib.pruning.threshold import kth_smallest  # noqa: E402
+
+SPARSITY = 0.5
+ADAMWPRUNE = {"base": "adamw", "betas": (0.9, 0.999), "eps": 1e-8, "weight_decay": 0.1, "amsgrad": False,
+              "adv": {}, "spam": {}}
+
+
+def timed(fn: Callable[[], object], device: torch.device, repeats: int) -> float:
+    """Median wall time of `fn` over `repeats` runs after one warm-up run."""
+    _once(fn, device)
+    return statistics.median(_once(fn, device) for _ in range(repeats))
+
+
+def random_grads(model: torch.nn.Module, seed: int = 0) -> None:
+    gen = torch.Generator(device=next(model.parameters()).device).manual_seed(seed)
+    for p in model.parameters():
+        p.grad = torch.randn(p.shape, generator=gen, device=p.device) * 1e-3
+
+
+def make_model(size: str, device: torch.device) -> GPT:
+    torch.manual_seed(0)
+    return GPT(gpt2_config(size)).to(device)
+
+
+@torch.no_grad()
+def upstream_mask_update(params: list[torch.Tensor], states: list[dict], fraction: float) -> float:
+    """The upstream AdamWPrune update: returns the sparsity it reached (%)."""
+    def score(p: torch.Tensor, state: dict) -> torch.Tensor:
+        return p.abs() * (state["exp_avg_sq"].abs() + SCORE_EPS) ** 0.25
+    everything = torch.cat([score(p, s).flatten() for p, s in zip(params, states)])
+    sample = everything[torch.randint(everything.numel(), (max(1, everything.numel() // 50),),
+                                      device=everything.device)]
+    threshold = sample.kthvalue(max(1, int(fraction * sample.numel()))).values
+    pruned = 0
+    for p, s in zip(params, states):
+        mask = (score(p, s) > threshold).float()
+        p.mul_(mask)
+        s["exp_avg"].mul_(mask)
+        s["exp_avg_sq"].mul_(mask)
+        pruned += int((mask == 0).sum())
+    return 100.0 * pruned / sum(p.numel() for p in params)
+
+
+def bench_step(model: GPT, device: torch.device, repeats: int) -> dict[str, float]:
+    params = list(model.parameters())
+    random_grads(model)
+    fused = torch.optim.AdamW(params, lr=1e-4, fused=True)
+    foreach = torch.optim.AdamW(params, lr=1e-4, foreach=True)
+    ours = build_optimizer("adamwprune", model, 1e-4, ADAMWPRUNE)
+    ours.step()  # create the moments the scores read
+    pruner = GradualPruner(model, ours, "bitter7", SPARSITY, warmup_steps=0, ramp_end_step=1, frequency=1)
+    pruner.update_masks(SPARSITY)
+
+    def adamwprune_step() -> None:
+        pruner.before_optimizer_step()
+        ours.step()
+    return {"adamw_fused": timed(fused.step, device, repeats), "adamw_foreach": timed(foreach.step, device, repeats),
+             "adamwprune": timed(adamwprune_step, device, repeats)}
+
+
+def bench_mask_update(model: GPT, device: torch.device, repeats: int) -> dict[str, float]:
+    random_grads(model, seed=1)
+    ours = build_optimizer("adamwprune", model, 1e-4, ADAMWPRUNE)
+    ours.step()
+    pruner = GradualPruner(model, ours, "bitter7", SPARSITY, warmup_steps=0, ramp_end_step=1, frequency=1)
+    snapshot = {p: (p.detach().clone(), {k: v.clone() for k, v in ours.state[p].items()}) for p in pruner.params.values()}
+
+    def restore() -> None:  # each update starts from the same dense weights
+        for p, (weight, state) in snapshot.items():
+            p.data.copy_(weight)
+            for key, value in state.items():
+                ours.state[p][key].copy_(value)
+        pruner.masks = {}
+    result: dict[str, float] = {}
+    samples = []
+    for _ in range(repeats):
+        restore()
+        samples.append(_once(lambda: pruner.update_masks(SPARSITY), device))
+    result["ours_s"] = statistics.median(samples)
+    result["ours_error_pts"] = abs(pruner.history[-1]["measured_pct"] - 100 * SPARSITY)
+    result["ours_scratch_bytes"] = pruner.last_update_scratch_bytes
+    params = list(pruner.params.values())
+    states = [ours.state[p] for p in params]
+    samples, reached = [], 0.0
+    for _ in range(repeats):
+        restore()
+        start = _start(device)
+        reached = upstream_mask_update(params, states, SPARSITY)
+        samples.append(_stop(start, device))
+    result["upstream_s"] = statistics.median(samples)
+    result["upstream_error_pts"] = abs(reached - 100 * SPARSITY)
+    restore()
+    return result
+
+
+def _start(device: torch.device) -> float:
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+    return time.perf_counter()
+
+
+def _stop(start: float, device: torch.device) -> float:
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+    return time.perf_counter() - start
+
+
+def _once(fn: Callable[[], object], device: torch.device) -> float:
+    start = _start(device)
+    fn()
+    return _stop(start, device)
+
+
+def bench_threshold(model: GPT, device: torch.device, repeats: int) -> dict[str, float]:
+    random_grads(model, seed=2)
+    ours = build_optimizer("adamwprune", model, 1e-4, ADAMWPRUNE)
+    ours.step()
+    pruner = GradualPruner(model, ours, "bitter7", SPARSITY, warmup_steps=0, ramp_end_step=1, frequency=1)
+    scores = []
+    for p in pruner.params.values():
+        out = torch.empty(p.numel(), device=device)
+        SCORES["bitter7"].fn(ScoreInputs(p.detach(), ours.state[p]["exp_avg"], ours.state[p]["exp_avg_sq"]).chunk(
+            0, p.numel()), out)
+        scores.append(out)
+    total = sum(s.numel() for s in scores)
+    k = int(round(SPARSITY * total))
+    chunk = pruner.chunk_size
+    gen = torch.Generator().manual_seed(0)
+
+    def chunks():
+        for s in scores:
+            for start in range(0, s.numel(), chunk):
+                yield s[start:start + chunk]
+
+    def sample(n: int) -> torch.Tensor:
+        positions = torch.randint(total, (n,), generator=gen).sort().values
+        parts, offset = [], 0
+        for s in scores:
+            lo, hi = torch.searchsorted(positions, torch.tensor([offset, offset + s.numel()])).tolist()
+            parts.append(s[(positions[lo:hi] - offset).to(device)].cpu())
+            offset += s.numel()
+        return torch.cat(parts)
+    found = kth_smallest(chunks, sample, total, k)
+    exact = torch.cat(scores).kthvalue(k).values.item()
+    return {"ours_s": timed(lambda: kth_smallest(chunks, sample, total, k), device, repeats),
+            "kthvalue_s": timed(lambda: torch.cat(scores).kthvalue(k), device, repeats),
+            "exact": float(found.value == exact)}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    parser.add_argument("--size", default="124M", help="GPT-2 size preset (gpt2/model.py SIZES)")
+    parser.add_argument("--repeats", type=int, default=5)
+    args = parser.parse_args()
+    device = torch.device(args.device)
+    model = make_model(args.size, device)
+    n_params = sum(p.numel() for p in model.parameters())
+    machine = torch.cuda.get_device_name(device) if device.type == "cuda" else (
+        f"CPU {platform.processor() or platform.machine()}, {torch.get_num_threads()} threads")
+    print(f"GPT-2 {args.size}: {n_params / 1e6:.1f}M parameters on {machine}; torch {torch.__version__}; "
+          f"median of {args.repeats}")
+    step = bench_step(model, device, args.repeats)
+    print("\n(a) optimizer step")
+    for name, seconds in step.items():
+        print(f"  {name:<16} {seconds:8.4f} s")
+    print(f"  AdamWPrune / AdamW fused   = {step['adamwprune'] / step['adamw_fused']:.2f}  (goal <= 1.3)")
+    print(f"  AdamWPrune / AdamW foreach = {step['adamwprune'] / step['adamw_foreach']:.2f}")
+    update = bench_mask_update(model, device, args.repeats)
+    print("\n(b) full mask update (bitter7, 50%)")
+    print(f"  ours     {update['ours_s']:8.4f} s   sparsity error {update['ours_error_pts']:.4f} pts")
+    print(f"  upstream {update['upstream_s']:8.4f} s   sparsity error {update['upstream_error_pts']:.4f} pts")
+    print(f"  ours / upstream = {update['ours_s'] / update['upstream_s']:.2f}  (goal <= 0.4, error <= 0.5 pts)")
+    threshold = bench_threshold(model, device, args.repeats)
+    print("\n(c) threshold search on all scores")
+    print(f"  ours {threshold['ours_s']:.4f} s   torch.kthvalue {threshold['kthvalue_s']:.4f} s   "
+          f"exact match: {bool(threshold['exact'])}")
+    print(f"  kthvalue / ours = {threshold['kthvalue_s'] / threshold['ours_s']:.1f}x  (goal >= 5)")
+    weight_bytes = sum(p.numel() * p.element_size() for p in model.parameters())
+    pruner_masks = sum(p.numel() for p in GradualPruner(model, torch.optim.SGD(model.parameters(), lr=0.1),
+                                                        "magnitude", 0.5, warmup_steps=0, ramp_end_step=1,
+                                                        frequency=1).params.values())
+    print("\n(d) memory of state pruning over weight bytes")
+    print(f"  bool masks (kept between updates)  {pruner_masks / weight_bytes:.3f}x  (goal <= 0.30)")
+    print(f"  scratch during a mask update       {update['ours_scratch_bytes'] / weight_bytes:.3f}x")
+    print("  optimizer state                     0 extra: the scores read AdamW's own exp_avg/exp_avg_sq")
+
+
+if __name__ == "__main__":
+    main()

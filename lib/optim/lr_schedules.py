@@ -1,0 +1,58 @@
+"""Learning-rate schedules, all in one place: warm-up, then constant, cosine or step decay.
+
+The training loop asks `schedule.at(step)` before every optimizer step. The
+schedule of a run comes from lr_schedule_for(): the configured LR_SCHEDULE,
+except that AdamWAdv (alone or as AdamWPrune's base) anneals to its own
+ADV_COSINE_ETA_MIN when ADV_USE_COSINE_ANNEALING is set.
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Any
+
+KINDS = ("constant", "cosine", "step")
+
+
+@dataclass(frozen=True)
+class LRSchedule:
+    peak: float
+    kind: str = "constant"
+    total_steps: int = 0
+    warmup_steps: int = 0
+    min_lr: float = 0.0
+    step_every: int = 0  # "step": multiply by gamma every this many steps
+    gamma: float = 0.1
+
+    def __post_init__(self) -> None:
+        if self.kind not in KINDS:
+            raise ValueError(f"unknown learning-rate schedule {self.kind!r} (have: {', '.join(KINDS)})")
+
+    def at(self, step: int) -> float:
+        """Learning rate for optimizer step `step` (0-based)."""
+        if step < self.warmup_steps:
+            return self.peak * (step + 1) / self.warmup_steps  # linear warm-up, as nanoGPT
+        if self.kind == "cosine":
+            span = max(1, self.total_steps - self.warmup_steps)
+            progress = min(1.0, (step - self.warmup_steps) / span)
+            return self.min_lr + 0.5 * (self.peak - self.min_lr) * (1.0 + math.cos(math.pi * progress))
+        if self.kind == "step" and self.step_every > 0:
+            return self.peak * self.gamma ** ((step - self.warmup_steps) // self.step_every)
+        return self.peak
+
+
+def uses_adv_annealing(optimizer: str, params: dict[str, Any]) -> bool:
+    adv = params if optimizer == "adamwadv" else params.get("adv", {}) if params.get("base") == "adamwadv" else {}
+    return bool(adv.get("cosine_annealing"))
+
+
+def lr_schedule_for(optimizer: str, optimizer_params: dict[str, Any], training: dict[str, Any], total_steps: int,
+                    warmup_steps: int = 0, min_lr: float | None = None) -> LRSchedule:
+    """The schedule of one run: LR_SCHEDULE (cosine floors at 1% of the peak unless `min_lr`), or AdamWAdv's."""
+    peak = optimizer_params.get("learning_rate") or training["learning_rate"]
+    if uses_adv_annealing(optimizer, optimizer_params):
+        adv = optimizer_params if optimizer == "adamwadv" else optimizer_params["adv"]
+        return LRSchedule(peak, "cosine", total_steps, warmup_steps, min_lr=adv["eta_min"])
+    kind = training.get("lr_schedule", "constant")
+    return LRSchedule(peak, kind, total_steps, warmup_steps, min_lr=0.01 * peak if min_lr is None else min_lr,
+                      step_every=training.get("lr_step_every", 0), gamma=training.get("lr_step_gamma", 0.1))

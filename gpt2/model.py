@@ -1,0 +1,171 @@
+"""GPT-2 as nanoGPT writes it (karpathy/nanoGPT model.py, after Radford et
+al. 2019): learned position embeddings, pre-LayerNorm blocks, causal
+self-attention through torch's scaled_dot_product_attention (flash kernels
+where available), 4x GELU MLP, lm_head tied to the token embedding.
+
+124M at vocab 50304 (GPT-2's 50257 padded to a multiple of 64 for faster
+matmuls): 124,475,904 parameters with the tied matrix counted once;
+nanoGPT's get_num_params() prints 123.69M because it leaves out the
+position embeddings.
+
+This module owns only the network and its size presets; optimizers (and the
+decay/no-decay split nanoGPT's configure_optimizers does) live in lib.
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, replace
+
+import torch
+from torch import nn
+from torch.nn import functional as F
+
+from lib.errors import UserError
+
+# name -> (n_layer, n_head, n_embd). The four GPT-2 sizes as OpenAI released
+# them, plus two small ones for CPU tests and CI.
+SIZES: dict[str, tuple[int, int, int]] = {
+    "tiny": (2, 2, 64),
+    "mini": (4, 4, 128),
+    "124M": (12, 12, 768),
+    "350M": (24, 16, 1024),
+    "774M": (36, 20, 1280),
+    "1.5B": (48, 25, 1600),
+}
+
+
+@dataclass(frozen=True)
+class GPTConfig:
+    block_size: int = 1024
+    vocab_size: int = 50304
+    n_layer: int = 12
+    n_head: int = 12
+    n_embd: int = 768
+    dropout: float = 0.0
+    # Biases in Linear and LayerNorm as in GPT-2 and nanoGPT's GPTConfig default;
+    # nanoGPT notes bias=False is a little better and faster. nanoGPT wrote its own
+    # LayerNorm for this; nn.LayerNorm takes bias= since torch 2.1 (we need >= 2.4).
+    bias: bool = True
+
+
+def gpt2_config(size: str, block_size: int | None = None, vocab_size: int = 50304,
+                dropout: float = 0.0) -> GPTConfig:
+    """The GPTConfig for a named size; block_size None means GPT-2's 1024."""
+    if size not in SIZES:
+        raise UserError(f"GPT-2 size {size!r} is unknown (have: {', '.join(SIZES)})")
+    n_layer, n_head, n_embd = SIZES[size]
+    return GPTConfig(block_size=1024 if block_size is None else block_size, vocab_size=vocab_size, n_layer=n_layer,
+                     n_head=n_head, n_embd=n_embd, dropout=dropout)
+
+
+class CausalSelfAttention(nn.Module):
+    def __init__(self, config: GPTConfig) -> None:
+        super().__init__()
+        assert config.n_embd % config.n_head == 0, "n_embd must be a multiple of n_head"
+        self.c_attn = nn.Linear(config.n_embd, 3 * config.n_embd, bias=config.bias)  # q, k, v in one matmul
+        self.c_proj = nn.Linear(config.n_embd, config.n_embd, bias=config.bias)
+        self.resid_dropout = nn.Dropout(config.dropout)
+        self.n_head = config.n_head
+        self.dropout = config.dropout
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        B, T, C = x.size()
+        q, k, v = (t.view(B, T, self.n_head, C // self.n_head).transpose(1, 2)
+                   for t in self.c_attn(x).split(C, dim=2))  # each (B, n_head, T, head_size)
+        y = F.scaled_dot_product_attention(q, k, v, dropout_p=self.dropout if self.training else 0.0,
+                                           is_causal=True)
+        return self.resid_dropout(self.c_proj(y.transpose(1, 2).contiguous().view(B, T, C)))
+
+
+class MLP(nn.Module):
+    def __init__(self, config: GPTConfig) -> None:
+        super().__init__()
+        self.c_fc = nn.Linear(config.n_embd, 4 * config.n_embd, bias=config.bias)
+        self.gelu = nn.GELU()
+        self.c_proj = nn.Linear(4 * config.n_embd, config.n_embd, bias=config.bias)
+        self.dropout = nn.Dropout(config.dropout)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.dropout(self.c_proj(self.gelu(self.c_fc(x))))
+
+
+class Block(nn.Module):
+    def __init__(self, config: GPTConfig) -> None:
+        super().__init__()
+        self.ln_1 = nn.LayerNorm(config.n_embd, bias=config.bias)
+        self.attn = CausalSelfAttention(config)
+        self.ln_2 = nn.LayerNorm(config.n_embd, bias=config.bias)
+        self.mlp = MLP(config)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = x + self.attn(self.ln_1(x))
+        return x + self.mlp(self.ln_2(x))
+
+
+class GPT(nn.Module):
+    def __init__(self, config: GPTConfig) -> None:
+        super().__init__()
+        self.config = config
+        self.transformer = nn.ModuleDict(dict(
+            wte=nn.Embedding(config.vocab_size, config.n_embd),
+            wpe=nn.Embedding(config.block_size, config.n_embd),
+            drop=nn.Dropout(config.dropout),
+            h=nn.ModuleList([Block(config) for _ in range(config.n_layer)]),
+            ln_f=nn.LayerNorm(config.n_embd, bias=config.bias),
+        ))
+        self.lm_head = nn.Linear(config.n_embd, config.vocab_size, bias=False)
+        # Weight tying (Press & Wolf 2017, as GPT-2 does): wte.weight and
+        # lm_head.weight are ONE Parameter, counted and optimized once. lib's
+        # pruning takes module.weight of every nn.Linear and nn.Conv2d
+        # (lib/pruning/masks.py prunable_parameters), so this tensor is pruned
+        # once, through lm_head; pruning it also zeroes embedding entries.
+        self.transformer.wte.weight = self.lm_head.weight
+        self.apply(self._init_weights)
+        # GPT-2 paper section 2.3: scale residual projections by 1/sqrt(N), N = 2 * n_layer
+        # residual additions, so the residual stream's variance does not grow with depth.
+        for name, p in self.named_parameters():
+            if name.endswith("c_proj.weight"):
+                nn.init.normal_(p, mean=0.0, std=0.02 / math.sqrt(2 * config.n_layer))
+
+    @staticmethod
+    def _init_weights(module: nn.Module) -> None:
+        if isinstance(module, (nn.Linear, nn.Embedding)):
+            nn.init.normal_(module.weight, mean=0.0, std=0.02)
+        if isinstance(module, nn.Linear) and module.bias is not None:
+            nn.init.zeros_(module.bias)
+
+    def get_num_params(self, non_embedding: bool = True) -> int:
+        """Parameters, tied matrix once; non_embedding leaves out wpe (nanoGPT's convention)."""
+        n = sum(p.numel() for p in self.parameters())  # parameters() yields a shared tensor once
+        return n - self.transformer.wpe.weight.numel() if non_embedding else n
+
+    def forward(self, idx: torch.Tensor, targets: torch.Tensor | None = None
+                ) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """(logits, loss). Without targets only the last position's logits are computed
+        (shape (B, 1, vocab)), which is all generation needs; targets of -1 are ignored."""
+        t = idx.size(1)
+        assert t <= self.config.block_size, f"sequence of {t} tokens exceeds block_size {self.config.block_size}"
+        pos = torch.arange(t, dtype=torch.long, device=idx.device)
+        x = self.transformer.drop(self.transformer.wte(idx) + self.transformer.wpe(pos))
+        for block in self.transformer.h:
+            x = block(x)
+        x = self.transformer.ln_f(x)
+        if targets is None:
+            return self.lm_head(x[:, [-1], :]), None
+        logits = self.lm_head(x)
+        loss = F.cross_entropy(logits.flatten(0, 1), targets.reshape(-1), ignore_index=-1)
+        return logits, loss
+
+    def crop_block_size(self, block_size: int) -> None:
+        """Shrink the context length, e.g. to fine-tune a 1024-token model on shorter windows."""
+        assert block_size <= self.config.block_size
+        self.config = replace(self.config, block_size=block_size)
+        self.transformer.wpe.weight = nn.Parameter(self.transformer.wpe.weight[:block_size])
+
+    def estimate_mfu(self, fwdbwd_per_iter: int, dt: float, peak_flops: float) -> float:
+        """Model FLOPs utilisation: achieved FLOP/s over `peak_flops` (e.g. 989e12 for
+        an H100 SXM in bf16). FLOPs per token as in the PaLM paper, appendix B."""
+        cfg = self.config
+        head_size = cfg.n_embd // cfg.n_head
+        flops_per_token = 6 * self.get_num_params() + 12 * cfg.n_layer * cfg.n_head * head_size * cfg.block_size
+        return flops_per_token * cfg.block_size * fwdbwd_per_iter / dt / peak_flops

@@ -10,7 +10,7 @@ export srctree := $(CURDIR)
 
 .DEFAULT_GOAL := all
 .PHONY: all help menuconfig olddefconfig savedefconfig listdefconfigs test-matrix-dry-run \
-	continue report test ci clean mrproper venv
+	continue report test ci bench clean mrproper venv
 
 $(STAMP): requirements.txt
 	@echo "Setting up $(VENV) (first run only; a few minutes)..."
@@ -37,10 +37,11 @@ help:
 	@echo "  make                       run the test matrix of .config (default: lenet5-quick)"
 	@echo "  make test-matrix-dry-run   list the runs of .config without training"
 	@echo "  make continue [RESULTS=d]  finish the newest (or given) result directory"
-	@echo "  make report RESULTS=d [OUT=o]  regenerate summary_report.txt, report.md"
+	@echo "  make report RESULTS=d [OUT=o]  regenerate the reports and graphs of a result directory (ours or upstream)"
 	@echo "Development:"
 	@echo "  make test                  run the test suite"
 	@echo "  make ci                    run every ci-* defconfig end to end"
+	@echo "  make bench [DEVICE=cuda]   AdamWPrune step, mask update, threshold and memory vs torch baselines"
 	@echo "  make clean                 remove caches;  make mrproper: also .config, results, .venv"
 
 menuconfig: $(STAMP)
@@ -66,10 +67,13 @@ continue: $(STAMP)
 
 report: $(STAMP)
 	@test -n "$(RESULTS)" || { echo "error: give the result directory: make report RESULTS=dir [OUT=dir]" >&2; exit 2; }
-	@$(PY) scripts/report.py $(RESULTS) $(if $(OUT),--out $(OUT))
+	@$(PY) scripts/report.py "$(RESULTS)" $(if $(OUT),--out "$(OUT)")
 
 test: $(STAMP)
 	@$(PY) -m pytest -q
+
+bench: $(STAMP)
+	@$(PY) benchmarks/bench_pruning.py $(if $(DEVICE),--device $(DEVICE))
 
 ci: $(STAMP)
 	@$(PY) scripts/ci.py

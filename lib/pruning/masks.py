@@ -135,7 +135,8 @@ class GradualPruner:
         self.apply()
         measured, _, _, _ = measure_sparsity(self.params)
         self.history.append({"step": step, "target_pct": 100.0 * fraction, "measured_pct": measured,
-                             "threshold": found.value, "passes": found.passes})
+                             "threshold": found.value if math.isfinite(found.value) else None,
+                             "passes": found.passes})
         self.last_update_scratch_bytes = 4 * (min(self.chunk_size, self.total) + found.collected
                                               + min(self.sample_size, self.total))
 

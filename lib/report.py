@@ -1,18 +1,16 @@
 """Write the reports of one result table: all_results.json, summary_report.txt
-(the seed-000 layout) and report.md.
+(the seed-000 layout), report.md, report.html and graphs/.
 
-Owns: formatting figures (percent with 2 decimals, sparsity with a % sign,
-memory in MiB with 1 decimal, "n/a" for anything not measured), labelling
-memory by what was measured (GPU memory or process RSS), ranking runs and
-comparing them with their dense baseline. It reads nothing from disk
-(lib/results builds the table) and prints only measured figures: no target
-sparsity, no theoretical memory multipliers. All three files are rendered
-before any is written, and each is written atomically.
+Owns: summary_report.txt (one row per run, figures formatted as percent with
+2 decimals, sparsity with a % sign, memory in MiB with 1 decimal, "n/a" for
+anything not measured), all_results.json, and writing every report. It reads
+nothing from disk (lib/results builds the table) and prints only measured
+figures: no target sparsity, no theoretical memory multipliers. Everything is
+rendered before anything is written, and each file is written atomically.
 """
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
 from typing import Any, Callable
@@ -20,93 +18,19 @@ from typing import Any, Callable
 import pandas as pd
 
 from lib.errors import UserError
+from lib.graphs import Graph, render_graphs
 from lib.jsonio import SCHEMA_VERSION, write_json_atomic, write_text_atomic
-from lib.results import LANGUAGE_MODELING, LM_FIELDS, ROW_FIELDS
+from lib.report_html import render_html
+from lib.report_labels import (EFFICIENCY_NOTE, MIXED_MEMORY, PERPLEXITY, TRAINING_TERMS, MemoryLabels,
+                               Metric, efficiency_scores, memory_labels, status_counts, status_label,
+                               table_metrics)
+from lib.report_md import markdown_blocks, render_markdown
+from lib.results import LM_FIELDS, ROW_FIELDS
+from lib.stats import NA, fmt, has_seeds
 
-NA = "n/a"
 TOP_N = 20
 RULE = "-" * 80
-STATUS_LABELS = {"success": "✓ Success", "failed": "✗ Failed", "timeout": "✗ Timeout",
-                 "interrupted": "✗ Interrupted", "missing": "… Missing"}
-TRAINING_TERMS = "weights + gradients + optimizer state + masks"
-
-
-@dataclass(frozen=True)
-class Metric:
-    """The figure runs are ranked by: accuracy for classifiers, perplexity for LMs."""
-    best: str
-    final: str
-    best_header: str
-    final_header: str
-    name: str
-    unit: str
-    higher_is_better: bool
-
-    def text(self, value: Any) -> str:
-        return fmt(value, 2, self.unit)
-
-
-ACCURACY = Metric("best_accuracy_pct", "final_accuracy_pct", "Best Acc (%)", "Final Acc (%)",
-                  "Best Acc", "%", True)
-PERPLEXITY = Metric(LM_FIELDS[0], LM_FIELDS[1], "Best PPL", "Final PPL", "Best PPL", "", False)
-
-
-@dataclass(frozen=True)
-class MemoryLabels:
-    """How memory figures are named, from what the sampler measured."""
-    mean_header: str
-    peak_header: str
-    kind: str
-    title: str
-    note: str | None
-
-    def kind_of(self, row: Any) -> str:
-        """What one row measured: in a mixed table each run names its own kind."""
-        if self is not MIXED_MEMORY:
-            return self.kind
-        return {"cuda": "GPU", "cpu": "RSS"}.get(row["memory_device"], self.kind)
-
-
-# "Avg" rather than "Mean" for RSS and mixed: summary_rows.py (and scripts
-# like it) match a bare "n" column anywhere in the header, which splits
-# "RSS Mean (MiB)" apart; "GPU Mean (MiB)" is read whole.
-GPU_MEMORY = MemoryLabels("GPU Mean (MiB)", "GPU Max (MiB)", "GPU", "GPU Memory Usage (measured)", None)
-RSS_MEMORY = MemoryLabels("RSS Avg (MiB)", "RSS Max (MiB)", "RSS",
-                          "Process Memory Usage (RSS, measured; not GPU memory)",
-                          "Memory: CPU process resident set size (no GPU); not GPU memory")
-MIXED_MEMORY = MemoryLabels("Mem Avg (MiB)", "Mem Max (MiB)", "Mem",
-                            "Memory Usage (measured; GPU and RSS mixed)",
-                            "Memory: GPU memory for cuda runs, process RSS for cpu runs; "
-                            "the two are not comparable")
-
 Column = tuple[str, Callable[[Any], str]]  # header, cell text from a row
-
-
-def fmt(value: Any, digits: int, suffix: str = "", signed: bool = False) -> str:
-    """A figure with `digits` decimals, or "n/a" when it was not measured."""
-    if value is None or value is pd.NA or (isinstance(value, float) and math.isnan(value)):
-        return NA
-    return f"{value:{'+' if signed else ''}.{digits}f}{suffix}"
-
-
-def memory_labels(table: pd.DataFrame) -> MemoryLabels:
-    devices = set(table["memory_device"].dropna())
-    if devices == {"cpu"}:
-        return RSS_MEMORY
-    return GPU_MEMORY if devices <= {"cuda"} else MIXED_MEMORY
-
-
-def table_metrics(table: pd.DataFrame) -> list[Metric]:
-    """Accuracy columns unless every run is a language model; perplexity for LM runs."""
-    is_lm = table["task"] == LANGUAGE_MODELING
-    metrics = [ACCURACY] if not is_lm.all() else []
-    if is_lm.any() and PERPLEXITY.best in table:
-        metrics.append(PERPLEXITY)
-    return metrics or [ACCURACY]
-
-
-def status_label(status: Any) -> str:
-    return STATUS_LABELS.get(status, f"? {status}")
 
 
 def ranked(table: pd.DataFrame, column: str, descending: bool) -> pd.DataFrame:
@@ -121,21 +45,8 @@ def sort_runs(table: pd.DataFrame, metric: Metric) -> pd.DataFrame:
                              na_position="last", kind="stable")
 
 
-def efficiency_scores(table: pd.DataFrame) -> pd.Series:
-    """Best accuracy (%) per 100 MiB of mean measured memory; NaN where either is missing."""
-    return table["best_accuracy_pct"] / (table["memory_mean_mib"] / 100.0)
-
-
-def dense_deltas(table: pd.DataFrame, metric: Metric) -> pd.Series:
-    """Best metric minus the mean of the successful dense runs of the same model and optimizer."""
-    dense = table[(table["pruning"] == "none") & (table["status"] == "success")]
-    baseline = dense.groupby(["model", "optimizer"])[metric.best].mean()
-    keys = pd.MultiIndex.from_frame(table[["model", "optimizer"]])
-    return table[metric.best] - baseline.reindex(keys).to_numpy()
-
-
 def figure_columns(table: pd.DataFrame, memory: MemoryLabels) -> list[Column]:
-    """The measured-figure columns shared by the text and Markdown tables."""
+    """The measured-figure columns of the results table: metric by task, sparsity, memory."""
     columns: list[Column] = []
     for metric in table_metrics(table):
         columns += [(metric.best_header, lambda r, m=metric: fmt(r[m.best], 2)),
@@ -163,21 +74,10 @@ def render_text_table(rows: pd.DataFrame, columns: list[Column]) -> list[str]:
     return [rule, header, rule, *body, rule]
 
 
-def _counts(table: pd.DataFrame) -> list[str]:
-    status = table["status"]
-    failed = status[~status.isin(["success", "missing"])]
-    others = failed[failed != "failed"].value_counts()  # timeouts and the like, named apart
-    detail = ", ".join(f"{n} {kind}" for kind, n in others.items())
-    return [f"Total tests: {len(table)}",
-            f"Successful: {int((status == 'success').sum())}",
-            f"Failed: {len(failed)}" + (f" ({detail})" if detail else ""),
-            f"Missing: {int((status == 'missing').sum())}"]
-
-
 def _header_lines(table: pd.DataFrame, source_name: str, memory: MemoryLabels) -> list[str]:
     lines = ["Test Matrix Summary Report",
              f"Generated: {datetime.now().isoformat(timespec='seconds')}",
-             f"From: {source_name}", "=" * 80, "", *_counts(table)]
+             f"From: {source_name}", "=" * 80, "", *status_counts(table)]
     return lines + ([memory.note] if memory.note else []) + [""]
 
 
@@ -189,7 +89,11 @@ def _results_table(table: pd.DataFrame, memory: MemoryLabels) -> list[str]:
 
 def _best_performers(table: pd.DataFrame, metric: Metric) -> list[str]:
     best = ranked(table, metric.best, metric.higher_is_better)
-    lines = ["", "Best Performers:", RULE, f"Top {TOP_N} by {metric.name}:"]
+    lines = ["", "Best Performers:", RULE]
+    if has_seeds(table):
+        lines.append("Several seeds per configuration: report.md ranks configurations by mean ± std (n) "
+                     "and marks those within noise of each other.")
+    lines.append(f"Top {TOP_N} by {metric.name}:")
     lines += [f"{i}. {r.run_id}: {metric.text(r[metric.best])}"
               for i, (_, r) in enumerate(best.head(TOP_N).iterrows(), 1)] or ["  none measured"]
     lines += ["", "Best by Optimizer:"]
@@ -232,7 +136,7 @@ def _efficiency_section(table: pd.DataFrame, metric: Metric, memory: MemoryLabel
              "Multipliers are measured from the tensors, over the model's dense weight bytes:",
              f"  Training memory  = {TRAINING_TERMS}",
              "  Inference memory = non-zero weights (benefits from sparsity)",
-             f"Efficiency score = best accuracy (%) per 100 MiB of mean measured memory ({memory.kind})",
+             f"Efficiency score = {EFFICIENCY_NOTE} ({memory.kind})",
              "", f"Top {TOP_N} by Efficiency Score:"]
     scored = table.assign(score=efficiency_scores(table))
     best = ranked(scored, "score", descending=True).head(TOP_N)
@@ -296,31 +200,6 @@ def render_summary(table: pd.DataFrame, source_name: str) -> str:
     return "\n".join(lines) + "\n"
 
 
-def render_markdown(table: pd.DataFrame, source_name: str) -> str:
-    """report.md: one table per model, with efficiency and the delta to the dense baseline."""
-    memory = memory_labels(table)
-    metric = table_metrics(table)[0]
-    table = table.assign(score=efficiency_scores(table), delta=dense_deltas(table, metric))
-    columns = [("Run", lambda r: f"`{r.run_id}`"), ("Optimizer", lambda r: str(r.optimizer)),
-               ("Pruning", lambda r: str(r.pruning))] + figure_columns(table, memory) + [
-        ("Efficiency", lambda r: fmt(r.score, 2)), ("Δ dense", lambda r: fmt(r.delta, 2, signed=True)),
-        ("Status", lambda r: status_label(r.status))]
-    lines = [f"# Results: {source_name}", "",
-             *(f"- {line}" for line in _counts(table)),
-             *([f"- {memory.note}"] if memory.note else []),
-             "- Efficiency: best accuracy (%) per 100 MiB of mean measured memory.",
-             f"- Δ dense: {metric.name} minus the mean of the successful dense (pruning none) "
-             "runs of the same model and optimizer.", ""]
-    for model, runs in table.groupby("model", sort=True, dropna=False):
-        lines += [f"## {model}", "", "| " + " | ".join(h for h, _ in columns) + " |",
-                  "|" + "|".join("---" if i < 3 or h == "Status" else "--:"
-                                 for i, (h, _) in enumerate(columns)) + "|"]
-        lines += ["| " + " | ".join(cell(r) for _, cell in columns) + " |"
-                  for _, r in sort_runs(runs, metric).iterrows()]
-        lines.append("")
-    return "\n".join(lines)
-
-
 def _plain(value: Any) -> Any:
     """A JSON-ready scalar: NaN and NA become null, numpy scalars Python ones."""
     if value is None or value is pd.NA or (isinstance(value, float) and math.isnan(value)):
@@ -334,18 +213,32 @@ def results_rows(table: pd.DataFrame) -> list[dict]:
     return [{f: _plain(row[f]) for f in fields} for row in table.to_dict("records")]
 
 
-def write_reports(table: pd.DataFrame, out_dir: Path, source_name: str) -> list[Path]:
-    """Write all_results.json, summary_report.txt and report.md into `out_dir`; return their paths."""
+def _all_results(table: pd.DataFrame, source_name: str) -> dict:
+    return {"schema_version": SCHEMA_VERSION, "generated_at": datetime.now().isoformat(timespec="seconds"),
+            "source": source_name, "runs": results_rows(table)}
+
+
+def default_out_dir(results_dir: Path, layout: str, reports_root: Path) -> Path:
+    """Where reports go when no OUT is given: into our own directory itself;
+    never into an upstream one, whose reports go to <reports_root>/<name>-report."""
+    results_dir = Path(results_dir)
+    return results_dir if layout == "own" else reports_root / f"{results_dir.resolve().name}-report"
+
+
+def write_reports(table: pd.DataFrame, out_dir: Path, source_name: str, graphs: bool = True) -> list[Path]:
+    """Write all_results.json, summary_report.txt, report.md, report.html and
+    graphs/*.png|svg into `out_dir`; return the paths of the reports written."""
     if table.empty:
         raise UserError(f"{source_name}: no runs to report")
     out_dir = Path(out_dir)
-    all_results = {"schema_version": SCHEMA_VERSION,
-                   "generated_at": datetime.now().isoformat(timespec="seconds"),
-                   "source": source_name, "runs": results_rows(table)}
-    summary = render_summary(table, source_name)
-    markdown = render_markdown(table, source_name)
-    paths = [out_dir / "all_results.json", out_dir / "summary_report.txt", out_dir / "report.md"]
-    write_json_atomic(paths[0], all_results)
-    write_text_atomic(paths[1], summary)
-    write_text_atomic(paths[2], markdown)
-    return paths
+    figures: list[Graph] = render_graphs(table) if graphs else []
+    blocks = markdown_blocks(table, source_name, figures)
+    texts = {"summary_report.txt": render_summary(table, source_name),
+             "report.md": render_markdown(blocks),
+             "report.html": render_html(blocks, f"Results: {source_name}", figures)}
+    write_json_atomic(out_dir / "all_results.json", _all_results(table, source_name))
+    for name, text in texts.items():
+        write_text_atomic(out_dir / name, text)
+    for figure in figures:
+        figure.write(out_dir / "graphs")
+    return [out_dir / "all_results.json"] + [out_dir / name for name in texts]

@@ -1,23 +1,28 @@
 """Read a result directory into one table, one row per run.
 
-Owns: finding the runs of a directory (matrix.json, else the run folders),
-reading each run's result.json, metrics.json and gpu_stats.json into the flat
-row of docs/results-format.md, and turning a missing or corrupt file into empty
-cells plus a warning, so one bad run never stops a report. It formats and
-writes nothing (lib/report does). Other directory layouts (the upstream
-AdamWPrune ones) plug in as further functions in READERS, tried in order.
+Owns: recognising a directory's layout (READERS, tried in order: this
+framework's own, then the upstream AdamWPrune one of lib/legacy_results),
+reading each run of our own layout (result.json, metrics.json, gpu_stats.json)
+into the flat row of docs/results-format.md, and the table itself. A missing
+or corrupt file becomes empty cells plus a warning, so one bad run never
+stops a report. It formats and writes nothing (lib/report does).
 """
 from __future__ import annotations
 
 import math
 import sys
 from pathlib import Path
-from typing import Any, Callable, Optional
+from typing import Callable, Optional
 
 import pandas as pd
 
 from lib.errors import UserError
 from lib.jsonio import read_json
+from lib.legacy_results import read_upstream_layout
+from lib.run_files import (CLASSIFICATION, LANGUAGE_MODELING, TASK_BY_MODEL, Row, RunFiles, curve,
+                           thin)
+
+__all__ = ["LANGUAGE_MODELING", "ROW_FIELDS", "EXTRA_FIELDS", "LM_FIELDS", "READERS", "load_results"]
 
 # The all_results.json row of docs/results-format.md, in its order.
 ROW_FIELDS: tuple[str, ...] = (
@@ -26,82 +31,36 @@ ROW_FIELDS: tuple[str, ...] = (
     "memory_mean_mib", "memory_peak_mib", "memory_source", "memory_device",
     "training_multiplier", "inference_multiplier", "wall_time_s",
 )
-# Table-only columns: curves for graphs, the log tail for the failed-runs
-# section, and the warnings raised while reading the run.
-EXTRA_FIELDS: tuple[str, ...] = ("epochs_accuracy", "log_tail", "warnings")
+# Table-only columns: curves for graphs ({"axis", "points"} or None), the
+# measured memory terms in bytes, the memory timeline [[t_s, MiB], ...], the
+# log tail for the failed-runs section, and the warnings raised while reading.
+EXTRA_FIELDS: tuple[str, ...] = ("metric_curve", "sparsity_schedule", "memory_bytes", "memory_timeline",
+                                 "log_tail", "warnings")
 # Present only when the table holds language-model runs.
-LM_FIELDS: tuple[str, ...] = ("best_perplexity", "final_perplexity")
+LM_FIELDS: tuple[str, ...] = ("best_perplexity", "final_perplexity", "best_val_loss", "final_val_loss")
 NUMERIC_FIELDS: tuple[str, ...] = (
     "target_sparsity_pct", "sparsity_pct", "best_accuracy_pct", "final_accuracy_pct",
     "memory_mean_mib", "memory_peak_mib", "training_multiplier", "inference_multiplier",
     "wall_time_s",
 ) + LM_FIELDS
+MEMORY_TERMS = ("weights_bytes", "gradients_bytes", "optimizer_state_bytes", "mask_bytes")
 
-LANGUAGE_MODELING = "language_modeling"
-# A run that never wrote metrics.json still needs a task, so that reports put
-# it with the right kind of runs; only GPT-2 is a language model.
-TASK_BY_MODEL = {"gpt2": LANGUAGE_MODELING}
 STATUSES = ("success", "failed", "timeout", "interrupted")
 MISSING = "missing"
 LOG_TAIL_LINES = 5
 
-Row = dict[str, Any]
 # A reader recognises one directory layout: it returns the rows of the runs it
 # found, or None when the directory is not in its layout; problems go to the
 # warnings list as "path: what".
 Reader = Callable[[Path, list[str]], Optional[list[Row]]]
 
 
-class _RunFiles:
-    """The JSON files of one run folder, read leniently: problems become warnings."""
-
-    def __init__(self, run_dir: Path, warnings: list[str]) -> None:
-        self.run_dir = run_dir
-        self.global_warnings = warnings
-        self.warnings: list[str] = []
-
-    def warn(self, path: Path, what: str) -> None:
-        message = f"{path}: {what}"
-        self.warnings.append(message)
-        self.global_warnings.append(message)
-
-    def load(self, name: str, expected: bool) -> dict:
-        """The file's JSON object, or {} when absent (a warning if `expected`) or corrupt."""
-        path = self.run_dir / name
-        if not path.is_file():
-            if expected:
-                self.warn(path, "file not found")
-            return {}
-        try:
-            data = read_json(path)
-        except UserError as exc:  # its message already names the path
-            self.warnings.append(str(exc))
-            self.global_warnings.append(str(exc))
-            return {}
-        if not isinstance(data, dict):
-            self.warn(path, "not a JSON object")
-            return {}
-        return data
-
-    def number(self, data: dict, keys: tuple[str, ...], name: str) -> float:
-        """data[k0][k1]... as a float; NaN when absent, NaN and a warning when not a number."""
-        value: Any = data
-        for key in keys:
-            value = value.get(key) if isinstance(value, dict) else None
-        if value is None:
-            return math.nan
-        if isinstance(value, bool) or not isinstance(value, (int, float)):
-            self.warn(self.run_dir / name, f"{'.'.join(keys)} is not a number ({value!r})")
-            return math.nan
-        return float(value)
-
-
-def _status(files: _RunFiles, result: dict) -> str:
+def _status(files: RunFiles, result: dict) -> str:
     if not result:
         return MISSING  # no (valid) result.json: the run never finished
     status = result.get("status")
     if status not in STATUSES:
-        files.warn(files.run_dir / "result.json", f"unknown status {status!r}")
+        files.warn("result.json", f"unknown status {status!r}")
         return MISSING
     return status
 
@@ -120,11 +79,17 @@ def _spec_cells(spec: dict) -> Row:
     }
 
 
-def _metric_cells(files: _RunFiles, metrics: dict) -> Row:
+def _metric_cells(files: RunFiles, metrics: dict, task: str) -> Row:
     def num(*keys: str) -> float:
         return files.number(metrics, keys, "metrics.json")
 
-    epochs = metrics.get("epochs")
+    if task == LANGUAGE_MODELING:
+        evals = curve("step", files.points(metrics.get("evals"), ("step", "val_perplexity"), "metrics.json"))
+    else:
+        evals = curve("epoch", files.points(metrics.get("epochs"), ("epoch", "test_accuracy_pct"),
+                                            "metrics.json"))
+    memory = metrics.get("memory") if isinstance(metrics.get("memory"), dict) else {}
+    terms = {term: num("memory", term) for term in MEMORY_TERMS if term in memory}
     cells = {
         "best_accuracy_pct": num("best_accuracy_pct"),
         "final_accuracy_pct": num("final_accuracy_pct"),
@@ -132,26 +97,30 @@ def _metric_cells(files: _RunFiles, metrics: dict) -> Row:
         "training_multiplier": num("memory", "training_multiplier"),
         "inference_multiplier": num("memory", "inference_multiplier"),
         "wall_time_s": num("wall_time_s"),
-        "epochs_accuracy": [files.number(epoch, ("test_accuracy_pct",), "metrics.json")
-                            for epoch in (epochs if isinstance(epochs, list) else [])],
+        "metric_curve": evals,
+        "sparsity_schedule": curve("step", files.points(metrics.get("pruning_schedule"),
+                                                        ("step", "target_pct", "measured_pct"), "metrics.json")),
+        "memory_bytes": terms or None,
     }
     cells.update({field: num(field) for field in LM_FIELDS})
     return cells
 
 
-def _memory_cells(files: _RunFiles, gpu_stats: dict) -> Row:
+def _memory_cells(files: RunFiles, gpu_stats: dict) -> Row:
     summary = gpu_stats.get("summary") if isinstance(gpu_stats.get("summary"), dict) else {}
+    samples = thin(gpu_stats.get("samples") if isinstance(gpu_stats.get("samples"), list) else [])
     return {
         "memory_mean_mib": files.number(summary, ("mean_mib",), "gpu_stats.json"),
         "memory_peak_mib": files.number(summary, ("peak_mib",), "gpu_stats.json"),
         "memory_device": gpu_stats.get("device"),
         "memory_source": gpu_stats.get("source"),
+        "memory_timeline": files.points(samples, ("t_s", "memory_mib"), "gpu_stats.json") or None,
     }
 
 
 def read_run(run_dir: Path, spec: dict, warnings: list[str]) -> Row:
     """One table row from a run folder and its spec (from matrix.json or run.json)."""
-    files = _RunFiles(run_dir, warnings)
+    files = RunFiles(run_dir, warnings)
     result = files.load("result.json", expected=False)
     status = _status(files, result)
     # Only a successful run must have its metrics; a failed one may stop early.
@@ -160,9 +129,9 @@ def read_run(run_dir: Path, spec: dict, warnings: list[str]) -> Row:
     gpu_stats = files.load("gpu_stats.json", expected=done)
     row = _spec_cells(spec)
     row["model"] = row["model"] or metrics.get("model")
-    row["task"] = metrics.get("task") or TASK_BY_MODEL.get(row["model"], "classification")
+    row["task"] = metrics.get("task") or TASK_BY_MODEL.get(row["model"], CLASSIFICATION)
     row["status"] = status
-    row.update(_metric_cells(files, metrics))
+    row.update(_metric_cells(files, metrics, row["task"]))
     row.update(_memory_cells(files, gpu_stats))
     tail = result.get("log_tail")
     row["log_tail"] = [str(line) for line in tail[-LOG_TAIL_LINES:]] if isinstance(tail, list) else []
@@ -196,7 +165,7 @@ def _specs_from_run_folders(results_dir: Path, warnings: list[str]) -> list[dict
     for run_dir in sorted(p for p in results_dir.iterdir() if p.is_dir()):
         if not ((run_dir / "run.json").is_file() or (run_dir / "result.json").is_file()):
             continue
-        spec = _RunFiles(run_dir, warnings).load("run.json", expected=True).get("spec")
+        spec = RunFiles(run_dir, warnings).load("run.json", expected=True).get("spec")
         spec = dict(spec) if isinstance(spec, dict) else {}
         spec["run_id"] = run_dir.name  # the folder name is what the runner used
         specs.append(spec)
@@ -217,8 +186,8 @@ def read_own_layout(results_dir: Path, warnings: list[str]) -> Optional[list[Row
     return rows or None
 
 
-# Tried in order; the first that recognises the directory wins.
-READERS: list[Reader] = [read_own_layout]
+# Layout name -> reader, tried in order; the first that recognises the directory wins.
+READERS: dict[str, Reader] = {"own": read_own_layout, "upstream": read_upstream_layout}
 
 
 def _to_frame(rows: list[Row]) -> pd.DataFrame:
@@ -230,9 +199,13 @@ def _to_frame(rows: list[Row]) -> pd.DataFrame:
         if field in table:
             table[field] = table[field].astype(float)
     table["seed"] = table["seed"].astype("Int64")  # integer, but may be unknown
-    # Text cells hold None, never NaN, when unknown.
-    text = [c for c in table.columns if table[c].dtype == object]
+    # Text and list cells hold None, never NaN, when unknown: pandas would
+    # give a text column its string dtype (NaN for missing) and a column no
+    # reader filled float NaN.
+    text = [c for c in table.columns if c not in NUMERIC_FIELDS and c != "seed"]
     table[text] = table[text].astype(object).where(table[text].notna(), None)
+    table["log_tail"] = [cell or [] for cell in table["log_tail"]]
+    table["warnings"] = [cell or [] for cell in table["warnings"]]
     return table
 
 
@@ -246,17 +219,23 @@ def load_results(results_dir: Path) -> pd.DataFrame:
     """The table of all runs of `results_dir`: ROW_FIELDS + EXTRA_FIELDS (+ LM_FIELDS).
 
     Unmeasured figures are NaN, unknown text None; runs listed in matrix.json
-    without a result have status "missing". Raises UserError when the
-    directory does not exist or holds no runs.
+    without a result have status "missing". `table.attrs["layout"]` names the
+    reader that recognised the directory ("own" or "upstream"). Raises
+    UserError when the directory does not exist or no reader recognises it.
     """
     results_dir = Path(results_dir)
     if not results_dir.is_dir():
         raise UserError(f"{results_dir}: no such result directory "
                         "(give a test_matrix_results/<timestamp> folder)")
     warnings: list[str] = []
-    rows = next((found for reader in READERS if (found := reader(results_dir, warnings))), None)
+    for layout, reader in READERS.items():
+        rows = reader(results_dir, warnings)
+        if rows:
+            print_warnings(warnings)
+            table = _to_frame(rows)
+            table.attrs["layout"] = layout
+            return table
     print_warnings(warnings)
-    if rows is None:
-        raise UserError(f"{results_dir}: no runs found (expected matrix.json or run "
-                        "folders holding run.json or result.json)")
-    return _to_frame(rows)
+    raise UserError(f"{results_dir}: not a result directory this version can read (expected matrix.json or "
+                    "run folders with result.json, or an upstream all_results.json list or "
+                    "<model>_* run folders)")

@@ -7,7 +7,6 @@ is the runner's record of how the process ended.
 from __future__ import annotations
 
 import argparse
-import math
 import platform
 import random
 import time
@@ -137,7 +136,6 @@ def train_classifier(model: nn.Module, task: ClassificationTask, optimizer: torc
                      generator: torch.Generator, log: Callable[[str], None] = print) -> dict[str, Any]:
     """Train for `epochs`, evaluate each epoch; return the metrics of metrics.json."""
     n = task.train_x.shape[0]
-    steps_per_epoch = math.ceil(n / batch_size)
     step, history, best = 0, [], (-1.0, 0)
     start = time.perf_counter()
     for epoch in range(1, epochs + 1):

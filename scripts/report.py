@@ -1,6 +1,6 @@
 #!/usr/bin/env python3
-"""Regenerate all_results.json, summary_report.txt and report.md from a saved
-result directory: `python scripts/report.py RESULTS_DIR [--out OUT_DIR]`.
+"""Regenerate all_results.json, summary_report.txt, report.md, report.html and
+graphs/ from a saved result directory: `python scripts/report.py RESULTS_DIR [--out OUT_DIR]`.
 A thin wrapper: the logic lives in lib/results.py and lib/report.py."""
 from __future__ import annotations
 
@@ -9,21 +9,27 @@ import sys
 from pathlib import Path
 
 # Scripts run as files, so the project root is not on sys.path by itself.
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
 
 from lib.errors import run_cli  # noqa: E402
-from lib.report import write_reports  # noqa: E402
+from lib.report import default_out_dir, write_reports  # noqa: E402
 from lib.results import load_results  # noqa: E402
 
 
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("results_dir", type=Path, help="a test_matrix_results/<timestamp> folder")
+    parser.add_argument("results_dir", type=Path, help="a test_matrix_results/<timestamp> folder, ours or upstream's")
     parser.add_argument("--out", type=Path, default=None,
-                        help="where to write the reports (default: RESULTS_DIR)")
+                        help="where to write the reports (default: RESULTS_DIR for our own directories; "
+                             "test_matrix_results/<name>-report for upstream ones, which are never written into)")
     args = parser.parse_args(argv)
     table = load_results(args.results_dir)
-    for path in write_reports(table, args.out or args.results_dir, str(args.results_dir)):
+    out = args.out or default_out_dir(args.results_dir, table.attrs["layout"], ROOT / "test_matrix_results")
+    if args.out is None and out != args.results_dir:
+        print(f"note: {args.results_dir} is an upstream directory and is left untouched; "
+              f"writing its reports into {out} (choose with OUT=dir)", file=sys.stderr)
+    for path in write_reports(table, out, str(args.results_dir)):
         print(path)
 
 

@@ -11,15 +11,21 @@ from __future__ import annotations
 import importlib.util
 import json
 import math
+import re
+import resource
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
+import result_dirs
+from result_dirs import seeded_matrix
 
 from lib.errors import UserError
 from lib.report import write_reports
 from lib.results import EXTRA_FIELDS, ROW_FIELDS, load_results
+from lib.stats import NA
 
 ROOT = Path(__file__).resolve().parent.parent
 _spec = importlib.util.spec_from_file_location("summary_rows", ROOT / "tests/fixtures/summary_rows.py")
@@ -104,7 +110,7 @@ def results(tmp_path: Path) -> Path:
 
 @pytest.fixture
 def reports(results: Path) -> Path:
-    write_reports(load_results(results), results, str(results))
+    write_reports(load_results(results), results, str(results), graphs=False)
     return results
 
 
@@ -119,10 +125,10 @@ def _isnan(value) -> bool:
 def test_table_has_contract_columns_and_row_per_run(results: Path) -> None:
     table = load_results(results).set_index("run_id", drop=False)
     assert list(table.columns) == list(ROW_FIELDS) + list(EXTRA_FIELDS)
-    assert set(table.index) == set(RUNS)
+    assert set(table.index) == set(RUNS) and table.attrs["layout"] == "own"
     row = table.loc["lenet5_adam_magnitude_70"]
     assert (row.sparsity_pct, row.target_sparsity_pct, row.memory_device) == (69.98, 70.0, "cuda")
-    assert row.epochs_accuracy == [97.1, 98.1, 97.95]
+    assert row.metric_curve == {"axis": "epoch", "points": [[1.0, 97.1], [2.0, 98.1], [3.0, 97.95]]}
     assert table.loc["lenet5_adamw_none", "status"] == "missing"
     assert table.loc["lenet5_sgd_movement_70", "log_tail"] == LOG_TAIL[-5:]
 
@@ -215,24 +221,28 @@ def test_failed_runs_show_last_log_lines(reports: Path) -> None:
     assert "lenet5_adamw_none" in text[text.index("Missing Runs"):]
 
 
+def _md_row(md: str, config: str) -> dict[str, str]:
+    header = next(line for line in md.splitlines() if line.startswith("| Configuration |"))
+    row = next(line for line in md.splitlines() if line.startswith(f"| `{config}` |"))
+    return dict(zip([c.strip() for c in header.strip("|").split("|")], [c.strip() for c in row.strip("|").split("|")]))
+
+
 def test_report_md_has_a_table_per_model_with_dense_delta(reports: Path) -> None:
     md = (reports / "report.md").read_text()
-    assert "## lenet5" in md
-    header = next(line for line in md.splitlines() if line.startswith("| Run |"))
-    for name in ("Best Acc (%)", "Sparsity (%)", "GPU Mean (MiB)", "Efficiency", "Δ dense"):
-        assert name in header
-    state = next(line for line in md.splitlines() if "`lenet5_adamwprune_state_70`" in line)
-    cells = [c.strip() for c in state.strip("|").split("|")]
-    assert cells[3:6] == ["98.40", "98.22", "70.01%"]
-    assert cells[header.strip("|").split("|").index(" Δ dense ")] == "-0.20"
-    assert "+0.00" in md  # the dense runs themselves
-    adamw = next(line for line in md.splitlines() if "`lenet5_adamw_magnitude_70`" in line)
-    assert "n/a" in adamw  # no metrics and no dense adamw baseline
+    assert "## lenet5" in md and "### Ranking by Best Acc" in md
+    state = _md_row(md, "lenet5_adamwprune_state_70")
+    assert (state["Best Acc (%)"], state["Final Acc (%)"], state["Sparsity (%)"]) == ("98.40", "98.22", "70.01%")
+    assert state["Δ dense"] == "-0.20" and state["n"] == "1" and state["Status"] == "✓ Success"
+    assert state["Efficiency"] == f"{98.4 / 7.9:.2f}" and state["GPU Mean (MiB)"] == "790.0"
+    assert _md_row(md, "lenet5_adam_none")["Δ dense"] == "baseline"
+    adamw = _md_row(md, "lenet5_adamw_magnitude_70")
+    assert adamw["Best Acc (%)"] == "n/a" and adamw["Δ dense"] == "n/a"  # no metrics, no dense adamw baseline
+    assert "one per configuration, so no error bars" in md
 
 
 def test_cpu_memory_is_labelled_rss(tmp_path: Path) -> None:
     root = make_results(tmp_path / "cpu", device="cpu")
-    write_reports(load_results(root), root, "cpu")
+    write_reports(load_results(root), root, "cpu", graphs=False)
     text = (root / "summary_report.txt").read_text()
     assert "Memory: CPU process resident set size (no GPU); not GPU memory" in text
     assert "GPU Mean" not in text
@@ -243,7 +253,7 @@ def test_cpu_memory_is_labelled_rss(tmp_path: Path) -> None:
 def test_mixed_memory_devices_get_neutral_labels(results: Path) -> None:
     stats = results / "lenet5_adam_none" / "gpu_stats.json"
     _write(stats, _gpu_stats((812.4, 901.0), "cpu"))
-    write_reports(load_results(results), results, "mixed")
+    write_reports(load_results(results), results, "mixed", graphs=False)
     text = (results / "summary_report.txt").read_text()
     assert "Mem Avg (MiB)" in text and "not comparable" in text
     assert "adam (cpu)" in text and "adam (cuda)" in text
@@ -262,7 +272,7 @@ def test_language_model_runs_report_perplexity(tmp_path: Path) -> None:
         metrics = json.loads((root / run_id / "metrics.json").read_text())
         del metrics["best_accuracy_pct"], metrics["final_accuracy_pct"]
         _write(root / run_id / "metrics.json", metrics)
-    write_reports(load_results(root), root, "lm")
+    write_reports(load_results(root), root, "lm", graphs=False)
     text = (root / "summary_report.txt").read_text()
     header = next(line for line in text.splitlines() if "Test ID" in line)
     assert "Best PPL" in header and "Acc" not in header
@@ -291,7 +301,8 @@ def test_cli_writes_reports_and_fails_cleanly(results: Path, tmp_path: Path) -> 
     out = tmp_path / "out"
     done = subprocess.run(script + [str(results), "--out", str(out)], capture_output=True, text=True)
     assert done.returncode == 0, done.stderr
-    assert done.stdout.split() == [str(out / n) for n in ("all_results.json", "summary_report.txt", "report.md")]
+    assert done.stdout.split() == [str(out / n) for n in
+                                   ("all_results.json", "summary_report.txt", "report.md", "report.html")]
     assert done.stderr.count("warning: ") == 1
     failed = subprocess.run(script + [str(tmp_path / "absent")], capture_output=True, text=True)
     assert failed.returncode == 2 and failed.stderr.startswith("error: ") and "Traceback" not in failed.stderr
@@ -300,7 +311,112 @@ def test_cli_writes_reports_and_fails_cleanly(results: Path, tmp_path: Path) -> 
 def test_timeout_is_counted_as_failed_and_named(results: Path) -> None:
     result = results / "lenet5_sgd_movement_70" / "result.json"
     _write(result, {**json.loads(result.read_text()), "status": "timeout"})
-    write_reports(load_results(results), results, "timeout")
+    write_reports(load_results(results), results, "timeout", graphs=False)
     text = (results / "summary_report.txt").read_text()
     assert "Failed: 1 (1 timeout)" in text.splitlines()
     assert "lenet5_sgd_movement_70: ✗ Timeout" in text
+
+
+# --- a ci-like matrix in the layout lib/train.py and lib/runner.py write -------------------------
+
+def _ci_dir(root: Path, seeds: tuple[int, ...] = (1,)) -> Path:
+    seeded_matrix(root, seeds=seeds)
+    failed = result_dirs.spec("lenet5", "adamw", "movement", 50.0, seed=1, tag_seed=len(seeds) > 1)
+    result_dirs.write_run(root, failed, "failed", None, result_dirs.gpu_stats(120.0, 150.0, "cpu"),
+                          log_tail=["Traceback (most recent call last):", "RuntimeError: boom"])
+    matrix = json.loads((root / "matrix.json").read_text())
+    result_dirs.write_matrix(root, matrix["runs"] + [failed])
+    return root
+
+
+def test_every_summary_figure_matches_metrics_json_of_a_ci_run(tmp_path: Path) -> None:
+    root = _ci_dir(tmp_path / "ci")
+    write_reports(load_results(root), root, "ci", graphs=False)
+    parsed = {row["id"]: row for row in summary_rows.rows((root / "summary_report.txt").read_text())}
+    run_dirs = [p for p in root.iterdir() if (p / "result.json").is_file()]
+    assert set(parsed) == {p.name for p in run_dirs} and len(parsed) == 7
+    for run_dir in run_dirs:
+        columns = parsed[run_dir.name]["columns"]
+        stats = json.loads((run_dir / "gpu_stats.json").read_text())["summary"]
+        expected = {"RSS Avg (MiB)": stats["mean_mib"], "RSS Max (MiB)": stats["peak_mib"]}
+        if (run_dir / "metrics.json").is_file():
+            metrics = json.loads((run_dir / "metrics.json").read_text())
+            expected.update({"Best Acc (%)": round(metrics["best_accuracy_pct"], 2),
+                             "Final Acc (%)": round(metrics["final_accuracy_pct"], 2),
+                             "Sparsity (%)": round(metrics["sparsity"]["global_pct"], 2)})
+        assert columns == pytest.approx(expected, abs=0.005), run_dir.name
+    text = (root / "summary_report.txt").read_text()
+    assert "| RuntimeError: boom" in text and "Failed: 1" in text
+
+
+def test_language_model_report_shows_perplexity_never_zero_accuracy(tmp_path: Path) -> None:
+    root = tmp_path / "gpt2"
+    specs = [result_dirs.spec("gpt2", "adamwprune", "state", 50.0, variant=v) for v in ("bitter7", "bitter1")]
+    specs.append(result_dirs.spec("gpt2", "adamw", "none", 0.0))
+    result_dirs.write_matrix(root, specs)
+    for spec, losses, sparsity in zip(specs, ([4.0, 3.5, 3.72], [4.1, 3.8, 3.9], [4.0, 3.4, 3.45]),
+                                      (50.02, 49.98, 0.0)):
+        result_dirs.write_run(root, spec, "success", result_dirs.lm_metrics(spec, losses, sparsity),
+                              result_dirs.gpu_stats(25311.5, 25344.0))
+    write_reports(load_results(root), root, "gpt2")
+    text = (root / "summary_report.txt").read_text()
+    header = next(line for line in text.splitlines() if "Test ID" in line)
+    assert "Best PPL" in header and "Acc" not in header and "0.0000" not in text
+    rows = {r["id"]: r for r in summary_rows.rows(text)}
+    bitter7 = rows["gpt2_adamwprune_bitter7_state_50"]
+    assert bitter7["perplexity"] == pytest.approx(math.exp(3.5), abs=0.005) and bitter7["sparsity"] == 50.02
+    assert list(rows)[0] == "gpt2_adamw_none"  # lowest perplexity first
+    md = (root / "report.md").read_text()
+    assert "Best PPL" in md and "Efficiency" not in md.split("### All configurations")[1].splitlines()[2]
+    assert "nan" not in md.lower() and _md_row(md, "gpt2_adamw_none")["Pruning"] == "none"
+    assert _md_row(md, "gpt2_adamwprune_bitter7_state_50")["Δ dense"] == NA  # no dense adamwprune run
+    assert (root / "graphs" / "gpt2_perplexity_evolution.png").is_file()
+    data = json.loads((root / "all_results.json").read_text())["runs"]
+    assert all(r["best_accuracy_pct"] is None and r["best_perplexity"] > 1 for r in data)
+
+
+def test_three_seeds_give_mean_std_and_n_in_report_md(tmp_path: Path) -> None:
+    root = _ci_dir(tmp_path / "seeds", seeds=(1, 2, 3))
+    table = load_results(root)
+    write_reports(table, root, "seeds", graphs=False)
+    md = (root / "report.md").read_text()
+    dense = table[table["run_id"].str.startswith("lenet5_sgd_none_")]
+    mean, std = dense["best_accuracy_pct"].mean(), dense["best_accuracy_pct"].std()
+    row = _md_row(md, "lenet5_sgd_none")
+    assert row["Best Acc (%)"] == f"{mean:.2f} ± {std:.2f}" and row["n"] == "3" and row["Status"] == "3/3 ✓"
+    assert "within noise" in md and "mean ± sample standard deviation" in md
+    assert f"`lenet5_sgd_none`: {mean:.2f} ± {std:.2f}% (n=3)" in md
+    text = (root / "summary_report.txt").read_text()
+    assert len(summary_rows.rows(text)) == 19  # still one row per run
+    assert "lenet5_sgd_none_s2" in {r["id"] for r in summary_rows.rows(text)}
+
+
+def test_report_html_is_one_self_contained_file(tmp_path: Path) -> None:
+    root = _ci_dir(tmp_path / "html")
+    write_reports(load_results(root), root, "html")
+    page = (root / "report.html").read_text()
+    graphs = sorted(p.stem for p in (root / "graphs").glob("*.png"))
+    assert page.count('src="data:image/png;base64,') == len(graphs) >= 6
+    assert "<table>" in page and "<code>lenet5_sgd_none</code>" in page
+    assert not re.search(r'(src|href)="(?!data:)', page)  # nothing loaded from beside it
+    assert sorted(p.stem for p in (root / "graphs").glob("*.svg")) == graphs
+
+
+def _cpu_seconds() -> float:
+    """CPU time of this process and its finished children (the graph workers)."""
+    own, children = resource.getrusage(resource.RUSAGE_SELF), resource.getrusage(resource.RUSAGE_CHILDREN)
+    return own.ru_utime + own.ru_stime + children.ru_utime + children.ru_stime
+
+
+def test_sixty_runs_are_reported_in_under_ten_seconds(tmp_path: Path) -> None:
+    root = seeded_matrix(tmp_path / "sixty", optimizers=("sgd", "adam", "adamw", "adamwspam", "adamwadv"),
+                         sparsities=(50, 70, 90), seeds=(1, 2, 3), samples=2000, epochs=10)
+    start, cpu = time.perf_counter(), _cpu_seconds()
+    paths = write_reports(load_results(root), root, "sixty")
+    elapsed, cpu = time.perf_counter() - start, _cpu_seconds() - cpu
+    assert len(json.loads(paths[0].read_text())["runs"]) == 60
+    assert len(list((root / "graphs").glob("*.png"))) == 7
+    # The work itself, CPU seconds over all processes, bounds the wall time on an
+    # idle machine (figures are drawn in parallel); wall time on a shared
+    # machine also counts everybody else's work, so it only gets a loose bound.
+    assert cpu < 10 and elapsed < 30, f"{cpu:.1f} s CPU, {elapsed:.1f} s wall"

@@ -133,7 +133,8 @@ class GradualPruner:
         if excess > 0:  # ties at the threshold: keep `excess` of them
             self._keep_ties(found.value, excess)
         self.apply()
-        measured, _, _, _ = measure_sparsity(self.params)
+        # Counting the bool masks reads a quarter of the bytes of counting the weights.
+        measured = 100.0 * (self.total - sum(int(torch.count_nonzero(m)) for m in self.masks.values())) / self.total
         self.history.append({"step": step, "target_pct": 100.0 * fraction, "measured_pct": measured,
                              "threshold": found.value if math.isfinite(found.value) else None,
                              "passes": found.passes})

@@ -1,0 +1,118 @@
+"""Lenient reading of one run folder, shared by the result-directory readers.
+
+Owns: loading a run's JSON files so that a missing or corrupt file becomes a
+warning ("path: what") and empty cells instead of an error, turning values
+into floats, thinning long sample lists for graphs, and taking a run ID
+apart (`lenet5_adamwprune_bitter7_state_50_s2`). It decides nothing about a
+directory's layout: lib/results and lib/legacy_results do.
+"""
+from __future__ import annotations
+
+import math
+import re
+from pathlib import Path
+from typing import Any, Optional
+
+from lib.errors import UserError
+from lib.jsonio import read_json
+
+LANGUAGE_MODELING = "language_modeling"
+CLASSIFICATION = "classification"
+# A run that never wrote metrics still needs a task, so that reports put it
+# with the right kind of runs; only GPT-2 is a language model.
+TASK_BY_MODEL = {"gpt2": LANGUAGE_MODELING}
+MODELS = ("lenet5", "resnet18", "resnet50", "gpt2")
+PRUNING_METHODS = ("none", "magnitude", "movement", "state")
+# Graphs draw a memory timeline per run; a few hundred points per line is
+# what a figure can show, and keeps a 60-run table small.
+TIMELINE_POINTS = 400
+
+Row = dict[str, Any]
+
+
+class RunFiles:
+    """The files of one run folder, read leniently: problems become warnings."""
+
+    def __init__(self, run_dir: Path, warnings: list[str]) -> None:
+        self.run_dir = run_dir
+        self.global_warnings = warnings
+        self.warnings: list[str] = []  # this run's, for the row
+
+    def warn(self, path: Path | str, what: str) -> None:
+        message = f"{self.run_dir / path}: {what}"
+        self.warnings.append(message)
+        self.global_warnings.append(message)
+
+    def load(self, name: str, expected: bool, kind: type = dict) -> Any:
+        """The file's JSON value of type `kind`, or an empty one when absent
+        (a warning if `expected`), corrupt or of another type (a warning)."""
+        path = self.run_dir / name
+        if not path.is_file():
+            if expected:
+                self.warn(name, "file not found")
+            return kind()
+        try:
+            data = read_json(path)
+        except UserError as exc:  # its message already names the path
+            self.warnings.append(str(exc))
+            self.global_warnings.append(str(exc))
+            return kind()
+        if not isinstance(data, kind):
+            self.warn(name, f"not a JSON {'object' if kind is dict else 'list'}")
+            return kind()
+        return data
+
+    def number(self, data: Any, keys: tuple[str, ...], name: str) -> float:
+        """data[k0][k1]... as a float; NaN when absent, NaN and a warning when not a number."""
+        value: Any = data
+        for key in keys:
+            value = value.get(key) if isinstance(value, dict) else None
+        return self.as_float(value, name, ".".join(keys))
+
+    def as_float(self, value: Any, name: str, what: str) -> float:
+        if value is None:
+            return math.nan
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            self.warn(name, f"{what} is not a number ({value!r})")
+            return math.nan
+        return float(value)
+
+    def points(self, records: Any, keys: tuple[str, ...], name: str) -> list[list[float]]:
+        """[[r[k0], r[k1], ...] for r in records] as floats; records that are not objects are skipped."""
+        return [[self.number(r, (key,), name) for key in keys]
+                for r in (records if isinstance(records, list) else []) if isinstance(r, dict)]
+
+
+def thin(items: list, limit: int = TIMELINE_POINTS) -> list:
+    """Every k-th item so that at most `limit` remain, the last one always kept."""
+    if len(items) <= limit:
+        return items
+    step = math.ceil(len(items) / limit)
+    kept = items[::step]
+    return kept if kept[-1] is items[-1] else kept + [items[-1]]
+
+
+def curve(axis: str, points: list[list[float]]) -> Optional[dict]:
+    """A curve cell: {"axis": "epoch" | "step" | "eval", "points": [[x, y...], ...]}, None when empty."""
+    return {"axis": axis, "points": points} if points else None
+
+
+def parse_run_id(run_id: str) -> Row:
+    """Model, optimizer, variant, pruning, target sparsity (%) and seed from a run ID.
+
+    `model_optimizer[_variant]_pruning[_sparsity][_s<seed>]`; parts that do not
+    fit the shape are None (an upstream `_0` after `none` is its sparsity)."""
+    parts = run_id.split("_")
+    cells: Row = {"model": parts[0] if parts[0] in MODELS else None, "optimizer": None, "variant": None,
+                  "pruning": None, "target_sparsity_pct": math.nan, "seed": None}
+    if len(parts) > 2 and re.fullmatch(r"s\d+", parts[-1]):
+        cells["seed"] = int(parts.pop()[1:])
+    if len(parts) > 2 and re.fullmatch(r"\d+(\.\d+)?", parts[-1]):
+        cells["target_sparsity_pct"] = float(parts.pop())
+    if len(parts) >= 3 and parts[-1] in PRUNING_METHODS:
+        cells["pruning"] = parts.pop()
+        cells["optimizer"] = parts[1]
+        cells["variant"] = "_".join(parts[2:]) or None
+    if cells["pruning"] == "none":
+        cells["target_sparsity_pct"] = 0.0
+    return cells

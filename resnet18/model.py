@@ -14,6 +14,8 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
+from lib.resnet_parts import ResNetTrunk, cifar_stem, shortcut
+
 STAGE_BLOCKS = (2, 2, 2, 2)
 
 
@@ -38,10 +40,7 @@ class BasicBlock(nn.Module):
         self.bn2 = nn.BatchNorm2d(planes)
         if zero_init_residual:  # the block starts as the identity (see the config)
             nn.init.zeros_(self.bn2.weight)
-        self.shortcut = nn.Sequential()
-        if stride != 1 or in_planes != planes:
-            self.shortcut = nn.Sequential(nn.Conv2d(in_planes, planes, 1, stride=stride, bias=False),
-                                          nn.BatchNorm2d(planes))
+        self.shortcut = shortcut(in_planes, planes, stride)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         out = F.relu(self.bn1(self.conv1(x)))
@@ -55,23 +54,15 @@ def _stage(in_planes: int, planes: int, blocks: int, stride: int, zero_init: boo
                          *[BasicBlock(planes, planes, 1, zero_init) for _ in range(blocks - 1)])
 
 
-class ResNet18(nn.Module):
+class ResNet18(ResNetTrunk):
     def __init__(self, config: ResNet18Config = ResNet18Config()) -> None:
         super().__init__()
         self.config = config
-        self.stem = nn.Sequential(nn.Conv2d(config.in_channels, 64, 3, padding=1, bias=False), nn.BatchNorm2d(64),
-                                  nn.ReLU(inplace=True))
+        self.stem = cifar_stem(config.in_channels)
         z = config.zero_init_residual
         self.layer1 = _stage(64, 64, STAGE_BLOCKS[0], stride=1, zero_init=z)
         self.layer2 = _stage(64, 128, STAGE_BLOCKS[1], stride=2, zero_init=z)
         self.layer3 = _stage(128, 256, STAGE_BLOCKS[2], stride=2, zero_init=z)
         self.layer4 = _stage(256, 512, STAGE_BLOCKS[3], stride=2, zero_init=z)
         self.fc = nn.Linear(512, config.num_classes)
-        # He init for convs (fan_out, as torchvision and upstream do); BN starts at 1/0.
-        for m in self.modules():
-            if isinstance(m, nn.Conv2d):
-                nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        x = self.layer4(self.layer3(self.layer2(self.layer1(self.stem(x)))))
-        return self.fc(torch.flatten(F.adaptive_avg_pool2d(x, 1), 1))
+        self.init_weights()

@@ -19,6 +19,7 @@ from torch import nn
 from torch.nn import functional as F
 
 from lib.errors import UserError
+from lib.resnet_parts import ResNetTrunk, cifar_stem, shortcut
 
 STEMS = ("cifar", "imagenet")
 STAGE_BLOCKS = (3, 4, 6, 3)
@@ -54,10 +55,7 @@ class Bottleneck(nn.Module):
         self.bn3 = nn.BatchNorm2d(out_planes)
         if zero_init_residual:  # the block starts as the identity (see the config)
             nn.init.zeros_(self.bn3.weight)
-        self.shortcut = nn.Sequential()
-        if stride != 1 or in_planes != out_planes:
-            self.shortcut = nn.Sequential(nn.Conv2d(in_planes, out_planes, 1, stride=stride, bias=False),
-                                          nn.BatchNorm2d(out_planes))
+        self.shortcut = shortcut(in_planes, out_planes, stride)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         out = F.relu(self.bn1(self.conv1(x)))
@@ -76,12 +74,10 @@ def _stem(in_channels: int, kind: str) -> nn.Sequential:
     if kind == "imagenet":
         return nn.Sequential(nn.Conv2d(in_channels, 64, 7, stride=2, padding=3, bias=False), nn.BatchNorm2d(64),
                              nn.ReLU(inplace=True), nn.MaxPool2d(3, stride=2, padding=1))
-    # A 32x32 image would be 8x8 after the ImageNet stem; keep full resolution instead.
-    return nn.Sequential(nn.Conv2d(in_channels, 64, 3, padding=1, bias=False), nn.BatchNorm2d(64),
-                         nn.ReLU(inplace=True))
+    return cifar_stem(in_channels)
 
 
-class ResNet50(nn.Module):
+class ResNet50(ResNetTrunk):
     def __init__(self, config: ResNet50Config = ResNet50Config()) -> None:
         super().__init__()
         self.config = config
@@ -92,11 +88,4 @@ class ResNet50(nn.Module):
         self.layer3 = _stage(512, 256, STAGE_BLOCKS[2], stride=2, zero_init=z)
         self.layer4 = _stage(1024, 512, STAGE_BLOCKS[3], stride=2, zero_init=z)
         self.fc = nn.Linear(512 * EXPANSION, config.num_classes)
-        # He init for convs (fan_out, as torchvision and upstream do); BN starts at 1/0.
-        for m in self.modules():
-            if isinstance(m, nn.Conv2d):
-                nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        x = self.layer4(self.layer3(self.layer2(self.layer1(self.stem(x)))))
-        return self.fc(torch.flatten(F.adaptive_avg_pool2d(x, 1), 1))
+        self.init_weights()

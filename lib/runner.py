@@ -26,28 +26,9 @@ from lib.executors import Executor, RunOutcome, SequentialExecutor
 from lib.gpu_monitor import read_summary
 from lib.jsonio import SCHEMA_VERSION, read_json, write_json_atomic
 from lib.matrix import RunSpec
+from lib.trainers import prepare_data, trainer_command
 
-TRAINERS = {"lenet5": "lenet5.train"}
 LOG_TAIL_LINES = 20
-
-
-def trainer_command(spec: RunSpec, run_dir: Path, python: str = sys.executable) -> list[str]:
-    """The argument list that trains one run (never a shell string)."""
-    if spec.model not in TRAINERS:
-        raise UserError(f"model {spec.model!r} has no trainer in this version (have: {', '.join(TRAINERS)})")
-    # -u: unbuffered, so output.log shows progress live and nothing is lost on a kill.
-    return [python, "-u", "-m", TRAINERS[spec.model], "--run-dir", str(run_dir), "--no-download"]
-
-
-def prepare_data(runs: list[RunSpec], out: Callable[[str], None] = print) -> None:
-    """Fetch or locate each model's data once, before any run starts."""
-    import importlib
-
-    seen: set[str] = set()
-    for spec in runs:
-        if spec.model not in seen:
-            seen.add(spec.model)
-            out(importlib.import_module(TRAINERS[spec.model]).prepare_data(spec.hyperparams))
 
 
 def check_runnable(runs: Iterable[RunSpec]) -> None:

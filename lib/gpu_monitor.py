@@ -12,7 +12,9 @@ backend is chosen once at start:
    device is visible (CUDA_VISIBLE_DEVICES, by index or UUID, if set).
 2. `nvidia-smi --query-compute-apps` parsing when NVML fails but nvidia-smi
    runs.
-3. Otherwise the resident set size of the process tree (psutil), written as
+3. `rocm-smi --json` parsing on AMD GPUs (`"device": "cuda"` as PyTorch
+   names ROCm devices, `"source": "rocm-smi"`).
+4. Otherwise the resident set size of the process tree (psutil), written as
    `"device": "cpu", "source": "rss"`. RSS sums count pages shared between
    forked processes (data-loader workers) once per process, so this is an
    upper bound on the tree's resident memory.
@@ -31,12 +33,15 @@ once more than MAX_SAMPLES are retained the list is thinned to every other
 sample and the stored stride (`sample_stride`) doubles; later samples are kept
 only at multiples of the stride, so the retained ones stay evenly spaced.
 n_samples, duration_s, mean_mib and peak_mib are running figures over every
-sample taken and stay exact; p50_mib and p95_mib come from the retained
-samples and are exact until the first thinning, approximate after it.
+sample taken and stay exact; the percentiles (p50_mib, p90_mib, p95_mib,
+p99_mib) come from the retained samples and are exact until the first
+thinning, approximate after it. On a GPU the summary also holds running
+figures of the whole-device memory, utilisation, power and temperature.
 
-The file is rewritten atomically every --flush-every seconds, so a crash or
-kill -9 loses at most that much; SIGTERM/SIGINT or the end of the process
-tree writes the final file and exits 0.
+The file is rewritten atomically every --flush-every seconds (default 5), so
+a crash or kill -9 leaves a valid file that lacks at most that much;
+SIGTERM/SIGINT or the end of the process tree writes the final file and
+exits 0.
 """
 from __future__ import annotations
 
@@ -75,11 +80,18 @@ class RunningStats:
         self.peak = max(self.peak, value)
 
 
+PERCENTILES = (50, 90, 95, 99)
+# summary key -> (sample field, statistic) of the GPU figures beside memory
+GPU_SUMMARY = {"device_mean_mib": ("device_mib", "mean"), "device_peak_mib": ("device_mib", "peak"),
+               "utilization_mean_pct": ("utilization_pct", "mean"), "power_mean_w": ("power_w", "mean"),
+               "power_peak_w": ("power_w", "peak"), "temperature_peak_c": ("temperature_c", "peak")}
+
+
 class SampleStore:
     """Samples with a bounded list (see module docstring) and exact running
-    stats for each memory field, so the scope can be chosen at the end."""
+    stats for each measured field, so the scope can be chosen at the end."""
 
-    FIELDS = ("process_mib", "device_mib")
+    FIELDS = ("process_mib", "device_mib", "utilization_pct", "power_w", "temperature_c")
 
     def __init__(self, max_samples: int = MAX_SAMPLES):
         if max_samples < 2:
@@ -108,20 +120,25 @@ class SampleStore:
                 self.stride *= 2
         self.offered += 1
 
-    def summary(self, field: str) -> dict[str, Any]:
+    def mean(self, field: str) -> float | None:
         stats = self.stats[field]
-        if stats.n == 0:
-            return {"n_samples": 0, "duration_s": None, "mean_mib": None,
-                    "peak_mib": None, "p50_mib": None, "p95_mib": None}
+        return round(stats.total / stats.n, 3) if stats.n else None
+
+    def peak(self, field: str) -> float | None:
+        stats = self.stats[field]
+        return round(stats.peak, 3) if stats.n else None
+
+    def summary(self, field: str, gpu: bool = False) -> dict[str, Any]:
+        """Count, duration, mean, peak and percentiles of the memory `field`;
+        with `gpu`, the GPU_SUMMARY figures too (None where not measured)."""
+        n = self.stats[field].n
         kept = sorted(s[field] for s in self.samples if s.get(field) is not None)
-        return {
-            "n_samples": stats.n,
-            "duration_s": round(self.last_t - self.first_t, 3),
-            "mean_mib": round(stats.total / stats.n, 3),
-            "peak_mib": round(stats.peak, 3),
-            "p50_mib": _round(percentile(kept, 50)),
-            "p95_mib": _round(percentile(kept, 95)),
-        }
+        summary = {"n_samples": n, "duration_s": round(self.last_t - self.first_t, 3) if n else None,
+                   "mean_mib": self.mean(field), "peak_mib": self.peak(field),
+                   **{f"p{q}_mib": _round(percentile(kept, q)) for q in PERCENTILES}}
+        if gpu:
+            summary.update({key: getattr(self, stat)(source) for key, (source, stat) in GPU_SUMMARY.items()})
+        return summary
 
 
 def percentile(sorted_values: list[float], q: float) -> float | None:
@@ -198,7 +215,7 @@ class Sampler:
 
     def to_json(self) -> dict[str, Any]:
         field = "process_mib" if self.scope == "process" else "device_mib"
-        gpu = self.backend.device == "cuda"
+        gpu = self.backend.device == "cuda"  # RSS rows carry no GPU fields at all
         samples = []
         for s in self.store.samples:
             row = {"t_s": s["t_s"], "memory_mib": s[field]}
@@ -211,7 +228,7 @@ class Sampler:
                 "gpu_name": self.backend.gpu_name, "interval_s": self.interval_s,
                 "pid": self.pid, "started_at": self.started_at,
                 "sample_stride": self.store.stride, "samples": samples,
-                "summary": self.store.summary(field)}
+                "summary": self.store.summary(field, gpu)}
 
     def run(self, stop: StopFlag, out_path: Path | None = None, flush_every_s: float = 5.0) -> None:
         """Sample until the tree exits or `stop` is set, flushing to out_path."""
@@ -283,7 +300,8 @@ def stop_sampler(proc: subprocess.Popen, timeout_s: float = 10.0) -> dict[str, A
 def read_summary(path: Path) -> dict[str, Any] | None:
     """The summary of a gpu_stats.json with where it came from, flat, for
     result.json metrics: device, source, memory_scope, gpu_name, n_samples,
-    duration_s, mean_mib, peak_mib, p50_mib, p95_mib. None if unreadable."""
+    duration_s, mean_mib, peak_mib, p50/p90/p95/p99_mib (and the GPU_SUMMARY
+    figures on a GPU). None if unreadable."""
     try:
         data = json.loads(Path(path).read_text())
         summary = data["summary"]

@@ -29,15 +29,14 @@ from matplotlib.ticker import MaxNLocator
 from lib.jsonio import write_bytes_atomic, write_text_atomic
 from lib.report_labels import (TRAINING_TERMS, MemoryLabels, Metric, memory_labels, short_label,
                                table_metrics)
-from lib.stats import Estimate, configurations, has_seeds, is_missing
+from lib.stats import Estimate, configurations, fmt, has_seeds, is_missing
 
 AXIS_LABELS = {"epoch": "Epoch", "step": "Training step (optimizer updates)", "eval": "Evaluation number"}
 MIB = 2 ** 20
 MEMORY_TERMS = (("weights_bytes", "weights"), ("gradients_bytes", "gradients"),
                 ("optimizer_state_bytes", "optimizer state"), ("mask_bytes", "masks"))
-CONFIG_AXIS = "Configuration (optimizer[_variant]_pruning[_target sparsity %])"
-LABELLED_BARS = 24  # above this many bars, value labels overlap
-LEGEND_RUNS = 12  # above this many runs, the timeline legend names optimizers
+BAR_ROW_IN = 0.22  # inches per bar row: 8 pt labels need about 0.15
+LEGEND_RUNS = 12  # above this many runs or configurations, line legends name optimizers
 
 
 @dataclass(frozen=True)
@@ -107,8 +106,28 @@ def _good_curves(runs: pd.DataFrame, column: str) -> list[dict]:
     return [c for c, s in zip(runs[column], runs["status"]) if c and s == "success"]
 
 
+def _line_styles(configs: list) -> dict[str, dict]:
+    """Colour by pruning method and dash by target sparsity (dense solid black),
+    so that many lines in one panel stay distinguishable beside their legend."""
+    methods = sorted({str(c.pruning) for c in configs if c.pruning != "none"})
+    targets = sorted({float(c.target_sparsity_pct) for c in configs
+                      if c.pruning != "none" and not is_missing(c.target_sparsity_pct)})
+    dashes = ("-", "--", ":", "-.")
+    styles = {}
+    for c in configs:
+        if c.pruning == "none":
+            styles[c.config] = {"color": "black", "linestyle": "-"}
+            continue
+        target = None if is_missing(c.target_sparsity_pct) else float(c.target_sparsity_pct)
+        styles[c.config] = {"color": f"C{methods.index(str(c.pruning)) % 10}",
+                            "linestyle": dashes[targets.index(target) % len(dashes)] if target in targets else "-"}
+    return styles
+
+
 def evolution(ctx: Context) -> Optional[Figure]:
-    """Metric per epoch (or eval step), one panel per optimizer, a line per configuration."""
+    """Metric per epoch (or eval step), one panel per optimizer, a line per
+    configuration; past LEGEND_RUNS lines in a panel, lines are styled by
+    method and sparsity and the legend moves below the panel."""
     have = [(cfg, curves) for _, cfg in ctx.configs.iterrows()
             if (curves := _good_curves(cfg.runs, "metric_curve"))]
     optimizers = sorted({cfg.optimizer for cfg, _ in have}, key=str)
@@ -117,10 +136,14 @@ def evolution(ctx: Context) -> Optional[Figure]:
     axis = have[0][1][0]["axis"]
     ncols = min(3, len(optimizers))
     nrows = math.ceil(len(optimizers) / ncols)
+    most = max(sum(cfg.optimizer == o for cfg, _ in have) for o in optimizers)
+    many = most > LEGEND_RUNS
+    styles = _line_styles([cfg for cfg, _ in have]) if many else {}
+    legend_in = 0.17 * math.ceil(most / 2) + 0.3 if many else 0.0  # two columns below each panel
     seeds = " (mean ± std over seeds)" if ctx.seeds else ""
     figure = _figure(f"{ctx.model}: {ctx.metric.axis_label.split(' (')[0].lower()} per "
                      f"{AXIS_LABELS.get(axis, axis).split(' (')[0].lower()}, by optimizer{seeds}",
-                     5.5 * ncols, 4.2 * nrows + 0.6)
+                     5.5 * ncols, (4.2 + legend_in) * nrows + 0.6)
     axes = list(figure.subplots(nrows, ncols, squeeze=False, sharey=True).flat)
     for ax, optimizer in zip(axes, optimizers):
         for cfg, curves in have:
@@ -128,7 +151,8 @@ def evolution(ctx: Context) -> Optional[Figure]:
                 continue
             xs, mean, std = _mean_curve(curves)
             label = ctx.label(cfg.config) + (f" (n={len(curves)})" if len(curves) > 1 else "")
-            (line,) = ax.plot(xs, mean, marker="." if len(xs) < 30 else None, label=label)
+            (line,) = ax.plot(xs, mean, marker="." if len(xs) < 30 else None, label=label,
+                              **styles.get(cfg.config, {}))
             if len(curves) > 1:
                 ax.fill_between(xs, [m - s for m, s in zip(mean, std)], [m + s for m, s in zip(mean, std)],
                                 color=line.get_color(), alpha=0.2)
@@ -137,47 +161,83 @@ def evolution(ctx: Context) -> Optional[Figure]:
         ax.set(title=str(optimizer), xlabel=AXIS_LABELS.get(axis, axis), ylabel=ctx.metric.axis_label)
         ax.xaxis.set_major_locator(MaxNLocator(integer=True))
         ax.grid(alpha=0.3)
-        # a fixed corner: loc="best" searches every curve point and dominates drawing time
-        ax.legend(fontsize=8, loc="lower right" if ctx.metric.higher_is_better else "upper right")
+        if many:
+            ax.legend(fontsize=7, ncols=2, loc="upper center", bbox_to_anchor=(0.5, -0.12), frameon=False)
+        else:
+            # a fixed corner: loc="best" searches every curve point and dominates drawing time
+            ax.legend(fontsize=8, loc="lower right" if ctx.metric.higher_is_better else "upper right")
     for ax in axes[len(optimizers):]:
         ax.set_visible(False)  # panels left over in the last row
     return figure
 
 
+def _sparsity_group(pruning: object, target: object) -> str:
+    if pruning == "none":
+        return "dense (no pruning)"
+    return "target sparsity unknown" if is_missing(target) else f"target sparsity {float(target):g}%"
+
+
 def _measured(configs: pd.DataFrame, column: str) -> pd.DataFrame:
-    """Configurations with a measured `column`, by optimizer, dense first, then method and sparsity."""
+    """Configurations with a measured `column`, grouped by target sparsity
+    (dense first), then by optimizer, method and variant; column `group`
+    names the sparsity group."""
     keep = configs[[e.n > 0 for e in configs[column]]]
-    order = keep.assign(_o=keep["optimizer"].astype(str), _d=keep["pruning"] != "none",
-                        _p=keep["pruning"].astype(str), _t=keep["target_sparsity_pct"].fillna(-1))
-    return order.sort_values(["_o", "_d", "_p", "_t", "config"], kind="stable")
+    order = keep.assign(group=[_sparsity_group(p, t) for p, t in zip(keep["pruning"], keep["target_sparsity_pct"])],
+                        _d=keep["pruning"] != "none",
+                        _t=[math.inf if is_missing(t) else float(t) for t in keep["target_sparsity_pct"]],
+                        _o=keep["optimizer"].astype(str), _p=keep["pruning"].astype(str))
+    return order.sort_values(["_d", "_t", "_o", "_p", "config"], kind="stable")
+
+
+def _bar_figure(title: str, configs: pd.DataFrame) -> Figure:
+    """A figure tall enough for one readable row per bar and per group heading."""
+    rows = len(configs) + configs["group"].nunique()
+    return _figure(title, 10, max(3.5, 1.4 + BAR_ROW_IN * rows))
 
 
 def _bars(ctx: Context, ax, configs: pd.DataFrame, column: str, digits: int,
           marks: Optional[list[float]] = None) -> list:
-    """Bars of mean ± std per configuration coloured by optimizer, each labelled
-    above its error bar (and above `marks`, drawn as black ticks), the value
-    axis zoomed on them; returns the legend handles."""
+    """Horizontal bars of mean ± std per configuration, coloured by optimizer,
+    one row each under a bold heading per sparsity group, its value printed
+    in a column right of the axes (`marks`, e.g. peaks, drawn as black ticks
+    and printed beside it); the value axis is zoomed on them. Rows grow the figure (_bar_figure), so
+    labels never overlap however many runs. Returns the legend handles."""
+    ys, headings, y = [], [], 0
+    for group in dict.fromkeys(configs["group"]):
+        headings.append((y, group))
+        for _ in range((configs["group"] == group).sum()):
+            y += 1
+            ys.append(y)
+        y += 1
     estimates = list(configs[column])
-    xs = list(range(len(configs)))
     errors = [e.std if e.n > 1 else 0.0 for e in estimates]
-    ax.bar(xs, [e.mean for e in estimates], yerr=errors if any(errors) else None, capsize=4, edgecolor="black", linewidth=0.5,
-           color=[ctx.color(o) for o in configs["optimizer"]])
+    ax.barh(ys, [e.mean for e in estimates], xerr=errors if any(errors) else None, capsize=3, height=0.75,
+            edgecolor="black", linewidth=0.5, color=[ctx.color(o) for o in configs["optimizer"]])
     handles: list = _optimizer_handles(ctx, configs)
-    tops = [e.mean + err for e, err in zip(estimates, errors)]
+    ends = [e.mean + err for e, err in zip(estimates, errors)]
     if marks is not None:
-        handles.append(ax.scatter(xs, marks, marker="_", s=300, color="black", zorder=3,
+        handles.append(ax.scatter(marks, ys, marker="|", s=120, color="black", zorder=3,
                                   label="peak (bars: mean over the run)"))
-        tops = [max(t, m) if m == m else t for t, m in zip(tops, marks)]
+        ends = [max(t, m) if m == m else t for t, m in zip(ends, marks)]
+    texts = [e.text(digits) for e in estimates]
+    if marks is not None:
+        texts = [f"mean {t}, peak {fmt(m, digits)}" for t, m in zip(texts, marks)]
+    for row, text in zip(ys, texts):
+        # a column right of the axes: labels never run into bars, marks or each other
+        ax.annotate(text, (1.0, row), xycoords=("axes fraction", "data"), xytext=(4, 0),
+                    textcoords="offset points", ha="left", va="center", fontsize=7)
     lows = [e.mean - err for e, err in zip(estimates, errors)]
-    span = (max(tops) - min(lows)) or abs(max(tops)) or 1.0
-    upright = len(xs) > 8  # narrow bars: labels turned upright need more headroom
-    if len(xs) <= LABELLED_BARS:
-        for x, top, e in zip(xs, tops, estimates):
-            ax.annotate(e.text(digits), (x, top), xytext=(0, 3), textcoords="offset points", ha="center",
-                        va="bottom", fontsize=8, rotation=90 if upright else 0)
-    ax.set_ylim(max(0.0, min(lows) - 0.5 * span), max(tops) + (0.5 if upright else 0.15) * span)
-    ax.set_xticks(xs, [ctx.label(c) for c in configs["config"]], rotation=45, ha="right", fontsize=8)
-    ax.grid(axis="y", alpha=0.3)
+    span = (max(ends) - min(lows)) or abs(max(ends)) or 1.0
+    ax.set_xlim(max(0.0, min(lows) - 0.5 * span), max(ends) + 0.05 * span)
+    ax.set_ylim(ys[-1] + 0.75, -0.75)  # first row on top
+    ticks = [(h, name) for h, name in headings] + list(zip(ys, (ctx.label(c) for c in configs["config"])))
+    ax.set_yticks([t for t, _ in ticks], [name for _, name in ticks], fontsize=8)
+    for label in ax.get_yticklabels()[:len(headings)]:
+        label.set_fontweight("bold")
+    ax.tick_params(axis="y", length=0)
+    for h, _ in headings[1:]:
+        ax.axhline(h - 0.5, color="grey", linewidth=0.5)
+    ax.grid(axis="x", alpha=0.3)
     return handles
 
 
@@ -185,6 +245,12 @@ def _legend_outside(ax, handles: Optional[list], title: str) -> None:
     """A legend right of the axes: it never hides data, and placing it costs nothing."""
     kwargs = {"handles": handles} if handles is not None else {}
     ax.legend(**kwargs, title=title, fontsize=8, title_fontsize=8, loc="upper left", bbox_to_anchor=(1.01, 1.0))
+
+
+def _legend_above(ax, handles: list) -> None:
+    """A legend between the title and the axes: the right side holds the value column."""
+    ax.legend(handles=handles, fontsize=8, ncols=min(len(handles), 4), loc="lower center",
+              bbox_to_anchor=(0.5, 1.0), frameon=False)
 
 
 def _optimizer_handles(ctx: Context, rows: pd.DataFrame) -> list[Patch]:
@@ -195,10 +261,10 @@ def model_comparison(ctx: Context) -> Optional[Figure]:
     configs = _measured(ctx.configs, ctx.metric.best)
     if configs.empty:
         return None
-    figure = _figure(f"{ctx.model}: {ctx.metric.title} by configuration ({ctx.error_note()})")
+    figure = _bar_figure(f"{ctx.model}: {ctx.metric.title} by configuration ({ctx.error_note()})", configs)
     ax = figure.subplots()
-    _legend_outside(ax, _bars(ctx, ax, configs, ctx.metric.best, 2), "optimizer")
-    ax.set(xlabel=CONFIG_AXIS, ylabel=ctx.metric.best_axis_label)
+    _legend_above(ax, _bars(ctx, ax, configs, ctx.metric.best, 2))
+    ax.set(xlabel=ctx.metric.best_axis_label, ylabel="Configuration")
     return figure
 
 
@@ -206,11 +272,11 @@ def memory_comparison(ctx: Context) -> Optional[Figure]:
     configs = _measured(ctx.configs, "memory_mean_mib")
     if configs.empty:
         return None
-    figure = _figure(f"{ctx.model}: {ctx.memory.name} by configuration ({ctx.error_note()})")
+    figure = _bar_figure(f"{ctx.model}: {ctx.memory.name} by configuration ({ctx.error_note()})", configs)
     ax = figure.subplots()
     peaks = [e.mean for e in configs["memory_peak_mib"]]
-    _legend_outside(ax, _bars(ctx, ax, configs, "memory_mean_mib", 1, peaks), "optimizer")
-    ax.set(xlabel=CONFIG_AXIS, ylabel=ctx.memory.axis_label)
+    _legend_above(ax, _bars(ctx, ax, configs, "memory_mean_mib", 1, peaks))
+    ax.set(xlabel=ctx.memory.axis_label, ylabel="Configuration")
     return figure
 
 
@@ -268,7 +334,8 @@ def memory_vs_metric(ctx: Context) -> Optional[Figure]:
 
 
 def sparsity_schedule(ctx: Context) -> Optional[Figure]:
-    """Measured sparsity at each mask update (first seed of each configuration), target dashed."""
+    """Measured sparsity at each mask update (first seed of each configuration),
+    target dashed; above LEGEND_RUNS configurations, coloured by optimizer."""
     firsts = [(cfg, curves[0]) for _, cfg in ctx.configs.iterrows()
               if cfg.pruning != "none" and (curves := _good_curves(cfg.runs, "sparsity_schedule"))]
     if not firsts:
@@ -277,9 +344,11 @@ def sparsity_schedule(ctx: Context) -> Optional[Figure]:
     figure = _figure(f"{ctx.model}: sparsity reached during training"
                      + (" (solid: measured, dashed: target)" if targets_known else " (measured)"))
     ax = figure.subplots()
+    per_config = len(firsts) <= LEGEND_RUNS
     for cfg, schedule in firsts:
         xs = [p[0] for p in schedule["points"]]
-        (line,) = ax.plot(xs, [p[2] for p in schedule["points"]], label=ctx.label(cfg.config),
+        (line,) = ax.plot(xs, [p[2] for p in schedule["points"]], label=ctx.label(cfg.config) if per_config else None,
+                          color=None if per_config else ctx.color(cfg.optimizer),
                           marker="o" if len(xs) <= 50 else None, markersize=3)
         targets = [p[1] for p in schedule["points"]]
         if not all(is_missing(t) for t in targets):
@@ -287,7 +356,8 @@ def sparsity_schedule(ctx: Context) -> Optional[Figure]:
     ax.set(xlabel=AXIS_LABELS.get(firsts[0][1]["axis"], firsts[0][1]["axis"]),
            ylabel="Sparsity of prunable weights (%)", ylim=(0, 100))
     ax.grid(alpha=0.3)
-    _legend_outside(ax, None, "configuration")
+    _legend_outside(ax, None if per_config else _optimizer_handles(ctx, pd.DataFrame([c for c, _ in firsts])),
+                    "configuration" if per_config else "optimizer")
     return figure
 
 

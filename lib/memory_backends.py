@@ -1,22 +1,25 @@
-"""Memory backends of the sampler: NVML, nvidia-smi and process RSS.
+"""Memory backends of the sampler: NVML, nvidia-smi, rocm-smi and process RSS.
 
 Each backend measures the memory of one process tree (a pid and its
 descendants) and returns a Reading; lib/gpu_monitor.py decides when to
 sample and writes the file. The backend is chosen once (open_backend): NVML
 when it initialises and a device is visible, else nvidia-smi when it runs,
-else RSS, which is labelled `"device": "cpu"` and never passed off as GPU
-memory.
+else rocm-smi (AMD) when it runs, else RSS, which is labelled
+`"device": "cpu"` and never passed off as GPU memory. The text the two
+command-line tools print is parsed by pure functions (parse_nvidia_smi,
+parse_rocm_smi) so it can be tested on captured output.
 """
 from __future__ import annotations
 
 import csv
 import io
+import json
 import math
 import os
 import shutil
 import subprocess
 import sys
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any, Callable, Protocol
 
 import psutil
@@ -40,8 +43,8 @@ class Reading:
 
 
 class Backend(Protocol):
-    name: str            # "nvml" | "nvidia-smi" | "rss"
-    device: str          # "cuda" | "cpu"
+    name: str            # "nvml" | "nvidia-smi" | "rocm-smi" | "rss"
+    device: str          # "cuda" (any GPU, ROCm included, as PyTorch names it) | "cpu"
     gpu_name: str | None
 
     def read(self, procs: list[psutil.Process]) -> Reading | None: ...
@@ -105,10 +108,11 @@ class RssBackend:
         pass
 
 
-def _visible_entries() -> list[str] | None:
-    """CUDA_VISIBLE_DEVICES as a list of indices/UUIDs, None when unset.
-    CUDA stops at the first malformed entry, so do we; "-1" hides all."""
-    raw = os.environ.get("CUDA_VISIBLE_DEVICES")
+def _visible_entries(variable: str = "CUDA_VISIBLE_DEVICES") -> list[str] | None:
+    """CUDA_VISIBLE_DEVICES (or another such variable) as a list of
+    indices/UUIDs, None when unset. CUDA stops at the first malformed entry,
+    so do we; "-1" hides all."""
+    raw = os.environ.get(variable)
     if raw is None:
         return None
     entries = []
@@ -118,6 +122,31 @@ def _visible_entries() -> list[str] | None:
         else:
             break
     return entries
+
+
+class Attribution:
+    """Whether the driver attributes memory to processes, decided from what it
+    lists and kept for the whole run once it does not (see lib/gpu_monitor)."""
+
+    def __init__(self) -> None:
+        self.per_process = True
+        self._foreign_streak = 0
+
+    def process_mib(self, listed: list[tuple[int, float | None]] | None, pids: set[int]) -> float | None:
+        """MiB that `listed` ((pid, MiB or None) pairs, None: no listing)
+        gives to `pids`; None from the first sample the driver cannot say.
+        An unknown figure of another process (one that is exiting) is ignored."""
+        if listed is None or any(mib is None for pid, mib in listed if pid in pids):
+            self.per_process = False  # no listing, or WDDM-style "not available"
+        if not self.per_process:
+            return None
+        ours = sum(mib for pid, mib in listed if pid in pids)
+        foreign = any(pid not in pids and not psutil.pid_exists(pid) for pid, _ in listed)
+        self._foreign_streak = self._foreign_streak + 1 if foreign and not ours else 0
+        if self._foreign_streak >= FOREIGN_PID_SAMPLES:
+            self.per_process = False  # pids of another PID namespace (a container)
+            return None
+        return ours
 
 
 class NvmlBackend:
@@ -136,8 +165,7 @@ class NvmlBackend:
             pynvml.nvmlShutdown()
             raise
         self.gpu_name = ", ".join(_text(n) for n in names)
-        self._foreign_streak = 0
-        self._per_process = True
+        self._attribution = Attribution()
 
     def _visible_handles(self) -> list[Any]:
         nvml = self._nvml
@@ -182,32 +210,34 @@ class NvmlBackend:
         except nvml.NVMLError:
             return None
 
+    def _temperature(self, handle: Any) -> float | None:
+        # nvmlDeviceGetTemperature is deprecated for nvmlDeviceGetTemperatureV,
+        # which drivers before R535 lack: try the new one first
+        nvml = self._nvml
+        for name in ("nvmlDeviceGetTemperatureV", "nvmlDeviceGetTemperature"):
+            fn = getattr(nvml, name, None)
+            if fn is not None and (value := self._call(fn, handle, nvml.NVML_TEMPERATURE_GPU)) is not None:
+                return value
+        return None
+
     def read(self, procs: list[psutil.Process]) -> Reading | None:
-        nvml, pids = self._nvml, {p.pid for p in procs}
-        ours, foreign = 0, False
+        nvml = self._nvml
+        listed: list[tuple[int, float | None]] | None = [] if self._attribution.per_process else None
         device_bytes, utils, power_mw, temps = [], [], [], []
         for h in self._handles:
-            listed = self._processes(h) if self._per_process else None
-            if listed is None:
-                self._per_process = False
-            for p in listed or ():
-                if p.usedGpuMemory is None:
-                    self._per_process = False
-                elif p.pid in pids:
-                    ours += p.usedGpuMemory
-                elif not psutil.pid_exists(p.pid):
-                    foreign = True
+            if listed is not None:
+                found = self._processes(h)
+                # usedGpuMemory is None where the driver cannot attribute (WDDM)
+                listed = None if found is None else listed + [
+                    (p.pid, None if p.usedGpuMemory is None else p.usedGpuMemory / MIB) for p in found]
             mem = self._call(nvml.nvmlDeviceGetMemoryInfo, h)
             device_bytes.append(None if mem is None else mem.used)
             rates = self._call(nvml.nvmlDeviceGetUtilizationRates, h)
             utils.append(None if rates is None else rates.gpu)
-            power_mw.append(self._call(nvml.nvmlDeviceGetPowerUsage, h))
-            temps.append(self._call(nvml.nvmlDeviceGetTemperature, h, nvml.NVML_TEMPERATURE_GPU))
-        self._foreign_streak = self._foreign_streak + 1 if foreign and not ours else 0
-        if self._foreign_streak >= FOREIGN_PID_SAMPLES:
-            self._per_process = False
+            power_mw.append(self._call(nvml.nvmlDeviceGetPowerUsage, h))  # milliwatts
+            temps.append(self._temperature(h))
         return Reading(
-            process_mib=ours / MIB if self._per_process else None,
+            process_mib=self._attribution.process_mib(listed, {p.pid for p in procs}),
             device_mib=_sum_or_none(device_bytes, scale=1 / MIB),
             utilization_pct=_mean_or_none(utils),
             power_w=_sum_or_none(power_mw, scale=1e-3),
@@ -216,6 +246,28 @@ class NvmlBackend:
 
     def close(self) -> None:
         self._call(self._nvml.nvmlShutdown)
+
+
+SMI_GPU_QUERY = "--query-gpu=memory.used,utilization.gpu,power.draw,temperature.gpu"
+SMI_APPS_QUERY = "--query-compute-apps=pid,used_memory"
+
+
+def _csv_rows(text: str) -> list[list[str]]:
+    return [[c.strip() for c in row] for row in csv.reader(io.StringIO(text)) if row]
+
+
+def parse_nvidia_smi(apps_csv: str, gpus_csv: str) -> tuple[list[tuple[int, float | None]], Reading]:
+    """`nvidia-smi SMI_APPS_QUERY` and `SMI_GPU_QUERY` output (csv,noheader,
+    nounits) -> the listed (pid, MiB or None) and the device-wide figures of
+    the listed GPUs (process_mib left None: the caller attributes)."""
+    listed = [(int(row[0]), _number(row[1])) for row in _csv_rows(apps_csv)
+              if len(row) >= 2 and row[0].isdigit()]
+    cols = [[_number(v) for v in row] for row in _csv_rows(gpus_csv) if len(row) == 4]
+    return listed, Reading(process_mib=None,
+                           device_mib=_sum_or_none([c[0] for c in cols]),
+                           utilization_pct=_mean_or_none([c[1] for c in cols]),
+                           power_w=_sum_or_none([c[2] for c in cols]),
+                           temperature_c=_max_or_none([c[3] for c in cols]))
 
 
 class SmiBackend:
@@ -229,39 +281,122 @@ class SmiBackend:
         if entries == []:
             raise OSError("CUDA_VISIBLE_DEVICES hides every GPU")
         self._base = [exe] + ([f"--id={','.join(entries)}"] if entries else [])
-        names = [row[0] for row in self._query("--query-gpu=name")]
+        names = [row[0] for row in _csv_rows(self._query("--query-gpu=name"))]
         if not names:
             raise OSError("nvidia-smi lists no GPU")
         self.gpu_name = ", ".join(names)
-        self._per_process = True
+        self._attribution = Attribution()
 
-    def _query(self, query: str) -> list[list[str]]:
-        out = subprocess.run(self._base + [query, "--format=csv,noheader,nounits"],
-                             capture_output=True, text=True, timeout=SMI_TIMEOUT_S, check=True)
-        return [[c.strip() for c in row] for row in csv.reader(io.StringIO(out.stdout)) if row]
+    def _query(self, query: str) -> str:
+        return subprocess.run(self._base + [query, "--format=csv,noheader,nounits"], capture_output=True,
+                              text=True, timeout=SMI_TIMEOUT_S, check=True).stdout
 
     def read(self, procs: list[psutil.Process]) -> Reading | None:
-        pids = {p.pid for p in procs}
         try:
-            apps = self._query("--query-compute-apps=pid,used_memory")
-            gpus = self._query("--query-gpu=memory.used,utilization.gpu,power.draw,temperature.gpu")
+            apps, gpus = self._query(SMI_APPS_QUERY), self._query(SMI_GPU_QUERY)
         except (OSError, subprocess.SubprocessError):
             return None  # a hung or failing nvidia-smi loses this sample only
-        ours = 0.0
-        for pid, used in (row[:2] for row in apps if len(row) >= 2):
-            used_mib = _number(used)
-            if used_mib is None:  # "[N/A]": the driver cannot attribute memory
-                self._per_process = False
-            elif pid.isdigit() and int(pid) in pids:
-                ours += used_mib
-        cols = [[_number(v) for v in row] for row in gpus if len(row) == 4]
-        return Reading(
-            process_mib=ours if self._per_process else None,
-            device_mib=_sum_or_none([c[0] for c in cols]),
-            utilization_pct=_mean_or_none([c[1] for c in cols]),
-            power_w=_sum_or_none([c[2] for c in cols]),
-            temperature_c=_max_or_none([c[3] for c in cols]),
-        )
+        listed, reading = parse_nvidia_smi(apps, gpus)
+        return replace(reading, process_mib=self._attribution.process_mib(listed, {p.pid for p in procs}))
+
+    def close(self) -> None:
+        pass
+
+
+# rocm-smi (python_smi_tools/rocm_smi.py of ROCm/rocm_smi_lib) with --json
+# prints {"card0": {"<metric> (<unit>)": "<value>", ...}, ..., "system":
+# {"PID<pid>": "<name>, <n gpus>, <vram bytes>, <sdma>, <cu occupancy>"}};
+# key spellings vary between releases, hence the alternatives below.
+ROCM_QUERY = ["--showmeminfo", "vram", "--showuse", "--showpower", "--showtemp", "--showpids", "--json"]
+ROCM_DEVICE_USED = "VRAM Total Used Memory (B)"
+ROCM_USE = "GPU use (%)"
+ROCM_POWER = ("Average Graphics Package Power (W)", "Current Socket Graphics Package Power (W)")
+ROCM_TEMPERATURE = ("Temperature (Sensor edge) (C)", "Temperature (Sensor junction) (C)")  # edge if it has one
+ROCM_NAME = ("Card Series", "Card series", "Card SKU")
+
+
+def _rocm_json(text: str) -> dict[str, Any]:
+    """The JSON object in rocm-smi's output, which may follow warning lines."""
+    start = text.find("{")
+    try:
+        data = json.JSONDecoder().raw_decode(text[start:])[0] if start >= 0 else None
+    except ValueError:
+        data = None
+    return data if isinstance(data, dict) else {}
+
+
+def _rocm_cards(data: dict[str, Any]) -> list[dict[str, Any]]:
+    cards = [(k, v) for k, v in data.items() if k.startswith("card") and k[4:].isdigit() and isinstance(v, dict)]
+    return [v for _, v in sorted(cards, key=lambda kv: int(kv[0][4:]))]
+
+
+def _first(card: dict[str, Any], keys: tuple[str, ...]) -> float | None:
+    for key in keys:
+        if (value := _number(str(card.get(key, "")))) is not None:
+            return value
+    return None
+
+
+def parse_rocm_smi(text: str) -> tuple[list[tuple[int, float | None]] | None, Reading]:
+    """`rocm-smi ROCM_QUERY` output -> the listed (pid, MiB or None), None when
+    it printed no process section at all, and the device-wide figures."""
+    data = _rocm_json(text)
+    cards = _rocm_cards(data)
+    system = data.get("system")
+    listed = None
+    if isinstance(system, dict):
+        listed = []
+        for key, value in system.items():
+            if key.startswith("PID") and key[3:].isdigit():
+                vram = _number(str(value).split(", ")[-3]) if str(value).count(", ") >= 3 else None
+                listed.append((int(key[3:]), None if vram is None else vram / MIB))
+    elif cards:
+        listed = []  # rocm-smi prints no "system" entry when no process uses a GPU
+    return listed, Reading(
+        process_mib=None,
+        device_mib=_sum_or_none([_first(c, (ROCM_DEVICE_USED,)) for c in cards], scale=1 / MIB),
+        utilization_pct=_mean_or_none([_first(c, (ROCM_USE,)) for c in cards]),
+        power_w=_sum_or_none([_first(c, ROCM_POWER) for c in cards]),
+        temperature_c=_max_or_none([_first(c, ROCM_TEMPERATURE) for c in cards]),
+    )
+
+
+class RocmSmiBackend:
+    """AMD GPUs through rocm-smi. The per-process figure is what rocm-smi
+    lists for the pid over all its GPUs; devices are limited to the indices
+    of HIP_VISIBLE_DEVICES, else CUDA_VISIBLE_DEVICES, else ROCR_VISIBLE_DEVICES
+    (these are not composed, and UUID entries are not resolved)."""
+    name, device = "rocm-smi", "cuda"  # PyTorch's name for ROCm devices too
+
+    def __init__(self) -> None:
+        exe = shutil.which("rocm-smi")
+        if exe is None:
+            raise OSError("rocm-smi not found")
+        entries = next((e for v in ("HIP_VISIBLE_DEVICES", "CUDA_VISIBLE_DEVICES", "ROCR_VISIBLE_DEVICES")
+                        if (e := _visible_entries(v)) is not None), None)
+        if entries == []:
+            raise OSError("the *_VISIBLE_DEVICES variables hide every GPU")
+        self._exe = exe
+        self._devices = ["-d", *entries] if entries and all(e.isdigit() for e in entries) else []
+        cards = _rocm_cards(_rocm_json(self._query(["--showproductname", "--json"])))
+        if not cards:
+            raise OSError("rocm-smi lists no GPU")
+        self.gpu_name = ", ".join(str(next((c[k] for k in ROCM_NAME if c.get(k)), "AMD GPU")) for c in cards)
+        self._attribution = Attribution()
+
+    def _query(self, args: list[str]) -> str:
+        # not check=True: rocm-smi exits non-zero when one metric is unsupported
+        return subprocess.run([self._exe, *args, *self._devices], capture_output=True, text=True,
+                              timeout=SMI_TIMEOUT_S).stdout
+
+    def read(self, procs: list[psutil.Process]) -> Reading | None:
+        try:
+            listed, reading = parse_rocm_smi(self._query(ROCM_QUERY))
+        except (OSError, subprocess.SubprocessError):
+            return None
+        if reading.device_mib is None and listed is None:
+            return None  # nothing parsed: this sample only
+        return replace(reading, process_mib=self._attribution.process_mib(listed, {p.pid for p in procs}))
 
     def close(self) -> None:
         pass
@@ -299,7 +434,7 @@ def _max_or_none(values: list[float | None]) -> float | None:
 
 
 def open_backend() -> Backend:
-    """The best backend that works here: NVML, then nvidia-smi, then RSS."""
+    """The best backend that works here: NVML, nvidia-smi, rocm-smi, then RSS."""
     try:
         return NvmlBackend()
     except ImportError:
@@ -307,10 +442,11 @@ def open_backend() -> Backend:
     except Exception as exc:  # NVMLError, OSError from a missing libnvidia-ml
         if not _is_nvml_error(exc):
             raise
-    try:
-        return SmiBackend()
-    except (OSError, subprocess.SubprocessError):
-        pass
+    for backend in (SmiBackend, RocmSmiBackend):
+        try:
+            return backend()
+        except (OSError, subprocess.SubprocessError):
+            pass
     return RssBackend()
 
 
@@ -320,10 +456,7 @@ def _is_nvml_error(exc: BaseException) -> bool:
 
 
 def detect_backend() -> str:
-    """Name of the backend a sampler would use here: "nvml", "nvidia-smi" or "rss"."""
+    """Name of the backend a sampler would use here: "nvml", "nvidia-smi", "rocm-smi" or "rss"."""
     backend = open_backend()
     backend.close()
     return backend.name
-
-
-# ------------------------------------------------------------- samples, summary

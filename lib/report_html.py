@@ -1,8 +1,10 @@
 """report.html: the report.md blocks as one self-contained HTML file.
 
 Owns only presentation: the tables and text of lib/report_md, and each graph
-embedded as a base64 PNG, so the file can be mailed or opened offline with
-nothing beside it. It decides no content of its own.
+embedded in the page, as an inline <svg> element (sharp at any zoom, and
+smaller than a PNG of a tall figure) or, where a graph has no SVG, as a
+base64 PNG, so the file can be mailed or opened offline with nothing beside
+it. It decides no content of its own.
 """
 from __future__ import annotations
 
@@ -21,7 +23,7 @@ th, td { border: 1px solid #ccc; padding: 0.25em 0.6em; }
 th { background: #f0f0f0; }
 td.r { text-align: right; font-variant-numeric: tabular-nums; }
 figure { margin: 1em 0 2em; }
-figure img { max-width: 100%; border: 1px solid #ddd; }
+figure img, figure svg { max-width: 100%; height: auto; border: 1px solid #ddd; }
 figcaption { font-style: italic; color: #555; }
 code { background: #f4f4f4; padding: 0 0.2em; }
 """
@@ -56,9 +58,25 @@ def _block(block: Block, figures: dict[str, Graph]) -> list[str]:
     graph = figures.get(block.name) if isinstance(block, Image) else None
     if graph is None:
         return []
+    caption = f"<figcaption>{_inline(block.title)}</figcaption></figure>"
+    svg = _inline_svg(graph.svg, graph.name, block.title)
+    if svg is not None:
+        return ["<figure>", svg, caption]
     data = base64.b64encode(graph.png).decode("ascii")
-    return [f'<figure><img alt="{html.escape(block.title)}" src="data:image/png;base64,{data}">',
-            f"<figcaption>{_inline(block.title)}</figcaption></figure>"]
+    return [f'<figure><img alt="{html.escape(block.title)}" src="data:image/png;base64,{data}">', caption]
+
+
+def _inline_svg(svg: str, name: str, title: str) -> str | None:
+    """A matplotlib SVG document as an element for the page: the XML prolog
+    and DOCTYPE dropped (not allowed mid-document), every id and reference
+    prefixed with the graph name (each SVG defines the same font glyph ids,
+    which must stay unique in one page), labelled for screen readers. None
+    when there is no <svg> element."""
+    start = svg.find("<svg")
+    if start < 0:
+        return None
+    body = re.sub(r'(\sid="|href="#|url\(#)', lambda m: f"{m.group(1)}{name}-", svg[start + len("<svg"):])
+    return f'<svg role="img" aria-label="{html.escape(title, quote=True)}"' + body.rstrip()
 
 
 def render_html(blocks: Sequence[Block], title: str, figures: Sequence[Graph] = ()) -> str:

@@ -41,8 +41,9 @@ def check_file(path: Path) -> dict:
     assert data["schema_version"] == 1
     assert (data["device"], data["source"], data["memory_scope"]) == ("cpu", "rss", "process")
     assert data["gpu_name"] is None
+    # memory figures only: the GPU summary fields are absent, not null
     assert set(data["summary"]) == {"n_samples", "duration_s", "mean_mib", "peak_mib",
-                                    "p50_mib", "p95_mib"}
+                                    "p50_mib", "p90_mib", "p95_mib", "p99_mib"}
     for sample in data["samples"]:
         assert set(sample) == {"t_s", "memory_mib"}  # no GPU figures it did not measure
     return data
@@ -62,7 +63,8 @@ def test_in_process_sampler_sees_child_rss():
     assert data["device"] == "cpu" and data["source"] == "rss"
     assert data["summary"]["peak_mib"] >= 190
     assert data["summary"]["n_samples"] == len(data["samples"]) > 5
-    assert data["summary"]["p95_mib"] <= data["summary"]["peak_mib"]
+    summary = data["summary"]
+    assert summary["p50_mib"] <= summary["p90_mib"] <= summary["p95_mib"] <= summary["p99_mib"] <= summary["peak_mib"]
 
 
 def test_sampler_follows_grandchildren():
@@ -120,6 +122,25 @@ def test_sigterm_writes_final_file_and_flushes_while_running(tmp_path):
     assert final["summary"]["n_samples"] >= first["summary"]["n_samples"]
 
 
+def test_sigkilled_sampler_leaves_valid_file(tmp_path):
+    """kill -9 mid-run: the last periodic flush is on disk, whole and readable."""
+    out = tmp_path / "gpu_stats.json"
+    child = spawn("import time; time.sleep(30)")
+    try:
+        sampler = start_sampler(child.pid, out, interval_s=0.02, flush_every_s=0.1)
+        assert wait_for(lambda: out.exists() and read_summary(out)["n_samples"] >= 5, 10)
+        time.sleep(0.25)  # let it be anywhere in a sample or a flush
+        sampler.kill()
+        sampler.wait()
+        assert sampler.returncode == -9
+    finally:
+        child.kill()
+        child.wait()
+    data = check_file(out)
+    assert data["summary"]["n_samples"] >= 5 and data["summary"]["peak_mib"] > 0
+    assert read_summary(out)["source"] == "rss"
+
+
 def test_stop_sampler_returns_none_without_file(tmp_path):
     proc = subprocess.Popen([sys.executable, "-c", "pass", "--out", str(tmp_path / "none.json")])
     assert stop_sampler(proc) is None
@@ -167,6 +188,7 @@ def test_percentile_matches_linear_interpolation():
     assert percentile([], 50) is None
     assert percentile([1.0, 2.0, 3.0, 4.0], 50) == 2.5
     assert percentile([0.0, 10.0], 95) == pytest.approx(9.5)
+    assert percentile([float(v) for v in range(101)], 99) == 99.0
     assert MAX_SAMPLES == 20_000
 
 
@@ -227,6 +249,21 @@ def test_nvml_attributes_memory_to_tree_on_visible_devices(monkeypatch):
     assert data["samples"][0] == {"t_s": data["samples"][0]["t_s"], "memory_mib": 300.0,
                                   "device_memory_mib": 2048.0, "utilization_pct": 60.0,
                                   "power_w": 250.0, "temperature_c": None}
+    summary = data["summary"]
+    assert (summary["mean_mib"], summary["p99_mib"], summary["device_peak_mib"]) == (300.0, 300.0, 2048.0)
+    assert (summary["utilization_mean_pct"], summary["power_peak_w"]) == (60.0, 250.0)
+    assert summary["temperature_peak_c"] is None  # not measured, never invented
+
+
+def test_nvml_temperature_falls_back_to_the_deprecated_call(monkeypatch):
+    fake = use_fake_nvml(monkeypatch, {0: [], 1: []}, visible="0")
+
+    def newer_only(h, sensor):
+        raise fake.NVMLError_FunctionNotFound("driver before R535")
+
+    fake.nvmlDeviceGetTemperatureV = newer_only
+    fake.nvmlDeviceGetTemperature = lambda h, sensor: 61
+    assert memory_backends.open_backend().read([]).temperature_c == 61
 
 
 def test_nvml_without_per_process_figures_reports_device_scope(monkeypatch):

@@ -2,13 +2,19 @@
 (error bars, labels, units) and on the files written (PNG and SVG)."""
 from __future__ import annotations
 
+import random
 from pathlib import Path
 
 import pytest
-from result_dirs import seeded_matrix
+from matplotlib.backends.backend_agg import FigureCanvasAgg
+from result_dirs import classifier_metrics, gpu_stats, seeded_matrix, spec, write_matrix, write_run
 
-from lib.graphs import contexts, memory_comparison, model_comparison, pareto_front, render_graphs
+from lib.graphs import (contexts, evolution, memory_comparison, model_comparison, pareto_front, render_graphs,
+                        sparsity_schedule)
 from lib.results import load_results
+
+OPTIMIZERS = ("sgd", "adam", "adamw", "adamwadv", "adamwspam", "adamwprune")
+METHODS = ("magnitude", "movement", "state")
 
 
 @pytest.fixture(scope="module")
@@ -16,23 +22,86 @@ def seeded(tmp_path_factory) -> Path:
     return seeded_matrix(tmp_path_factory.mktemp("seeded"), seeds=(1, 2, 3))
 
 
+@pytest.fixture(scope="module")
+def matrix54(tmp_path_factory) -> Path:
+    """54 runs as upstream's full matrix has them: 6 optimizers x 3 methods x 3 sparsities."""
+    root = tmp_path_factory.mktemp("matrix54")
+    specs = [spec("lenet5", o, m, t) for o in OPTIMIZERS for m in METHODS for t in (50, 70, 90)]
+    write_matrix(root, specs)
+    for s in specs:
+        rng = random.Random(s["run_id"])
+        mean = round(300 + 20 * rng.random(), 1)
+        metrics = classifier_metrics(s, [90 + rng.random(), 92 + rng.random()], s["target_sparsity_pct"])
+        write_run(root, s, "success", metrics, gpu_stats(mean, mean + 50, "cuda"))
+    return root
+
+
+def _overlaps(figure) -> list[str]:
+    """Texts of the figure's axes (tick labels, value labels, legend, titles)
+    that overlap another or stick out of the figure, drawn as Agg draws them."""
+    canvas = FigureCanvasAgg(figure)
+    canvas.draw()
+    renderer = canvas.get_renderer()
+    page = figure.bbox
+    boxes = []
+    for ax in figure.axes:
+        (x0, x1), (y0, y1) = sorted(ax.get_xlim()), sorted(ax.get_ylim())
+        texts = ([t for t in ax.get_xticklabels() if x0 <= t.get_position()[0] <= x1]  # ticks drawn
+                 + [t for t in ax.get_yticklabels() if y0 <= t.get_position()[1] <= y1]
+                 + ax.texts + [ax.xaxis.label, ax.yaxis.label])
+        legend = ax.get_legend()
+        texts += legend.get_texts() if legend else []
+        boxes += [(t.get_text(), t.get_window_extent(renderer)) for t in texts if t.get_visible() and t.get_text()]
+    boxes.append((figure.texts[0].get_text(), figure.texts[0].get_window_extent(renderer)))
+    bad = [name for name, box in boxes if not (page.x0 <= box.x0 and box.x1 <= page.x1 and page.y0 <= box.y0
+                                               and box.y1 <= page.y1)]
+    for i, (a, box_a) in enumerate(boxes):
+        bad += [f"{a} / {b}" for b, box_b in boxes[i + 1:] if box_a.overlaps(box_b)
+                and box_a.intersection(box_a, box_b).width > 0.5 and box_a.intersection(box_a, box_b).height > 0.5]
+    return bad
+
+
+def test_bar_charts_of_54_runs_have_no_overlapping_labels(matrix54: Path) -> None:
+    ctx = contexts(load_results(matrix54))[0]
+    for build in (model_comparison, memory_comparison):
+        figure = build(ctx)
+        labels = [t.get_text() for t in figure.axes[0].get_yticklabels()]
+        assert len(labels) == 54 + 3 and "adamwprune_state_90" in labels
+        assert _overlaps(figure) == [], build.__name__
+
+
+def test_line_legends_of_54_runs_stay_inside_the_figure(matrix54: Path) -> None:
+    ctx = contexts(load_results(matrix54))[0]
+    for build in (evolution, sparsity_schedule):
+        figure = build(ctx)
+        legend_texts = [t for ax in figure.axes if ax.get_legend() for t in ax.get_legend().get_texts()]
+        canvas = FigureCanvasAgg(figure)
+        canvas.draw()
+        boxes = [t.get_window_extent(canvas.get_renderer()) for t in legend_texts]
+        assert boxes and all(figure.bbox.x0 <= b.x0 and b.x1 <= figure.bbox.x1 and figure.bbox.y0 <= b.y0
+                             for b in boxes), build.__name__
+
+
 def test_model_comparison_has_error_bars_of_one_std_over_seeds(seeded: Path) -> None:
     table = load_results(seeded)
     ctx = contexts(table)[0]
     ax = model_comparison(ctx).axes[0]
     bars = next(c for c in ax.containers if hasattr(c, "errorbar"))
-    spans = sorted(round(float(s[1][1] - s[0][1]) / 2, 6) for s in bars.errorbar.lines[2][0].get_segments())
+    spans = sorted(round(float(s[1][0] - s[0][0]) / 2, 6) for s in bars.errorbar.lines[2][0].get_segments())
     dense = table[table["run_id"].str.startswith("lenet5_adamw_none_")]["best_accuracy_pct"]
     assert round(dense.std(), 6) in spans and len(spans) == 6
-    assert ax.get_ylabel() == "Best test accuracy (%)" and "± std over seeds" in ax.figure.texts[0].get_text()
-    assert [t.get_text() for t in ax.get_xticklabels()][:3] == ["adamw_none", "adamw_magnitude_50",
-                                                                "adamw_magnitude_90"]
+    assert ax.get_xlabel() == "Best test accuracy (%)" and "± std over seeds" in ax.figure.texts[0].get_text()
+    # rows grouped by target sparsity under a heading, dense first, optimizers in order within
+    assert [t.get_text() for t in ax.get_yticklabels()] == [
+        "dense (no pruning)", "target sparsity 50%", "target sparsity 90%", "adamw_none", "sgd_none",
+        "adamw_magnitude_50", "sgd_magnitude_50", "adamw_magnitude_90", "sgd_magnitude_90"]
+    assert [round(y) for y in ax.get_yticks()] == [0, 3, 6, 1, 2, 4, 5, 7, 8]
 
 
 def test_cpu_memory_is_called_rss_never_gpu(seeded: Path) -> None:
     ctx = contexts(load_results(seeded))[0]
     figure = memory_comparison(ctx)
-    texts = [figure.texts[0].get_text(), figure.axes[0].get_ylabel()]
+    texts = [figure.texts[0].get_text(), figure.axes[0].get_xlabel()]
     assert all("GPU memory" not in t for t in texts[:1]) and "RSS" in texts[0]
     assert texts[1] == "Process RSS (MiB; CPU run, not GPU memory)"
 

@@ -23,7 +23,10 @@ import result_dirs
 from result_dirs import seeded_matrix
 
 from lib.errors import UserError
+from lib.graphs import Graph
 from lib.report import write_reports
+from lib.report_html import render_html
+from lib.report_md import Image
 from lib.results import EXTRA_FIELDS, ROW_FIELDS, load_results
 from lib.stats import NA
 
@@ -396,10 +399,20 @@ def test_report_html_is_one_self_contained_file(tmp_path: Path) -> None:
     write_reports(load_results(root), root, "html")
     page = (root / "report.html").read_text()
     graphs = sorted(p.stem for p in (root / "graphs").glob("*.png"))
-    assert page.count('src="data:image/png;base64,') == len(graphs) >= 6
+    # every graph inline as SVG, no XML prolog mid-page, no PNG needed
+    assert page.count('<figure>\n<svg role="img" aria-label="') == len(graphs) >= 6
+    assert "<?xml" not in page and "<!DOCTYPE svg" not in page and "data:image/png" not in page
+    ids = re.findall(r'\sid="([^"]+)"', page)  # the graphs share glyph ids until prefixed
+    assert len(ids) == len(set(ids)) and set(re.findall(r'href="#([^"]+)"', page)) <= set(ids)
     assert "<table>" in page and "<code>lenet5_sgd_none</code>" in page
-    assert not re.search(r'(src|href)="(?!data:)', page)  # nothing loaded from beside it
+    assert not re.search(r'(src|href)="(?!data:|#)', page)  # nothing loaded from beside it
     assert sorted(p.stem for p in (root / "graphs").glob("*.svg")) == graphs
+
+
+def test_report_html_falls_back_to_png_without_svg() -> None:
+    blocks = [Image("A graph", "g")]
+    page = render_html(blocks, "t", [Graph("g", "A graph", b"\x89PNG-bytes", "")])
+    assert 'src="data:image/png;base64,' in page and "<svg" not in page
 
 
 def _cpu_seconds() -> float:

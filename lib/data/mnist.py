@@ -23,6 +23,7 @@ from typing import Sequence
 import numpy as np
 import torch
 
+from lib.data.limits import TEST_LIMIT_SEED, TRAIN_LIMIT_SEED, limit_samples
 from lib.errors import UserError
 
 MNIST_MIRRORS = [
@@ -47,9 +48,6 @@ LABELS_MAGIC = 2049  # 0x00000801: unsigned bytes, 1 dimension
 # The embedded subset has 500 images per class; the first 400 of each class
 # train and the last 100 test, a fixed split anyone can reproduce.
 EMBEDDED_TEST_PER_CLASS = 100
-# Separate fixed seeds so limiting the train set never changes the test set.
-TRAIN_LIMIT_SEED = 0
-TEST_LIMIT_SEED = 1
 
 
 @dataclass(frozen=True)
@@ -94,8 +92,8 @@ def load_mnist(
                         f"place all four IDX files there or remove the others")
     else:
         arrays, info = _load_embedded(root)
-    train_x, train_y = _limit(arrays[0], arrays[1], train_limit, TRAIN_LIMIT_SEED, "train_limit")
-    test_x, test_y = _limit(arrays[2], arrays[3], test_limit, TEST_LIMIT_SEED, "test_limit")
+    train_x, train_y = limit_samples(arrays[0], arrays[1], train_limit, TRAIN_LIMIT_SEED, "train_limit")
+    test_x, test_y = limit_samples(arrays[2], arrays[3], test_limit, TEST_LIMIT_SEED, "test_limit")
     for name, limit, kept, seed in (("train", train_limit, train_y, TRAIN_LIMIT_SEED),
                                     ("test", test_limit, test_y, TEST_LIMIT_SEED)):
         if limit is not None:
@@ -238,18 +236,6 @@ def _load_embedded(root: Path) -> tuple[tuple[np.ndarray, ...], dict]:
         "path": str(path),
     }
     return (images[train_idx], labels[train_idx], images[test_idx], labels[test_idx]), info
-
-
-def _limit(images: np.ndarray, labels: np.ndarray, limit: int | None, seed: int,
-           name: str) -> tuple[np.ndarray, np.ndarray]:
-    """The first `limit` samples of a fixed-seed permutation: roughly
-    class-balanced, identical on every run and machine."""
-    if limit is None:
-        return images, labels
-    if isinstance(limit, bool) or not isinstance(limit, int) or limit < 1:
-        raise UserError(f"{name} must be a positive integer or None, got {limit!r}")
-    keep = np.random.default_rng(seed).permutation(len(labels))[:limit]
-    return images[keep], labels[keep]
 
 
 def _to_images(pixels: np.ndarray, device: torch.device) -> torch.Tensor:

@@ -20,18 +20,8 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
+from gpt2.sizes import SIZES
 from lib.errors import UserError
-
-# name -> (n_layer, n_head, n_embd). The four GPT-2 sizes as OpenAI released
-# them, plus two small ones for CPU tests and CI.
-SIZES: dict[str, tuple[int, int, int]] = {
-    "tiny": (2, 2, 64),
-    "mini": (4, 4, 128),
-    "124M": (12, 12, 768),
-    "350M": (24, 16, 1024),
-    "774M": (36, 20, 1280),
-    "1.5B": (48, 25, 1600),
-}
 
 
 @dataclass(frozen=True)

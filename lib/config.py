@@ -62,7 +62,7 @@ NUMBER_SYMBOLS: dict[str, NumberRule] = {
     "ADV_WEIGHT_DECAY": _DECAY, "ADV_COSINE_ETA_MIN": NumberRule(0, 1), "ADV_GRAD_CLIP": NumberRule(0, 1e6),
     "SPAM_THETA": NumberRule(0, 1e9, low_open=True), "SPAM_SPIKE_THRESHOLD": NumberRule(0, 1e9),
     "ADAMWPRUNE_BETA1": _FRACTION, "ADAMWPRUNE_BETA2": _FRACTION, "ADAMWPRUNE_WEIGHT_DECAY": _DECAY,
-    "GPT2_MIN_LR": NumberRule(0, 10),
+    "GPT2_MIN_LR": NumberRule(0, 10), "GPT2_DROPOUT": NumberRule(0, 1, high_open=True),
 }
 
 
@@ -80,6 +80,11 @@ class TrainingSettings:
     compile_model: bool
     mixed_precision: bool
     save_checkpoint: bool
+    resume: bool
+    grad_accum: int
+    hyper_param_auto: bool
+    target_effective_batch: int
+    log_every: int
 
 
 @dataclass(frozen=True)
@@ -92,11 +97,22 @@ class PruningSettings:
 
 @dataclass(frozen=True)
 class RunnerSettings:
-    parallel_jobs: int
-    timeout_s: int
-    retries: int
-    executor: str
-    results_root: str
+    """How runs are held and placed (lib/Kconfig.matrix): not part of any run's result."""
+
+    parallel_jobs: int = 1  # per GPU, or on CPU-only machines in all
+    timeout_s: int = 0
+    retries: int = 0
+    executor: str = "local"  # local | slurm
+    results_root: str = "test_matrix_results"
+    min_free_gpu_mib: int = 0  # a GPU takes a new run only with this much free (NVML)
+    slurm_partition: str = ""  # "" = the cluster's default partition
+    slurm_time_min: int = 60
+    slurm_gpus_per_task: int = 1  # at least this many, more if the run asks (DDP); 0 = CPU-only tasks
+    slurm_cpus_per_task: int = 4
+    slurm_mem_gb: int = 0  # 0 = the partition's default
+    slurm_array_parallelism: int = 0  # 0 = no limit beyond the cluster's
+    slurm_extra: str = ""  # "key=value ..." passed to sbatch as --key=value
+    slurm_cluster: str = "slurm"  # submitit backend: slurm, or local to rehearse without a cluster
 
 
 @dataclass(frozen=True)
@@ -286,16 +302,30 @@ def _check_combinations(kconf: kconfiglib.Kconfig, optimizers: tuple[str, ...]) 
 def _model_params(kconf: kconfiglib.Kconfig, n: dict[str, float]) -> dict[str, dict[str, Any]]:
     gpt2_dataset = _choice_name(kconf, {f"GPT2_DATASET_{d.upper()}": d
                                         for d in ("finewebedu", "shakespeare", "tinystories", "local")}, "finewebedu")
+    gpt2_path = kconf.syms["GPT2_DATA_PATH"].str_value.strip()
+    if gpt2_dataset == "local" and _y(kconf, "MODEL_GPT2") and not gpt2_path:
+        raise UserError("CONFIG_GPT2_DATASET_LOCAL=y needs CONFIG_GPT2_DATA_PATH=\"<text file>\" (make menuconfig)")
+    size = kconf.syms["GPT2_MODEL_SIZE"].str_value.strip()
+    from gpt2.sizes import SIZES
+
+    if _y(kconf, "MODEL_GPT2") and size not in SIZES:
+        raise UserError(f"CONFIG_GPT2_MODEL_SIZE=\"{size}\" is not a GPT-2 size; allowed: {', '.join(SIZES)}")
     return {
         "lenet5": {"train_limit": _int(kconf, "LENET5_TRAIN_LIMIT"), "test_limit": _int(kconf, "LENET5_TEST_LIMIT"),
                    "augment": _y(kconf, "LENET5_AUGMENT")},
-        "resnet18": {},
-        "resnet50": {},
-        "gpt2": {"model_size": kconf.syms["GPT2_MODEL_SIZE"].str_value, "dataset": gpt2_dataset,
+        "resnet18": {"train_limit": _int(kconf, "RESNET18_TRAIN_LIMIT"), "test_limit": _int(kconf, "RESNET18_TEST_LIMIT"),
+                     "augment": _y(kconf, "RESNET18_AUGMENT")},
+        "resnet50": {"train_limit": _int(kconf, "RESNET50_TRAIN_LIMIT"), "test_limit": _int(kconf, "RESNET50_TEST_LIMIT"),
+                     "augment": _y(kconf, "RESNET50_AUGMENT"),
+                     "dataset": "imagenet" if _y(kconf, "RESNET50_DATASET_IMAGENET") else "cifar100",
+                     "stem": "imagenet" if _y(kconf, "RESNET50_STEM_IMAGENET") else "cifar",
+                     "image_size": _int(kconf, "RESNET50_IMAGE_SIZE") or 224},
+        "gpt2": {"model_size": size, "dataset": gpt2_dataset, "data_path": gpt2_path,
+                 "token_cap": _int(kconf, "GPT2_TOKEN_CAP"), "gpus_per_run": _int(kconf, "GPT2_GPUS_PER_RUN") or 1,
                  "block_size": _int(kconf, "GPT2_BLOCK_SIZE"), "max_time_s": _int(kconf, "GPT2_MAX_TIME"),
                  "max_iters": _int(kconf, "GPT2_MAX_ITERS"), "eval_interval": _int(kconf, "GPT2_EVAL_INTERVAL"),
                  "eval_samples": _int(kconf, "GPT2_EVAL_SAMPLES"), "warmup_steps": _int(kconf, "GPT2_WARMUP_STEPS"),
-                 "min_lr": n["GPT2_MIN_LR"]},
+                 "min_lr": n["GPT2_MIN_LR"], "dropout": n["GPT2_DROPOUT"]},
     }
 
 
@@ -320,15 +350,23 @@ def settings_from_kconfig(kconf: kconfiglib.Kconfig) -> Settings:
         lr_step_every=_int(kconf, "LR_STEP_EVERY"), lr_step_gamma=numbers["LR_STEP_GAMMA"],
         device=_device(syms["DEVICE"].str_value), data_dir=syms["DATA_DIR"].str_value or "./data",
         compile_model=_y(kconf, "COMPILE_MODEL"), mixed_precision=_y(kconf, "MIXED_PRECISION"),
-        save_checkpoint=_y(kconf, "SAVE_CHECKPOINT"))
+        save_checkpoint=_y(kconf, "SAVE_CHECKPOINT"), resume=_y(kconf, "RESUME_FROM_CHECKPOINT"),
+        grad_accum=_int(kconf, "GRADIENT_ACCUMULATION") or 1, hyper_param_auto=_y(kconf, "HYPER_PARAM_AUTO"),
+        target_effective_batch=_int(kconf, "TARGET_EFFECTIVE_BATCH") or 1024, log_every=_int(kconf, "LOG_EVERY"))
     pruning = PruningSettings(
         warmup_steps=_int(kconf, "PRUNING_WARMUP"), frequency=_int(kconf, "PRUNING_FREQUENCY") or 1,
         ramp_end_epoch=_int(kconf, "PRUNING_RAMP_END_EPOCH") or training.epochs,
         schedule=_choice_name(kconf, _SCHEDULES, "cubic"))
     runner = RunnerSettings(
         parallel_jobs=_int(kconf, "PARALLEL_JOBS") or 1, timeout_s=_int(kconf, "RUN_TIMEOUT"),
-        retries=_int(kconf, "RUN_RETRIES"), executor="local",
-        results_root=syms["RESULTS_ROOT"].str_value or "test_matrix_results")
+        retries=_int(kconf, "RUN_RETRIES"), executor="slurm" if _y(kconf, "EXECUTOR_SLURM") else "local",
+        results_root=syms["RESULTS_ROOT"].str_value or "test_matrix_results",
+        min_free_gpu_mib=_int(kconf, "GPU_MIN_FREE_MIB"), slurm_partition=syms["SLURM_PARTITION"].str_value,
+        slurm_time_min=_int(kconf, "SLURM_TIME_MINUTES") or 60,
+        slurm_gpus_per_task=_int(kconf, "SLURM_GPUS_PER_TASK") if _y(kconf, "EXECUTOR_SLURM") else 1,
+        slurm_cpus_per_task=_int(kconf, "SLURM_CPUS_PER_TASK") or 4, slurm_mem_gb=_int(kconf, "SLURM_MEM_GB"),
+        slurm_array_parallelism=_int(kconf, "SLURM_ARRAY_PARALLELISM"), slurm_extra=syms["SLURM_EXTRA"].str_value,
+        slurm_cluster=syms["SLURM_CLUSTER"].str_value or "slurm")
     return Settings(
         models=models, optimizers=optimizers, pruning_methods=_pruning_methods(kconf),
         sparsities_pct=_sparsities(kconf, numbers, "TARGET_SPARSITY"),

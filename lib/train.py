@@ -1,8 +1,9 @@
-"""The shared training loop and the run-folder plumbing every `<model>/train.py` uses.
+"""The trainer side of a run folder, shared by every `<model>/train.py`.
 
-A trainer process reads its RunSpec from `<run-dir>/run.json`, trains, and
-writes `<run-dir>/metrics.json` atomically. It never writes result.json: that
-is the runner's record of how the process ended.
+A trainer process reads its RunSpec from `<run-dir>/run.json`, builds its
+optimizer, pruner and schedule from it, trains with lib/train_loop.py and
+writes `<run-dir>/metrics.json` atomically. It never writes result.json:
+that is the runner's record of how the process ended.
 """
 from __future__ import annotations
 
@@ -12,18 +13,21 @@ import random
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Optional
 
 import numpy as np
 import torch
 from torch import nn
 
+from lib.batch_plan import BatchPlan
+from lib.distributed import Dist
 from lib.jsonio import SCHEMA_VERSION, read_json, write_json_atomic
 from lib.matrix import RunSpec
 from lib.optim import state_bytes
 from lib.optim.lr_schedules import LRSchedule, lr_schedule_for
-from lib.pruning import GradualPruner, measure_sparsity, prunable_parameters
+from lib.pruning import GradualPruner
 from lib.pruning.scores import score_name
+from lib.train_loop import LoopConfig, TrainingLoop, metrics_from
 
 
 def parse_run_dir(description: str) -> tuple[Path, bool]:
@@ -34,6 +38,30 @@ def parse_run_dir(description: str) -> tuple[Path, bool]:
                         help="use only data already on disk (the runner prepared it before the matrix)")
     args = parser.parse_args()
     return args.run_dir, not args.no_download
+
+
+@dataclass(frozen=True)
+class RunContext:
+    """What every trainer knows once it has started: its folder, spec and device."""
+
+    run_dir: Path
+    spec: RunSpec
+    download: bool
+    device: torch.device
+    device_note: Optional[str]
+    started: float
+
+
+def start_run(description: str) -> RunContext:
+    """Parse the command line, read run.json, seed everything and pick the device."""
+    started = time.perf_counter()
+    run_dir, download = parse_run_dir(description)
+    spec = load_spec(run_dir)
+    seed_everything(spec.seed)
+    device, note = resolve_device(spec.hyperparams["training"]["device"])
+    if note:
+        print(f"note: {note}")
+    return RunContext(run_dir, spec, download, device, note, started)
 
 
 def load_spec(run_dir: Path) -> RunSpec:
@@ -91,34 +119,12 @@ def schedule_for(spec: RunSpec, total_steps: int, warmup_steps: int | None = Non
     return lr_schedule_for(spec.optimizer, spec.hyperparams["optimizer"], training, total_steps, warmup, min_lr)
 
 
-@dataclass
-class ClassificationTask:
-    """Data and batch transform of an image classifier; the loop does the rest."""
-
-    train_x: torch.Tensor
-    train_y: torch.Tensor
-    test_x: torch.Tensor
-    test_y: torch.Tensor
-    augment: Callable[[torch.Tensor, torch.Generator], torch.Tensor] | None = None
-
-
-@torch.no_grad()
-def evaluate(model: nn.Module, x: torch.Tensor, y: torch.Tensor, batch_size: int) -> tuple[float, float]:
-    """(mean loss, top-1 accuracy %) over a held-out set."""
-    model.eval()
-    loss_sum, correct = 0.0, 0
-    for start in range(0, x.shape[0], batch_size):
-        logits = model(x[start:start + batch_size])
-        target = y[start:start + batch_size]
-        loss_sum += nn.functional.cross_entropy(logits, target, reduction="sum").item()
-        correct += int((logits.argmax(1) == target).sum())
-    return loss_sum / x.shape[0], 100.0 * correct / x.shape[0]
-
-
 def memory_account(model: nn.Module, optimizer: torch.optim.Optimizer, pruner: GradualPruner | None) -> dict:
     """Bytes of weights, gradients, optimizer state and masks, measured from the tensors."""
     weights = sum(p.numel() * p.element_size() for p in model.parameters())
-    grads = sum(p.grad.numel() * p.grad.element_size() for p in model.parameters() if p.grad is not None)
+    # Every trainable parameter has a gradient of its size during each step
+    # (the loop frees them between steps, so count what a step holds).
+    grads = sum(p.numel() * p.element_size() for p in model.parameters() if p.requires_grad)
     state = state_bytes(optimizer)
     masks = pruner.mask_bytes() if pruner else 0
     tracked = pruner.tracked_bytes() if pruner else 0
@@ -131,57 +137,6 @@ def memory_account(model: nn.Module, optimizer: torch.optim.Optimizer, pruner: G
                      "inference: non-zero weights only (sparse storage, index overhead not counted)"}
 
 
-def train_classifier(model: nn.Module, task: ClassificationTask, optimizer: torch.optim.Optimizer,
-                     pruner: GradualPruner | None, *, epochs: int, batch_size: int, schedule: LRSchedule,
-                     generator: torch.Generator, log: Callable[[str], None] = print) -> dict[str, Any]:
-    """Train for `epochs`, evaluate each epoch; return the metrics of metrics.json."""
-    n = task.train_x.shape[0]
-    step, history, best = 0, [], (-1.0, 0)
-    start = time.perf_counter()
-    for epoch in range(1, epochs + 1):
-        model.train()
-        epoch_start, loss_sum, correct = time.perf_counter(), 0.0, 0
-        order = torch.randperm(n, generator=generator).to(task.train_x.device)
-        for i in range(0, n, batch_size):
-            idx = order[i:i + batch_size]
-            x, y = task.train_x[idx], task.train_y[idx]
-            if task.augment:
-                x = task.augment(x, generator)
-            for group in optimizer.param_groups:
-                group["lr"] = schedule.at(step)
-            logits = model(x)
-            loss = nn.functional.cross_entropy(logits, y)
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            if pruner:
-                pruner.before_optimizer_step()
-            optimizer.step()
-            step += 1
-            if pruner:
-                pruner.after_optimizer_step(step)
-            loss_sum += loss.item() * y.shape[0]
-            correct += int((logits.argmax(1) == y).sum())
-        test_loss, test_acc = evaluate(model, task.test_x, task.test_y, max(batch_size, 512))
-        sparsity, _, _, _ = measure_sparsity(prunable_parameters(model))
-        record = {"epoch": epoch, "train_loss": loss_sum / n, "train_accuracy_pct": 100.0 * correct / n,
-                  "test_loss": test_loss, "test_accuracy_pct": test_acc, "sparsity_pct": sparsity,
-                  "lr": optimizer.param_groups[0]["lr"], "epoch_time_s": time.perf_counter() - epoch_start}
-        history.append(record)
-        best = max(best, (test_acc, epoch))
-        log(f"epoch {epoch}/{epochs}  loss {record['train_loss']:.4f}  test acc {test_acc:.2f}%  "
-            f"sparsity {sparsity:.1f}%  {record['epoch_time_s']:.1f}s")
-    train_time = time.perf_counter() - start
-    global_pct, per_layer, zeros, total = measure_sparsity(prunable_parameters(model))
-    return {"task": "classification", "epochs": history, "best_accuracy_pct": best[0], "best_epoch": best[1],
-            "final_accuracy_pct": history[-1]["test_accuracy_pct"], "final_test_loss": history[-1]["test_loss"],
-            "sparsity": {"global_pct": global_pct, "per_layer_pct": per_layer, "prunable_params": total,
-                         "zero_params": zeros},
-            "pruning_schedule": pruner.history if pruner else [],
-            "memory": memory_account(model, optimizer, pruner),
-            "train_time_s": train_time, "throughput_samples_per_s": epochs * n / train_time if train_time else None,
-            "steps": step}
-
-
 def write_metrics(run_dir: Path, spec: RunSpec, metrics: dict[str, Any]) -> None:
     metrics = {"schema_version": SCHEMA_VERSION, "run_id": spec.run_id, "model": spec.model, **metrics}
     metrics["sparsity"]["target_pct"] = spec.target_sparsity_pct
@@ -191,3 +146,36 @@ def write_metrics(run_dir: Path, spec: RunSpec, metrics: dict[str, Any]) -> None
 def cuda_peak_mib(device: torch.device) -> float | None:
     return torch.cuda.max_memory_allocated(device) / 2**20 if device.type == "cuda" else None
 
+
+
+def resume_dir(run_dir: Path) -> Path:
+    """Where last.pt lives: beside the run folder, so that `make continue`,
+    which sets an unfinished run folder aside, leaves it for the rerun."""
+    return run_dir.parent / ".resume" / run_dir.name
+
+
+def loop_config(spec: RunSpec, run_dir: Path, plan: BatchPlan, *, total_steps: int, eval_every: int,
+                max_time_s: float = 0.0, eval_at_start: bool = False) -> LoopConfig:
+    training = spec.hyperparams["training"]
+    return LoopConfig(
+        total_steps=total_steps, eval_every=max(1, eval_every), grad_accum=plan.grad_accum, max_time_s=max_time_s,
+        mixed_precision=training.get("mixed_precision", False), compile_model=training.get("compile_model", False),
+        resume_dir=resume_dir(run_dir) if training.get("resume", True) else None,
+        best_dir=run_dir / "checkpoints" if training.get("save_checkpoint") else None,
+        eval_at_start=eval_at_start, log_every=training.get("log_every", 0),
+        identity={"spec": spec.to_json(), "plan": plan.to_json()})
+
+
+def train_and_record(run_dir: Path, spec: RunSpec, loop: TrainingLoop, *, started: float, note: Optional[str],
+                     plan: BatchPlan, dataset: dict[str, Any], dist: Dist = Dist()) -> dict[str, Any]:
+    """Run the loop, then write metrics.json (rank 0 only); returns the metrics."""
+    loop.run()
+    metrics = metrics_from(loop)
+    metrics["memory"] = memory_account(loop.model, loop.optimizer, loop.pruner)
+    metrics["memory"]["cuda_max_allocated_mib"] = cuda_peak_mib(loop.device)
+    metrics.update(dataset=dataset, environment=environment(loop.device, note), batch_plan=plan.to_json(),
+                   wall_time_s=time.perf_counter() - started)
+    if dist.is_main:
+        write_metrics(run_dir, spec, metrics)
+        loop.discard_resume_state()
+    return metrics

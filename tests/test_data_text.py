@@ -26,6 +26,7 @@ from lib.data.text import get_batch, load_tokens, prepare_text, prepared_dir
 from lib.data.text_sources import HubDataset, text_pieces
 from lib.data.tokenizer import BPE_RANKS, EOT_TOKEN, gpt2_encoding
 from lib.errors import UserError
+from lib.jsonio import read_json
 from tests.loopback import refused_url, serve_folder
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -193,7 +194,7 @@ def test_too_little_text_and_bad_arguments(tmp_path):
         prepare_text("local", tmp_path)
     with pytest.raises(UserError, match="token cap"):
         prepare_text("shakespeare", tmp_path, token_cap=0)
-    with pytest.raises(UserError, match="missing.txt: text file not found"):
+    with pytest.raises(UserError, match="missing.txt: text file or folder not found"):
         prepare_text("local", tmp_path, path=tmp_path / "missing.txt")
 
 
@@ -284,3 +285,24 @@ def test_get_batch_on_cuda(token_file):
     x, y = get_batch(token_file, 16, 4, torch.Generator().manual_seed(0), "cuda")
     assert x.is_cuda and y.is_cuda and x.dtype == torch.int64
     assert torch.equal(y.cpu(), x.cpu() + 1)
+
+
+def test_a_folder_is_its_text_files_in_order(tmp_path):
+    folder = tmp_path / "notes"
+    (folder / "b").mkdir(parents=True)
+    (folder / "a.md").write_text("First file. " * 400)
+    (folder / "b" / "c.txt").write_text("Second file. " * 400)
+    (folder / "skip.bin").write_bytes(b"\x00\x01")
+    out = prepare_text("local", tmp_path / "data", path=folder)
+    tokens = load_tokens(out)
+    meta = tokens.meta
+    assert meta["origin_files"] == 2
+    encoding = gpt2_encoding()
+    # Files are tokenized one after another (a token never spans two files).
+    expected = encoding.encode_ordinary("First file. " * 400) + encoding.encode_ordinary("Second file. " * 400)
+    assert list(tokens.train) + list(tokens.val) == expected
+    assert prepare_text("local", tmp_path / "data", path=folder) == out  # reused while unchanged
+    (folder / "a.md").write_text("Changed. " * 400)
+    assert read_json(out / "meta.json")["origin_bytes"] == meta["origin_bytes"]
+    prepare_text("local", tmp_path / "data", path=folder)
+    assert read_json(out / "meta.json")["origin_bytes"] != meta["origin_bytes"]

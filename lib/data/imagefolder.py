@@ -82,10 +82,27 @@ class ImageFolderData:
                 num_workers: int = 0, drop_last: bool = False) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
         """One pass over `split` ("train" or "test") as normalised float32
         [B,3,S,S] images and int64 [B] labels on the device."""
-        dataset = {"train": self.train, "test": self.test}[split]
-        cuda = self.device.type == "cuda"
+        dataset = self._split(split)
         loader = torch.utils.data.DataLoader(dataset, batch_size=batch_size, shuffle=shuffle, generator=generator,
-                                             num_workers=num_workers, pin_memory=cuda, drop_last=drop_last)
+                                             num_workers=num_workers, pin_memory=self.device.type == "cuda",
+                                             drop_last=drop_last)
+        return self._on_device(loader, dataset)
+
+    def loader(self, split: str, batch_indices: list[list[int]],
+               num_workers: int = 0) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        """The given batches of sample indices, in that order (the training loop
+        decides the order so that a resumed run sees the same batches)."""
+        dataset = self._split(split)
+        loader = torch.utils.data.DataLoader(dataset, batch_sampler=batch_indices, num_workers=num_workers,
+                                             pin_memory=self.device.type == "cuda")
+        return self._on_device(loader, dataset)
+
+    def _split(self, split: str) -> ImageFolderDataset:
+        return {"train": self.train, "test": self.test}[split]
+
+    def _on_device(self, loader: torch.utils.data.DataLoader,
+                   dataset: ImageFolderDataset) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        cuda = self.device.type == "cuda"
         mean = torch.tensor(IMAGENET_MEAN, device=self.device).view(1, 3, 1, 1)
         std = torch.tensor(IMAGENET_STD, device=self.device).view(1, 3, 1, 1)
         for pixels, labels in loader:

@@ -23,7 +23,7 @@ import torch
 
 from lib.data.download import temp_beside
 from lib.data.progress import Progress
-from lib.data.text_sources import TEXT_SOURCES, DocumentStream, SourceUnavailable, local_dir_name
+from lib.data.text_sources import TEXT_SOURCES, DocumentStream, SourceUnavailable, local_dir_name, text_files
 from lib.data.tokenizer import BPE_RANKS, BPE_RANKS_SHA256, EOT_TOKEN, VOCAB_SIZE, gpt2_encoding
 from lib.errors import UserError
 from lib.jsonio import read_json, write_json_atomic
@@ -103,11 +103,13 @@ def _identity(source: str, token_cap: int | None, file: Path | None) -> dict:
     """What must match for an earlier preparation to be reused."""
     identity = {"source": source, "token_cap": token_cap}
     if file is not None:
-        if not file.is_file():
-            raise UserError(f"{file}: text file not found")
-        stat = file.stat()
-        identity |= {"origin_path": str(file.resolve()), "origin_bytes": stat.st_size,
-                     "origin_mtime_ns": stat.st_mtime_ns}
+        if not (file.is_file() or file.is_dir()):
+            raise UserError(f"{file}: text file or folder not found")
+        stats = [f.stat() for f in (text_files(file) if file.is_dir() else [file])]
+        identity |= {"origin_path": str(file.resolve()), "origin_bytes": sum(s.st_size for s in stats),
+                     "origin_mtime_ns": max((s.st_mtime_ns for s in stats), default=0)}
+        if file.is_dir():
+            identity["origin_files"] = len(stats)
     return identity
 
 

@@ -14,6 +14,7 @@ import hashlib
 import urllib.error
 import urllib.request
 from dataclasses import dataclass
+from itertools import chain
 from http.client import HTTPException
 from pathlib import Path
 from typing import Callable, Iterable, Iterator
@@ -141,8 +142,23 @@ def _last_safe_cut(text: str) -> int:
     return 0
 
 
+TEXT_SUFFIXES = (".txt", ".md", ".rst")
+
+
+def text_files(folder: Path) -> list[Path]:
+    """The text files under a folder, in a stable order."""
+    return sorted(p for p in folder.rglob("*") if p.is_file() and p.suffix.lower() in TEXT_SUFFIXES)
+
+
 def local_file(path: Path) -> DocumentStream:
-    """Plain text is one running text; .jsonl/.json/.parquet are documents."""
+    """Plain text is one running text; .jsonl/.json/.parquet are documents; a
+    folder is its .txt/.md/.rst files read one after another as one running text."""
+    if path.is_dir():
+        files = text_files(path)
+        if not files:
+            raise UserError(f"{path}: folder holds no {'/'.join(TEXT_SUFFIXES)} files")
+        return DocumentStream(chain.from_iterable(text_pieces(f) for f in files), continuous=True,
+                              origin=f"{path} ({len(files)} files)")
     if not path.is_file():
         raise UserError(f"{path}: text file not found")
     builder = {".jsonl": "json", ".json": "json", ".parquet": "parquet"}.get(path.suffix.lower())

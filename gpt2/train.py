@@ -1,0 +1,90 @@
+"""GPT-2 language modelling on GPT-2-tokenized text: data, model, then the shared loop.
+
+Run by the runner as `python -m gpt2.train --run-dir D` (under torchrun when
+the run has several GPUs); D/run.json holds the RunSpec. Writes
+D/metrics.json with validation loss and perplexity (best and final),
+tokens/s and the measured sparsity.
+"""
+from __future__ import annotations
+
+import math
+from pathlib import Path
+from typing import Any
+
+from gpt2.model import GPT, gpt2_config
+from lib.batch_plan import activation_mib, free_gpu_mib, plan_batch
+from lib.data.text import TokenData, load_tokens, prepare_text, prepared_dir
+from lib.data.tokenizer import VOCAB_SIZE
+from lib.distributed import init_distributed, shutdown
+from lib.errors import run_cli
+from lib.optim import build_optimizer
+from lib.tasks import LanguageModelTask
+from lib.train import build_pruner, loop_config, schedule_for, start_run, train_and_record
+from lib.train_loop import TrainingLoop
+
+PADDED_VOCAB = 50304  # GPT-2's 50257 rounded up to a multiple of 64 (nanoGPT): faster matmuls
+
+
+def _text_source(hyperparams: dict) -> tuple[str, Path, int | None, str | None]:
+    model = hyperparams["model"]
+    return (model["dataset"], Path(hyperparams["training"]["data_dir"]), model["token_cap"] or None,
+            model["data_path"] or None)
+
+
+def prepare_data(hyperparams: dict) -> str:
+    """Tokenize the run's corpus once before a matrix (reused when already prepared)."""
+    source, data_dir, cap, path = _text_source(hyperparams)
+    tokens = load_tokens(prepare_text(source, data_dir, cap, path))
+    return f"gpt2 text: {source} {tokens.meta['train_tokens']:,} train / {tokens.meta['val_tokens']:,} val tokens"
+
+
+def _load(hyperparams: dict, download: bool) -> TokenData:
+    source, data_dir, cap, path = _text_source(hyperparams)
+    return load_tokens(prepare_text(source, data_dir, cap, path) if download else prepared_dir(source, data_dir, path))
+
+
+def _dataset_info(tokens: TokenData) -> dict[str, Any]:
+    meta = tokens.meta
+    return {"name": meta["source"], "source": meta.get("origin"), "train_size": meta["train_tokens"],
+            "test_size": meta["val_tokens"], "unit": "tokens", "split": meta.get("split"), "path": str(tokens.path)}
+
+
+def main() -> None:
+    run = start_run(__doc__.splitlines()[0])
+    dist, device = init_distributed(run.device)
+    spec, hp = run.spec, run.spec.hyperparams
+    m, training = hp["model"], hp["training"]
+    tokens = _load(hp, run.download)
+    if dist.is_main:
+        print(f"data: {tokens.path} {tokens.meta['train_tokens']:,} train / {tokens.meta['val_tokens']:,} val tokens")
+    config = gpt2_config(m["model_size"], m["block_size"], PADDED_VOCAB, m.get("dropout", 0.0))
+    assert config.vocab_size >= VOCAB_SIZE
+    model = GPT(config).to(device)
+    plan = plan_batch("gpt2", training, world_size=dist.world_size, free_gpu_mib=free_gpu_mib(device),
+                      num_params=sum(p.numel() for p in model.parameters()),
+                      per_sample_mib=activation_mib("gpt2", m, config.n_layer, config.n_embd))
+    if dist.is_main:
+        print(f"model: GPT-2 {m['model_size']} ({sum(p.numel() for p in model.parameters()):,} parameters), "
+              f"block {config.block_size}; {plan.describe()}")
+    tokens_per_step = plan.effective_batch * config.block_size
+    total_steps = m["max_iters"] or training["epochs"] * math.ceil(len(tokens.train) / tokens_per_step)
+    schedule = schedule_for(spec, total_steps, warmup_steps=min(m["warmup_steps"], total_steps),
+                            min_lr=m["min_lr"])
+    optimizer = build_optimizer(spec.optimizer, model, schedule.peak, hp["optimizer"])
+    pruner = build_pruner(spec, model, optimizer, total_steps, math.ceil(total_steps / training["epochs"]))
+    task = LanguageModelTask(tokens, config.block_size, plan.micro_batch, spec.seed, m["eval_samples"], device,
+                             rank=dist.rank)
+    loop_cfg = loop_config(spec, run.run_dir, plan, total_steps=total_steps, eval_every=m["eval_interval"],
+                           max_time_s=m["max_time_s"], eval_at_start=True)
+    loop = TrainingLoop(model, task, optimizer, pruner, schedule, loop_cfg, device=device, dist=dist)
+    metrics = train_and_record(run.run_dir, spec, loop, started=run.started, note=run.device_note, plan=plan,
+                               dataset=_dataset_info(tokens), dist=dist)
+    shutdown(dist)
+    if dist.is_main:
+        print(f"perplexity {metrics['initial_perplexity']:.2f} -> best {metrics['best_perplexity']:.2f}  "
+              f"sparsity {metrics['sparsity']['global_pct']:.2f}%  "
+              f"{metrics.get('tokens_per_s') or 0:,.0f} tokens/s")
+
+
+if __name__ == "__main__":
+    run_cli(main)

@@ -1,0 +1,68 @@
+"""Training checkpoints: `last.pt` to resume an interrupted run, `best.pt` to keep.
+
+Both live in `<run-dir>/checkpoints/` and are written to a temporary file
+and renamed, so a kill mid-write leaves the previous checkpoint intact. A
+checkpoint holds everything the next step depends on: weights, optimizer
+state, pruning masks and history, the loop's counters and the RNG states
+(dropout draws from torch's global generator).
+"""
+from __future__ import annotations
+
+import os
+import random
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from lib.errors import UserError
+
+CHECKPOINT_DIR = "checkpoints"
+LAST, BEST = "last.pt", "best.pt"
+FORMAT_VERSION = 1
+
+
+def checkpoint_dir(run_dir: Path) -> Path:
+    return run_dir / CHECKPOINT_DIR
+
+
+def rng_state() -> dict[str, Any]:
+    state = {"python": random.getstate(), "numpy": np.random.get_state(), "torch": torch.get_rng_state()}
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def restore_rng_state(state: dict[str, Any]) -> None:
+    random.setstate(state["python"])
+    np.random.set_state(state["numpy"])
+    torch.set_rng_state(state["torch"])
+    if "cuda" in state and torch.cuda.is_available() and len(state["cuda"]) == torch.cuda.device_count():
+        torch.cuda.set_rng_state_all(state["cuda"])
+
+
+def save_checkpoint(path: Path, state: dict[str, Any]) -> None:
+    """Write `state` to `path` atomically (temp file in the same folder, then rename)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    try:
+        torch.save({"format_version": FORMAT_VERSION, **state}, tmp)
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
+def load_checkpoint(path: Path, device: torch.device) -> dict[str, Any] | None:
+    """The checkpoint at `path`, or None when there is none."""
+    if not path.is_file():
+        return None
+    try:
+        # Our own file, holding RNG states and Python containers: not weights-only.
+        state = torch.load(path, map_location=device, weights_only=False)
+    except (RuntimeError, EOFError, OSError) as exc:
+        raise UserError(f"{path}: unreadable checkpoint ({exc}); delete it to start the run afresh") from exc
+    if state.get("format_version") != FORMAT_VERSION:
+        raise UserError(f"{path}: checkpoint format {state.get('format_version')} is not {FORMAT_VERSION}; "
+                        f"delete it to start the run afresh")
+    return state

@@ -1,0 +1,57 @@
+"""Training an image classifier end to end: the part LeNet-5, ResNet-18 and ResNet-50 share.
+
+A `<model>/train.py` loads its data and builds its network; this module
+sizes the batch, builds optimizer, pruner and schedule from the run spec,
+runs the shared loop with evaluation each epoch and writes metrics.json.
+"""
+from __future__ import annotations
+
+import os
+from typing import Any, Callable, Optional, Union
+
+import torch
+from torch import nn
+
+from lib.batch_plan import free_gpu_mib, plan_batch
+from lib.data.augment import random_crop, random_flip
+from lib.data.imagefolder import ImageFolderData
+from lib.data.mnist import ImageClassificationData
+from lib.optim import build_optimizer
+from lib.tasks import ClassificationTask, FolderClassificationTask
+from lib.train import RunContext, build_pruner, loop_config, schedule_for, train_and_record
+from lib.train_loop import TrainingLoop
+
+Augment = Callable[[torch.Tensor, torch.Generator], torch.Tensor]
+
+
+def crop_and_flip(padding: int = 4) -> Augment:
+    """The standard CIFAR augmentation: random crop of the padded image, then a random mirror."""
+    return lambda x, g: random_flip(random_crop(x, padding, g), g)
+
+
+def train_image_classifier(run: RunContext, data: Union[ImageClassificationData, ImageFolderData],
+                           model: nn.Module, augment: Optional[Augment]) -> dict[str, Any]:
+    """Train `model` on in-memory tensors or an image folder; write metrics.json."""
+    spec, training = run.spec, run.spec.hyperparams["training"]
+    plan = plan_batch(spec.model, training, free_gpu_mib=free_gpu_mib(run.device),
+                      num_params=sum(p.numel() for p in model.parameters()))
+    print(plan.describe())
+    if isinstance(data, ImageFolderData):
+        task = FolderClassificationTask(data, batch_size=plan.micro_batch, seed=spec.seed, augment=augment,
+                                        grad_accum=plan.grad_accum, num_workers=min(8, os.cpu_count() or 1))
+    else:
+        task = ClassificationTask(data.train_images, data.train_labels, data.test_images, data.test_labels,
+                                  batch_size=plan.micro_batch, seed=spec.seed, augment=augment,
+                                  grad_accum=plan.grad_accum)
+    steps_per_epoch = task.steps_per_epoch
+    total_steps = training["epochs"] * steps_per_epoch
+    schedule = schedule_for(spec, total_steps)
+    optimizer = build_optimizer(spec.optimizer, model, schedule.peak, spec.hyperparams["optimizer"])
+    pruner = build_pruner(spec, model, optimizer, total_steps, steps_per_epoch)
+    config = loop_config(spec, run.run_dir, plan, total_steps=total_steps, eval_every=steps_per_epoch)
+    loop = TrainingLoop(model, task, optimizer, pruner, schedule, config, device=run.device)
+    metrics = train_and_record(run.run_dir, spec, loop, started=run.started, note=run.device_note, plan=plan,
+                               dataset=data.info)
+    print(f"best test accuracy {metrics['best_accuracy_pct']:.2f}%  "
+          f"sparsity {metrics['sparsity']['global_pct']:.2f}%")
+    return metrics

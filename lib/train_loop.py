@@ -1,0 +1,234 @@
+"""The one training loop every trainer uses, for classifiers and language models.
+
+Step-based: an epoch is `steps_per_epoch` optimizer steps. Each step runs
+`grad_accum` micro-batches (DDP synchronises only the last), lets the pruner
+zero pruned gradients, steps the optimizer and then lets the pruner update
+its masks. Evaluation every `eval_every` steps writes a history record; with
+a resume folder each evaluation also writes last.pt, so a killed run goes on
+from its last evaluation and ends at the same step count as one never
+interrupted (batches depend only on the step, see lib/tasks.py).
+"""
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import json
+import shutil
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Optional, Union
+
+import torch
+from torch import nn
+
+from lib.checkpoint import BEST, LAST, load_checkpoint, restore_rng_state, rng_state, save_checkpoint
+from lib.distributed import Dist, any_rank
+from lib.optim.lr_schedules import LRSchedule
+from lib.pruning import GradualPruner, measure_sparsity, prunable_parameters
+from lib.tasks import ClassificationTask, LanguageModelTask, TrainWindow
+
+Task = Union[ClassificationTask, LanguageModelTask]
+
+
+@dataclass
+class LoopConfig:
+    total_steps: int
+    eval_every: int
+    grad_accum: int = 1
+    max_time_s: float = 0.0  # 0: no limit; counts training time across resumes
+    mixed_precision: bool = False
+    compile_model: bool = False
+    resume_dir: Optional[Path] = None  # last.pt lives here; None: no resume
+    best_dir: Optional[Path] = None  # best.pt goes here (SAVE_CHECKPOINT); None: not saved
+    eval_at_start: bool = False  # language models: record the untrained perplexity
+    log_every: int = 0  # extra progress lines between evaluations (0: none)
+    identity: dict[str, Any] = field(default_factory=dict)  # a checkpoint of another run is not resumed
+
+
+@dataclass
+class LoopState:
+    step: int = 0
+    train_time_s: float = 0.0
+    eval_time_s: float = 0.0
+    samples_seen: int = 0
+    history: list[dict[str, Any]] = field(default_factory=list)
+    best: Optional[dict[str, Any]] = None
+    resumed_from_step: Optional[int] = None
+
+
+def autocast_for(device: torch.device, enabled: bool) -> tuple[contextlib.AbstractContextManager, str]:
+    """bf16 autocast where the device supports it, and the precision actually used."""
+    if not enabled:
+        return contextlib.nullcontext(), "fp32"
+    if device.type == "cuda" and not torch.cuda.is_bf16_supported():
+        return torch.autocast("cuda", dtype=torch.float16), "fp16-autocast (no bf16 on this GPU; no loss scaling)"
+    return torch.autocast(device.type, dtype=torch.bfloat16), "bf16-autocast"
+
+
+def _identity_hash(identity: dict[str, Any]) -> str:
+    return hashlib.sha256(json.dumps(identity, sort_keys=True, default=str).encode()).hexdigest()[:16]
+
+
+class TrainingLoop:
+    def __init__(self, model: nn.Module, task: Task, optimizer: torch.optim.Optimizer,
+                 pruner: Optional[GradualPruner], schedule: LRSchedule, config: LoopConfig, *,
+                 device: torch.device, dist: Dist = Dist(), log: Callable[[str], None] = print) -> None:
+        self.model, self.task, self.optimizer, self.pruner = model, task, optimizer, pruner
+        self.schedule, self.config, self.device, self.dist = schedule, config, device, dist
+        self.log = log if dist.is_main else (lambda _: None)
+        self.state = LoopState()
+        self.autocast, self.precision = autocast_for(device, config.mixed_precision)
+        self.forward_model = self._wrap(model)
+
+    def _wrap(self, model: nn.Module) -> nn.Module:
+        """torch.compile first, then DDP around it (nanoGPT's order)."""
+        if self.config.compile_model:
+            model = torch.compile(model)
+        if self.dist.enabled:
+            from torch.nn.parallel import DistributedDataParallel
+
+            model = DistributedDataParallel(model, device_ids=[self.dist.local_rank]
+                                            if self.device.type == "cuda" else None)
+        return model
+
+    # -- checkpoints ------------------------------------------------------
+
+    def _checkpoint_state(self) -> dict[str, Any]:
+        s = self.state
+        return {"identity": _identity_hash(self.config.identity), "step": s.step, "train_time_s": s.train_time_s,
+                "eval_time_s": s.eval_time_s, "samples_seen": s.samples_seen, "history": s.history,
+                "best": s.best, "model": self.model.state_dict(), "optimizer": self.optimizer.state_dict(),
+                "pruner": self.pruner.state_dict() if self.pruner else None, "rng": rng_state()}
+
+    def _resume(self) -> None:
+        if self.config.resume_dir is None:
+            return
+        saved = load_checkpoint(self.config.resume_dir / LAST, self.device)
+        if saved is None:
+            return
+        if saved["identity"] != _identity_hash(self.config.identity):
+            self.log(f"note: {self.config.resume_dir / LAST} belongs to another configuration; starting afresh")
+            return
+        self.model.load_state_dict(saved["model"])
+        self.optimizer.load_state_dict(saved["optimizer"])
+        if self.pruner and saved["pruner"]:
+            self.pruner.load_state_dict(saved["pruner"])
+        restore_rng_state(saved["rng"])
+        s = self.state
+        s.step, s.train_time_s, s.eval_time_s = saved["step"], saved["train_time_s"], saved["eval_time_s"]
+        s.samples_seen, s.history, s.best = saved["samples_seen"], saved["history"], saved["best"]
+        s.resumed_from_step = s.step
+        self.log(f"resumed from {self.config.resume_dir / LAST} at step {s.step}/{self.config.total_steps}")
+
+    def _save(self, improved: bool) -> None:
+        if not self.dist.is_main:
+            return
+        if self.config.best_dir is not None and improved:
+            save_checkpoint(self.config.best_dir / BEST, {"step": self.state.step, "model": self.model.state_dict(),
+                                                          "evaluation": self.state.best})
+        if self.config.resume_dir is not None and self.state.step < self.config.total_steps:
+            save_checkpoint(self.config.resume_dir / LAST, self._checkpoint_state())
+
+    def discard_resume_state(self) -> None:
+        """A finished run needs no last.pt: free its disk (GPT-2 124M: ~1.5 GB)."""
+        if self.config.resume_dir is not None and self.dist.is_main:
+            shutil.rmtree(self.config.resume_dir, ignore_errors=True)
+            with contextlib.suppress(OSError):
+                self.config.resume_dir.parent.rmdir()  # .resume/ itself, once no run needs it
+
+    # -- the loop ---------------------------------------------------------
+
+    def _evaluate(self, window: TrainWindow) -> None:
+        start = time.perf_counter()
+        self.model.eval()
+        with self.autocast:
+            evaluation = self.task.evaluate(self.model)
+        self.model.train()
+        s = self.state
+        sparsity = measure_sparsity(prunable_parameters(self.model))[0]
+        record = {**self.task.record(s.step, window, evaluation), "sparsity_pct": sparsity,
+                  "lr": self.optimizer.param_groups[0]["lr"], "elapsed_s": s.train_time_s + s.eval_time_s,
+                  "samples_seen": s.samples_seen}
+        s.history.append(record)
+        improved = self.task.better(record, s.best)
+        if improved:
+            s.best = record
+        s.eval_time_s += time.perf_counter() - start
+        self.log(f"{self.task.describe(record)}  sparsity {sparsity:.1f}%  lr {record['lr']:.3g}  "
+                 f"[{s.step}/{self.config.total_steps} steps, {s.train_time_s:.0f}s]")
+        self._save(improved)
+
+    def _time_up(self) -> bool:
+        limit = self.config.max_time_s
+        return any_rank(bool(limit) and self.state.train_time_s >= limit, self.dist, self.device)
+
+    def _one_step(self, window: TrainWindow) -> None:
+        cfg, s = self.config, self.state
+        lr = self.schedule.at(s.step)
+        for group in self.optimizer.param_groups:
+            group["lr"] = lr
+        for micro in range(cfg.grad_accum):
+            batch = self.task.batch(s.step, micro)
+            if batch is None:
+                continue
+            x, y = batch
+            last = micro == cfg.grad_accum - 1
+            sync = (self.forward_model.no_sync() if self.dist.enabled and not last else contextlib.nullcontext())
+            with sync:
+                with self.autocast:
+                    loss, correct = self.task.loss(self.forward_model, x, y)
+                (loss / cfg.grad_accum).backward()
+            window.add(loss, correct, y.numel())
+            s.samples_seen += y.shape[0] * self.dist.world_size
+        if self.pruner:
+            self.pruner.before_optimizer_step()
+        self.optimizer.step()
+        self.optimizer.zero_grad(set_to_none=True)
+        s.step += 1
+        if self.pruner:
+            self.pruner.after_optimizer_step(s.step)
+
+    def run(self) -> LoopState:
+        """Train to `total_steps` (or the time limit) from scratch or from last.pt."""
+        self._resume()
+        cfg, s = self.config, self.state
+        self.model.train()
+        window = TrainWindow()
+        if cfg.eval_at_start and not s.history:
+            self._evaluate(window)
+        while s.step < cfg.total_steps and not self._time_up():
+            start = time.perf_counter()
+            self._one_step(window)
+            if self.device.type == "cuda" and cfg.log_every and s.step % cfg.log_every == 0:
+                torch.cuda.synchronize(self.device)  # honest step timing at log points
+            s.train_time_s += time.perf_counter() - start
+            if cfg.log_every and s.step % cfg.log_every == 0 and s.step % cfg.eval_every:
+                self.log(f"step {s.step}/{cfg.total_steps}  loss {window.mean_loss() or 0:.4f}  "
+                         f"{s.samples_seen / max(s.train_time_s, 1e-9):.1f} samples/s")
+            if s.step % cfg.eval_every == 0 or s.step == cfg.total_steps:
+                self._evaluate(window)
+                window = TrainWindow()
+        if not s.history or s.history[-1]["step"] != s.step:
+            self._evaluate(window)  # stopped by the time limit between evaluations
+        return s
+
+
+def metrics_from(loop: TrainingLoop) -> dict[str, Any]:
+    """The loop's part of metrics.json: curves, best and final figures, sparsity, timing."""
+    s, task = loop.state, loop.task
+    global_pct, per_layer, zeros, total = measure_sparsity(prunable_parameters(loop.model))
+    throughput = s.samples_seen / s.train_time_s if s.train_time_s else None
+    metrics = {**task.summary(s.history, s.best),
+               "sparsity": {"global_pct": global_pct, "per_layer_pct": per_layer, "prunable_params": total,
+                            "zero_params": zeros},
+               "pruning_schedule": loop.pruner.history if loop.pruner else [],
+               "steps": s.step, "planned_steps": loop.config.total_steps,
+               "stopped_by": "time limit" if s.step < loop.config.total_steps else "steps",
+               "resumed_from_step": s.resumed_from_step, "train_time_s": s.train_time_s,
+               "eval_time_s": s.eval_time_s, "throughput_samples_per_s": throughput,
+               "precision": loop.precision, "compiled": loop.config.compile_model,
+               "grad_accum": loop.config.grad_accum, "world_size": loop.dist.world_size}
+    if isinstance(task, LanguageModelTask) and throughput:
+        metrics["tokens_per_s"] = throughput * task.block_size
+    return metrics

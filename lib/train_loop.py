@@ -23,7 +23,7 @@ import torch
 from torch import nn
 
 from lib.checkpoint import BEST, LAST, load_checkpoint, restore_rng_state, rng_state, save_checkpoint
-from lib.distributed import Dist, any_rank
+from lib.distributed import Dist, any_rank, mean_across_ranks
 from lib.optim.lr_schedules import LRSchedule
 from lib.pruning import GradualPruner, measure_sparsity, prunable_parameters
 from lib.tasks import ClassificationTask, LanguageModelTask, TrainWindow
@@ -121,26 +121,43 @@ class TrainingLoop:
         s.resumed_from_step = s.step
         self.log(f"resumed from {self.config.resume_dir / LAST} at step {s.step}/{self.config.total_steps}")
 
+    def _best_path(self) -> Optional[Path]:
+        """Until the run finishes, best.pt stays beside last.pt: `make continue`
+        sets an unfinished run folder aside, and a resumed run must keep it."""
+        if self.config.best_dir is None:
+            return None
+        return (self.config.resume_dir or self.config.best_dir) / BEST
+
     def _save(self, improved: bool) -> None:
         if not self.dist.is_main:
             return
-        if self.config.best_dir is not None and improved:
-            save_checkpoint(self.config.best_dir / BEST, {"step": self.state.step, "model": self.model.state_dict(),
-                                                          "evaluation": self.state.best})
-        if self.config.resume_dir is not None and self.state.step < self.config.total_steps:
+        best = self._best_path()
+        if best is not None and improved:
+            save_checkpoint(best, {"step": self.state.step, "model": self.model.state_dict(),
+                                   "evaluation": self.state.best})
+        if self.config.resume_dir is not None and 0 < self.state.step < self.config.total_steps:
             save_checkpoint(self.config.resume_dir / LAST, self._checkpoint_state())
 
     def discard_resume_state(self) -> None:
-        """A finished run needs no last.pt: free its disk (GPT-2 124M: ~1.5 GB)."""
-        if self.config.resume_dir is not None and self.dist.is_main:
-            shutil.rmtree(self.config.resume_dir, ignore_errors=True)
-            with contextlib.suppress(OSError):
-                self.config.resume_dir.parent.rmdir()  # .resume/ itself, once no run needs it
+        """The run is done: move best.pt into the run folder and free last.pt
+        (for GPT-2 124M about 1.6 GB)."""
+        if self.config.resume_dir is None or not self.dist.is_main:
+            return
+        best = self._best_path()
+        if best is not None and best.is_file():
+            self.config.best_dir.mkdir(parents=True, exist_ok=True)
+            shutil.move(best, self.config.best_dir / BEST)
+        shutil.rmtree(self.config.resume_dir, ignore_errors=True)
+        with contextlib.suppress(OSError):
+            self.config.resume_dir.parent.rmdir()  # .resume/ itself, once no run needs it
 
     # -- the loop ---------------------------------------------------------
 
     def _evaluate(self, window: TrainWindow) -> None:
         start = time.perf_counter()
+        if self.dist.enabled and window.samples:  # every rank saw equally many samples
+            window.loss_sum = mean_across_ranks(float(window.loss_sum), self.dist, self.device)
+            window.correct = mean_across_ranks(float(window.correct), self.dist, self.device)
         self.model.eval()
         with self.autocast:
             evaluation = self.task.evaluate(self.model)

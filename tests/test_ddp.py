@@ -1,0 +1,31 @@
+"""GPT-2 across two processes (torchrun, gloo on CPU): the data-parallel path a
+multi-GPU run takes, with AdamWPrune state pruning."""
+from __future__ import annotations
+
+import torch
+
+from lib.jsonio import read_json
+from tests.tiny_data import gpt2_symbols, one_spec, prepare_gpt2_text, train, write_text
+
+
+def test_two_process_gpt2_run_trains_prunes_and_writes_once(tmp_path):
+    text = write_text(tmp_path / "corpus.txt", n_chars=40_000)
+    spec = one_spec(tmp_path, **gpt2_symbols(text, GPT2_MAX_ITERS=20, GPT2_GPUS_PER_RUN=2, SAVE_CHECKPOINT=True,
+                                             OPTIMIZER_SELECT_ADAMW=False, OPTIMIZER_SELECT_ADAMWPRUNE=True,
+                                             ADAMWPRUNE_BASE_ADAMW=True, PRUNING_SELECT_NONE=False,
+                                             PRUNING_SELECT_STATE=True, ADAMWPRUNE_TARGET_SPARSITY="0.5",
+                                             ADAMWPRUNE_WARMUP_STEPS=5, ADAMWPRUNE_FREQUENCY=5,
+                                             ADAMWPRUNE_RAMP_END_STEP=15))
+    assert spec.pruning == "state"
+    prepare_gpt2_text(spec)
+    run_dir, metrics, output = train(tmp_path / "results", spec)
+    assert "torch.distributed.run" in read_json(run_dir / "run.json")["command"]
+    assert metrics["world_size"] == 2
+    assert metrics["batch_plan"]["effective_batch"] == 2 * metrics["batch_plan"]["micro_batch"]
+    assert metrics["steps"] == 20
+    assert abs(metrics["sparsity"]["global_pct"] - 50.0) < 0.5
+    assert metrics["final_perplexity"] < metrics["initial_perplexity"]
+    # Only rank 0 prints and writes: one summary line, one metrics file.
+    assert output.count("perplexity ") == 1
+    best = torch.load(run_dir / "checkpoints" / "best.pt", map_location="cpu", weights_only=False)
+    assert best["step"] == metrics["best_step"]

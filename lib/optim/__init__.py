@@ -14,6 +14,7 @@ from torch import nn
 
 from lib.errors import UserError
 from lib.optim.adamwadv import AdamWAdv
+from lib.optim.fused_masked_adamw import MaskedAdamW
 from lib.optim.spam import AdamWSPAM
 
 OptimizerBuilder = Callable[[list[dict[str, Any]], float, dict[str, Any]], torch.optim.Optimizer]
@@ -72,7 +73,12 @@ def _adamwprune(groups: list[dict[str, Any]], lr: float, p: dict[str, Any]) -> t
     # AdamWPrune is its base optimizer configured by AdamWPrune's Kconfig
     # values; its state pruning (lib/pruning, `state` runs) reads that
     # optimizer's own exp_avg / exp_avg_sq, so it adds no optimizer memory.
-    return OPTIMIZERS[p["base"]](groups, lr, adamwprune_base_params(p))
+    # Base AdamW without AMSGrad is MaskedAdamW: the same AdamW, taking the
+    # pruner's masks into its step (one pass instead of two on CPU).
+    base = adamwprune_base_params(p)
+    if p["base"] == "adamw" and not base["amsgrad"]:
+        return MaskedAdamW(groups, lr, betas=tuple(base["betas"]), eps=base["eps"], **_implementation(groups))
+    return OPTIMIZERS[p["base"]](groups, lr, base)
 
 
 OPTIMIZERS: dict[str, OptimizerBuilder] = {"sgd": _sgd, "adam": _adam, "adamw": _adamw, "adamwadv": _adamwadv,

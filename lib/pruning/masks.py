@@ -9,7 +9,10 @@ the masks change, the weight and every same-shape optimizer state tensor
 (Adam's moments, AMSGrad's maximum, SGD's momentum) are zeroed where pruned;
 before every optimizer step the gradient is zeroed there. Adam, AdamW, SGD
 and SPAM then leave those entries at zero (m and v stay 0, the update is
-0/(0+eps), decay of 0 is 0). Tests check it after training.
+0/(0+eps), decay of 0 is 0). An optimizer with set_masks() (AdamWPrune on
+AdamW: lib/optim/fused_masked_adamw.py) is handed the masks instead and
+zeroes those entries inside its own step, which saves that pass. Tests check
+it after training.
 """
 from __future__ import annotations
 
@@ -95,9 +98,15 @@ class GradualPruner:
 
     @torch.no_grad()
     def before_optimizer_step(self) -> None:
-        """Zero pruned gradients; accumulate movement scores (-g*w) if tracked."""
-        zero_pruned_((self.params[name].grad, mask) for name, mask in self.masks.items()
-                     if self.params[name].grad is not None)
+        """Zero pruned gradients (or hand the masks to an optimizer that applies them); track movement (-g*w)."""
+        takes_masks = getattr(self.optimizer, "set_masks", None)
+        if takes_masks is not None:
+            # Its step zeroes pruned w, m, v itself; the gradients stay as backward left them,
+            # which changes nothing below: -g*w is 0 where w is 0.
+            takes_masks({self.params[name]: mask for name, mask in self.masks.items()})
+        else:
+            zero_pruned_((self.params[name].grad, mask) for name, mask in self.masks.items()
+                         if self.params[name].grad is not None)
         if self.score.tracks == "movement":
             for name, param in self.params.items():
                 if param.grad is not None:
@@ -126,6 +135,9 @@ class GradualPruner:
         found = kth_smallest(self._all_score_chunks, self._sample_scores, self.total, k, self.sample_size)
         if not self.masks:
             self.masks = {name: torch.ones_like(p, dtype=torch.bool) for name, p in self.params.items()}
+            if not hasattr(self.optimizer, "set_masks") and not self.history:
+                print(f"note: {type(self.optimizer).__name__}: pruned gradients are zeroed in a separate pass before "
+                      "each step (fused into the step only for AdamWPrune on AdamW without AMSGrad)")
         # Masks are rewritten in place, chunk by chunk, right after each chunk is scored.
         for name, start, end, scores in self._score_chunks():
             torch.gt(scores, found.value, out=self.masks[name].view(-1)[start:end])
@@ -219,3 +231,18 @@ class GradualPruner:
     def tracked_bytes(self) -> int:
         """Extra per-weight state the score keeps (movement's accumulator, w0)."""
         return sum(t.numel() * t.element_size() for t in self.tracked.values())
+
+    # -- checkpointing ----------------------------------------------------
+
+    def state_dict(self) -> dict:
+        """What a resumed run needs to continue pruning exactly where it stopped."""
+        return {"masks": dict(self.masks), "tracked": dict(self.tracked), "history": list(self.history),
+                "generator": self.generator.get_state()}
+
+    def load_state_dict(self, state: dict) -> None:
+        device = next(iter(self.params.values())).device
+        self.masks = {name: mask.to(device) for name, mask in state["masks"].items()}
+        for name, tensor in state["tracked"].items():
+            self.tracked[name].copy_(tensor)
+        self.history = list(state["history"])
+        self.generator.set_state(state["generator"])

@@ -7,6 +7,7 @@ runs the shared loop with evaluation each epoch and writes metrics.json.
 from __future__ import annotations
 
 import os
+from dataclasses import dataclass
 from typing import Any, Callable, Optional, Union
 
 import torch
@@ -18,7 +19,7 @@ from lib.data.imagefolder import ImageFolderData
 from lib.data.mnist import ImageClassificationData
 from lib.optim import build_optimizer
 from lib.tasks import ClassificationTask, FolderClassificationTask
-from lib.train import RunContext, build_pruner, loop_config, schedule_for, train_and_record
+from lib.train import RunContext, build_pruner, loop_config, schedule_for, start_run, train_and_record
 from lib.train_loop import TrainingLoop
 
 Augment = Callable[[torch.Tensor, torch.Generator], torch.Tensor]
@@ -29,7 +30,7 @@ def crop_and_flip(padding: int = 4) -> Augment:
     return lambda x, g: random_flip(random_crop(x, padding, g), g)
 
 
-def train_image_classifier(run: RunContext, data: Union[ImageClassificationData, ImageFolderData],
+def train_image_classifier(run: RunContext, data: "Data",
                            model: nn.Module, augment: Optional[Augment]) -> dict[str, Any]:
     """Train `model` on in-memory tensors or an image folder; write metrics.json."""
     spec, training = run.spec, run.spec.hyperparams["training"]
@@ -37,11 +38,11 @@ def train_image_classifier(run: RunContext, data: Union[ImageClassificationData,
                       num_params=sum(p.numel() for p in model.parameters()))
     print(plan.describe())
     if isinstance(data, ImageFolderData):
-        task = FolderClassificationTask(data, batch_size=plan.micro_batch, seed=spec.seed, augment=augment,
+        task = FolderClassificationTask(data=data, batch_size=plan.micro_batch, seed=spec.seed, augment=augment,
                                         grad_accum=plan.grad_accum, num_workers=min(8, os.cpu_count() or 1))
     else:
-        task = ClassificationTask(data.train_images, data.train_labels, data.test_images, data.test_labels,
-                                  batch_size=plan.micro_batch, seed=spec.seed, augment=augment,
+        task = ClassificationTask(train_x=data.train_images, train_y=data.train_labels, test_x=data.test_images,
+                                  test_y=data.test_labels, batch_size=plan.micro_batch, seed=spec.seed, augment=augment,
                                   grad_accum=plan.grad_accum)
     steps_per_epoch = task.steps_per_epoch
     total_steps = training["epochs"] * steps_per_epoch
@@ -55,3 +56,28 @@ def train_image_classifier(run: RunContext, data: Union[ImageClassificationData,
     print(f"best test accuracy {metrics['best_accuracy_pct']:.2f}%  "
           f"sparsity {metrics['sparsity']['global_pct']:.2f}%")
     return metrics
+
+
+Data = Union[ImageClassificationData, ImageFolderData]
+
+
+@dataclass(frozen=True)
+class ImageTrainer:
+    """What a classifier's `<model>/train.py` supplies: how to load its data
+    (hyperparams, device, may download), build its network and augment."""
+
+    load: Callable[[dict, Any, bool], Data]
+    build: Callable[[Data, dict], nn.Module]
+    augment: Callable[[dict], Optional[Augment]]
+
+    def prepare_data(self, hyperparams: dict) -> str:
+        """Download or locate the data once, before a matrix; say what was found."""
+        data = self.load(hyperparams, "cpu", True)
+        return f"{data.info['name']}: {data.info['split']}"
+
+    def main(self, description: str) -> None:
+        run = start_run(description)
+        hp = run.spec.hyperparams
+        data = self.load(hp, run.device, run.download)
+        print(f"data: {data.info['split']}")
+        train_image_classifier(run, data, self.build(data, hp).to(run.device), self.augment(hp))

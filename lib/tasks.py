@@ -54,10 +54,37 @@ def _loss_text(loss: Optional[float]) -> str:
     return "-" if loss is None else f"{loss:.4f}"
 
 
-class ClassifierMetrics:
-    """Loss, record and summary of any image classifier task (top-1 accuracy)."""
+class TaskReport:
+    """How a task judges and reports its evaluations, declared by each task."""
 
-    kind = CLASSIFICATION
+    kind: str
+    history_key: str  # the metrics.json list of evaluation records
+    goal: str  # the record field that decides "best"
+    goal_higher: bool
+    best_fields: dict[str, str]  # metrics.json field -> record field, taken from the best record
+    final_fields: dict[str, str]  # ... taken from the last record
+    line: str  # progress line, formatted from a record
+
+    def better(self, new: dict[str, Any], best: dict[str, Any] | None) -> bool:
+        if best is None:
+            return True
+        return new[self.goal] > best[self.goal] if self.goal_higher else new[self.goal] < best[self.goal]
+
+    def describe(self, record: dict[str, Any]) -> str:
+        return self.line.format(**{**record, "train_loss": _loss_text(record["train_loss"])})
+
+    def summary(self, history: list[dict[str, Any]], best: dict[str, Any]) -> dict[str, Any]:
+        return {"task": self.kind, self.history_key: history, **{k: best[v] for k, v in self.best_fields.items()},
+                **{k: history[-1][v] for k, v in self.final_fields.items()}}
+
+
+class ClassifierMetrics(TaskReport):
+    """Loss and evaluation of any image classifier task (top-1 accuracy)."""
+
+    kind, history_key, goal, goal_higher = CLASSIFICATION, "epochs", "test_accuracy_pct", True
+    best_fields = {"best_accuracy_pct": "test_accuracy_pct", "best_epoch": "epoch"}
+    final_fields = {"final_accuracy_pct": "test_accuracy_pct", "final_test_loss": "test_loss"}
+    line = "epoch {epoch}  loss {train_loss}  test acc {test_accuracy_pct:.2f}%"
     batch_size: int
     steps_per_epoch: int
 
@@ -80,120 +107,107 @@ class ClassifierMetrics:
     def test_batches(self, batch_size: int) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
         raise NotImplementedError
 
-    @staticmethod
-    def better(new: dict[str, float], best: dict[str, float] | None) -> bool:
-        return best is None or new["test_accuracy_pct"] > best["test_accuracy_pct"]
-
     def record(self, step: int, window: TrainWindow, evaluation: dict[str, float]) -> dict[str, Any]:
         return {"epoch": math.ceil(step / self.steps_per_epoch), "step": step, "train_loss": window.mean_loss(),
                 "train_accuracy_pct": window.accuracy_pct(), **evaluation}
 
-    @staticmethod
-    def describe(record: dict[str, Any]) -> str:
-        return (f"epoch {record['epoch']}  loss {_loss_text(record['train_loss'])}  "
-                f"test acc {record['test_accuracy_pct']:.2f}%")
 
-    @staticmethod
-    def summary(history: list[dict[str, Any]], best: dict[str, Any]) -> dict[str, Any]:
-        return {"task": CLASSIFICATION, "epochs": history, "best_accuracy_pct": best["test_accuracy_pct"],
-                "best_epoch": best["epoch"], "final_accuracy_pct": history[-1]["test_accuracy_pct"],
-                "final_test_loss": history[-1]["test_loss"]}
+@dataclass(kw_only=True)
+class StepBatches(ClassifierMetrics):
+    """Where each micro-batch of a step comes from: position in the epoch's
+    seeded permutation, by step, micro-batch and rank (so resume works)."""
+
+    batch_size: int
+    seed: int
+    augment: Callable[[torch.Tensor, torch.Generator], torch.Tensor] | None = None
+    grad_accum: int = 1
+    rank: int = 0
+    world_size: int = 1
+
+    @property
+    def num_train(self) -> int:
+        raise NotImplementedError
+
+    @property
+    def steps_per_epoch(self) -> int:
+        return max(1, math.ceil(self.num_train / (self.batch_size * self.grad_accum * self.world_size)))
+
+    def epoch_order(self, epoch: int) -> torch.Tensor:
+        return torch.randperm(self.num_train, generator=_generator(self.seed, epoch))
+
+    def slot(self, step: int, micro: int) -> tuple[int, int, int]:
+        """(epoch, first, end): positions in the epoch's order of one micro-batch."""
+        epoch, index = divmod(step, self.steps_per_epoch)
+        slot = (index * self.grad_accum + micro) * self.world_size + self.rank
+        return epoch, slot * self.batch_size, (slot + 1) * self.batch_size
+
+    def augmented(self, x: torch.Tensor, step: int, micro: int) -> torch.Tensor:
+        return self.augment(x, _generator(self.seed, step, micro, self.rank, 1)) if self.augment else x
 
 
-def _slot_range(step: int, micro: int, steps_per_epoch: int, grad_accum: int, world_size: int, rank: int,
-                batch_size: int) -> tuple[int, int, int]:
-    """(epoch, first, end) positions in the epoch's order of one micro-batch."""
-    epoch, index = divmod(step, steps_per_epoch)
-    slot = (index * grad_accum + micro) * world_size + rank
-    return epoch, slot * batch_size, (slot + 1) * batch_size
-
-
-@dataclass
-class ClassificationTask(ClassifierMetrics):
+@dataclass(kw_only=True)
+class ClassificationTask(StepBatches):
     """Images and labels already on the device; the loop asks for batches by step."""
 
     train_x: torch.Tensor
     train_y: torch.Tensor
     test_x: torch.Tensor
     test_y: torch.Tensor
-    batch_size: int
-    seed: int
-    augment: Callable[[torch.Tensor, torch.Generator], torch.Tensor] | None = None
-    grad_accum: int = 1
-    rank: int = 0
-    world_size: int = 1
     _order: tuple[int, torch.Tensor] | None = field(default=None, repr=False)
 
     @property
-    def steps_per_epoch(self) -> int:
-        return max(1, math.ceil(self.train_x.shape[0] / (self.batch_size * self.grad_accum * self.world_size)))
-
-    def _epoch_order(self, epoch: int) -> torch.Tensor:
-        if self._order is None or self._order[0] != epoch:
-            order = torch.randperm(self.train_x.shape[0], generator=_generator(self.seed, epoch))
-            self._order = (epoch, order.to(self.train_x.device))
-        return self._order[1]
+    def num_train(self) -> int:
+        return self.train_x.shape[0]
 
     def batch(self, step: int, micro: int) -> tuple[torch.Tensor, torch.Tensor] | None:
         """Micro-batch `micro` of optimizer step `step` (0-based), or None past the epoch's end."""
-        epoch, first, end = _slot_range(step, micro, self.steps_per_epoch, self.grad_accum, self.world_size,
-                                        self.rank, self.batch_size)
-        idx = self._epoch_order(epoch)[first:end]
+        epoch, first, end = self.slot(step, micro)
+        if self._order is None or self._order[0] != epoch:
+            self._order = (epoch, self.epoch_order(epoch).to(self.train_x.device))
+        idx = self._order[1][first:end]
         if idx.numel() == 0:
             return None
-        x, y = self.train_x[idx], self.train_y[idx]
-        if self.augment:
-            x = self.augment(x, _generator(self.seed, step, micro, self.rank, 1))
-        return x, y
+        return self.augmented(self.train_x[idx], step, micro), self.train_y[idx]
 
     def test_batches(self, batch_size: int) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
         for start in range(0, self.test_x.shape[0], batch_size):
             yield self.test_x[start:start + batch_size], self.test_y[start:start + batch_size]
 
 
-@dataclass
-class FolderClassificationTask(ClassifierMetrics):
+@dataclass(kw_only=True)
+class FolderClassificationTask(StepBatches):
     """Images decoded from an image folder by DataLoader workers, in the same
     step-determined order as ClassificationTask (so resume works alike)."""
 
     data: ImageFolderData
-    batch_size: int
-    seed: int
-    augment: Callable[[torch.Tensor, torch.Generator], torch.Tensor] | None = None
-    grad_accum: int = 1
-    rank: int = 0
-    world_size: int = 1
     num_workers: int = 4
     _stream: tuple[int, int, Iterator] | None = field(default=None, repr=False)  # (epoch, next first, batches)
 
     @property
-    def steps_per_epoch(self) -> int:
-        return max(1, math.ceil(len(self.data.train) / (self.batch_size * self.grad_accum * self.world_size)))
+    def num_train(self) -> int:
+        return len(self.data.train)
 
     def batch(self, step: int, micro: int) -> tuple[torch.Tensor, torch.Tensor] | None:
-        epoch, first, end = _slot_range(step, micro, self.steps_per_epoch, self.grad_accum, self.world_size,
-                                        self.rank, self.batch_size)
-        if first >= len(self.data.train):
+        epoch, first, _ = self.slot(step, micro)
+        if first >= self.num_train:
             return None
+        stride = self.batch_size * self.world_size
         if self._stream is None or self._stream[:2] != (epoch, first):
             # A new epoch, or a resumed run: start the loader at this position.
-            order = torch.randperm(len(self.data.train), generator=_generator(self.seed, epoch)).tolist()
-            stride = self.batch_size * self.world_size
+            order = self.epoch_order(epoch).tolist()
             mine = [order[i:i + self.batch_size] for i in range(first, len(order), stride)]
             self._stream = (epoch, first, iter(self.data.loader("train", mine, self.num_workers)))
-        epoch_now, _, batches = self._stream
+        batches = self._stream[2]
         x, y = next(batches)
-        self._stream = (epoch_now, first + self.batch_size * self.world_size, batches)
-        if self.augment:
-            x = self.augment(x, _generator(self.seed, step, micro, self.rank, 1))
-        return x, y
+        self._stream = (epoch, first + stride, batches)
+        return self.augmented(x, step, micro), y
 
     def test_batches(self, batch_size: int) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
         yield from self.data.batches("test", batch_size, shuffle=False, num_workers=self.num_workers)
 
 
 @dataclass
-class LanguageModelTask:
+class LanguageModelTask(TaskReport):
     """Random windows of a token memmap; validation loss and perplexity."""
 
     tokens: TokenData
@@ -203,7 +217,10 @@ class LanguageModelTask:
     eval_batches: int
     device: torch.device
     rank: int = 0
-    kind: str = LANGUAGE_MODELING
+    kind, history_key, goal, goal_higher = LANGUAGE_MODELING, "evals", "val_loss", False
+    best_fields = {"best_val_loss": "val_loss", "best_perplexity": "val_perplexity", "best_step": "step"}
+    final_fields = {"final_val_loss": "val_loss", "final_perplexity": "val_perplexity"}
+    line = "step {step}  train loss {train_loss}  val loss {val_loss:.4f}  ppl {val_perplexity:.2f}"
 
     def batch(self, step: int, micro: int) -> tuple[torch.Tensor, torch.Tensor]:
         return get_batch(self.tokens.train, self.block_size, self.batch_size,
@@ -225,21 +242,8 @@ class LanguageModelTask:
         val_loss = total / self.eval_batches
         return {"val_loss": val_loss, "val_perplexity": math.exp(min(val_loss, 700.0))}
 
-    @staticmethod
-    def better(new: dict[str, float], best: dict[str, float] | None) -> bool:
-        return best is None or new["val_loss"] < best["val_loss"]
-
     def record(self, step: int, window: TrainWindow, evaluation: dict[str, float]) -> dict[str, Any]:
         return {"step": step, "train_loss": window.mean_loss(), **evaluation}
 
-    @staticmethod
-    def describe(record: dict[str, Any]) -> str:
-        return (f"step {record['step']}  train loss {_loss_text(record['train_loss'])}  val loss {record['val_loss']:.4f}  "
-                f"ppl {record['val_perplexity']:.2f}")
-
-    @staticmethod
-    def summary(history: list[dict[str, Any]], best: dict[str, Any]) -> dict[str, Any]:
-        return {"task": LANGUAGE_MODELING, "evals": history, "best_val_loss": best["val_loss"],
-                "best_perplexity": best["val_perplexity"], "best_step": best["step"],
-                "final_val_loss": history[-1]["val_loss"], "final_perplexity": history[-1]["val_perplexity"],
-                "initial_perplexity": history[0]["val_perplexity"]}
+    def summary(self, history: list[dict[str, Any]], best: dict[str, Any]) -> dict[str, Any]:
+        return {**super().summary(history, best), "initial_perplexity": history[0]["val_perplexity"]}

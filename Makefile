@@ -10,7 +10,7 @@ export srctree := $(CURDIR)
 
 .DEFAULT_GOAL := all
 .PHONY: all help menuconfig olddefconfig savedefconfig listdefconfigs test-matrix-dry-run \
-	continue report test ci bench clean mrproper venv
+	continue report data test ci bench clean mrproper venv
 
 $(STAMP): requirements.txt
 	@echo "Setting up $(VENV) (first run only; a few minutes)..."
@@ -35,8 +35,8 @@ help:
 	@echo "  make savedefconfig         write a minimal 'defconfig' from .config"
 	@echo "Running:"
 	@echo "  make                       run the test matrix of .config (default: lenet5-quick)"
-	@echo "  make test-matrix-dry-run   list the runs of .config without training"
-	@echo "  make continue [RESULTS=d]  finish the newest (or given) result directory"
+	@echo "  make test-matrix-dry-run   list the runs of .config, the slot plan and the time estimate"
+	@echo "  make continue [RESULTS=d] [EXECUTOR=local|slurm]  finish the newest (or given) result directory"
 	@echo "  make report RESULTS=d [OUT=o]  regenerate the reports and graphs of a result directory (ours or upstream)"
 	@echo "Development:"
 	@echo "  make test                  run the test suite"
@@ -63,7 +63,11 @@ test-matrix-dry-run: $(STAMP)
 	@$(PY) scripts/matrix.py dry-run
 
 continue: $(STAMP)
-	@$(PY) scripts/matrix.py continue $(if $(RESULTS),--results $(RESULTS))
+	@$(PY) scripts/matrix.py continue $(if $(RESULTS),--results $(RESULTS)) $(if $(EXECUTOR),--executor $(EXECUTOR))
+
+data: $(STAMP)
+	@test -f .config || { echo "error: no .config; pick one with make defconfig-NAME or make menuconfig" >&2; exit 2; }
+	@$(PY) scripts/prepare_data.py --config .config
 
 report: $(STAMP)
 	@test -n "$(RESULTS)" || { echo "error: give the result directory: make report RESULTS=dir [OUT=dir]" >&2; exit 2; }

@@ -10,12 +10,14 @@ from pathlib import Path
 
 import _path  # noqa: F401
 from kconfig import defconfig_path, normalise
-from lib.config import ROOT, load_settings
+from lib.config import ROOT, RunnerSettings, load_settings
 from lib.errors import UserError, run_cli
-from lib.matrix import expand
+from lib.matrix import RunSpec, expand
 from lib.report import write_reports
 from lib.results import load_results
-from lib.runner import check_runnable, create_results_dir, load_matrix, run_matrix
+from lib.run_plan import plan_lines
+from lib.runner import (check_runnable, config_changes, continue_settings, create_results_dir, load_matrix,
+                        run_matrix)
 
 DEFAULT_DEFCONFIG = "lenet5-quick"
 
@@ -33,8 +35,8 @@ def dry_run(config: Path) -> None:
     print(f"Test matrix from {config.name}: models {', '.join(settings.models)}; "
           f"optimizers {', '.join(settings.optimizers)}; pruning {', '.join(settings.pruning_methods)}; "
           f"seeds {' '.join(map(str, settings.seeds))}")
-    for number, spec in enumerate(runs, 1):
-        print(f"  {number}. {spec.run_id}")
+    for line in plan_lines(settings.runner, runs, results_root(config)):
+        print(line)
     print(f"Total: {len(runs)} runs (nothing was run)")
 
 
@@ -58,13 +60,16 @@ def run(config: Path) -> None:
     runs = expand(settings)
     check_runnable(runs)
     results_dir = create_results_dir(results_root(config), config, None, runs)
+    run_then_report(results_dir, runs, settings.runner)
+
+
+def run_then_report(results_dir: Path, runs: list[RunSpec], settings: RunnerSettings) -> None:
     try:
-        counts = run_matrix(results_dir, runs, settings)
+        finish(results_dir, run_matrix(results_dir, runs, settings, bar=sys.stdout.isatty()))
     except KeyboardInterrupt:
         print(f"\ninterrupted: finished runs are kept; resume with `make continue RESULTS={results_dir}`",
               file=sys.stderr)
         sys.exit(130)
-    finish(results_dir, counts)
 
 
 def newest_results_dir(root: Path) -> Path:
@@ -80,19 +85,18 @@ def results_root(config: Path) -> Path:
     return root if root.is_absolute() else ROOT / root
 
 
-def continue_matrix(results: str | None, config: Path) -> None:
+def continue_matrix(results: str | None, config: Path, executor: str | None = None) -> None:
     results_dir = Path(results) if results else newest_results_dir(results_root(config))
     runs = load_matrix(results_dir)
     recorded = results_dir / "config.txt"
     if config.exists() and not filecmp.cmp(config, recorded, shallow=False):
-        print(f"note: {config.name} differs from {recorded}; "
-              f"continuing the matrix recorded in {results_dir.name}/matrix.json")
-    try:
-        counts = run_matrix(results_dir, runs, load_settings(recorded, warn=lambda _: None))
-    except KeyboardInterrupt:
-        print(f"\ninterrupted: resume with `make continue RESULTS={results_dir}`", file=sys.stderr)
-        sys.exit(130)
-    finish(results_dir, counts)
+        changes = config_changes(config, recorded)
+        print(f"note: {config.name} differs from {recorded} ({'; '.join(changes) or 'comments only'}); "
+              f"continuing the matrix, timeout and retries recorded in {results_dir.name}; "
+              f"executor and slots from {config.name}")
+    here = load_settings(config, warn=lambda _: None).runner if config.exists() else None
+    settings = continue_settings(load_settings(recorded, warn=lambda _: None).runner, here, executor)
+    run_then_report(results_dir, runs, settings)
 
 
 def _sigterm_as_interrupt(signum, frame) -> None:
@@ -106,12 +110,14 @@ def main() -> None:
     parser.add_argument("command", choices=["run", "continue", "dry-run"])
     parser.add_argument("--config", default=str(ROOT / ".config"))
     parser.add_argument("--results", default=None, help="result directory for `continue`")
+    parser.add_argument("--executor", choices=["local", "slurm"], default=None,
+                        help="for `continue`: run the missing runs here or on Slurm (default: as recorded)")
     args = parser.parse_args()
     config = Path(args.config)
     if args.command == "run":
         run(config)
     elif args.command == "continue":
-        continue_matrix(args.results, config)
+        continue_matrix(args.results, config, args.executor)
     else:
         ensure_config(config)
         dry_run(config)

@@ -1,7 +1,8 @@
-"""The runner end to end: a real ci-quick matrix, resume, failures, timeouts, bad input."""
+"""The runner end to end: a real 12-run matrix, resume, failures, timeouts, retries, bad input."""
 from __future__ import annotations
 
 import json
+import shutil
 import subprocess
 import sys
 import time
@@ -11,72 +12,85 @@ import pytest
 
 from conftest import ROOT, run_script
 from lib import runner
-from lib.executors import SequentialExecutor
 from lib.matrix import RunSpec
+from lib.run_process import run_attempts
+from lib.run_task import write_result
+from lib.slot_pool import SlotPool, visible_gpus
 from fixtures.summary_rows import rows as summary_rows
-
-MATRIX = ROOT / "scripts" / "matrix.py"
-
-
-def _results_dir(config: Path) -> Path:
-    root = config.parent / "results"
-    (found,) = [p for p in root.iterdir() if (p / "matrix.json").is_file()]
-    return found
+from runner_matrix import MATRIX, RUNS, comparable_rows, reference_run, runner_config
 
 
 @pytest.fixture(scope="module")
-def ci_quick(tmp_path_factory) -> tuple[Path, Path, subprocess.CompletedProcess]:
-    """One real ci-quick matrix, shared by the tests that inspect it."""
-    from conftest import write_config
-
-    tmp = tmp_path_factory.mktemp("ci_quick")
-    config = write_config(tmp, "ci-quick", RESULTS_ROOT=f'"{tmp / "results"}"', DATA_DIR=f'"{tmp / "data"}"')
-    proc = run_script(MATRIX, "run", "--config", config)
-    return config, _results_dir(config), proc
+def reference(tmp_path_factory) -> tuple[Path, str]:
+    return reference_run(tmp_path_factory)
 
 
-def test_ci_quick_matrix_runs_every_run_and_reports_measured_figures(ci_quick):
-    config, results_dir, proc = ci_quick
-    assert proc.returncode == 0, proc.stdout + proc.stderr
+def test_matrix_runs_every_run_and_reports_measured_figures(reference):
+    results_dir, output = reference
     specs = json.loads((results_dir / "matrix.json").read_text())["runs"]
-    assert len(specs) == 6
+    assert len(specs) == RUNS
     report = summary_rows((results_dir / "summary_report.txt").read_text())
     assert sorted(r["id"] for r in report) == sorted(s["run_id"] for s in specs)
+    slots = SlotPool(jobs_per_gpu=2, gpus=visible_gpus())  # PARALLEL_JOBS=2 in ci-runner
     for row in report:
         run_dir = results_dir / row["id"]
-        assert json.loads((run_dir / "result.json").read_text())["status"] == "success"
+        result = json.loads((run_dir / "result.json").read_text())
+        assert result["status"] == "success" and result["attempts"] == 1
+        assert result["executor"] == "local" and result["placement"]["threads"] == slots.threads
         metrics = json.loads((run_dir / "metrics.json").read_text())
         assert row["accuracy"] == pytest.approx(metrics["best_accuracy_pct"], abs=0.006)
         assert row["sparsity"] == pytest.approx(metrics["sparsity"]["global_pct"], abs=0.006)
         assert abs(metrics["sparsity"]["global_pct"] - metrics["sparsity"]["target_pct"]) < 1.0
         stats = json.loads((run_dir / "gpu_stats.json").read_text())
         assert stats["device"] == "cpu" and stats["summary"]["peak_mib"] > 50
-        assert (run_dir / "output.log").read_text().count("epoch ") >= 3
-    assert str(results_dir / "summary_report.txt") in proc.stdout
+        assert "epoch 1" in (run_dir / "output.log").read_text()
+    assert str(results_dir / "summary_report.txt") in output
+    assert f"executor local: {slots.describe()}" in output
 
 
-def test_continue_reruns_exactly_the_run_without_result(ci_quick):
-    config, results_dir, _ = ci_quick
-    victim = "lenet5_adamw_magnitude_50"
+def test_continue_reruns_exactly_the_runs_without_a_valid_result(reference, tmp_path):
+    """Missing, corrupt and truncated result.json all count as not done; old folders are set aside."""
+    results_dir = tmp_path / "copy"
+    shutil.copytree(reference[0], results_dir)
+    missing, corrupt, failed = "lenet5_adamw_magnitude_50", "lenet5_sgd_none", "lenet5_adam_magnitude_90"
+    (results_dir / missing / "result.json").unlink()
+    (results_dir / corrupt / "result.json").write_text('{"status": "succ')
+    result = json.loads((results_dir / failed / "result.json").read_text())
+    (results_dir / failed / "result.json").write_text(json.dumps({**result, "status": "failed"}))
     before = {p.parent.name: p.stat().st_mtime_ns for p in results_dir.glob("*/result.json")}
-    (results_dir / victim / "result.json").unlink()
+    config = runner_config(tmp_path)
     proc = run_script(MATRIX, "continue", "--results", results_dir, "--config", config)
     assert proc.returncode == 0, proc.stdout + proc.stderr
-    assert "5 already done, 1 to run" in proc.stdout
+    assert f"{RUNS - 3} already done, 3 to run" in proc.stdout
     after = {p.parent.name: p.stat().st_mtime_ns for p in results_dir.glob("*/result.json")}
-    assert set(after) == set(before)
-    assert [name for name in after if after[name] != before[name]] == [victim]
-    assert list((results_dir / ".superseded").glob(f"{victim}-*"))
-    report = summary_rows((results_dir / "summary_report.txt").read_text())
-    assert victim in {r["id"] for r in report}
+    assert sorted(name for name in after if after[name] != before.get(name)) == sorted([missing, corrupt, failed])
+    for name in (missing, corrupt, failed):
+        assert list((results_dir / ".superseded").glob(f"{name}-*"))
+    assert comparable_rows(results_dir) == comparable_rows(reference[0])
+
+
+def test_continue_reports_a_changed_config_and_keeps_the_recorded_matrix(reference, tmp_path):
+    results_dir = tmp_path / "copy"
+    shutil.copytree(reference[0], results_dir)
+    config = runner_config(tmp_path, NUM_EPOCHS="3", SPARSITY_ENABLE_95="y")
+    proc = run_script(MATRIX, "continue", "--results", results_dir, "--config", config)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    note = next(line for line in proc.stdout.splitlines() if line.startswith("note:"))
+    assert "NUM_EPOCHS: 1 -> 3" in note and "SPARSITY_ENABLE_95: n -> y" in note
+    assert f"{RUNS} already done, 0 to run" in proc.stdout
+    assert not list(results_dir.glob("*_95"))
 
 
 def _fake_trainer(code: str) -> list[str]:
     return [sys.executable, "-c", code]
 
 
+def _spec(run_id: str) -> RunSpec:
+    return RunSpec(run_id, "lenet5", "sgd", "magnitude", None, 50.0, 1, {"model": {}})
+
+
 def test_failing_run_is_recorded_and_the_matrix_goes_on(tmp_path, monkeypatch):
-    specs = [RunSpec(f"lenet5_sgd_magnitude_{n}", "lenet5", "sgd", "magnitude", None, float(n), 1) for n in (50, 70)]
+    specs = [_spec(f"lenet5_sgd_magnitude_{n}") for n in (50, 70)]
     ok = ("import json, sys, pathlib; d = pathlib.Path(sys.argv[-1]); "
           "(d / 'metrics.json').write_text(json.dumps({'best_accuracy_pct': 90.0, 'sparsity': {'global_pct': 70.0}}))")
 
@@ -92,7 +106,7 @@ def test_failing_run_is_recorded_and_the_matrix_goes_on(tmp_path, monkeypatch):
     counts = runner.run_matrix(tmp_path, specs, out=lines.append)
     assert counts == {"success": 1, "failed": 1}
     failed = json.loads((tmp_path / specs[0].run_id / "result.json").read_text())
-    assert failed["status"] == "failed" and failed["exit_code"] == 3
+    assert failed["status"] == "failed" and failed["exit_code"] == 3 and failed["attempts"] == 1
     assert "loss exploded" in failed["log_tail"]
     assert json.loads((tmp_path / specs[1].run_id / "result.json").read_text())["status"] == "success"
     assert any("ETA" in line for line in lines)
@@ -100,23 +114,39 @@ def test_failing_run_is_recorded_and_the_matrix_goes_on(tmp_path, monkeypatch):
 
 
 def test_exit_zero_without_metrics_is_not_success(tmp_path):
-    spec = RunSpec("lenet5_sgd_none", "lenet5", "sgd", "none", None, 0.0, 1)
+    spec = _spec("lenet5_sgd_none")
     (tmp_path / spec.run_id).mkdir()
-    outcome = SequentialExecutor().run(_fake_trainer("pass"), tmp_path / spec.run_id)
-    assert runner.write_result(tmp_path / spec.run_id, spec, outcome)["status"] == "failed"
+    outcome = run_attempts(_fake_trainer("pass"), tmp_path / spec.run_id)
+    assert write_result(tmp_path / spec.run_id, spec, outcome)["status"] == "failed"
 
 
-def test_hanging_run_is_killed_at_the_timeout(tmp_path):
+def test_hanging_run_is_killed_at_the_timeout_and_marked_timeout(tmp_path, monkeypatch):
+    from lib.config import RunnerSettings
+
+    spec = _spec("lenet5_sgd_magnitude_50")
+    monkeypatch.setattr(runner, "trainer_command", lambda s, d: _fake_trainer("import time; time.sleep(60)"))
+    monkeypatch.setattr(runner, "prepare_data", lambda runs, out: None)
+    monkeypatch.setattr(runner, "check_runnable", lambda runs: None)
     start = time.monotonic()
-    outcome = SequentialExecutor(timeout_s=1).run(_fake_trainer("import time; time.sleep(60)"), tmp_path)
-    assert outcome.status == "timeout"
-    assert time.monotonic() - start < 15
+    counts = runner.run_matrix(tmp_path, [spec], RunnerSettings(timeout_s=1, retries=1), out=lambda line: None)
+    assert counts == {"success": 0, "failed": 1}
+    result = json.loads((tmp_path / spec.run_id / "result.json").read_text())
+    assert result["status"] == "timeout" and result["attempts"] == 2 and result["exit_code"] == -15
+    assert time.monotonic() - start < 20
 
 
-def test_crashing_run_is_retried(tmp_path):
-    outcome = SequentialExecutor(retries=2).run(_fake_trainer("import sys; sys.exit(1)"), tmp_path)
-    assert outcome.status == "failed" and outcome.attempts == 3
-    assert (tmp_path / "output.log").read_text().count("===== attempt") == 2
+def test_crashing_run_is_retried_then_failed(tmp_path):
+    outcome = run_attempts(_fake_trainer("import sys; print('boom'); sys.exit(1)"), tmp_path, retries=2)
+    assert outcome.status == "failed" and outcome.attempts == 3 and outcome.exit_code == 1
+    log = (tmp_path / "output.log").read_text()
+    assert log.count("===== attempt") == 2 and log.count("boom") == 3
+
+
+def test_run_that_succeeds_on_retry_records_its_attempts(tmp_path):
+    flaky = ("import pathlib, sys; p = pathlib.Path('flaky'); n = int(p.read_text()) if p.exists() else 0; "
+             "p.write_text(str(n + 1)); sys.exit(0 if n >= 1 else 1)")
+    outcome = run_attempts(_fake_trainer(f"import os; os.chdir({str(tmp_path)!r}); " + flaky), tmp_path, retries=3)
+    assert outcome.status == "success" and outcome.attempts == 2
 
 
 def test_bad_learning_rate_stops_before_any_run(isolated_config, tmp_path):
@@ -129,13 +159,27 @@ def test_bad_learning_rate_stops_before_any_run(isolated_config, tmp_path):
     assert not (tmp_path / "results").exists()
 
 
-def test_dry_run_lists_runs_without_training(isolated_config, tmp_path):
+def test_dry_run_lists_runs_slots_and_estimate_without_training(isolated_config, tmp_path):
     proc = run_script(MATRIX, "dry-run", "--config", isolated_config("lenet5-quick"))
     assert proc.returncode == 0, proc.stderr
     numbered = [line for line in proc.stdout.splitlines() if line.startswith("  ") and ". lenet5_" in line]
-    assert len(numbered) == 12 and numbered[0] == "  1. lenet5_sgd_none"
+    assert len(numbered) == 12 and numbered[0].startswith("  1. lenet5_sgd_none  [slot 1")
+    assert "Slots: " in proc.stdout
+    assert "Estimated time: unknown (no past runs of lenet5" in proc.stdout
     assert "12 runs" in proc.stdout.splitlines()[-1]
     assert not (tmp_path / "results").exists()
+
+
+def test_dry_run_estimates_from_past_runs_of_the_same_model(reference, tmp_path):
+    results_dir = reference[0]
+    config = runner_config(tmp_path, RESULTS_ROOT=f'"{results_dir.parent}"')
+    proc = run_script(MATRIX, "dry-run", "--config", config)
+    assert proc.returncode == 0, proc.stderr
+    line = next(line for line in proc.stdout.splitlines() if line.startswith("Estimated time:"))
+    assert "with 2 run(s) at once" in line and f"{RUNS} of {RUNS} runs with an identical past run" in line
+    durations = [json.loads(p.read_text())["duration_s"] for p in results_dir.glob("*/result.json")]
+    h, m, s = map(int, line.split()[2].split(":"))
+    assert 0.8 * sum(durations) / 2 <= h * 3600 + m * 60 + s <= 1.2 * sum(durations) / 2 + 1
 
 
 def test_make_defconfig_nonexistent_is_one_clear_line():
@@ -144,34 +188,3 @@ def test_make_defconfig_nonexistent_is_one_clear_line():
     ours = [line for line in proc.stderr.splitlines() if not line.startswith("make")]
     assert ours == ["error: no defconfig named 'nonexistent' in defconfigs/ (`make listdefconfigs` lists them)"]
     assert "Traceback" not in proc.stdout + proc.stderr
-
-
-def _trainers_of(results_root: Path) -> list[int]:
-    import psutil
-
-    return [p.pid for p in psutil.process_iter(["cmdline"])
-            if any(str(results_root) in part for part in (p.info["cmdline"] or [])) and "--run-dir" in p.info["cmdline"]]
-
-
-@pytest.mark.parametrize("how", ["SIGINT", "SIGKILL"])
-def test_stopping_the_runner_leaves_no_training_process_and_resumes(isolated_config, tmp_path, how):
-    import signal
-
-    config = isolated_config("ci-quick", NUM_EPOCHS="20")
-    runner_proc = subprocess.Popen([sys.executable, str(MATRIX), "run", "--config", str(config)], cwd=ROOT,
-                                   stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-    deadline = time.monotonic() + 60
-    while not _trainers_of(tmp_path / "results") and time.monotonic() < deadline:
-        time.sleep(0.2)
-    assert _trainers_of(tmp_path / "results"), "no trainer started"
-    runner_proc.send_signal(getattr(signal, how))
-    runner_proc.wait(timeout=30)
-    deadline = time.monotonic() + 15
-    while _trainers_of(tmp_path / "results") and time.monotonic() < deadline:
-        time.sleep(0.2)
-    assert _trainers_of(tmp_path / "results") == []
-    results_dir = _results_dir(config)
-    assert not list(results_dir.glob("*/result.json"))  # the interrupted run is not marked done
-    from lib.runner import load_matrix, pending
-
-    assert len(pending(results_dir, load_matrix(results_dir))) == 6

@@ -1,0 +1,83 @@
+"""What the runner shows: the ETA over parallel slots, plain lines or a bar, and the dry run's estimate."""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from lib.matrix import RunSpec
+from lib.progress_display import Progress
+from lib.run_plan import estimate_lines, estimate_run_s, find_past_runs, makespan_s
+from lib.run_task import RunTask
+
+
+def _task(n: int, epochs: int = 2) -> RunTask:
+    spec = RunSpec(f"lenet5_sgd_magnitude_{n}", "lenet5", "sgd", "magnitude", None, float(n), 1,
+                   {"model": {}, "training": {"epochs": epochs}})
+    return RunTask(Path("/nowhere"), spec, ("true",))
+
+
+def _result(seconds: float, status: str = "success") -> dict:
+    return {"status": status, "duration_s": seconds, "exit_code": 0 if status == "success" else 1,
+            "metrics": {"best_accuracy_pct": 98.0, "sparsity_pct": 50.0}}
+
+
+def test_eta_divides_the_work_left_by_the_slots():
+    lines: list[str] = []
+    progress = Progress(total=5, slots=2, out=lines.append)
+    progress.started(_task(1), None)
+    progress.started(_task(2), None)
+    progress.finished(_task(1), _result(10.0))
+    # mean 10 s: 3 queued runs (30 s) + the running one (about 10 s left) over 2 slots
+    assert progress.eta_s() == pytest.approx(20.0, abs=0.5)
+    assert progress.counts() == "done 1, failed 0, running 1"
+    assert lines[0].startswith("[1/5] start   lenet5_sgd_magnitude_1")
+    assert "success lenet5_sgd_magnitude_1  10.0s  acc 98.00%" in lines[2] and "ETA 0:00:20" in lines[2]
+
+
+def test_a_failed_run_says_where_its_log_is():
+    lines: list[str] = []
+    progress = Progress(total=1, out=lines.append)
+    progress.started(_task(1), None)
+    progress.finished(_task(1), _result(3.0, "timeout"))
+    assert "TIMEOUT (exit 1); see lenet5_sgd_magnitude_1/output.log" in lines[-1]
+    assert progress.remaining == 0 and "ETA" not in lines[-1]
+
+
+def test_terminal_gets_a_live_bar_with_counts_and_eta(capsys):
+    progress = Progress(total=3, slots=2, out=lambda line: pytest.fail("no plain lines on a terminal"), bar=True)
+    progress.started(_task(1), None)
+    progress.finished(_task(1), _result(4.0))
+    progress.close()
+    err = capsys.readouterr().err
+    assert "1/3" in err and "done 1, failed 0, running 0" in err and "ETA" in err
+
+
+def test_makespan_replays_runs_on_the_slots():
+    assert makespan_s([(10.0, 1)] * 4, slots=2) == 20.0
+    assert makespan_s([(10.0, 1), (10.0, 2), (10.0, 1)], slots=2) == 30.0  # the DDP run waits for both slots
+
+
+def _past_run(root: Path, task: RunTask, seconds: float, status: str = "success") -> None:
+    run_dir = root / "20240101_000000" / task.spec.run_id
+    run_dir.mkdir(parents=True)
+    (run_dir / "run.json").write_text(json.dumps({"spec": task.spec.to_json()}))
+    (run_dir / "result.json").write_text(json.dumps({"status": status, "duration_s": seconds}))
+
+
+def test_estimate_uses_identical_past_runs_then_the_model_per_epoch(tmp_path):
+    _past_run(tmp_path, _task(50, epochs=2), 40.0)
+    _past_run(tmp_path, _task(70, epochs=2), 60.0)
+    _past_run(tmp_path, _task(90, epochs=2), 999.0, status="failed")  # failures say nothing about duration
+    past = find_past_runs(tmp_path, {"lenet5"})
+    assert past.count == 2
+    assert estimate_run_s(_task(50, epochs=2).spec, past) == 40.0
+    assert estimate_run_s(_task(90, epochs=4).spec, past) == pytest.approx(100.0)  # median 25 s/epoch x 4
+    lines = estimate_lines([_task(50).spec, _task(70).spec], tmp_path, slots=2)
+    assert lines[0].startswith("Estimated time: 0:01:00 with 2 run(s) at once (serial 0:01:40)")
+
+
+def test_no_past_runs_is_said_plainly(tmp_path):
+    assert estimate_lines([_task(50).spec], tmp_path, slots=1) == [
+        f"Estimated time: unknown (no past runs of lenet5 under {tmp_path})"]

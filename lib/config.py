@@ -105,6 +105,7 @@ class RunnerSettings:
     executor: str = "local"  # local | slurm
     results_root: str = "test_matrix_results"
     min_free_gpu_mib: int = 0  # a GPU takes a new run only with this much free (NVML)
+    sample_interval_ms: int = 100  # the memory sampler's period
     slurm_partition: str = ""  # "" = the cluster's default partition
     slurm_time_min: int = 60
     slurm_gpus_per_task: int = 1  # at least this many, more if the run asks (DDP); 0 = CPU-only tasks
@@ -361,7 +362,7 @@ def settings_from_kconfig(kconf: kconfiglib.Kconfig) -> Settings:
         parallel_jobs=_int(kconf, "PARALLEL_JOBS") or 1, timeout_s=_int(kconf, "RUN_TIMEOUT"),
         retries=_int(kconf, "RUN_RETRIES"), executor="slurm" if _y(kconf, "EXECUTOR_SLURM") else "local",
         results_root=syms["RESULTS_ROOT"].str_value or "test_matrix_results",
-        min_free_gpu_mib=_int(kconf, "GPU_MIN_FREE_MIB"), slurm_partition=syms["SLURM_PARTITION"].str_value,
+        min_free_gpu_mib=_int(kconf, "GPU_MIN_FREE_MIB"), sample_interval_ms=_int(kconf, "GPU_SAMPLE_INTERVAL_MS") or 100, slurm_partition=syms["SLURM_PARTITION"].str_value,
         slurm_time_min=_int(kconf, "SLURM_TIME_MINUTES") or 60,
         slurm_gpus_per_task=_int(kconf, "SLURM_GPUS_PER_TASK") if _y(kconf, "EXECUTOR_SLURM") else 1,
         slurm_cpus_per_task=_int(kconf, "SLURM_CPUS_PER_TASK") or 4, slurm_mem_gb=_int(kconf, "SLURM_MEM_GB"),

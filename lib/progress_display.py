@@ -67,8 +67,7 @@ class Progress:
         if result["status"] == "success":
             self.done += 1
             m = result.get("metrics", {})
-            detail = (f"acc {m['best_accuracy_pct']:.2f}%  sparsity {m.get('sparsity_pct') or 0:.1f}%"
-                      if m.get("best_accuracy_pct") is not None else "")
+            detail = _metric_text(m)
         else:
             self.failed += 1
             detail = f"{result['status'].upper()} (exit {result['exit_code']}); see {task.spec.run_id}/output.log"
@@ -95,3 +94,13 @@ def _make_bar(total: int):
 
     # tqdm's own rate-based ETA ignores parallel slots and runs in flight, so the postfix carries ours.
     return tqdm(total=total, unit="run", dynamic_ncols=True, bar_format="{l_bar}{bar}| {n_fmt}/{total_fmt}{postfix}")
+
+
+def _metric_text(metrics: dict[str, Any]) -> str:
+    """The run's headline figure: accuracy for classifiers, perplexity for language models."""
+    sparsity = f"sparsity {metrics.get('sparsity_pct') or 0:.1f}%"
+    if metrics.get("best_accuracy_pct") is not None:
+        return f"acc {metrics['best_accuracy_pct']:.2f}%  {sparsity}"
+    if metrics.get("best_perplexity") is not None:
+        return f"ppl {metrics['best_perplexity']:.2f}  {sparsity}"
+    return ""

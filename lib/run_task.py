@@ -116,6 +116,8 @@ def metrics_summary(run_dir: Path) -> dict[str, Any]:
         metrics = read_json(run_dir / "metrics.json")
         summary.update(best_accuracy_pct=metrics.get("best_accuracy_pct"),
                        final_accuracy_pct=metrics.get("final_accuracy_pct"),
+                       best_perplexity=metrics.get("best_perplexity"),
+                       final_perplexity=metrics.get("final_perplexity"),
                        sparsity_pct=(metrics.get("sparsity") or {}).get("global_pct"))
     except (UserError, AttributeError):
         pass

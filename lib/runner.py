@@ -105,7 +105,7 @@ def make_tasks(results_dir: Path, todo: list[RunSpec], policy: RunPolicy) -> lis
 
 def run_matrix(results_dir: Path, runs: list[RunSpec], settings: RunnerSettings = RunnerSettings(),
                executor: Executor | None = None, out: Callable[[str], None] = print,
-               bar: bool = False) -> dict[str, int]:
+               bar: bool = False, data_ready: bool = False) -> dict[str, int]:
     """Run every spec of `runs` not yet done in `results_dir`; return counts by status.
 
     Interrupted (KeyboardInterrupt, or SIGTERM turned into one by the caller),
@@ -120,8 +120,10 @@ def run_matrix(results_dir: Path, runs: list[RunSpec], settings: RunnerSettings 
     if not todo:
         return {"success": skipped, "failed": 0}
     out(f"executor {executor.name}: {executor.describe()}")
-    prepare_data(todo, out)
-    tasks = make_tasks(results_dir, todo, RunPolicy(settings.timeout_s, settings.retries))
+    if not data_ready:
+        prepare_data(todo, out)
+    tasks = make_tasks(results_dir, todo, RunPolicy(settings.timeout_s, settings.retries,
+                                                     settings.sample_interval_ms / 1000))
     progress = Progress(len(tasks), executor.slots, out, bar)
     try:
         executor.launch(tasks)

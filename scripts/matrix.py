@@ -18,6 +18,7 @@ from lib.results import load_results
 from lib.run_plan import plan_lines
 from lib.runner import (check_runnable, config_changes, continue_settings, create_results_dir, load_matrix,
                         run_matrix)
+from lib.trainers import prepare_data
 
 DEFAULT_DEFCONFIG = "lenet5-quick"
 
@@ -59,13 +60,15 @@ def run(config: Path) -> None:
     settings = load_settings(config)
     runs = expand(settings)
     check_runnable(runs)
+    prepare_data(runs)  # before the result directory: missing data leaves no empty one behind
     results_dir = create_results_dir(results_root(config), config, None, runs)
-    run_then_report(results_dir, runs, settings.runner)
+    run_then_report(results_dir, runs, settings.runner, data_ready=True)
 
 
-def run_then_report(results_dir: Path, runs: list[RunSpec], settings: RunnerSettings) -> None:
+def run_then_report(results_dir: Path, runs: list[RunSpec], settings: RunnerSettings,
+                    data_ready: bool = False) -> None:
     try:
-        finish(results_dir, run_matrix(results_dir, runs, settings, bar=sys.stdout.isatty()))
+        finish(results_dir, run_matrix(results_dir, runs, settings, bar=sys.stdout.isatty(), data_ready=data_ready))
     except KeyboardInterrupt:
         print(f"\ninterrupted: finished runs are kept; resume with `make continue RESULTS={results_dir}`",
               file=sys.stderr)

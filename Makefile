@@ -37,6 +37,7 @@ help:
 	@echo "  make                       run the test matrix of .config (default: lenet5-quick)"
 	@echo "  make test-matrix-dry-run   list the runs of .config, the slot plan and the time estimate"
 	@echo "  make continue [RESULTS=d] [EXECUTOR=local|slurm]  finish the newest (or given) result directory"
+	@echo "  make data                  download/tokenize the datasets .config needs (make does it too)"
 	@echo "  make report RESULTS=d [OUT=o]  regenerate the reports and graphs of a result directory (ours or upstream)"
 	@echo "Development:"
 	@echo "  make test                  run the test suite"

@@ -1,7 +1,9 @@
 """Training checkpoints: `last.pt` to resume an interrupted run, `best.pt` to keep.
 
-Both live in `<run-dir>/checkpoints/` and are written to a temporary file
-and renamed, so a kill mid-write leaves the previous checkpoint intact. A
+last.pt lives in `<results>/.resume/<run>/` (beside the run folder, which
+`make continue` sets aside); best.pt stays there too until the run finishes,
+then moves to `<run>/checkpoints/`. Both are written to a temporary file and
+renamed, so a kill mid-write leaves the previous checkpoint intact. A
 checkpoint holds everything the next step depends on: weights, optimizer
 state, pruning masks and history, the loop's counters and the RNG states
 (dropout draws from torch's global generator).

@@ -305,7 +305,7 @@ def _model_params(kconf: kconfiglib.Kconfig, n: dict[str, float]) -> dict[str, d
                                         for d in ("finewebedu", "shakespeare", "tinystories", "local")}, "finewebedu")
     gpt2_path = kconf.syms["GPT2_DATA_PATH"].str_value.strip()
     if gpt2_dataset == "local" and _y(kconf, "MODEL_GPT2") and not gpt2_path:
-        raise UserError("CONFIG_GPT2_DATASET_LOCAL=y needs CONFIG_GPT2_DATA_PATH=\"<text file>\" (make menuconfig)")
+        raise UserError("CONFIG_GPT2_DATASET_LOCAL=y needs CONFIG_GPT2_DATA_PATH=\"<text file or folder>\" (make menuconfig)")
     size = kconf.syms["GPT2_MODEL_SIZE"].str_value.strip()
     from gpt2.sizes import SIZES
 

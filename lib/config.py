@@ -306,11 +306,9 @@ def _model_params(kconf: kconfiglib.Kconfig, n: dict[str, float]) -> dict[str, d
     gpt2_path = kconf.syms["GPT2_DATA_PATH"].str_value.strip()
     if gpt2_dataset == "local" and _y(kconf, "MODEL_GPT2") and not gpt2_path:
         raise UserError("CONFIG_GPT2_DATASET_LOCAL=y needs CONFIG_GPT2_DATA_PATH=\"<text file or folder>\" (make menuconfig)")
-    size = kconf.syms["GPT2_MODEL_SIZE"].str_value.strip()
-    from gpt2.sizes import SIZES
+    from gpt2.sizes import SIZES, size_symbol
 
-    if _y(kconf, "MODEL_GPT2") and size not in SIZES:
-        raise UserError(f"CONFIG_GPT2_MODEL_SIZE=\"{size}\" is not a GPT-2 size; allowed: {', '.join(SIZES)}")
+    size = _choice_name(kconf, {size_symbol(name): name for name in SIZES}, "124M")
     return {
         "lenet5": {"train_limit": _int(kconf, "LENET5_TRAIN_LIMIT"), "test_limit": _int(kconf, "LENET5_TEST_LIMIT"),
                    "augment": _y(kconf, "LENET5_AUGMENT")},

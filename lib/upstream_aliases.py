@@ -11,6 +11,8 @@ from __future__ import annotations
 
 import kconfiglib
 
+from lib.errors import UserError
+
 _SPARSITY_ALIASES = {f"TEST_SPARSITY_{n}": f"SPARSITY_ENABLE_{n}" for n in (50, 70, 90, 95, 99)}
 _MODEL_NAMES = ("lenet5", "resnet18", "resnet50", "gpt2")
 
@@ -45,6 +47,16 @@ def _select_single(kconf: kconfiglib.Kconfig, mode: str, prefix: str, value: str
     return _set(kconf, mode, 2) and _set(kconf, target, 2)
 
 
+def _select_gpt2_size(kconf: kconfiglib.Kconfig, value: str) -> None:
+    """Upstream names the size in a string; here it is a choice."""
+    from gpt2.sizes import SIZES, size_symbol
+
+    if value.strip() not in SIZES:
+        raise UserError(f"CONFIG_GPT2_MODEL_SIZE=\"{value}\" is not a GPT-2 size; allowed: {', '.join(SIZES)}")
+    if not _user_set(kconf, *(size_symbol(name) for name in SIZES)):
+        _set(kconf, size_symbol(value.strip()), 2)
+
+
 def apply_upstream_aliases(kconf: kconfiglib.Kconfig) -> list[str]:
     """Apply upstream idioms found in kconf.missing_syms; return names still unknown."""
     # kconfiglib keeps string values as written, quotes and escapes included.
@@ -67,6 +79,9 @@ def apply_upstream_aliases(kconf: kconfiglib.Kconfig) -> list[str]:
     if "GPT2_DATASET" in missing:
         _select_single(kconf, "GPT2_DATASET_FINEWEBEDU", "GPT2_DATASET_", missing["GPT2_DATASET"])
         handled.add("GPT2_DATASET")
+    if "GPT2_MODEL_SIZE" in missing:
+        _select_gpt2_size(kconf, missing["GPT2_MODEL_SIZE"])
+        handled.add("GPT2_MODEL_SIZE")
     for alias, ours in _SPARSITY_ALIASES.items():
         if alias in missing:
             handled.add(alias)

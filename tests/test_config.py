@@ -88,6 +88,7 @@ def test_upstream_gpt2_defconfig_lists_its_unknown_symbols():
     assert settings.training.learning_rate == pytest.approx(6e-4)
     assert settings.optimizer_params["adamwprune"]["base"] == "adamwspam"
     assert settings.model_params["gpt2"]["max_time_s"] == 7200
+    assert settings.model_params["gpt2"]["model_size"] == "124M"  # upstream's string, onto our choice
 
 
 def test_load_settings_warns_once_naming_the_unknown_symbols():
@@ -224,6 +225,16 @@ def test_upstream_pruning_method_string_with_target_sparsity(tmp_path):
     settings = settings_of(tmp_path, 'CONFIG_PRUNING_METHOD="magnitude"\nCONFIG_TARGET_SPARSITY="0.65"\n')
     assert settings.pruning_methods == ("magnitude",)
     assert run_ids(settings) == ["lenet5_adamw_magnitude_65"]
+
+
+def test_gpt2_size_is_a_choice_and_upstreams_string_selects_it(tmp_path):
+    assert settings_of(tmp_path, 'CONFIG_MODEL="gpt2"\n').model_params["gpt2"]["model_size"] == "124M"
+    chosen = settings_of(tmp_path, 'CONFIG_MODEL="gpt2"\nCONFIG_GPT2_SIZE_1_5B=y\n')
+    assert chosen.model_params["gpt2"]["model_size"] == "1.5B"
+    upstream = settings_of(tmp_path, 'CONFIG_MODEL="gpt2"\nCONFIG_GPT2_MODEL_SIZE="tiny"\n')
+    assert upstream.model_params["gpt2"]["model_size"] == "tiny"
+    with pytest.raises(UserError, match='GPT2_MODEL_SIZE="huge" is not a GPT-2 size; allowed: tiny, mini, 124M'):
+        settings_of(tmp_path, 'CONFIG_MODEL="gpt2"\nCONFIG_GPT2_MODEL_SIZE="huge"\n')
 
 
 def test_model_string_selects_that_model(tmp_path):

@@ -222,7 +222,7 @@ def start_trainer(command: list[str]) -> subprocess.Popen:
 
 def gpt2_symbols(text: Path, **overrides: Any) -> dict[str, Any]:
     """A tiny GPT-2 (2 layers, 64 wide) on a local text file, AdamW, dense."""
-    return {"MODEL_MODE_SINGLE": True, "MODEL_SELECT_GPT2": True, "GPT2_MODEL_SIZE": "tiny",
+    return {"MODEL_MODE_SINGLE": True, "MODEL_SELECT_GPT2": True, "GPT2_SIZE_TINY": True,
             "GPT2_DATASET_LOCAL": True, "GPT2_DATA_PATH": str(text), "GPT2_BLOCK_SIZE": 32,
             "GPT2_MAX_ITERS": 30, "GPT2_EVAL_INTERVAL": 10, "GPT2_EVAL_SAMPLES": 2, "GPT2_WARMUP_STEPS": 5,
             "GPT2_MIN_LR": "1e-4", "BATCH_SIZE": 4, "LEARNING_RATE": "3e-3",

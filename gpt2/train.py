@@ -60,11 +60,12 @@ def main() -> None:
     config = gpt2_config(m["model_size"], m["block_size"], PADDED_VOCAB, m.get("dropout", 0.0))
     assert config.vocab_size >= VOCAB_SIZE
     model = GPT(config).to(device)
+    num_params = sum(p.numel() for p in model.parameters())
     plan = plan_batch("gpt2", training, world_size=dist.world_size, free_gpu_mib=free_gpu_mib(device),
-                      num_params=sum(p.numel() for p in model.parameters()),
+                      num_params=num_params,
                       per_sample_mib=activation_mib("gpt2", m, config.n_layer, config.n_embd))
     if dist.is_main:
-        print(f"model: GPT-2 {m['model_size']} ({sum(p.numel() for p in model.parameters()):,} parameters), "
+        print(f"model: GPT-2 {m['model_size']} ({num_params:,} parameters), "
               f"block {config.block_size}; {plan.describe()}")
     tokens_per_step = plan.effective_batch * config.block_size
     total_steps = m["max_iters"] or training["epochs"] * math.ceil(len(tokens.train) / tokens_per_step)

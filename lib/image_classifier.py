@@ -23,6 +23,7 @@ from lib.train import RunContext, build_pruner, loop_config, schedule_for, start
 from lib.train_loop import TrainingLoop
 
 Augment = Callable[[torch.Tensor, torch.Generator], torch.Tensor]
+Data = Union[ImageClassificationData, ImageFolderData]
 
 
 def crop_and_flip(padding: int = 4) -> Augment:
@@ -30,7 +31,7 @@ def crop_and_flip(padding: int = 4) -> Augment:
     return lambda x, g: random_flip(random_crop(x, padding, g), g)
 
 
-def train_image_classifier(run: RunContext, data: "Data",
+def train_image_classifier(run: RunContext, data: Data,
                            model: nn.Module, augment: Optional[Augment]) -> dict[str, Any]:
     """Train `model` on in-memory tensors or an image folder; write metrics.json."""
     spec, training = run.spec, run.spec.hyperparams["training"]
@@ -56,9 +57,6 @@ def train_image_classifier(run: RunContext, data: "Data",
     print(f"best test accuracy {metrics['best_accuracy_pct']:.2f}%  "
           f"sparsity {metrics['sparsity']['global_pct']:.2f}%")
     return metrics
-
-
-Data = Union[ImageClassificationData, ImageFolderData]
 
 
 @dataclass(frozen=True)

@@ -68,12 +68,12 @@ def load_spec(run_dir: Path) -> RunSpec:
     return RunSpec.from_json(read_json(run_dir / "run.json")["spec"])
 
 
-def seed_everything(seed: int) -> torch.Generator:
-    """Seed Python, NumPy and torch; return a CPU generator for data order."""
+def seed_everything(seed: int) -> None:
+    """Seed Python, NumPy and torch (initial weights, dropout); data order has its
+    own per-step generators (lib/tasks.py)."""
     random.seed(seed)
     np.random.seed(seed)
     torch.manual_seed(seed)
-    return torch.Generator().manual_seed(seed)
 
 
 def resolve_device(requested: str) -> tuple[torch.device, str | None]:

@@ -24,8 +24,9 @@ MODELS = ("lenet5", "resnet18", "resnet50", "gpt2")
 OPTIMIZERS = ("sgd", "adam", "adamw", "adamwadv", "adamwspam", "adamwprune")
 PRUNING_METHODS = ("none", "magnitude", "movement", "movement-upstream", "state")
 SPARSITY_LEVELS = (50, 70, 90, 95, 99)
-BITTER_VARIANTS = ("bitter0", "bitter1", "bitter2", "bitter3", "bitter7", "bitter8", "bitter9",
-                   "bitter1-upstream", "bitter2-upstream", "bitter8-upstream")
+BITTER_VARIANTS = ("bitter0", "bitter1", "bitter2", "bitter3", "bitter4", "bitter5", "bitter6", "bitter7", "bitter8",
+                   "bitter9", "bitter1-upstream", "bitter2-upstream", "bitter4-upstream", "bitter8-upstream",
+                   "bitter9-upstream")
 
 
 @dataclass(frozen=True)
@@ -51,7 +52,9 @@ _DECAY = NumberRule(0, 1)
 _EPS = NumberRule(0, 1, low_open=True)
 NUMBER_SYMBOLS: dict[str, NumberRule] = {
     "LEARNING_RATE": NumberRule(0, 10, low_open=True),
-    "SGD_LEARNING_RATE": NumberRule(0, 10),
+    "SGD_LEARNING_RATE": NumberRule(0, 10), "ADAM_LEARNING_RATE": NumberRule(0, 10),
+    "ADAMW_LEARNING_RATE": NumberRule(0, 10), "ADV_LEARNING_RATE": NumberRule(0, 10),
+    "SPAM_LEARNING_RATE": NumberRule(0, 10), "ADAMWPRUNE_LEARNING_RATE": NumberRule(0, 10),
     "LR_STEP_GAMMA": NumberRule(0, 1, low_open=True),
     "TARGET_SPARSITY": _FRACTION,
     "ADAMWPRUNE_TARGET_SPARSITY": _FRACTION,
@@ -85,6 +88,8 @@ class TrainingSettings:
     hyper_param_auto: bool
     target_effective_batch: int
     log_every: int
+    grad_clip_norm: float | None = None  # None: the model's default (GPT-2 1.0, others off); 0: off
+    tf32: bool = True  # CUDA matmuls may use TF32 (GPT2_TF32_ALLOWED)
 
 
 @dataclass(frozen=True)
@@ -92,7 +97,8 @@ class PruningSettings:
     warmup_steps: int
     frequency: int
     ramp_end_epoch: int
-    schedule: str
+    schedule: str  # a curve of lib/pruning/schedules.py, or "per-method" (upstream's)
+    ramp_fit: bool = False  # move a ramp that ends at/after the last step to 75% of the run
 
 
 @dataclass(frozen=True)
@@ -251,7 +257,8 @@ def _sparsities(kconf: kconfiglib.Kconfig, numbers: dict[str, float], fallback: 
 
 
 _LR_SCHEDULES = {"LR_SCHEDULE_CONSTANT": "constant", "LR_SCHEDULE_COSINE": "cosine", "LR_SCHEDULE_STEP": "step"}
-_SCHEDULES = {"PRUNING_SCHEDULE_CUBIC": "cubic", "PRUNING_SCHEDULE_LINEAR": "linear",
+_SCHEDULES = {"PRUNING_SCHEDULE_UPSTREAM": "per-method", "PRUNING_SCHEDULE_CUBIC": "cubic",
+              "PRUNING_SCHEDULE_LINEAR": "linear",
               "PRUNING_SCHEDULE_UPSTREAM_P3": "upstream-p3"}
 
 
@@ -264,7 +271,8 @@ def _optimizer_params(kconf: kconfiglib.Kconfig, n: dict[str, float]) -> dict[st
                         "adamw")
     spam = {"theta": n["SPAM_THETA"], "enable_clip": _y(kconf, "SPAM_ENABLE_CLIP"),
             "periodic_reset": _y(kconf, "SPAM_PERIODIC_RESET"), "interval": _int(kconf, "SPAM_INTERVAL"),
-            "warmup": _y(kconf, "SPAM_WARMUP"), "warmup_steps": _int(kconf, "SPAM_WARMUP_STEPS")}
+            "warmup": _y(kconf, "SPAM_WARMUP"), "warmup_steps": _int(kconf, "SPAM_WARMUP_STEPS"),
+            "clip_delay_steps": _int(kconf, "SPAM_CLIP_DELAY_STEPS")}
     adv = {"amsgrad": _y(kconf, "ADV_USE_AMSGRAD"), "weight_decay": n["ADV_WEIGHT_DECAY"],
            "cosine_annealing": _y(kconf, "ADV_USE_COSINE_ANNEALING"), "eta_min": n["ADV_COSINE_ETA_MIN"],
            "grad_clip": n["ADV_GRAD_CLIP"]}
@@ -272,13 +280,16 @@ def _optimizer_params(kconf: kconfiglib.Kconfig, n: dict[str, float]) -> dict[st
         "sgd": {"momentum": n["SGD_MOMENTUM"], "weight_decay": n["SGD_WEIGHT_DECAY"],
                 "learning_rate": n["SGD_LEARNING_RATE"] or None},
         "adam": {"betas": (n["ADAM_BETA1"], n["ADAM_BETA2"]), "eps": n["ADAM_EPSILON"],
-                 "weight_decay": n["ADAM_WEIGHT_DECAY"]},
+                 "weight_decay": n["ADAM_WEIGHT_DECAY"], "learning_rate": n["ADAM_LEARNING_RATE"] or None},
         "adamw": {"betas": (n["ADAMW_BETA1"], n["ADAMW_BETA2"]), "eps": n["ADAMW_EPSILON"],
-                  "weight_decay": n["ADAMW_WEIGHT_DECAY"]},
-        "adamwadv": {"betas": (n["ADAMW_BETA1"], n["ADAMW_BETA2"]), "eps": n["ADAMW_EPSILON"], **adv},
+                  "weight_decay": n["ADAMW_WEIGHT_DECAY"], "learning_rate": n["ADAMW_LEARNING_RATE"] or None},
+        "adamwadv": {"betas": (n["ADAMW_BETA1"], n["ADAMW_BETA2"]), "eps": n["ADAMW_EPSILON"], **adv,
+                     "learning_rate": n["ADV_LEARNING_RATE"] or None},
         "adamwspam": {"betas": (n["ADAMW_BETA1"], n["ADAMW_BETA2"]), "eps": n["ADAMW_EPSILON"],
-                      "weight_decay": n["ADAMW_WEIGHT_DECAY"], **spam},
-        "adamwprune": {"base": base, "betas": (n["ADAMWPRUNE_BETA1"], n["ADAMWPRUNE_BETA2"]),
+                      "weight_decay": n["ADAMW_WEIGHT_DECAY"], **spam,
+                      "learning_rate": n["SPAM_LEARNING_RATE"] or None},
+        "adamwprune": {"base": base, "learning_rate": n["ADAMWPRUNE_LEARNING_RATE"] or None,
+                       "betas": (n["ADAMWPRUNE_BETA1"], n["ADAMWPRUNE_BETA2"]),
                        "eps": n["ADAMW_EPSILON"], "weight_decay": n["ADAMWPRUNE_WEIGHT_DECAY"],
                        "amsgrad": _y(kconf, "ADAMWPRUNE_AMSGRAD"), "state_score": _state_score(kconf),
                        "warmup_steps": _int(kconf, "ADAMWPRUNE_WARMUP_STEPS"),
@@ -351,11 +362,16 @@ def settings_from_kconfig(kconf: kconfiglib.Kconfig) -> Settings:
         compile_model=_y(kconf, "COMPILE_MODEL"), mixed_precision=_y(kconf, "MIXED_PRECISION"),
         save_checkpoint=_y(kconf, "SAVE_CHECKPOINT"), resume=_y(kconf, "RESUME_FROM_CHECKPOINT"),
         grad_accum=_int(kconf, "GRADIENT_ACCUMULATION") or 1, hyper_param_auto=_y(kconf, "HYPER_PARAM_AUTO"),
-        target_effective_batch=_int(kconf, "TARGET_EFFECTIVE_BATCH") or 1024, log_every=_int(kconf, "LOG_EVERY"))
+        target_effective_batch=_int(kconf, "TARGET_EFFECTIVE_BATCH") or 1024, log_every=_int(kconf, "LOG_EVERY"),
+        grad_clip_norm=_grad_clip_norm(kconf), tf32=_y(kconf, "GPT2_TF32_ALLOWED"))
     pruning = PruningSettings(
         warmup_steps=_int(kconf, "PRUNING_WARMUP"), frequency=_int(kconf, "PRUNING_FREQUENCY") or 1,
         ramp_end_epoch=_int(kconf, "PRUNING_RAMP_END_EPOCH") or training.epochs,
-        schedule=_choice_name(kconf, _SCHEDULES, "cubic"))
+        schedule=_choice_name(kconf, _SCHEDULES, "per-method"), ramp_fit=_y(kconf, "PRUNING_RAMP_FIT"))
+    methods = _pruning_methods(kconf)
+    if any(m != "none" for m in methods):
+        check_ramp(training, pruning, methods, optimizers, _optimizer_params(kconf, numbers)["adamwprune"],
+                   models, _model_params(kconf, numbers)["gpt2"])
     runner = RunnerSettings(
         parallel_jobs=_int(kconf, "PARALLEL_JOBS") or 1, timeout_s=_int(kconf, "RUN_TIMEOUT"),
         retries=_int(kconf, "RUN_RETRIES"), executor="slurm" if _y(kconf, "EXECUTOR_SLURM") else "local",
@@ -367,12 +383,51 @@ def settings_from_kconfig(kconf: kconfiglib.Kconfig) -> Settings:
         slurm_array_parallelism=_int(kconf, "SLURM_ARRAY_PARALLELISM"), slurm_extra=syms["SLURM_EXTRA"].str_value,
         slurm_cluster=syms["SLURM_CLUSTER"].str_value or "slurm")
     return Settings(
-        models=models, optimizers=optimizers, pruning_methods=_pruning_methods(kconf),
+        models=models, optimizers=optimizers, pruning_methods=methods,
         sparsities_pct=_sparsities(kconf, numbers, "TARGET_SPARSITY"),
         adamwprune_sparsities_pct=_sparsities(kconf, numbers, "ADAMWPRUNE_TARGET_SPARSITY"),
         gpt2_variants=_enabled(kconf, "GPT2_ADAMWPRUNE_VARIANT_", BITTER_VARIANTS) or ("bitter7",),
         seeds=seeds, training=training, pruning=pruning, runner=runner,
         optimizer_params=_optimizer_params(kconf, numbers), model_params=_model_params(kconf, numbers))
+
+
+def _grad_clip_norm(kconf: kconfiglib.Kconfig) -> float | None:
+    raw = kconf.syms["GRADIENT_CLIP_NORM"].str_value.strip()
+    if not raw:
+        return None
+    try:
+        value = float(raw)
+    except ValueError:
+        value = math.nan
+    if not (math.isfinite(value) and value >= 0):
+        raise UserError(f"CONFIG_GRADIENT_CLIP_NORM=\"{raw}\" is not valid; allowed: empty (per model), 0 (off) "
+                        "or a positive number")
+    return value
+
+
+def check_ramp(training: TrainingSettings, pruning: PruningSettings, methods: tuple[str, ...],
+               optimizers: tuple[str, ...], adamwprune: dict[str, Any], models: tuple[str, ...],
+               gpt2: dict[str, Any]) -> None:
+    """Refuse, at validation, a pruning ramp that ends at or after the last training step.
+
+    Checked where the step counts are known from the configuration alone:
+    epochs for every model, and for GPT-2 with GPT2_MAX_ITERS also AdamWPrune's
+    ramp-end step. The trainer checks again with exact step counts.
+    """
+    if pruning.ramp_fit:
+        return
+    fix = "lower it, raise CONFIG_NUM_EPOCHS, or set CONFIG_PRUNING_RAMP_FIT=y"
+    state_by_epoch = "state" in methods and "adamwprune" in optimizers and not adamwprune["ramp_end_step"]
+    epoch_based = state_by_epoch or any(m not in ("none", "state") for m in methods)
+    if epoch_based and pruning.ramp_end_epoch >= training.epochs:
+        raise UserError(f"CONFIG_PRUNING_RAMP_END_EPOCH={pruning.ramp_end_epoch} is not before the last epoch "
+                        f"(CONFIG_NUM_EPOCHS={training.epochs}): the target sparsity would be reached at the last "
+                        f"step or never, with no steps left to recover; {fix}")
+    ramp_end, max_iters = adamwprune["ramp_end_step"], gpt2["max_iters"]
+    if "gpt2" in models and "adamwprune" in optimizers and ramp_end and max_iters and ramp_end >= max_iters:
+        raise UserError(f"CONFIG_ADAMWPRUNE_RAMP_END_STEP={ramp_end} is not before the last step "
+                        f"(CONFIG_GPT2_MAX_ITERS={max_iters}): the target sparsity would be reached at the last step "
+                        f"or never; lower it, raise CONFIG_GPT2_MAX_ITERS, or set CONFIG_PRUNING_RAMP_FIT=y")
 
 
 def _device(raw: str) -> str:

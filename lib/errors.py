@@ -22,3 +22,10 @@ def run_cli(main: Callable[[], T]) -> T:
     except UserError as exc:
         print(f"error: {exc}", file=sys.stderr)
         sys.exit(USER_ERROR_EXIT)
+
+
+class NonFiniteError(UserError):
+    """Training produced a NaN or infinity (loss, gradient norm or pruning score).
+
+    A UserError so the trainer ends with one `error:` line and a failed run,
+    not a traceback: the usual fix is a smaller learning rate or clipping."""

@@ -54,8 +54,9 @@ def train_image_classifier(run: RunContext, data: Data,
     loop = TrainingLoop(model, task, optimizer, pruner, schedule, config, device=run.device)
     metrics = train_and_record(run.run_dir, spec, loop, started=run.started, note=run.device_note, plan=plan,
                                dataset=data.info)
-    print(f"best test accuracy {metrics['best_accuracy_pct']:.2f}%  "
-          f"sparsity {metrics['sparsity']['global_pct']:.2f}%")
+    best = metrics["best_accuracy_pct"]
+    print(f"best test accuracy {'-' if best is None else f'{best:.2f}%'} ({metrics['best_scope'].split(':')[0]})  "
+          f"final {metrics['final_accuracy_pct']:.2f}%  sparsity {metrics['sparsity']['global_pct']:.2f}%")
     return metrics
 
 

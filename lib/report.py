@@ -21,7 +21,7 @@ from lib.errors import UserError
 from lib.graphs import Graph, render_graphs
 from lib.jsonio import SCHEMA_VERSION, write_json_atomic, write_text_atomic
 from lib.report_html import render_html
-from lib.report_labels import (EFFICIENCY_NOTE, MIXED_MEMORY, PERPLEXITY, TRAINING_TERMS, MemoryLabels,
+from lib.report_labels import (BEST_NOTE, EFFICIENCY_NOTE, MIXED_MEMORY, PERPLEXITY, TRAINING_TERMS, MemoryLabels,
                                Metric, efficiency_scores, memory_labels, status_counts, status_label,
                                table_metrics)
 from lib.report_md import markdown_blocks, render_markdown
@@ -77,7 +77,7 @@ def render_text_table(rows: pd.DataFrame, columns: list[Column]) -> list[str]:
 def _header_lines(table: pd.DataFrame, source_name: str, memory: MemoryLabels) -> list[str]:
     lines = ["Test Matrix Summary Report",
              f"Generated: {datetime.now().isoformat(timespec='seconds')}",
-             f"From: {source_name}", "=" * 80, "", *status_counts(table)]
+             f"From: {source_name}", "=" * 80, "", *status_counts(table), BEST_NOTE]
     return lines + ([memory.note] if memory.note else []) + [""]
 
 

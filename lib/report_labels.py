@@ -38,11 +38,16 @@ class Metric:
 
     @property
     def best_axis_label(self) -> str:
-        return f"Best {self.axis_label[0].lower()}{self.axis_label[1:]}"
+        return f"Best {self.axis_label[0].lower()}{self.axis_label[1:]}, pruned runs at target sparsity"
 
     def text(self, value: Any) -> str:
         return fmt(value, 2, self.unit)
 
+
+BEST_NOTE = ("Best: for a pruned run, the best evaluation at its target sparsity (measured within 0.5 points, "
+             "after the ramp), never one taken before pruning reached it (metrics.json keeps that apart as "
+             "best_before_target); for a dense run, the best of all evaluations. Upstream result directories "
+             "report best as upstream recorded it.")
 
 ACCURACY = Metric("best_accuracy_pct", "final_accuracy_pct", "Best Acc (%)", "Final Acc (%)",
                   "Best Acc", "%", True, "Test accuracy (%)", "best test accuracy", "accuracy")

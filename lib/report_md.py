@@ -18,7 +18,7 @@ from typing import Sequence, Union
 import pandas as pd
 
 from lib.graphs import MEMORY_TERMS, MIB, Graph
-from lib.report_labels import (EFFICIENCY_NOTE, PERPLEXITY, TRAINING_TERMS, MemoryLabels, Metric,
+from lib.report_labels import (BEST_NOTE, EFFICIENCY_NOTE, PERPLEXITY, TRAINING_TERMS, MemoryLabels, Metric,
                                efficiency_scores, memory_labels, status_counts, status_label, table_metrics)
 from lib.stats import NA, Estimate, configurations, fmt, has_seeds, is_missing
 
@@ -64,6 +64,7 @@ def _overview(table: pd.DataFrame, memory: MemoryLabels, seeds: bool) -> list[Bl
     items.append("Sparsity: the measured share of prunable weights that are exactly zero after training, "
                  "not the target.")
     items.append(f"Efficiency: {EFFICIENCY_NOTE} (classifiers only).")
+    items.append(BEST_NOTE)
     items.append("Δ dense: the metric minus the mean of the successful dense (pruning none) runs of the same "
                  "model and optimizer.")
     items.append("Seeds: figures are mean ± sample standard deviation over the successful seeds of a "

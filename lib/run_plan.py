@@ -20,6 +20,8 @@ from lib.config import RunnerSettings
 from lib.errors import UserError
 from lib.jsonio import read_json
 from lib.matrix import RunSpec
+from lib.optim.lr_schedules import peak_lr
+from lib.pruning.schedules import curve_for
 from lib.slot_pool import SlotPool, visible_gpus
 from lib.trainers import gpus_per_run
 
@@ -116,6 +118,15 @@ def first_wave(pool: SlotPool, runs: list[RunSpec]) -> list[str]:
     return labels
 
 
+def recipe(spec: RunSpec) -> str:
+    """What differs between runs beyond their name: peak learning rate and sparsity curve."""
+    hp = spec.hyperparams
+    text = f"lr {peak_lr(hp['optimizer'], hp['training']):g}"
+    if spec.pruning != "none":
+        text += f", {curve_for(hp['pruning']['schedule'], spec.pruning)} ramp"
+    return text
+
+
 def plan_lines(settings: RunnerSettings, runs: list[RunSpec], root: Path) -> list[str]:
     """The dry run: the slots, the numbered runs (the first wave with its placement), the time estimate."""
     if settings.executor == "slurm":
@@ -128,5 +139,6 @@ def plan_lines(settings: RunnerSettings, runs: list[RunSpec], root: Path) -> lis
                         min_free_mib=settings.min_free_gpu_mib)
         slots, where = pool.capacity, first_wave(pool, runs)
         lines = [f"Slots: {pool.describe()}"]
-    lines += [f"  {number}. {spec.run_id}{placed}" for number, (spec, placed) in enumerate(zip(runs, where), 1)]
+    lines += [f"  {number}. {spec.run_id}  ({recipe(spec)}){placed}"
+              for number, (spec, placed) in enumerate(zip(runs, where), 1)]
     return lines + estimate_lines(runs, root, slots, gpus_per_run)

@@ -73,9 +73,16 @@ class TaskReport:
     def describe(self, record: dict[str, Any]) -> str:
         return self.line.format(**{**record, "train_loss": _loss_text(record["train_loss"])})
 
-    def summary(self, history: list[dict[str, Any]], best: dict[str, Any]) -> dict[str, Any]:
-        return {"task": self.kind, self.history_key: history, **{k: best[v] for k, v in self.best_fields.items()},
-                **{k: history[-1][v] for k, v in self.final_fields.items()}}
+    def summary(self, history: list[dict[str, Any]], best: Optional[dict[str, Any]],
+                before_target: Optional[dict[str, Any]] = None) -> dict[str, Any]:
+        """Best figures from `best` (None when a pruned run was never evaluated at its
+        target), final ones from the last record, and the best before the target apart."""
+        return {"task": self.kind, self.history_key: history,
+                **{k: best[v] if best else None for k, v in self.best_fields.items()},
+                **{k: history[-1][v] for k, v in self.final_fields.items()},
+                "best_before_target": None if before_target is None else
+                {**{k: before_target[v] for k, v in self.best_fields.items()},
+                 "sparsity_pct": before_target.get("sparsity_pct")}}
 
 
 class ClassifierMetrics(TaskReport):
@@ -245,5 +252,6 @@ class LanguageModelTask(TaskReport):
     def record(self, step: int, window: TrainWindow, evaluation: dict[str, float]) -> dict[str, Any]:
         return {"step": step, "train_loss": window.mean_loss(), **evaluation}
 
-    def summary(self, history: list[dict[str, Any]], best: dict[str, Any]) -> dict[str, Any]:
-        return {**super().summary(history, best), "initial_perplexity": history[0]["val_perplexity"]}
+    def summary(self, history: list[dict[str, Any]], best: Optional[dict[str, Any]],
+                before_target: Optional[dict[str, Any]] = None) -> dict[str, Any]:
+        return {**super().summary(history, best, before_target), "initial_perplexity": history[0]["val_perplexity"]}

@@ -26,6 +26,7 @@ from lib.matrix import RunSpec
 from lib.optim import state_bytes
 from lib.optim.lr_schedules import LRSchedule, lr_schedule_for
 from lib.pruning import GradualPruner
+from lib.pruning.schedules import Ramp, curve_for, plan_ramp
 from lib.pruning.scores import score_name
 from lib.train_loop import LoopConfig, TrainingLoop, metrics_from
 
@@ -61,6 +62,9 @@ def start_run(description: str) -> RunContext:
     device, note = resolve_device(spec.hyperparams["training"]["device"])
     if note:
         print(f"note: {note}")
+    if device.type == "cuda" and spec.model == "gpt2":  # GPT2_TF32_ALLOWED, as upstream and nanoGPT
+        allow = spec.hyperparams["training"].get("tf32", True)
+        torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = allow
     return RunContext(run_dir, spec, download, device, note, started)
 
 
@@ -91,24 +95,40 @@ def environment(device: torch.device, note: str | None) -> dict[str, Any]:
             "host": platform.node(), "device_note": note}
 
 
+def pruning_ramp(spec: RunSpec, total_steps: int, steps_per_epoch: int) -> Ramp:
+    """When the run's pruning starts and reaches its target, checked against its length.
+
+    State runs follow AdamWPrune's own warm-up and ramp-end settings (as
+    upstream); magnitude and movement runs the general pruning ones.
+    """
+    pruning, opt = spec.hyperparams["pruning"], spec.hyperparams["optimizer"]
+    warmup = pruning["warmup_steps"]
+    ramp_end = pruning["ramp_end_epoch"] * steps_per_epoch
+    symbols = (f"CONFIG_PRUNING_RAMP_END_EPOCH={pruning['ramp_end_epoch']} "
+               f"(x {steps_per_epoch} steps per epoch)")
+    if spec.pruning == "state":
+        warmup = opt["warmup_steps"]
+        if opt["ramp_end_step"]:
+            ramp_end, symbols = opt["ramp_end_step"], f"CONFIG_ADAMWPRUNE_RAMP_END_STEP={opt['ramp_end_step']}"
+    return plan_ramp(warmup, ramp_end, total_steps, fit=pruning.get("ramp_fit", False), symbols=symbols)
+
+
 def build_pruner(spec: RunSpec, model: nn.Module, optimizer: torch.optim.Optimizer, total_steps: int,
                  steps_per_epoch: int) -> GradualPruner | None:
-    """The run's pruner, or None for a dense run.
-
-    State runs follow AdamWPrune's own warm-up/frequency/ramp-end settings
-    (as upstream); magnitude and movement runs the general pruning ones.
-    """
+    """The run's pruner, or None for a dense run; prints its ramp."""
     if spec.pruning == "none":
         return None
     pruning, opt = spec.hyperparams["pruning"], spec.hyperparams["optimizer"]
-    ramp_end = min(pruning["ramp_end_epoch"] * steps_per_epoch, total_steps)
-    warmup, frequency = pruning["warmup_steps"], pruning["frequency"]
-    if spec.pruning == "state":
-        warmup, frequency = opt["warmup_steps"], opt["frequency"]
-        ramp_end = min(opt["ramp_end_step"] or ramp_end, total_steps)
+    ramp = pruning_ramp(spec, total_steps, steps_per_epoch)
+    frequency = opt["frequency"] if spec.pruning == "state" else pruning["frequency"]
     score = score_name(spec.pruning, spec.variant, opt.get("state_score", "bitter0"))
-    return GradualPruner(model, optimizer, score, spec.target_sparsity_pct / 100.0, warmup_steps=min(warmup, ramp_end),
-                         ramp_end_step=ramp_end, frequency=frequency, schedule=pruning["schedule"], seed=spec.seed)
+    curve = curve_for(pruning["schedule"], spec.pruning)
+    print(f"{ramp.describe()}; curve {curve}, mask update every {frequency} steps")
+    pruner = GradualPruner(model, optimizer, score, spec.target_sparsity_pct / 100.0,
+                           warmup_steps=ramp.warmup_steps, ramp_end_step=ramp.ramp_end_step, frequency=frequency,
+                           schedule=curve, seed=spec.seed)
+    pruner.ramp = ramp  # recorded in metrics.json
+    return pruner
 
 
 def schedule_for(spec: RunSpec, total_steps: int, warmup_steps: int | None = None,
@@ -154,6 +174,16 @@ def resume_dir(run_dir: Path) -> Path:
     return run_dir.parent / ".resume" / run_dir.name
 
 
+# nanoGPT and upstream clip GPT-2's gradients at 1.0; the CNN recipes do not clip.
+DEFAULT_GRAD_CLIP = {"gpt2": 1.0}
+
+
+def grad_clip_norm(spec: RunSpec) -> float:
+    """GRADIENT_CLIP_NORM, or the model's default when it is empty (0 = off)."""
+    configured = spec.hyperparams["training"].get("grad_clip_norm")
+    return DEFAULT_GRAD_CLIP.get(spec.model, 0.0) if configured is None else configured
+
+
 def loop_config(spec: RunSpec, run_dir: Path, plan: BatchPlan, *, total_steps: int, eval_every: int,
                 max_time_s: float = 0.0, eval_at_start: bool = False) -> LoopConfig:
     training = spec.hyperparams["training"]
@@ -163,6 +193,7 @@ def loop_config(spec: RunSpec, run_dir: Path, plan: BatchPlan, *, total_steps: i
         resume_dir=resume_dir(run_dir) if training.get("resume", True) else None,
         best_dir=run_dir / "checkpoints" if training.get("save_checkpoint") else None,
         eval_at_start=eval_at_start, log_every=training.get("log_every", 0),
+        grad_clip_norm=grad_clip_norm(spec),
         identity={"spec": spec.to_json(), "plan": plan.to_json()})
 
 

@@ -13,6 +13,7 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import json
+import math
 import shutil
 import time
 from dataclasses import dataclass, field
@@ -24,6 +25,7 @@ from torch import nn
 
 from lib.checkpoint import BEST, LAST, load_checkpoint, restore_rng_state, rng_state, save_checkpoint
 from lib.distributed import Dist, any_rank, mean_across_ranks
+from lib.errors import NonFiniteError
 from lib.optim.lr_schedules import LRSchedule
 from lib.pruning import GradualPruner, measure_sparsity, prunable_parameters
 from lib.tasks import ClassificationTask, LanguageModelTask, TrainWindow
@@ -43,6 +45,7 @@ class LoopConfig:
     best_dir: Optional[Path] = None  # best.pt goes here (SAVE_CHECKPOINT); None: not saved
     eval_at_start: bool = False  # language models: record the untrained perplexity
     log_every: int = 0  # extra progress lines between evaluations (0: none)
+    grad_clip_norm: float = 0.0  # clip the global norm of the live gradients to this (0: off)
     identity: dict[str, Any] = field(default_factory=dict)  # a checkpoint of another run is not resumed
 
 
@@ -53,8 +56,14 @@ class LoopState:
     eval_time_s: float = 0.0
     samples_seen: int = 0
     history: list[dict[str, Any]] = field(default_factory=list)
-    best: Optional[dict[str, Any]] = None
+    best: Optional[dict[str, Any]] = None  # best evaluation at the target sparsity (any, for a dense run)
+    best_before_target: Optional[dict[str, Any]] = None  # best evaluation of a pruned run before its target
     resumed_from_step: Optional[int] = None
+    last_grad_norm: Optional[torch.Tensor] = None  # before clipping, at the latest step (not checkpointed)
+
+
+AT_TARGET_TOLERANCE_PCT = 0.5  # an evaluation counts as "at the target sparsity" within this many points
+NONFINITE_CHECK_EVERY = 50  # on CUDA, steps between host syncs for the non-finite check (and at evaluations)
 
 
 def autocast_for(device: torch.device, enabled: bool) -> tuple[contextlib.AbstractContextManager, str]:
@@ -62,8 +71,29 @@ def autocast_for(device: torch.device, enabled: bool) -> tuple[contextlib.Abstra
     if not enabled:
         return contextlib.nullcontext(), "fp32"
     if device.type == "cuda" and not torch.cuda.is_bf16_supported():
-        return torch.autocast("cuda", dtype=torch.float16), "fp16-autocast (no bf16 on this GPU; no loss scaling)"
+        return torch.autocast("cuda", dtype=torch.float16), "fp16-autocast with loss scaling (no bf16 on this GPU)"
     return torch.autocast(device.type, dtype=torch.bfloat16), "bf16-autocast"
+
+
+class NonFiniteWatch:
+    """Remembers, on the device and without a host sync, the first step whose
+    loss (or gradient norm) was not finite; `check()` syncs and raises."""
+
+    def __init__(self, device: torch.device) -> None:
+        self.first_step = torch.full((), -1, dtype=torch.long, device=device)
+        self.value = torch.zeros((), device=device)
+
+    def observe(self, value: torch.Tensor, step: int) -> None:
+        bad = ~torch.isfinite(value.detach().float()) & (self.first_step < 0)
+        self.first_step = torch.where(bad, torch.full_like(self.first_step, step), self.first_step)
+        self.value = torch.where(bad, value.detach().float(), self.value)
+
+    def check(self, lr_at: Callable[[int], float], what: str = "loss") -> None:
+        step = int(self.first_step)
+        if step >= 0:
+            kind = "nan" if math.isnan(float(self.value)) else "inf"
+            raise NonFiniteError(f"{what} became {kind} at step {step + 1} (lr {lr_at(step):.3g}); "
+                                 "stopped: lower the learning rate or clip gradients (CONFIG_GRADIENT_CLIP_NORM)")
 
 
 def _identity_hash(identity: dict[str, Any]) -> str:
@@ -79,6 +109,9 @@ class TrainingLoop:
         self.log = log if dist.is_main else (lambda _: None)
         self.state = LoopState()
         self.autocast, self.precision = autocast_for(device, config.mixed_precision)
+        # fp16 autocast needs loss scaling; bf16 and fp32 do not (the scaler is then a no-op).
+        self.scaler = torch.amp.GradScaler(device.type, enabled=self.precision.startswith("fp16"))
+        self.loss_watch, self.norm_watch = NonFiniteWatch(device), NonFiniteWatch(device)
         self.forward_model = self._wrap(model)
 
     def _wrap(self, model: nn.Module) -> nn.Module:
@@ -98,7 +131,8 @@ class TrainingLoop:
         s = self.state
         return {"identity": _identity_hash(self.config.identity), "step": s.step, "train_time_s": s.train_time_s,
                 "eval_time_s": s.eval_time_s, "samples_seen": s.samples_seen, "history": s.history,
-                "best": s.best, "model": self.model.state_dict(), "optimizer": self.optimizer.state_dict(),
+                "best": s.best, "best_before_target": s.best_before_target, "scaler": self.scaler.state_dict(),
+                "model": self.model.state_dict(), "optimizer": self.optimizer.state_dict(),
                 "pruner": self.pruner.state_dict() if self.pruner else None, "rng": rng_state()}
 
     def _resume(self) -> None:
@@ -118,6 +152,9 @@ class TrainingLoop:
         s = self.state
         s.step, s.train_time_s, s.eval_time_s = saved["step"], saved["train_time_s"], saved["eval_time_s"]
         s.samples_seen, s.history, s.best = saved["samples_seen"], saved["history"], saved["best"]
+        s.best_before_target = saved.get("best_before_target")
+        if saved.get("scaler"):
+            self.scaler.load_state_dict(saved["scaler"])
         s.resumed_from_step = s.step
         self.log(f"resumed from {self.config.resume_dir / LAST} at step {s.step}/{self.config.total_steps}")
 
@@ -154,6 +191,7 @@ class TrainingLoop:
     # -- the loop ---------------------------------------------------------
 
     def _evaluate(self, window: TrainWindow) -> None:
+        self._check_finite()  # never record (or checkpoint) a diverged model
         start = time.perf_counter()
         if self.dist.enabled and window.samples:  # every rank saw equally many samples
             window.loss_sum = mean_across_ranks(float(window.loss_sum), self.dist, self.device)
@@ -167,14 +205,43 @@ class TrainingLoop:
         record = {**self.task.record(s.step, window, evaluation), "sparsity_pct": sparsity,
                   "lr": self.optimizer.param_groups[0]["lr"], "elapsed_s": s.train_time_s + s.eval_time_s,
                   "samples_seen": s.samples_seen}
+        if s.last_grad_norm is not None:
+            record["grad_norm"] = float(s.last_grad_norm)
+        if self.pruner is not None:
+            record["at_target"] = self._at_target(sparsity)
         s.history.append(record)
-        improved = self.task.better(record, s.best)
-        if improved:
-            s.best = record
+        improved = False
+        if record.get("at_target", True):
+            improved = self.task.better(record, s.best)
+            if improved:
+                s.best = record
+        elif self.task.better(record, s.best_before_target):
+            s.best_before_target = record
         s.eval_time_s += time.perf_counter() - start
         self.log(f"{self.task.describe(record)}  sparsity {sparsity:.1f}%  lr {record['lr']:.3g}  "
                  f"[{s.step}/{self.config.total_steps} steps, {s.train_time_s:.0f}s]")
         self._save(improved)
+
+    def _at_target(self, sparsity_pct: float) -> bool:
+        """A pruned model is judged at its target: the ramp is over and the
+        measured sparsity is within AT_TARGET_TOLERANCE_PCT points of it."""
+        pruner = self.pruner
+        return (self.state.step >= pruner.ramp_end_step
+                and abs(sparsity_pct - pruner.final_global_pct()) <= AT_TARGET_TOLERANCE_PCT)
+
+    def _check_finite(self) -> None:
+        self.loss_watch.check(self.schedule.at, "loss")
+        self.norm_watch.check(self.schedule.at, "gradient norm")
+
+    def _clip_and_watch(self) -> None:
+        """Clip the global norm of the live gradients (pruned entries zeroed first)."""
+        if self.pruner is not None:
+            self.pruner.zero_pruned_gradients()
+        params = [p for p in self.model.parameters() if p.grad is not None]
+        norm = torch.nn.utils.clip_grad_norm_(params, self.config.grad_clip_norm)
+        if not self.scaler.is_enabled():  # with loss scaling an inf norm only skips the step
+            self.norm_watch.observe(norm, self.state.step)
+        self.state.last_grad_norm = norm
 
     def _time_up(self) -> bool:
         limit = self.config.max_time_s
@@ -195,12 +262,18 @@ class TrainingLoop:
             with sync:
                 with self.autocast:
                     loss, correct = self.task.loss(self.forward_model, x, y)
-                (loss / cfg.grad_accum).backward()
+                self.scaler.scale(loss / cfg.grad_accum).backward()
+            self.loss_watch.observe(loss, s.step)
             window.add(loss, correct, y.numel())
             s.samples_seen += y.shape[0] * self.dist.world_size
         if self.pruner:
             self.pruner.before_optimizer_step()
-        self.optimizer.step()
+        if self.scaler.is_enabled():
+            self.scaler.unscale_(self.optimizer)
+        if cfg.grad_clip_norm > 0:
+            self._clip_and_watch()
+        self.scaler.step(self.optimizer)  # a plain optimizer.step() unless fp16 loss scaling is on
+        self.scaler.update()
         self.optimizer.zero_grad(set_to_none=True)
         s.step += 1
         if self.pruner:
@@ -217,6 +290,8 @@ class TrainingLoop:
         while s.step < cfg.total_steps and not self._time_up():
             start = time.perf_counter()
             self._one_step(window)
+            if self.device.type != "cuda" or s.step % NONFINITE_CHECK_EVERY == 0:
+                self._check_finite()  # a sync each step costs nothing on CPU
             if self.device.type == "cuda" and cfg.log_every and s.step % cfg.log_every == 0:
                 torch.cuda.synchronize(self.device)  # honest step timing at log points
             s.train_time_s += time.perf_counter() - start
@@ -231,15 +306,26 @@ class TrainingLoop:
         return s
 
 
+def best_scope(loop: TrainingLoop) -> str:
+    """What "best" means in this run's metrics.json, said in words for the reports."""
+    if loop.pruner is None:
+        return "dense: best of all evaluations"
+    return (f"at target: best of the evaluations at {loop.pruner.final_global_pct():.1f}% sparsity "
+            f"(+-{AT_TARGET_TOLERANCE_PCT} points) after the ramp; earlier ones are best_before_target")
+
+
 def metrics_from(loop: TrainingLoop) -> dict[str, Any]:
     """The loop's part of metrics.json: curves, best and final figures, sparsity, timing."""
     s, task = loop.state, loop.task
     global_pct, per_layer, zeros, total = measure_sparsity(prunable_parameters(loop.model))
     throughput = s.samples_seen / s.train_time_s if s.train_time_s else None
-    metrics = {**task.summary(s.history, s.best),
+    metrics = {**task.summary(s.history, s.best, s.best_before_target),
+               "best_scope": best_scope(loop),
                "sparsity": {"global_pct": global_pct, "per_layer_pct": per_layer, "prunable_params": total,
                             "zero_params": zeros},
                "pruning_schedule": loop.pruner.history if loop.pruner else [],
+               "pruning_ramp": loop.pruner.ramp.to_json() if getattr(loop.pruner, "ramp", None) else None,
+               "grad_clip_norm": loop.config.grad_clip_norm,
                "steps": s.step, "planned_steps": loop.config.total_steps,
                "stopped_by": "time limit" if s.step < loop.config.total_steps else "steps",
                "resumed_from_step": s.resumed_from_step, "train_time_s": s.train_time_s,

@@ -273,7 +273,7 @@ def test_settings_are_frozen(tmp_path):
 def test_settings_to_json_is_plain_data(tmp_path):
     data = settings_of(tmp_path, BASE).to_json()
     assert data["training"]["learning_rate"] == 0.001
-    assert data["pruning"]["schedule"] == "cubic"
+    assert data["pruning"]["schedule"] == "per-method"  # upstream's curve for each method
     assert data["optimizer_params"]["sgd"]["momentum"] == 0.9
 
 

@@ -90,7 +90,7 @@ def test_model_comparison_has_error_bars_of_one_std_over_seeds(seeded: Path) -> 
     spans = sorted(round(float(s[1][0] - s[0][0]) / 2, 6) for s in bars.errorbar.lines[2][0].get_segments())
     dense = table[table["run_id"].str.startswith("lenet5_adamw_none_")]["best_accuracy_pct"]
     assert round(dense.std(), 6) in spans and len(spans) == 6
-    assert ax.get_xlabel() == "Best test accuracy (%)" and "± std over seeds" in ax.figure.texts[0].get_text()
+    assert ax.get_xlabel() == "Best test accuracy (%), pruned runs at target sparsity" and "± std over seeds" in ax.figure.texts[0].get_text()
     # rows grouped by target sparsity under a heading, dense first, optimizers in order within
     assert [t.get_text() for t in ax.get_yticklabels()] == [
         "dense (no pruning)", "target sparsity 50%", "target sparsity 90%", "adamw_none", "sgd_none",

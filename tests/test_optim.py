@@ -2,10 +2,10 @@
 
 AdamWPrune is its base optimizer (Adam, AdamW, AdamWAdv or AdamWSPAM) built
 with AdamWPrune's own Kconfig betas, decay and AMSGrad, so with pruning off it
-must follow the base step for step. AdamWSPAM is compared with a pure-Python
-float transcription of arXiv 2501.06842 as lib/optim/spam.py documents it;
-AdamWAdv with torch AdamW(amsgrad=True) on gradients clipped by hand. Every
-configuration goes through a real .config and lib.config.load_settings.
+must follow the base step for step. AdamWAdv is compared with torch
+AdamW(amsgrad=True) on gradients clipped by hand; AdamWSPAM with a
+transcription of the SPAM authors' reference code in tests/test_spam.py.
+Every configuration goes through a real .config and lib.config.load_settings.
 """
 from __future__ import annotations
 
@@ -105,9 +105,9 @@ BASES = {
                               ADV_GRAD_CLIP='"0.5"'),
                  lambda groups: AdamWAdv(groups, LR, betas=BETAS, eps=EPS, amsgrad=True, grad_clip=0.5)),
     "adamwspam": (config_lines(ADAMWPRUNE_BASE_ADAMWSPAM="y", SPAM_THETA='"50"', SPAM_INTERVAL=40,
-                               SPAM_WARMUP_STEPS=10),
+                               SPAM_WARMUP_STEPS=10, SPAM_CLIP_DELAY_STEPS=5),
                   lambda groups: AdamWSPAM(groups, LR, BETAS, EPS, theta=50.0, enable_clip=True, reset_interval=40,
-                                           warmup_steps=10)),
+                                           warmup_steps=10, clip_delay_steps=5)),
 }
 
 
@@ -162,105 +162,6 @@ def test_adamwprune_amsgrad_with_spam_base_is_a_user_error(tmp_path):
     """SPAM has no AMSGrad: the combination stops at load_settings, naming both symbols."""
     with pytest.raises(UserError, match="ADAMWPRUNE_AMSGRAD.*ADAMWPRUNE_BASE_ADAMWSPAM"):
         settings_of(tmp_path, ADAMWPRUNE + config_lines(ADAMWPRUNE_BASE_ADAMWSPAM="y", ADAMWPRUNE_AMSGRAD="y"))
-
-
-# --- AdamWSPAM against the paper, by hand ---------------------------------------------------
-
-SPAM_P0 = [0.5, -0.3, 0.8]
-SPAM_LR, SPAM_BETAS, SPAM_EPS, SPAM_DECAY = 0.01, (0.9, 0.999), 1e-8, 0.1
-SPAM_THETA, SPAM_INTERVAL, SPAM_WARMUP = 5000.0, 5, 3
-# (step t, index) -> multiplier: spikes, one of them on the first step after a reset.
-SPIKES = {(3, 0): 100.0, (4, 1): -100.0, (6, 1): 100.0, (8, 2): 50.0, (9, 0): 3.0, (13, 0): 30.0, (13, 1): 30.0,
-          (13, 2): 30.0}
-
-
-def spam_gradients(steps=14):
-    grads = []
-    for t in range(1, steps + 1):
-        g = [0.1 * (1 + 0.1 * t), -0.05 + 0.01 * math.sin(t), 0.2 * math.cos(t)]
-        grads.append([g[i] * SPIKES.get((t, i), 1.0) for i in range(3)])
-    return grads
-
-
-def spam_reference(grads):
-    """SPAM (arXiv 2501.06842, Algorithm 1 with AdamW) in plain floats; returns params and what happened."""
-    b1, b2 = SPAM_BETAS
-    p, m, v = list(SPAM_P0), [0.0] * 3, [0.0] * 3
-    k, events = 0, {"resets": [], "clipped": [], "warmup": []}
-    for t, g in enumerate(grads, start=1):
-        g = list(g)
-        if t > 1 and (t - 1) % SPAM_INTERVAL == 0:
-            m, v, k = [0.0] * 3, [0.0] * 3, 0
-            events["resets"].append(t)
-        k += 1
-        for i in range(3):
-            if k > 1 and g[i] ** 2 > SPAM_THETA * v[i]:
-                g[i] = math.copysign(math.sqrt(SPAM_THETA * v[i]), g[i])
-                events["clipped"].append((t, i))
-        factor = 1.0 - 0.99 * (1.0 + math.cos(math.pi * (k - 1) / SPAM_WARMUP)) / 2.0 if k - 1 < SPAM_WARMUP else 1.0
-        if factor < 1.0:
-            events["warmup"].append((t, factor))
-        lr = SPAM_LR * factor
-        bc1, bc2 = 1.0 - b1 ** k, 1.0 - b2 ** k
-        for i in range(3):
-            m[i] = b1 * m[i] + (1.0 - b1) * g[i]
-            v[i] = b2 * v[i] + (1.0 - b2) * g[i] ** 2
-            p[i] *= 1.0 - lr * SPAM_DECAY
-            p[i] -= lr / bc1 * m[i] / (math.sqrt(v[i]) / math.sqrt(bc2) + SPAM_EPS)
-    return p, events
-
-
-def test_spam_reference_exercises_resets_clipping_and_warmup():
-    """The hand reference itself sees 2 resets, several clips (none right after a reset) and warm-up."""
-    _, events = spam_reference(spam_gradients())
-    assert events["resets"] == [6, 11]
-    assert {(3, 0), (4, 1), (8, 2), (13, 0), (13, 1), (13, 2)} <= set(events["clipped"])
-    assert (6, 1) not in events["clipped"]  # k == 1 after the reset: v holds no history
-    assert (9, 0) not in events["clipped"]  # a mild bump stays below theta * v
-    assert [t for t, _ in events["warmup"]] == [1, 2, 3, 6, 7, 8, 11, 12, 13]
-    assert events["warmup"][0][1] == pytest.approx(0.01)
-
-
-def test_spam_matches_hand_computation_step_by_step():
-    """AdamWSPAM follows the pure-float reference to 1e-6 relative after every step."""
-    grads = spam_gradients()
-    param = nn.Parameter(torch.tensor(SPAM_P0, dtype=torch.float64))
-    optimizer = AdamWSPAM([{"params": [param], "weight_decay": SPAM_DECAY}], SPAM_LR, SPAM_BETAS, SPAM_EPS,
-                          theta=SPAM_THETA, enable_clip=True, reset_interval=SPAM_INTERVAL,
-                          warmup_steps=SPAM_WARMUP)
-    for t, g in enumerate(grads, start=1):
-        param.grad = torch.tensor(g, dtype=torch.float64)
-        optimizer.step()
-        expected, _ = spam_reference(grads[:t])
-        assert param.tolist() == pytest.approx(expected, rel=1e-6), f"step {t}"
-    assert param.grad.tolist() == grads[-1]  # clipping works on a copy, not on .grad
-
-
-def test_spam_with_everything_off_is_adamw():
-    """Clipping, reset and warm-up off: 50 steps equal torch AdamW to 1e-6."""
-    model, reference = small_model(), small_model()
-    optimizer = AdamWSPAM(reference_groups(model, 0.1), 1e-2, (0.9, 0.99), 1e-8, enable_clip=False,
-                          reset_interval=0, warmup_steps=0)
-    expected = torch.optim.AdamW(reference_groups(reference, 0.1), lr=1e-2, betas=(0.9, 0.99), eps=1e-8)
-    data = batches(50)
-    train(model, optimizer, data)
-    train(reference, expected, data)
-    assert_same_parameters(model, reference)
-
-
-def test_adamwspam_from_kconfig_with_everything_off_is_adamw(tmp_path):
-    """SPAM_ENABLE_CLIP, SPAM_PERIODIC_RESET and SPAM_WARMUP off through a .config: AdamW to 1e-6."""
-    text = BASE_CONFIG + config_lines(OPTIMIZER_MODE_SINGLE="y", OPTIMIZER_SELECT_ADAMWSPAM="y",
-                                      SPAM_ENABLE_CLIP="n", SPAM_PERIODIC_RESET="n", SPAM_WARMUP="n",
-                                      SPAM_INTERVAL=3, SPAM_WARMUP_STEPS=10, ADAMW_WEIGHT_DECAY='"0.1"')
-    params = settings_of(tmp_path, text).optimizer_params["adamwspam"]
-    model, reference = small_model(), small_model()
-    optimizer = build_optimizer("adamwspam", model, 1e-2, params)
-    expected = torch.optim.AdamW(reference_groups(reference, 0.1), lr=1e-2, betas=(0.9, 0.999), eps=1e-8)
-    data = batches(50, scale=5.0)
-    train(model, optimizer, data)
-    train(reference, expected, data)
-    assert_same_parameters(model, reference)
 
 
 # --- AdamWAdv ------------------------------------------------------------------------------
@@ -387,7 +288,7 @@ def test_without_adv_annealing_lr_schedule_applies(tmp_path, optimizer, lines):
 
 
 def test_sgd_learning_rate_overrides_the_peak_for_sgd_only(tmp_path):
-    """SGD_LEARNING_RATE is SGD's peak; Adam and AdamW keep LEARNING_RATE; 0 means LEARNING_RATE."""
+    """SGD_LEARNING_RATE is SGD's peak (default 0.01); Adam and AdamW keep LEARNING_RATE; 0 means LEARNING_RATE."""
     multiple = config_lines(OPTIMIZER_MODE_MULTIPLE="y", OPTIMIZER_ENABLE_SGD="y", OPTIMIZER_ENABLE_ADAM="y",
                             OPTIMIZER_ENABLE_ADAMW="y", LEARNING_RATE='"0.002"')
     (tmp_path / "a").mkdir()
@@ -396,7 +297,11 @@ def test_sgd_learning_rate_overrides_the_peak_for_sgd_only(tmp_path):
     peaks = {name: lr_schedule_for(name, settings.optimizer_params[name], training, 100).peak
              for name in ("sgd", "adam", "adamw")}
     assert peaks == {"sgd": 0.05, "adam": 0.002, "adamw": 0.002}
-    settings = settings_of(tmp_path, BASE_CONFIG + multiple)
+    settings = settings_of(tmp_path, BASE_CONFIG + multiple)  # SGD's own default: 0.01, not Adam's rate
+    training = dataclasses.asdict(settings.training)
+    assert lr_schedule_for("sgd", settings.optimizer_params["sgd"], training, 100).peak == 0.01
+    (tmp_path / "b").mkdir()
+    settings = settings_of(tmp_path / "b", BASE_CONFIG + multiple + 'CONFIG_SGD_LEARNING_RATE="0"\n')
     training = dataclasses.asdict(settings.training)
     assert lr_schedule_for("sgd", settings.optimizer_params["sgd"], training, 100).peak == 0.002
 

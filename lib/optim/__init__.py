@@ -58,9 +58,11 @@ def _adamwadv(groups: list[dict[str, Any]], lr: float, p: dict[str, Any]) -> tor
 def _adamwspam(groups: list[dict[str, Any]], lr: float, p: dict[str, Any]) -> torch.optim.Optimizer:
     if p.get("amsgrad"):
         raise UserError("AMSGrad is not part of SPAM: unset ADAMWPRUNE_AMSGRAD or pick another AdamWPrune base")
+    # SPAM_INTERVAL=0 or SPAM_PERIODIC_RESET=n: no reset (so no warm-up); SPAM_WARMUP=n: warm-up length 0.
     return AdamWSPAM(groups, lr, tuple(p["betas"]), p["eps"], theta=p["theta"], enable_clip=p["enable_clip"],
                      reset_interval=p["interval"] if p["periodic_reset"] else 0,
-                     warmup_steps=p["warmup_steps"] if p["warmup"] else 0)
+                     warmup_steps=p["warmup_steps"] if p["warmup"] else 0,
+                     clip_delay_steps=p.get("clip_delay_steps", 20))
 
 
 def adamwprune_base_params(p: dict[str, Any]) -> dict[str, Any]:

@@ -41,6 +41,11 @@ class LRSchedule:
         return self.peak
 
 
+def peak_lr(optimizer_params: dict[str, Any], training: dict[str, Any]) -> float:
+    """The optimizer's own <OPT>_LEARNING_RATE, or the shared LEARNING_RATE when it is 0."""
+    return optimizer_params.get("learning_rate") or training["learning_rate"]
+
+
 def uses_adv_annealing(optimizer: str, params: dict[str, Any]) -> bool:
     adv = params if optimizer == "adamwadv" else params.get("adv", {}) if params.get("base") == "adamwadv" else {}
     return bool(adv.get("cosine_annealing"))
@@ -49,7 +54,7 @@ def uses_adv_annealing(optimizer: str, params: dict[str, Any]) -> bool:
 def lr_schedule_for(optimizer: str, optimizer_params: dict[str, Any], training: dict[str, Any], total_steps: int,
                     warmup_steps: int = 0, min_lr: float | None = None) -> LRSchedule:
     """The schedule of one run: LR_SCHEDULE (cosine floors at 1% of the peak unless `min_lr`), or AdamWAdv's."""
-    peak = optimizer_params.get("learning_rate") or training["learning_rate"]
+    peak = peak_lr(optimizer_params, training)
     if uses_adv_annealing(optimizer, optimizer_params):
         adv = optimizer_params if optimizer == "adamwadv" else optimizer_params["adv"]
         return LRSchedule(peak, "cosine", total_steps, warmup_steps, min_lr=adv["eta_min"])

@@ -3,6 +3,13 @@
 Prunable: the weights of every Linear and Conv2d layer (biases and
 normalisation parameters stay dense). With tied GPT-2 embeddings the shared
 matrix is lm_head's weight and so is pruned once, as one tensor.
+Layer-adaptive scores (bitter4) give each tensor its own target instead and
+prune it by its own threshold (`layer_fractions`).
+
+A score that is NaN or infinite anywhere stops the update with NonFiniteError
+before any mask changes: a NaN compares false with everything, so it would
+otherwise be pruned on top of k, and past N-k of them the threshold itself is
+NaN and every weight goes.
 
 How pruned weights stay exactly zero at the cost of one pass per step: when
 the masks change, the weight and every same-shape optimizer state tensor
@@ -17,16 +24,20 @@ it after training.
 from __future__ import annotations
 
 import math
-from typing import Iterator, Optional
+from typing import Iterator, Optional, Sequence
 
 import torch
 from torch import nn
 
-from lib.errors import UserError
+from lib.errors import NonFiniteError, UserError
 from lib.pruning.mask_ops import zero_pruned_
 from lib.pruning.schedules import SCHEDULES, target_fraction
 from lib.pruning.scores import SCORES, ScoreInputs
-from lib.pruning.threshold import SAMPLE_SIZE, kth_smallest
+from lib.pruning.threshold import SAMPLE_SIZE, Threshold, kth_smallest
+
+# Upstream's layer-adaptive sparsity (bitter4): tensor i of L in module order gets
+# scale 0.7 + 0.6*i/max(L-1, 1) (0.7x the base sparsity first, 1.3x last), capped at 0.95.
+LAYER_SCALE_FIRST, LAYER_SCALE_SPAN, LAYER_CAP = 0.7, 0.6, 0.95
 
 
 def prunable_parameters(model: nn.Module) -> dict[str, nn.Parameter]:
@@ -49,6 +60,39 @@ def measure_sparsity(params: dict[str, torch.Tensor]) -> tuple[float, dict[str, 
         per_layer[name] = 100.0 * z / tensor.numel()
         zeros, total = zeros + z, total + tensor.numel()
     return (100.0 * zeros / total if total else 0.0), per_layer, zeros, total
+
+
+def layer_scales(count: int) -> list[float]:
+    """0.7 -> 1.3 over `count` tensors in module order (upstream bitter4's shape)."""
+    return [LAYER_SCALE_FIRST + LAYER_SCALE_SPAN * (i / max(count - 1, 1)) for i in range(count)]  # as upstream
+
+
+def layer_fractions(fraction: float, sizes: Sequence[int], mode: str) -> list[float]:
+    """Per-tensor target sparsities (fractions) of a layer-adaptive score at global target `fraction`.
+
+    "upstream": min(0.95, fraction*scale_i), upstream's form, whose global sparsity
+    sum n_i*min(0.95, fraction*scale_i)/N is not the target. "normalised": min(cap, b*scale_i)
+    with cap = max(0.95, fraction) and the base b found by bisection so that
+    sum n_i*min(cap, b*scale_i) = fraction*N: the same 0.7 -> 1.3 shape at the target.
+    """
+    scales = layer_scales(len(sizes))
+    if mode == "upstream":
+        return [min(LAYER_CAP, fraction * scale) for scale in scales]
+    if mode != "normalised":
+        raise ValueError(f"unknown layer-adaptive mode {mode!r}")
+    cap, goal = max(LAYER_CAP, fraction), fraction * sum(sizes)
+
+    def pruned(base: float) -> float:
+        return sum(n * min(cap, base * scale) for n, scale in zip(sizes, scales))
+
+    low, high = 0.0, cap / min(scales)  # pruned(high) = cap*N >= goal
+    for _ in range(100):  # float64 bisection: the bracket is below one ulp long before 100 halvings
+        middle = 0.5 * (low + high)
+        if pruned(middle) < goal:
+            low = middle
+        else:
+            high = middle
+    return [min(cap, high * scale) for scale in scales]
 
 
 def _default_chunk(device: torch.device) -> int:
@@ -86,6 +130,7 @@ class GradualPruner:
         self.tracked = self._tracked_tensors()
         self.history: list[dict] = []
         self.last_update_scratch_bytes = 0
+        self._step = 0  # of the mask update in progress, for error messages
 
     def _tracked_tensors(self) -> dict[str, torch.Tensor]:
         if self.score.tracks == "initial":
@@ -105,12 +150,26 @@ class GradualPruner:
             # which changes nothing below: -g*w is 0 where w is 0.
             takes_masks({self.params[name]: mask for name, mask in self.masks.items()})
         else:
-            zero_pruned_((self.params[name].grad, mask) for name, mask in self.masks.items()
-                         if self.params[name].grad is not None)
+            self.zero_pruned_gradients()
         if self.score.tracks == "movement":
             for name, param in self.params.items():
                 if param.grad is not None:
                     self.tracked[name].addcmul_(param.grad, param, value=-1.0)
+
+    @torch.no_grad()
+    def zero_pruned_gradients(self) -> None:
+        """Zero the gradients of pruned weights (before a global gradient-norm clip: only live weights count)."""
+        zero_pruned_((self.params[name].grad, mask) for name, mask in self.masks.items()
+                     if self.params[name].grad is not None)
+
+    def final_global_pct(self) -> float:
+        """The global sparsity (%) the schedule ends at: the target, except for upstream's
+        unnormalised bitter4, whose per-layer targets add up to less."""
+        if self.score.layer_adaptive != "upstream":
+            return 100.0 * self.final_sparsity
+        sizes = [p.numel() for p in self.params.values()]
+        fractions = layer_fractions(self.final_sparsity, sizes, "upstream")
+        return 100.0 * sum(round(f * n) for f, n in zip(fractions, sizes)) / self.total
 
     @torch.no_grad()
     def after_optimizer_step(self, step: int) -> None:
@@ -128,34 +187,88 @@ class GradualPruner:
 
     @torch.no_grad()
     def update_masks(self, fraction: float, step: int = 0) -> None:
-        """Prune exactly round(fraction * N) entries by global score, then zero them everywhere."""
-        k = int(round(fraction * self.total))
-        if k <= 0:
+        """Prune exactly round(fraction * N) entries by global score (per tensor for layer-adaptive
+        scores), then zero them everywhere. Non-finite scores raise NonFiniteError, masks untouched."""
+        self._step = step
+        if self.score.layer_adaptive:
+            layer_counts = self._layer_counts(fraction)
+            groups = [((name,), count) for name, count in layer_counts.items() if count > 0]
+        else:
+            layer_counts = None
+            k = int(round(fraction * self.total))
+            groups = [(tuple(self.params), k)] if k > 0 else []
+        if not groups:
             return
-        found = kth_smallest(self._all_score_chunks, self._sample_scores, self.total, k, self.sample_size)
+        # Every threshold is found (every score checked) before any mask changes.
+        found: list[tuple[tuple[str, ...], int, Threshold]] = []
+        for names, k in groups:
+            size = sum(self.params[name].numel() for name in names)
+            # Per-tensor thresholds share the sample in proportion to size (the sample scores as much in all
+            # as one global threshold's); a smaller sample only widens the bracket: the result stays exact.
+            sample = max(self.sample_size * size // self.total, min(self.sample_size, 4096))
+            found.append((names, k, kth_smallest(lambda names=names: self._score_values(names),
+                                                 lambda n, names=names: self._sample_scores(n, names),
+                                                 size, k, sample)))
         if not self.masks:
             self.masks = {name: torch.ones_like(p, dtype=torch.bool) for name, p in self.params.items()}
             if not hasattr(self.optimizer, "set_masks") and not self.history:
                 print(f"note: {type(self.optimizer).__name__}: pruned gradients are zeroed in a separate pass before "
                       "each step (fused into the step only for AdamWPrune on AdamW without AMSGrad)")
-        # Masks are rewritten in place, chunk by chunk, right after each chunk is scored.
-        for name, start, end, scores in self._score_chunks():
-            torch.gt(scores, found.value, out=self.masks[name].view(-1)[start:end])
-        excess = found.count_below + found.count_equal - k
-        if excess > 0:  # ties at the threshold: keep `excess` of them
-            self._keep_ties(found.value, excess)
+        for names, k, threshold in found:
+            # Masks are rewritten in place, chunk by chunk, right after each chunk is scored.
+            for name, start, end, scores in self._score_chunks(names):
+                torch.gt(scores, threshold.value, out=self.masks[name].view(-1)[start:end])
+            excess = threshold.count_below + threshold.count_equal - k
+            if excess > 0:  # ties at the threshold: keep `excess` of them
+                self._keep_ties(threshold.value, excess, names)
         self.apply()
         # Counting the bool masks reads a quarter of the bytes of counting the weights.
-        measured = 100.0 * (self.total - sum(int(torch.count_nonzero(m)) for m in self.masks.values())) / self.total
-        self.history.append({"step": step, "target_pct": 100.0 * fraction, "measured_pct": measured,
-                             "threshold": found.value if math.isfinite(found.value) else None,
-                             "passes": found.passes})
-        self.last_update_scratch_bytes = 4 * (min(self.chunk_size, self.total) + found.collected
+        pruned = {name: m.numel() - int(torch.count_nonzero(m)) for name, m in self.masks.items()}
+        entry = {"step": step, "target_pct": 100.0 * fraction,
+                 "measured_pct": 100.0 * sum(pruned.values()) / self.total, "threshold": None,
+                 "passes": max(t.passes for _, _, t in found)}
+        if layer_counts is None:
+            value = found[0][2].value
+            entry["threshold"] = value if math.isfinite(value) else None
+        else:
+            entry["layer_target_pct"] = {name: 100.0 * count / self.params[name].numel()
+                                         for name, count in layer_counts.items()}
+            entry["layer_measured_pct"] = {name: 100.0 * pruned[name] / self.params[name].numel()
+                                           for name in self.params}
+        self.history.append(entry)
+        self.last_update_scratch_bytes = 4 * (min(self.chunk_size, self.total) + max(t.collected for _, _, t in found)
                                               + min(self.sample_size, self.total))
 
-    def _keep_ties(self, value: float, excess: int) -> None:
+    def _layer_counts(self, fraction: float) -> dict[str, int]:
+        """Entries to prune per tensor: round(layer fraction * n_i), never fewer than are pruned already.
+
+        For the normalised form the counts are then balanced (largest remainders first) to sum to
+        exactly round(fraction * N), so the global sparsity is the target to the entry.
+        """
+        names = list(self.params)
+        sizes = [self.params[name].numel() for name in names]
+        exact = [f * n for f, n in zip(layer_fractions(fraction, sizes, self.score.layer_adaptive), sizes)]
+        already = [self.masks[name].numel() - int(torch.count_nonzero(self.masks[name])) if name in self.masks else 0
+                   for name in names]
+        if self.score.layer_adaptive == "upstream":
+            return {name: max(int(round(e)), a) for name, e, a in zip(names, exact, already)}
+        counts = [max(math.floor(e), a) for e, a in zip(exact, already)]
+        order = sorted(range(len(names)), key=lambda i: exact[i] - counts[i], reverse=True)
+        short = int(round(fraction * self.total)) - sum(counts)
+        while short > 0:  # below the goal: one more entry each, largest remainders first
+            room = [i for i in order if counts[i] < sizes[i]][:short]
+            for i in room:
+                counts[i] += 1
+            short -= len(room)
+        for i in reversed(order):  # above it (floors at what is pruned already): smallest remainders give back
+            give = min(max(-short, 0), counts[i] - already[i])
+            counts[i] -= give
+            short += give
+        return dict(zip(names, counts))
+
+    def _keep_ties(self, value: float, excess: int, names: Sequence[str]) -> None:
         # Only live weights (w != 0) are kept: a pruned weight is never revived.
-        for name, start, end, scores in self._score_chunks(force_pruned=False):
+        for name, start, end, scores in self._score_chunks(names, force_pruned=False):
             if excess <= 0:
                 return
             ties = (scores == value) & (self.params[name].detach().view(-1)[start:end] != 0)
@@ -188,13 +301,16 @@ class GradualPruner:
         return ScoreInputs(param.detach(), state.get("exp_avg"), state.get("exp_avg_sq"), self.tracked.get(name),
                            bias_correction1 or 1.0)
 
-    def _score_chunks(self, force_pruned: bool = True) -> Iterator[tuple[str, int, int, torch.Tensor]]:
-        """(name, start, end, scores) per chunk; the scores live in reused scratch memory.
+    def _score_chunks(self, names: Optional[Sequence[str]] = None,
+                      force_pruned: bool = True) -> Iterator[tuple[str, int, int, torch.Tensor]]:
+        """(name, start, end, scores) per chunk of `names` (default all); scores live in reused scratch memory.
 
-        Signed scores (movement) get -inf where the mask prunes, so pruned stays pruned.
+        Every chunk is checked finite first; then signed scores (movement, bitter5, bitter9) get
+        -inf where the mask prunes, so pruned stays pruned.
         """
         scratch: Optional[torch.Tensor] = None
-        for name, param in self.params.items():
+        for name in self.params if names is None else names:
+            param = self.params[name]
             inputs, n = self._inputs(name, param), param.numel()
             if scratch is None:
                 scratch = torch.empty(min(self.chunk_size, self.total), device=param.device)
@@ -202,26 +318,41 @@ class GradualPruner:
                 end = min(start + self.chunk_size, n)
                 out = scratch[:end - start]
                 self.score.fn(inputs.chunk(start, end), out)
+                self._check_finite(out, name)
                 if force_pruned and self.score.signed and name in self.masks:
                     out.masked_fill_(~self.masks[name].view(-1)[start:end], -math.inf)
                 yield name, start, end, out
 
-    def _all_score_chunks(self) -> Iterator[torch.Tensor]:
-        return (scores for _, _, _, scores in self._score_chunks())
+    def _score_values(self, names: Optional[Sequence[str]] = None) -> Iterator[torch.Tensor]:
+        return (scores for _, _, _, scores in self._score_chunks(names))
 
-    def _sample_scores(self, n: int) -> torch.Tensor:
-        positions = torch.randint(self.total, (n,), generator=self.generator).sort().values
+    def _sample_scores(self, n: int, names: Optional[Sequence[str]] = None) -> torch.Tensor:
+        """Scores at n positions drawn uniformly over the entries of `names` (default all)."""
+        names = list(self.params) if names is None else list(names)
+        total = sum(self.params[name].numel() for name in names)
+        positions = torch.randint(total, (n,), generator=self.generator).sort().values
         samples, offset = [], 0
-        for name, param in self.params.items():
+        for name in names:
+            param = self.params[name]
             lo, hi = torch.searchsorted(positions, torch.tensor([offset, offset + param.numel()])).tolist()
             index = (positions[lo:hi] - offset).to(param.device)
             out = torch.empty(index.numel(), device=param.device)
             self.score.fn(self._inputs(name, param).take(index), out)
+            self._check_finite(out, name)
             if self.score.signed and name in self.masks:
                 out.masked_fill_(~self.masks[name].view(-1)[index], -math.inf)
             samples.append(out.cpu())
             offset += param.numel()
         return torch.cat(samples)
+
+    def _check_finite(self, scores: torch.Tensor, name: str) -> None:
+        """NonFiniteError if any score is NaN or infinite: one sum per chunk, the exact test only if it fails."""
+        if bool(torch.isfinite(scores.sum())) or bool(torch.isfinite(scores).all()):
+            return
+        kind = "nan" if bool(torch.isnan(scores).any()) else "infinite"
+        source = "the tracked movement" if self.score.tracks else "the optimizer state"
+        raise NonFiniteError(f"pruning score {self.score_name} is {kind} in {name} at step {self._step}: "
+                             f"the weights or {source} went non-finite")
 
     # -- accounting -------------------------------------------------------
 

@@ -5,7 +5,10 @@ sparsity is reached exactly.
 """
 from __future__ import annotations
 
-from typing import Callable
+from dataclasses import dataclass
+from typing import Callable, Optional
+
+from lib.errors import UserError
 
 
 def cubic(progress: float) -> float:
@@ -33,3 +36,58 @@ def target_fraction(schedule: str, step: int, warmup_steps: int, ramp_end_step: 
         return final
     progress = (step - warmup_steps) / (ramp_end_step - warmup_steps)
     return final * SCHEDULES[schedule](progress)
+
+
+# Upstream AdamWPrune prunes its own state on the p^3 curve and runs its
+# magnitude and movement pruners on a linear one.
+UPSTREAM_CURVES = {"state": "upstream-p3"}
+UPSTREAM_DEFAULT_CURVE = "linear"
+FIT_RAMP_END = 0.75  # a fitted ramp ends here, leaving the last quarter to recover
+
+
+def curve_for(schedule: str, method: str) -> str:
+    """The curve a `method` run uses: the configured one, or upstream's per method."""
+    if schedule == "per-method":
+        return UPSTREAM_CURVES.get(method, UPSTREAM_DEFAULT_CURVE)
+    return schedule
+
+
+@dataclass(frozen=True)
+class Ramp:
+    """When pruning starts and reaches the target, in optimizer steps."""
+
+    warmup_steps: int
+    ramp_end_step: int
+    total_steps: int
+    fitted_from: Optional[tuple[int, int]] = None  # (warm-up, ramp end) as configured, when fitted
+
+    def to_json(self) -> dict:
+        return {"warmup_steps": self.warmup_steps, "ramp_end_step": self.ramp_end_step,
+                "total_steps": self.total_steps, "recovery_steps": self.total_steps - self.ramp_end_step,
+                "fitted": self.fitted_from is not None,
+                "configured": list(self.fitted_from) if self.fitted_from else [self.warmup_steps, self.ramp_end_step]}
+
+    def describe(self) -> str:
+        text = (f"pruning ramp: steps {self.warmup_steps}->{self.ramp_end_step} of {self.total_steps} "
+                f"({self.total_steps - self.ramp_end_step} steps to recover at the target)")
+        if self.fitted_from:
+            text += f"; fitted from {self.fitted_from[0]}->{self.fitted_from[1]} (PRUNING_RAMP_FIT)"
+        return text
+
+
+def plan_ramp(warmup_steps: int, ramp_end_step: int, total_steps: int, *, fit: bool, symbols: str) -> Ramp:
+    """The ramp of a run, refused (UserError) or fitted when it ends at or after the last step.
+
+    `symbols` names the settings that set the ramp end, for the error line.
+    """
+    if ramp_end_step < total_steps and warmup_steps < ramp_end_step:
+        return Ramp(warmup_steps, ramp_end_step, total_steps)
+    if not fit:
+        raise UserError(f"{symbols} puts the pruning ramp at steps {warmup_steps}->{ramp_end_step}, but training has "
+                        f"{total_steps} steps: the target would be reached at the last step or never, with no steps "
+                        "left to recover; end the ramp earlier, train longer, or set CONFIG_PRUNING_RAMP_FIT=y")
+    end = min(ramp_end_step, max(1, int(FIT_RAMP_END * total_steps)))
+    if end >= total_steps:
+        raise UserError(f"training has {total_steps} step(s): too few to prune and recover; train longer")
+    return Ramp(min(warmup_steps, end // 2) if warmup_steps >= end else warmup_steps, end, total_steps,
+                fitted_from=(warmup_steps, ramp_end_step))

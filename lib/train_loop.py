@@ -75,25 +75,44 @@ def autocast_for(device: torch.device, enabled: bool) -> tuple[contextlib.Abstra
     return torch.autocast(device.type, dtype=torch.bfloat16), "bf16-autocast"
 
 
+DIVERGED_FACTOR = 1000.0  # a finite training loss this many times the first one has diverged
+
+
 class NonFiniteWatch:
     """Remembers, on the device and without a host sync, the first step whose
-    loss (or gradient norm) was not finite; `check()` syncs and raises."""
+    value (loss or gradient norm) was not finite or, with `diverged_factor`, above
+    that multiple of the first value seen (for a loss, about the chance level:
+    1000x it means the model puts ~0 probability on every target); `check()`
+    syncs and raises."""
 
-    def __init__(self, device: torch.device) -> None:
+    def __init__(self, device: torch.device, diverged_factor: Optional[float] = None) -> None:
         self.first_step = torch.full((), -1, dtype=torch.long, device=device)
         self.value = torch.zeros((), device=device)
+        self.factor, self.reference = diverged_factor, None
 
     def observe(self, value: torch.Tensor, step: int) -> None:
-        bad = ~torch.isfinite(value.detach().float()) & (self.first_step < 0)
+        value = value.detach().float()
+        bad = ~torch.isfinite(value)
+        if self.factor is not None:
+            if self.reference is None:
+                self.reference = value.abs().clone()
+            bad = bad | (value.abs() > self.factor * self.reference)
+        bad = bad & (self.first_step < 0)
         self.first_step = torch.where(bad, torch.full_like(self.first_step, step), self.first_step)
-        self.value = torch.where(bad, value.detach().float(), self.value)
+        self.value = torch.where(bad, value, self.value)
 
     def check(self, lr_at: Callable[[int], float], what: str = "loss") -> None:
         step = int(self.first_step)
-        if step >= 0:
-            kind = "nan" if math.isnan(float(self.value)) else "inf"
-            raise NonFiniteError(f"{what} became {kind} at step {step + 1} (lr {lr_at(step):.3g}); "
-                                 "stopped: lower the learning rate or clip gradients (CONFIG_GRADIENT_CLIP_NORM)")
+        if step < 0:
+            return
+        value = float(self.value)
+        if math.isfinite(value):
+            kind = (f"{value:.3g}, over {self.factor:g}x its first value {float(self.reference):.3g} "
+                    "(diverged)")
+        else:
+            kind = "nan" if math.isnan(value) else "inf"
+        raise NonFiniteError(f"{what} became {kind} at step {step + 1} (lr {lr_at(step):.3g}); "
+                             "stopped: lower the learning rate or clip gradients (CONFIG_GRADIENT_CLIP_NORM)")
 
 
 def _identity_hash(identity: dict[str, Any]) -> str:
@@ -111,7 +130,7 @@ class TrainingLoop:
         self.autocast, self.precision = autocast_for(device, config.mixed_precision)
         # fp16 autocast needs loss scaling; bf16 and fp32 do not (the scaler is then a no-op).
         self.scaler = torch.amp.GradScaler(device.type, enabled=self.precision.startswith("fp16"))
-        self.loss_watch, self.norm_watch = NonFiniteWatch(device), NonFiniteWatch(device)
+        self.loss_watch, self.norm_watch = NonFiniteWatch(device, DIVERGED_FACTOR), NonFiniteWatch(device)
         self.forward_model = self._wrap(model)
 
     def _wrap(self, model: nn.Module) -> nn.Module:

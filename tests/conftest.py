@@ -35,3 +35,14 @@ def isolated_config(tmp_path: Path):
         overrides.setdefault("DATA_DIR", f'"{tmp_path / "data"}"')
         return write_config(tmp_path, defconfig, **overrides)
     return make
+
+
+@pytest.fixture
+def one_thread():
+    """Tiny tensors: one torch thread is fastest and makes float sums reproducible."""
+    import torch
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)

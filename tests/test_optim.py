@@ -32,13 +32,7 @@ CONFIG_PRUNING_SELECT_NONE=y
 ADAMWPRUNE = BASE_CONFIG + "CONFIG_OPTIMIZER_MODE_SINGLE=y\nCONFIG_OPTIMIZER_SELECT_ADAMWPRUNE=y\n"
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    """Tiny tensors: one thread is fastest and makes the float sums reproducible."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")  # tests/conftest.py
 
 
 def settings_of(tmp_path, text):

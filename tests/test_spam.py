@@ -25,12 +25,7 @@ from lib.optim import build_optimizer
 from lib.optim.spam import AdamWSPAM
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")  # tests/conftest.py
 
 
 # --- the transcription -----------------------------------------------------------------------

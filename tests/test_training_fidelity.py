@@ -83,9 +83,32 @@ def test_a_diverging_learning_rate_fails_fast():
     optimizer = torch.optim.SGD(model.parameters(), lr=10.0)
     loop = TrainingLoop(model, tiny_task(), optimizer, None, LRSchedule(10.0), LoopConfig(total_steps=64,
                         eval_every=16), device=torch.device("cpu"), log=lambda _: None)
-    with pytest.raises(NonFiniteError, match=r"became (nan|inf) at step \d+ \(lr 10\)"):
+    with pytest.raises(NonFiniteError, match=r"became (nan|inf|.*\(diverged\)) at step \d+ \(lr 10\)"):
         loop.run()
     assert loop.state.step < 16
+
+
+def test_a_finite_but_diverged_loss_stops_the_run_too():
+    """Adam at lr 10 sends the loss to ~1e7 without a nan: 1000x the first loss is divergence."""
+    model = tiny_model()
+    optimizer = torch.optim.Adam(model.parameters(), lr=10.0)
+    first = []
+    g = torch.Generator().manual_seed(0)  # random labels: confident answers are wrong half the time
+    task = ClassificationTask(train_x=torch.randn(256, 8, generator=g), train_y=torch.randint(0, 2, (256,), generator=g),
+                              test_x=torch.randn(64, 8, generator=g), test_y=torch.randint(0, 2, (64,), generator=g),
+                              batch_size=16, seed=0, augment=None, grad_accum=1)
+    loop = TrainingLoop(model, task, optimizer, None, LRSchedule(10.0), LoopConfig(total_steps=64, eval_every=16),
+                        device=torch.device("cpu"), log=lambda _: None)
+    with torch.no_grad():
+        x, y = task.batch(0, 0)
+        first.append(float(nn.functional.cross_entropy(model(x), y)))
+    with pytest.raises(NonFiniteError) as error:
+        loop.run()
+    message = str(error.value)
+    assert "(diverged) at step" in message and message.endswith(
+        "(lr 10); stopped: lower the learning rate or clip gradients (CONFIG_GRADIENT_CLIP_NORM)")
+    assert f"its first value {first[0]:.3g}" in message
+    assert loop.state.step < 16 and not loop.state.history
 
 
 # -- gradient clipping over live gradients --------------------------------------

@@ -127,7 +127,7 @@ def build_pruner(spec: RunSpec, model: nn.Module, optimizer: torch.optim.Optimiz
     pruner = GradualPruner(model, optimizer, score, spec.target_sparsity_pct / 100.0,
                            warmup_steps=ramp.warmup_steps, ramp_end_step=ramp.ramp_end_step, frequency=frequency,
                            schedule=curve, seed=spec.seed)
-    pruner.ramp = ramp  # recorded in metrics.json
+    pruner.ramp = ramp
     return pruner
 
 

@@ -343,7 +343,7 @@ def metrics_from(loop: TrainingLoop) -> dict[str, Any]:
                "sparsity": {"global_pct": global_pct, "per_layer_pct": per_layer, "prunable_params": total,
                             "zero_params": zeros},
                "pruning_schedule": loop.pruner.history if loop.pruner else [],
-               "pruning_ramp": loop.pruner.ramp.to_json() if getattr(loop.pruner, "ramp", None) else None,
+               "pruning_ramp": loop.pruner.ramp.to_json() if loop.pruner and loop.pruner.ramp else None,
                "grad_clip_norm": loop.config.grad_clip_norm,
                "steps": s.step, "planned_steps": loop.config.total_steps,
                "stopped_by": "time limit" if s.step < loop.config.total_steps else "steps",

@@ -31,7 +31,7 @@ from torch import nn
 
 from lib.errors import NonFiniteError, UserError
 from lib.pruning.mask_ops import zero_pruned_
-from lib.pruning.schedules import SCHEDULES, target_fraction
+from lib.pruning.schedules import SCHEDULES, Ramp, target_fraction
 from lib.pruning.scores import SCORES, ScoreInputs
 from lib.pruning.threshold import SAMPLE_SIZE, Threshold, kth_smallest
 
@@ -129,6 +129,7 @@ class GradualPruner:
         self.masks: dict[str, torch.Tensor] = {}  # name -> bool, True = keep
         self.tracked = self._tracked_tensors()
         self.history: list[dict] = []
+        self.ramp: Optional[Ramp] = None  # how the run planned warm-up and ramp end (lib/train.py), for metrics
         self.last_update_scratch_bytes = 0
         self._step = 0  # of the mask update in progress, for error messages
 

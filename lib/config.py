@@ -256,7 +256,7 @@ def _sparsities(kconf: kconfiglib.Kconfig, numbers: dict[str, float], fallback: 
     return levels or (round(numbers[fallback] * 100, 6),)
 
 
-_LR_SCHEDULES = {"LR_SCHEDULE_CONSTANT": "constant", "LR_SCHEDULE_COSINE": "cosine", "LR_SCHEDULE_STEP": "step"}
+_LR_SCHEDULES = {"LR_SCHEDULE_PER_MODEL": "per-model", "LR_SCHEDULE_CONSTANT": "constant", "LR_SCHEDULE_COSINE": "cosine", "LR_SCHEDULE_STEP": "step"}
 _SCHEDULES = {"PRUNING_SCHEDULE_UPSTREAM": "per-method", "PRUNING_SCHEDULE_CUBIC": "cubic",
               "PRUNING_SCHEDULE_LINEAR": "linear",
               "PRUNING_SCHEDULE_UPSTREAM_P3": "upstream-p3"}
@@ -356,7 +356,7 @@ def settings_from_kconfig(kconf: kconfiglib.Kconfig) -> Settings:
     training = TrainingSettings(
         batch_size=_int(kconf, "BATCH_SIZE"), epochs=_int(kconf, "NUM_EPOCHS"),
         learning_rate=numbers["LEARNING_RATE"],
-        lr_schedule=_choice_name(kconf, _LR_SCHEDULES, "constant"), lr_warmup_steps=_int(kconf, "LR_WARMUP_STEPS"),
+        lr_schedule=_choice_name(kconf, _LR_SCHEDULES, "per-model"), lr_warmup_steps=_int(kconf, "LR_WARMUP_STEPS"),
         lr_step_every=_int(kconf, "LR_STEP_EVERY"), lr_step_gamma=numbers["LR_STEP_GAMMA"],
         device=_device(syms["DEVICE"].str_value), data_dir=syms["DATA_DIR"].str_value or "./data",
         compile_model=_y(kconf, "COMPILE_MODEL"), mixed_precision=_y(kconf, "MIXED_PRECISION"),

@@ -20,7 +20,7 @@ from lib.config import RunnerSettings
 from lib.errors import UserError
 from lib.jsonio import read_json
 from lib.matrix import RunSpec
-from lib.optim.lr_schedules import peak_lr
+from lib.optim.lr_schedules import peak_lr, schedule_label
 from lib.pruning.schedules import curve_for
 from lib.slot_pool import SlotPool, visible_gpus
 from lib.trainers import gpus_per_run
@@ -119,9 +119,10 @@ def first_wave(pool: SlotPool, runs: list[RunSpec]) -> list[str]:
 
 
 def recipe(spec: RunSpec) -> str:
-    """What differs between runs beyond their name: peak learning rate and sparsity curve."""
+    """What differs between runs beyond their name: peak learning rate, its decay, the sparsity curve."""
     hp = spec.hyperparams
-    text = f"lr {peak_lr(hp['optimizer'], hp['training']):g}"
+    text = (f"lr {peak_lr(hp['optimizer'], hp['training']):g} "
+            f"{schedule_label(spec.optimizer, hp['optimizer'], hp['training'], spec.model)}")
     if spec.pruning != "none":
         text += f", {curve_for(hp['pruning']['schedule'], spec.pruning)} ramp"
     return text

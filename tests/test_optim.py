@@ -281,6 +281,25 @@ def test_without_adv_annealing_lr_schedule_applies(tmp_path, optimizer, lines):
     assert [schedule.at(s) for s in (0, 9, 10, 25)] == pytest.approx([0.002, 0.002, 0.001, 0.0005])
 
 
+@pytest.mark.parametrize("model, kind", [("lenet5", "constant"), ("resnet18", "cosine"), ("resnet50", "cosine"),
+                                         ("gpt2", "cosine")])
+def test_default_lr_schedule_is_upstreams_for_the_model(tmp_path, model, kind):
+    """LR_SCHEDULE unset = per model: upstream trains LeNet-5 at a constant rate (its trainer steps a
+    scheduler only for AdamWAdv), the ResNets with cosine (RESNET18_USE_COSINE_SCHEDULE=y), GPT-2 with
+    cosine (GPT2_DECAY_LR=y). An explicit choice wins."""
+    settings = settings_of(tmp_path, BASE_CONFIG + 'CONFIG_LEARNING_RATE="0.002"\n')
+    training = dataclasses.asdict(settings.training)
+    assert training["lr_schedule"] == "per-model"
+    schedule = lr_schedule_for("adamw", settings.optimizer_params["adamw"], training, 100, model=model)
+    assert schedule.kind == kind
+    cosine = 0.002 * (0.01 + 0.99 * 0.5 * (1 + math.cos(math.pi * 0.99)))  # 1% floor, step 99 of 100
+    assert schedule.at(99) == pytest.approx(0.002 if kind == "constant" else cosine)
+    (tmp_path / "explicit").mkdir()
+    settings = settings_of(tmp_path / "explicit", BASE_CONFIG + "CONFIG_LR_SCHEDULE_COSINE=y\n")
+    training = dataclasses.asdict(settings.training)
+    assert lr_schedule_for("adamw", settings.optimizer_params["adamw"], training, 100, model="lenet5").kind == "cosine"
+
+
 def test_sgd_learning_rate_overrides_the_peak_for_sgd_only(tmp_path):
     """SGD_LEARNING_RATE is SGD's peak (default 0.01); Adam and AdamW keep LEARNING_RATE; 0 means LEARNING_RATE."""
     multiple = config_lines(OPTIMIZER_MODE_MULTIPLE="y", OPTIMIZER_ENABLE_SGD="y", OPTIMIZER_ENABLE_ADAM="y",

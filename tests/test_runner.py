@@ -163,7 +163,7 @@ def test_dry_run_lists_runs_slots_and_estimate_without_training(isolated_config,
     proc = run_script(MATRIX, "dry-run", "--config", isolated_config("lenet5-quick"))
     assert proc.returncode == 0, proc.stderr
     numbered = [line for line in proc.stdout.splitlines() if line.startswith("  ") and ". lenet5_" in line]
-    assert len(numbered) == 12 and numbered[0].startswith("  1. lenet5_sgd_none  (lr 0.01)  [slot 1")
+    assert len(numbered) == 12 and numbered[0].startswith("  1. lenet5_sgd_none  (lr 0.01 constant)  [slot 1")
     assert "Slots: " in proc.stdout
     assert "Estimated time: unknown (no past runs of lenet5" in proc.stdout
     assert "12 runs" in proc.stdout.splitlines()[-1]

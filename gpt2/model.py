@@ -39,13 +39,13 @@ class GPTConfig:
 
 
 def gpt2_config(size: str, block_size: int | None = None, vocab_size: int = 50304,
-                dropout: float = 0.0) -> GPTConfig:
+                dropout: float = 0.0, bias: bool = True) -> GPTConfig:
     """The GPTConfig for a named size; block_size None means GPT-2's 1024."""
     if size not in SIZES:
         raise UserError(f"GPT-2 size {size!r} is unknown (have: {', '.join(SIZES)})")
     n_layer, n_head, n_embd = SIZES[size]
     return GPTConfig(block_size=1024 if block_size is None else block_size, vocab_size=vocab_size, n_layer=n_layer,
-                     n_head=n_head, n_embd=n_embd, dropout=dropout)
+                     n_head=n_head, n_embd=n_embd, dropout=dropout, bias=bias)
 
 
 class CausalSelfAttention(nn.Module):

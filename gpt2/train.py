@@ -57,7 +57,7 @@ def main() -> None:
     tokens = _load(hp, run.download)
     if dist.is_main:
         print(f"data: {tokens.path} {tokens.meta['train_tokens']:,} train / {tokens.meta['val_tokens']:,} val tokens")
-    config = gpt2_config(m["model_size"], m["block_size"], PADDED_VOCAB, m.get("dropout", 0.0))
+    config = gpt2_config(m["model_size"], m["block_size"], PADDED_VOCAB, m.get("dropout", 0.0), m.get("bias", True))
     assert config.vocab_size >= VOCAB_SIZE
     model = GPT(config).to(device)
     num_params = sum(p.numel() for p in model.parameters())
@@ -70,7 +70,7 @@ def main() -> None:
     tokens_per_step = plan.effective_batch * config.block_size
     total_steps = m["max_iters"] or training["epochs"] * math.ceil(len(tokens.train) / tokens_per_step)
     schedule = schedule_for(spec, total_steps, warmup_steps=min(m["warmup_steps"], total_steps),
-                            min_lr=m["min_lr"])
+                            min_lr=m["min_lr"], decay_steps=m.get("lr_decay_iters", 0))
     optimizer = build_optimizer(spec.optimizer, model, schedule.peak, hp["optimizer"])
     pruner = build_pruner(spec, model, optimizer, total_steps, math.ceil(total_steps / training["epochs"]))
     task = LanguageModelTask(tokens, config.block_size, plan.micro_batch, spec.seed, m["eval_samples"], device,

@@ -132,11 +132,12 @@ def build_pruner(spec: RunSpec, model: nn.Module, optimizer: torch.optim.Optimiz
 
 
 def schedule_for(spec: RunSpec, total_steps: int, warmup_steps: int | None = None,
-                 min_lr: float | None = None) -> LRSchedule:
+                 min_lr: float | None = None, decay_steps: int = 0) -> LRSchedule:
     """The run's learning-rate schedule (lib/optim/lr_schedules.py)."""
     training = spec.hyperparams["training"]
     warmup = training.get("lr_warmup_steps", 0) if warmup_steps is None else warmup_steps
-    return lr_schedule_for(spec.optimizer, spec.hyperparams["optimizer"], training, total_steps, warmup, min_lr)
+    return lr_schedule_for(spec.optimizer, spec.hyperparams["optimizer"], training, total_steps, warmup, min_lr,
+                           decay_steps)
 
 
 def memory_account(model: nn.Module, optimizer: torch.optim.Optimizer, pruner: GradualPruner | None) -> dict:

@@ -168,7 +168,11 @@ class GPT(nn.Module):
             key = key.removeprefix(COMPILED_PREFIX)  # nanoGPT saves a torch.compile'd module's keys as they are
             if not key.endswith(".attn.bias"):  # old nanoGPT's causal-mask buffer, not a parameter
                 state[key] = value
-        model.load_state_dict(state)
+        try:
+            model.load_state_dict(state)
+        except RuntimeError as exc:  # missing/unexpected keys or shapes: not this network's weights
+            detail = [line.strip() for line in str(exc).splitlines() if line.strip()][-1]
+            raise UserError(f"checkpoint weights do not fit its model_args: {detail}") from None
         return model
 
     @torch.no_grad()

@@ -192,3 +192,14 @@ def test_sample_errors_are_one_line_and_exit_2(tiny_run, env, message):
     assert len(lines) == 1 and lines[0].startswith("error: ") and message in lines[0], done.stderr
     if env.get("RUN") == "absent_run":
         assert run_dir.name in lines[0]  # the runs that do have a checkpoint are named
+
+
+def test_a_checkpoint_that_does_not_fit_is_one_error_line(tmp_path):
+    model = GPT(gpt2_config("tiny", 16, 128))
+    state = model.state_dict()
+    state.pop("transformer.wpe.weight")
+    args = {**vars(model.config)}
+    torch.save({"model": state, "model_args": args}, tmp_path / "bad.pt")
+    done = sample({"CKPT": str(tmp_path / "bad.pt")})
+    assert done.returncode == 2 and done.stderr.startswith("error: ") and len(done.stderr.splitlines()) == 1
+    assert "Missing key(s)" in done.stderr and "transformer.wpe.weight" in done.stderr

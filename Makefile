@@ -10,7 +10,7 @@ export srctree := $(CURDIR)
 
 .DEFAULT_GOAL := all
 .PHONY: all help menuconfig olddefconfig savedefconfig listdefconfigs test-matrix-dry-run \
-	continue report data test ci bench clean mrproper venv
+	continue report sample data test ci bench clean mrproper venv
 
 $(STAMP): requirements.txt
 	@echo "Setting up $(VENV) (first run only; a few minutes)..."
@@ -39,6 +39,8 @@ help:
 	@echo "  make continue [RESULTS=d] [EXECUTOR=local|slurm]  finish the newest (or given) result directory"
 	@echo "  make data                  download/tokenize the datasets .config needs (make does it too)"
 	@echo "  make report RESULTS=d [OUT=o]  regenerate the reports and graphs of a result directory (ours or upstream)"
+	@echo "  make sample RESULTS=d RUN=id [PROMPT=..] [NUM_SAMPLES=n] [MAX_NEW_TOKENS=n] [TEMPERATURE=t] [TOP_K=k]"
+	@echo "                             text from a GPT-2 run's checkpoint (or CKPT=file, nanoGPT's ckpt.pt too)"
 	@echo "Development:"
 	@echo "  make test                  run the test suite"
 	@echo "  make ci                    run every ci-* defconfig end to end"
@@ -73,6 +75,13 @@ data: $(STAMP)
 report: $(STAMP)
 	@test -n "$(RESULTS)" || { echo "error: give the result directory: make report RESULTS=dir [OUT=dir]" >&2; exit 2; }
 	@$(PY) scripts/report.py "$(RESULTS)" $(if $(OUT),--out "$(OUT)")
+
+# sample.py reads its settings from the environment; each is exported unexpanded
+# ($(value)), so a PROMPT with spaces, quotes, $ or # arrives exactly as typed.
+SAMPLE_VARS := RESULTS RUN CKPT PROMPT NUM_SAMPLES MAX_NEW_TOKENS TEMPERATURE TOP_K SEED DEVICE
+$(foreach v,$(SAMPLE_VARS),$(eval sample: override export $(v) := $$(value $(v))))
+sample: $(STAMP)
+	@$(PY) scripts/sample.py
 
 test: $(STAMP)
 	@$(PY) -m pytest -q

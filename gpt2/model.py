@@ -10,11 +10,15 @@ position embeddings.
 
 This module owns only the network and its size presets; optimizers (and the
 decay/no-decay split nanoGPT's configure_optimizers does) live in lib.
+Parameter names are nanoGPT's (transformer.wte.weight, transformer.h.0.attn.
+c_attn.weight, ..., lm_head.weight), so state_dicts load either way, and a
+checkpoint's "model_args" are GPTConfig's fields.
 """
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, fields, replace
+from typing import Any
 
 import torch
 from torch import nn
@@ -22,6 +26,8 @@ from torch.nn import functional as F
 
 from gpt2.sizes import SIZES
 from lib.errors import UserError
+
+COMPILED_PREFIX = "_orig_mod."  # state_dict keys of a torch.compile'd module start with this
 
 
 @dataclass(frozen=True)
@@ -39,13 +45,13 @@ class GPTConfig:
 
 
 def gpt2_config(size: str, block_size: int | None = None, vocab_size: int = 50304,
-                dropout: float = 0.0) -> GPTConfig:
+                dropout: float = 0.0, bias: bool = True) -> GPTConfig:
     """The GPTConfig for a named size; block_size None means GPT-2's 1024."""
     if size not in SIZES:
         raise UserError(f"GPT-2 size {size!r} is unknown (have: {', '.join(SIZES)})")
     n_layer, n_head, n_embd = SIZES[size]
     return GPTConfig(block_size=1024 if block_size is None else block_size, vocab_size=vocab_size, n_layer=n_layer,
-                     n_head=n_head, n_embd=n_embd, dropout=dropout)
+                     n_head=n_head, n_embd=n_embd, dropout=dropout, bias=bias)
 
 
 class CausalSelfAttention(nn.Module):
@@ -146,16 +152,59 @@ class GPT(nn.Module):
         loss = F.cross_entropy(logits.flatten(0, 1), targets.reshape(-1), ignore_index=-1)
         return logits, loss
 
+    @classmethod
+    def from_checkpoint(cls, checkpoint: dict[str, Any]) -> "GPT":
+        """The network of a checkpoint holding "model_args" and "model": our best.pt/last.pt
+        or nanoGPT's ckpt.pt, loaded strictly."""
+        args = checkpoint.get("model_args")
+        if not isinstance(args, dict) or "model" not in checkpoint:
+            raise UserError("checkpoint has no \"model_args\" and \"model\" (not a GPT-2 checkpoint)")
+        unknown = sorted(set(args) - {f.name for f in fields(GPTConfig)})
+        if unknown:
+            raise UserError(f"checkpoint model_args has fields this GPT does not know: {', '.join(unknown)}")
+        model = cls(GPTConfig(**args))
+        state = {}
+        for key, value in checkpoint["model"].items():
+            key = key.removeprefix(COMPILED_PREFIX)  # nanoGPT saves a torch.compile'd module's keys as they are
+            if not key.endswith(".attn.bias"):  # old nanoGPT's causal-mask buffer, not a parameter
+                state[key] = value
+        try:
+            model.load_state_dict(state)
+        except RuntimeError as exc:  # missing/unexpected keys or shapes: not this network's weights
+            detail = [line.strip() for line in str(exc).splitlines() if line.strip()][-1]
+            raise UserError(f"checkpoint weights do not fit its model_args: {detail}") from None
+        return model
+
+    @torch.no_grad()
+    def generate(self, idx: torch.Tensor, max_new_tokens: int, temperature: float = 1.0,
+                 top_k: int | None = None) -> torch.Tensor:
+        """Extend each row of `idx` (B, T) by `max_new_tokens` sampled tokens, as nanoGPT's
+        generate: the last block_size tokens as context, logits / temperature, only the
+        top_k most likely kept, one multinomial draw (torch's global generator). Call in eval()."""
+        for _ in range(max_new_tokens):
+            context = idx[:, -self.config.block_size:]
+            logits = self(context)[0][:, -1, :] / temperature
+            if top_k is not None:
+                kth = torch.topk(logits, min(top_k, logits.size(-1))).values[:, [-1]]
+                logits = logits.masked_fill(logits < kth, float("-inf"))
+            next_token = torch.multinomial(F.softmax(logits, dim=-1), num_samples=1)
+            idx = torch.cat((idx, next_token), dim=1)
+        return idx
+
     def crop_block_size(self, block_size: int) -> None:
         """Shrink the context length, e.g. to fine-tune a 1024-token model on shorter windows."""
         assert block_size <= self.config.block_size
         self.config = replace(self.config, block_size=block_size)
         self.transformer.wpe.weight = nn.Parameter(self.transformer.wpe.weight[:block_size])
 
-    def estimate_mfu(self, fwdbwd_per_iter: int, dt: float, peak_flops: float) -> float:
-        """Model FLOPs utilisation: achieved FLOP/s over `peak_flops` (e.g. 989e12 for
-        an H100 SXM in bf16). FLOPs per token as in the PaLM paper, appendix B."""
+    def flops_per_token(self) -> int:
+        """Training FLOPs (forward + backward) per token at full context, PaLM paper appendix B:
+        6N for the matmuls with the weights plus 12*L*H*Q*T for attention."""
         cfg = self.config
         head_size = cfg.n_embd // cfg.n_head
-        flops_per_token = 6 * self.get_num_params() + 12 * cfg.n_layer * cfg.n_head * head_size * cfg.block_size
-        return flops_per_token * cfg.block_size * fwdbwd_per_iter / dt / peak_flops
+        return 6 * self.get_num_params() + 12 * cfg.n_layer * cfg.n_head * head_size * cfg.block_size
+
+    def estimate_mfu(self, fwdbwd_per_iter: int, dt: float, peak_flops: float) -> float:
+        """Model FLOPs utilisation of `fwdbwd_per_iter` sequences in `dt` seconds over
+        `peak_flops` (nanoGPT's, with the peak as an argument; lib/mfu.py picks it)."""
+        return self.flops_per_token() * self.config.block_size * fwdbwd_per_iter / dt / peak_flops

@@ -8,6 +8,7 @@ tokens/s and the measured sparsity.
 from __future__ import annotations
 
 import math
+from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
@@ -17,10 +18,11 @@ from lib.data.text import TokenData, load_tokens, prepare_text, prepared_dir
 from lib.data.tokenizer import VOCAB_SIZE
 from lib.distributed import init_distributed, shutdown
 from lib.errors import run_cli
+from lib.mfu import MFUMeter
 from lib.optim import build_optimizer
 from lib.tasks import LanguageModelTask
 from lib.train import build_pruner, loop_config, schedule_for, start_run, train_and_record
-from lib.train_loop import TrainingLoop
+from lib.train_loop import TrainingLoop, autocast_for
 
 PADDED_VOCAB = 50304  # GPT-2's 50257 rounded up to a multiple of 64 (nanoGPT): faster matmuls
 
@@ -57,7 +59,7 @@ def main() -> None:
     tokens = _load(hp, run.download)
     if dist.is_main:
         print(f"data: {tokens.path} {tokens.meta['train_tokens']:,} train / {tokens.meta['val_tokens']:,} val tokens")
-    config = gpt2_config(m["model_size"], m["block_size"], PADDED_VOCAB, m.get("dropout", 0.0))
+    config = gpt2_config(m["model_size"], m["block_size"], PADDED_VOCAB, m.get("dropout", 0.0), m.get("bias", True))
     assert config.vocab_size >= VOCAB_SIZE
     model = GPT(config).to(device)
     num_params = sum(p.numel() for p in model.parameters())
@@ -70,16 +72,21 @@ def main() -> None:
     tokens_per_step = plan.effective_batch * config.block_size
     total_steps = m["max_iters"] or training["epochs"] * math.ceil(len(tokens.train) / tokens_per_step)
     schedule = schedule_for(spec, total_steps, warmup_steps=min(m["warmup_steps"], total_steps),
-                            min_lr=m["min_lr"])
+                            min_lr=m["min_lr"], decay_steps=m.get("lr_decay_iters", 0))
     optimizer = build_optimizer(spec.optimizer, model, schedule.peak, hp["optimizer"])
     pruner = build_pruner(spec, model, optimizer, total_steps, math.ceil(total_steps / training["epochs"]))
     task = LanguageModelTask(tokens, config.block_size, plan.micro_batch, spec.seed, m["eval_samples"], device,
                              rank=dist.rank)
+    # MFU at each evaluation: the model's PaLM FLOPs count over the device's datasheet peak.
+    mfu = MFUMeter.for_run(model.flops_per_token() * config.block_size, config.block_size, device,
+                           autocast_for(device, training["mixed_precision"])[1], training.get("tf32", True),
+                           dist.world_size)
     loop_cfg = loop_config(spec, run.run_dir, plan, total_steps=total_steps, eval_every=m["eval_interval"],
-                           max_time_s=m["max_time_s"], eval_at_start=True)
+                           max_time_s=m["max_time_s"], eval_at_start=True, throughput_fields=mfu.fields,
+                           model_args=asdict(config))
     loop = TrainingLoop(model, task, optimizer, pruner, schedule, loop_cfg, device=device, dist=dist)
     metrics = train_and_record(run.run_dir, spec, loop, started=run.started, note=run.device_note, plan=plan,
-                               dataset=_dataset_info(tokens), dist=dist)
+                               dataset=_dataset_info(tokens), dist=dist, extra={"mfu": mfu.to_json()})
     shutdown(dist)
     if dist.is_main:
         print(f"perplexity {metrics['initial_perplexity']:.2f} -> best {metrics['best_perplexity']:.2f}  "

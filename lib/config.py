@@ -198,9 +198,11 @@ def parse_number(kconf: kconfiglib.Kconfig, name: str) -> float:
     """The float value of a string symbol, checked against NUMBER_SYMBOLS."""
     sym = kconf.syms[name]
     raw = sym.str_value.strip()
-    if not raw and not sym.visibility and sym.defaults:
-        # Settings of a menu that is switched off still get their documented default.
-        raw = sym.defaults[0][0].str_value
+    if not raw and not sym.visibility and sym.orig_defaults:
+        # Settings of a menu that is switched off still get their documented default:
+        # the first whose own condition holds (orig_: without the menu's dependency).
+        raw = next((value.str_value for value, cond in sym.orig_defaults if kconfiglib.expr_value(cond)),
+                   sym.orig_defaults[-1][0].str_value)
     rule = NUMBER_SYMBOLS[name]
     try:
         value = float(raw)
@@ -335,8 +337,17 @@ def _model_params(kconf: kconfiglib.Kconfig, n: dict[str, float]) -> dict[str, d
                  "block_size": _int(kconf, "GPT2_BLOCK_SIZE"), "max_time_s": _int(kconf, "GPT2_MAX_TIME"),
                  "max_iters": _int(kconf, "GPT2_MAX_ITERS"), "eval_interval": _int(kconf, "GPT2_EVAL_INTERVAL"),
                  "eval_samples": _int(kconf, "GPT2_EVAL_SAMPLES"), "warmup_steps": _int(kconf, "GPT2_WARMUP_STEPS"),
-                 "min_lr": n["GPT2_MIN_LR"], "dropout": n["GPT2_DROPOUT"]},
+                 "min_lr": n["GPT2_MIN_LR"], "dropout": n["GPT2_DROPOUT"], "bias": _y(kconf, "GPT2_BIAS"),
+                 "lr_decay_iters": _gpt2_lr_decay_iters(kconf)},
     }
+
+
+def _gpt2_lr_decay_iters(kconf: kconfiglib.Kconfig) -> int:
+    decay, warmup = _int(kconf, "GPT2_LR_DECAY_ITERS"), _int(kconf, "GPT2_WARMUP_STEPS")
+    if decay and decay <= warmup:
+        raise UserError(f"CONFIG_GPT2_LR_DECAY_ITERS={decay} is not after the warm-up "
+                        f"(CONFIG_GPT2_WARMUP_STEPS={warmup}); allowed: 0 (the last step) or more than the warm-up")
+    return decay
 
 
 def settings_from_kconfig(kconf: kconfiglib.Kconfig) -> Settings:

@@ -8,12 +8,13 @@ that is the runner's record of how the process ended.
 from __future__ import annotations
 
 import argparse
+import json
 import platform
 import random
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any, Callable, Optional
 
 import numpy as np
 import torch
@@ -132,12 +133,12 @@ def build_pruner(spec: RunSpec, model: nn.Module, optimizer: torch.optim.Optimiz
 
 
 def schedule_for(spec: RunSpec, total_steps: int, warmup_steps: int | None = None,
-                 min_lr: float | None = None) -> LRSchedule:
+                 min_lr: float | None = None, decay_steps: int = 0) -> LRSchedule:
     """The run's learning-rate schedule (lib/optim/lr_schedules.py)."""
     training = spec.hyperparams["training"]
     warmup = training.get("lr_warmup_steps", 0) if warmup_steps is None else warmup_steps
     return lr_schedule_for(spec.optimizer, spec.hyperparams["optimizer"], training, total_steps, warmup, min_lr,
-                           model=spec.model)
+                           decay_steps, model=spec.model)
 
 
 def memory_account(model: nn.Module, optimizer: torch.optim.Optimizer, pruner: GradualPruner | None) -> dict:
@@ -186,27 +187,36 @@ def grad_clip_norm(spec: RunSpec) -> float:
 
 
 def loop_config(spec: RunSpec, run_dir: Path, plan: BatchPlan, *, total_steps: int, eval_every: int,
-                max_time_s: float = 0.0, eval_at_start: bool = False) -> LoopConfig:
+                max_time_s: float = 0.0, eval_at_start: bool = False,
+                throughput_fields: Optional[Callable[[Optional[float]], dict[str, Any]]] = None,
+                model_args: Optional[dict[str, Any]] = None) -> LoopConfig:
+    """The loop's settings for a run; checkpoints carry the run's spec as "config" (JSON
+    types only, so torch.load(weights_only=True) reads them) and `model_args` when given."""
     training = spec.hyperparams["training"]
+    meta: dict[str, Any] = {"config": json.loads(json.dumps(spec.to_json()))}
+    if model_args is not None:
+        meta["model_args"] = dict(model_args)
     return LoopConfig(
         total_steps=total_steps, eval_every=max(1, eval_every), grad_accum=plan.grad_accum, max_time_s=max_time_s,
         mixed_precision=training.get("mixed_precision", False), compile_model=training.get("compile_model", False),
         resume_dir=resume_dir(run_dir) if training.get("resume", True) else None,
         best_dir=run_dir / "checkpoints" if training.get("save_checkpoint") else None,
         eval_at_start=eval_at_start, log_every=training.get("log_every", 0),
-        grad_clip_norm=grad_clip_norm(spec),
+        grad_clip_norm=grad_clip_norm(spec), throughput_fields=throughput_fields, checkpoint_meta=meta,
         identity={"spec": spec.to_json(), "plan": plan.to_json()})
 
 
 def train_and_record(run_dir: Path, spec: RunSpec, loop: TrainingLoop, *, started: float, note: Optional[str],
-                     plan: BatchPlan, dataset: dict[str, Any], dist: Dist = Dist()) -> dict[str, Any]:
-    """Run the loop, then write metrics.json (rank 0 only); returns the metrics."""
+                     plan: BatchPlan, dataset: dict[str, Any], dist: Dist = Dist(),
+                     extra: Optional[dict[str, Any]] = None) -> dict[str, Any]:
+    """Run the loop, then write metrics.json (rank 0 only) with the trainer's `extra`
+    fields; returns the metrics."""
     loop.run()
     metrics = metrics_from(loop)
     metrics["memory"] = memory_account(loop.model, loop.optimizer, loop.pruner)
     metrics["memory"]["cuda_max_allocated_mib"] = cuda_peak_mib(loop.device)
     metrics.update(dataset=dataset, environment=environment(loop.device, note), batch_plan=plan.to_json(),
-                   wall_time_s=time.perf_counter() - started)
+                   wall_time_s=time.perf_counter() - started, **(extra or {}))
     if dist.is_main:
         write_metrics(run_dir, spec, metrics)
         loop.discard_resume_state()

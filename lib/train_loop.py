@@ -47,6 +47,9 @@ class LoopConfig:
     log_every: int = 0  # extra progress lines between evaluations (0: none)
     grad_clip_norm: float = 0.0  # clip the global norm of the live gradients to this (0: off)
     identity: dict[str, Any] = field(default_factory=dict)  # a checkpoint of another run is not resumed
+    # Fields each evaluation record gets from the samples/s since the previous one (GPT-2: MFU).
+    throughput_fields: Optional[Callable[[Optional[float]], dict[str, Any]]] = None
+    checkpoint_meta: dict[str, Any] = field(default_factory=dict)  # plain values added to best.pt and last.pt
 
 
 @dataclass
@@ -56,10 +59,13 @@ class LoopState:
     eval_time_s: float = 0.0
     samples_seen: int = 0
     history: list[dict[str, Any]] = field(default_factory=list)
+    train_log: list[dict[str, Any]] = field(default_factory=list)  # the step's own loss every log_every steps
     best: Optional[dict[str, Any]] = None  # best evaluation at the target sparsity (any, for a dense run)
     best_before_target: Optional[dict[str, Any]] = None  # best evaluation of a pruned run before its target
     resumed_from_step: Optional[int] = None
     last_grad_norm: Optional[torch.Tensor] = None  # before clipping, at the latest step (not checkpointed)
+    last_step_loss: Optional[torch.Tensor] = None  # mean over the latest step's micro-batches, on the device
+    window_mark: tuple[float, int] = (0.0, 0)  # (train_time_s, samples_seen) at the previous evaluation
 
 
 AT_TARGET_TOLERANCE_PCT = 0.5  # an evaluation counts as "at the target sparsity" within this many points
@@ -146,12 +152,21 @@ class TrainingLoop:
 
     # -- checkpoints ------------------------------------------------------
 
+    def _weights(self) -> dict[str, Any]:
+        """The part of best.pt and last.pt nanoGPT's tools read: weights under "model" (keys as
+        the module names them, no compile or DDP prefix), "iter_num", "best_<goal>"
+        ("best_val_loss" for language models) and the trainer's meta ("model_args", "config")."""
+        s, goal = self.state, self.task.goal
+        return {"model": self.model.state_dict(), "iter_num": s.step,
+                f"best_{goal}": s.best[goal] if s.best else None, **self.config.checkpoint_meta}
+
     def _checkpoint_state(self) -> dict[str, Any]:
         s = self.state
-        return {"identity": _identity_hash(self.config.identity), "step": s.step, "train_time_s": s.train_time_s,
-                "eval_time_s": s.eval_time_s, "samples_seen": s.samples_seen, "history": s.history,
-                "best": s.best, "best_before_target": s.best_before_target, "scaler": self.scaler.state_dict(),
-                "model": self.model.state_dict(), "optimizer": self.optimizer.state_dict(),
+        return {**self._weights(), "identity": _identity_hash(self.config.identity), "step": s.step,
+                "train_time_s": s.train_time_s, "eval_time_s": s.eval_time_s, "samples_seen": s.samples_seen,
+                "history": s.history, "train_log": s.train_log, "best": s.best,
+                "best_before_target": s.best_before_target, "scaler": self.scaler.state_dict(),
+                "optimizer": self.optimizer.state_dict(),
                 "pruner": self.pruner.state_dict() if self.pruner else None, "rng": rng_state()}
 
     def _resume(self) -> None:
@@ -172,6 +187,8 @@ class TrainingLoop:
         s.step, s.train_time_s, s.eval_time_s = saved["step"], saved["train_time_s"], saved["eval_time_s"]
         s.samples_seen, s.history, s.best = saved["samples_seen"], saved["history"], saved["best"]
         s.best_before_target = saved.get("best_before_target")
+        s.train_log = saved.get("train_log", [])
+        s.window_mark = (s.train_time_s, s.samples_seen)
         if saved.get("scaler"):
             self.scaler.load_state_dict(saved["scaler"])
         s.resumed_from_step = s.step
@@ -189,8 +206,7 @@ class TrainingLoop:
             return
         best = self._best_path()
         if best is not None and improved:
-            save_checkpoint(best, {"step": self.state.step, "model": self.model.state_dict(),
-                                   "evaluation": self.state.best})
+            save_checkpoint(best, {**self._weights(), "step": self.state.step, "evaluation": self.state.best})
         if self.config.resume_dir is not None and 0 < self.state.step < self.config.total_steps:
             save_checkpoint(self.config.resume_dir / LAST, self._checkpoint_state())
 
@@ -226,6 +242,8 @@ class TrainingLoop:
                   "samples_seen": s.samples_seen}
         if s.last_grad_norm is not None:
             record["grad_norm"] = float(s.last_grad_norm)
+        if self.config.throughput_fields is not None:
+            record.update(self.config.throughput_fields(self._window_samples_per_s()))
         if self.pruner is not None:
             record["at_target"] = self._at_target(sparsity)
         s.history.append(record)
@@ -237,9 +255,29 @@ class TrainingLoop:
         elif self.task.better(record, s.best_before_target):
             s.best_before_target = record
         s.eval_time_s += time.perf_counter() - start
-        self.log(f"{self.task.describe(record)}  sparsity {sparsity:.1f}%  lr {record['lr']:.3g}  "
+        mfu = f"  mfu {record['mfu_pct']:.2f}%" if record.get("mfu_pct") is not None else ""
+        self.log(f"{self.task.describe(record)}  sparsity {sparsity:.1f}%  lr {record['lr']:.3g}{mfu}  "
                  f"[{s.step}/{self.config.total_steps} steps, {s.train_time_s:.0f}s]")
         self._save(improved)
+
+    def _window_samples_per_s(self) -> Optional[float]:
+        """Training samples/s since the previous evaluation (None when no step ran), then a new window."""
+        s = self.state
+        time0, samples0 = s.window_mark
+        s.window_mark = (s.train_time_s, s.samples_seen)
+        seconds, samples = s.train_time_s - time0, s.samples_seen - samples0
+        return samples / seconds if samples and seconds > 0 else None
+
+    def _log_step(self, window: TrainWindow) -> None:
+        """nanoGPT's per-step line: this step's own loss (rank 0's micro-batches), recorded in train_log."""
+        cfg, s = self.config, self.state
+        loss = float(s.last_step_loss) if s.last_step_loss is not None else None
+        s.train_log.append({"step": s.step, "train_loss": loss, "lr": self.optimizer.param_groups[0]["lr"],
+                            "elapsed_s": s.train_time_s + s.eval_time_s})
+        if s.step % cfg.eval_every:  # an evaluation line follows otherwise
+            self.log(f"step {s.step}/{cfg.total_steps}  loss {loss if loss is not None else math.nan:.4f}  "
+                     f"(mean since last evaluation {window.mean_loss() or 0:.4f})  "
+                     f"{s.samples_seen / max(s.train_time_s, 1e-9):.1f} samples/s")
 
     def _at_target(self, sparsity_pct: float) -> bool:
         """A pruned model is judged at its target: the ramp is over and the
@@ -271,6 +309,7 @@ class TrainingLoop:
         lr = self.schedule.at(s.step)
         for group in self.optimizer.param_groups:
             group["lr"] = lr
+        step_loss, step_samples = torch.zeros((), device=self.device), 0
         for micro in range(cfg.grad_accum):
             batch = self.task.batch(s.step, micro)
             if batch is None:
@@ -284,6 +323,7 @@ class TrainingLoop:
                 self.scaler.scale(loss / cfg.grad_accum).backward()
             self.loss_watch.observe(loss, s.step)
             window.add(loss, correct, y.numel())
+            step_loss, step_samples = step_loss + loss.detach().float() * y.numel(), step_samples + y.numel()
             s.samples_seen += y.shape[0] * self.dist.world_size
         if self.pruner:
             self.pruner.before_optimizer_step()
@@ -294,6 +334,7 @@ class TrainingLoop:
         self.scaler.step(self.optimizer)  # a plain optimizer.step() unless fp16 loss scaling is on
         self.scaler.update()
         self.optimizer.zero_grad(set_to_none=True)
+        s.last_step_loss = step_loss / step_samples if step_samples else None
         s.step += 1
         if self.pruner:
             self.pruner.after_optimizer_step(s.step)
@@ -311,13 +352,14 @@ class TrainingLoop:
             self._one_step(window)
             if self.device.type != "cuda" or s.step % NONFINITE_CHECK_EVERY == 0:
                 self._check_finite()  # a sync each step costs nothing on CPU
-            if self.device.type == "cuda" and cfg.log_every and s.step % cfg.log_every == 0:
-                torch.cuda.synchronize(self.device)  # honest step timing at log points
+            logging = bool(cfg.log_every) and s.step % cfg.log_every == 0
+            evaluating = s.step % cfg.eval_every == 0 or s.step == cfg.total_steps
+            if self.device.type == "cuda" and (logging or evaluating):
+                torch.cuda.synchronize(self.device)  # honest step timing (and MFU) at log and evaluation points
             s.train_time_s += time.perf_counter() - start
-            if cfg.log_every and s.step % cfg.log_every == 0 and s.step % cfg.eval_every:
-                self.log(f"step {s.step}/{cfg.total_steps}  loss {window.mean_loss() or 0:.4f}  "
-                         f"{s.samples_seen / max(s.train_time_s, 1e-9):.1f} samples/s")
-            if s.step % cfg.eval_every == 0 or s.step == cfg.total_steps:
+            if logging:
+                self._log_step(window)
+            if evaluating:
                 self._evaluate(window)
                 window = TrainWindow()
         if not s.history or s.history[-1]["step"] != s.step:
@@ -350,7 +392,8 @@ def metrics_from(loop: TrainingLoop) -> dict[str, Any]:
                "resumed_from_step": s.resumed_from_step, "train_time_s": s.train_time_s,
                "eval_time_s": s.eval_time_s, "throughput_samples_per_s": throughput,
                "precision": loop.precision, "compiled": loop.config.compile_model,
-               "grad_accum": loop.config.grad_accum, "world_size": loop.dist.world_size}
+               "grad_accum": loop.config.grad_accum, "world_size": loop.dist.world_size,
+               "train_log": s.train_log}
     if isinstance(task, LanguageModelTask) and throughput:
         metrics["tokens_per_s"] = throughput * task.block_size
     return metrics

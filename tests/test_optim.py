@@ -219,10 +219,11 @@ def test_adamwadv_from_kconfig(tmp_path):
 
 
 def test_linear_warmup_values():
-    """Warm-up goes peak/N, 2 peak/N, ..., peak over the first N steps, whatever the kind."""
+    """Warm-up goes peak/(N+1), 2 peak/(N+1), ..., N peak/(N+1) over the first N steps (nanoGPT's
+    (it+1)/(warmup+1)), then the peak, whatever the kind."""
     for kind in ("constant", "cosine", "step"):
         schedule = LRSchedule(2.0, kind, total_steps=100, warmup_steps=4, min_lr=0.1, step_every=10)
-        assert [schedule.at(s) for s in range(4)] == pytest.approx([0.5, 1.0, 1.5, 2.0])
+        assert [schedule.at(s) for s in range(5)] == pytest.approx([0.4, 0.8, 1.2, 1.6, 2.0])
     assert LRSchedule(2.0).at(0) == LRSchedule(2.0).at(10_000) == 2.0
 
 

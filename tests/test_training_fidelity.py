@@ -70,8 +70,8 @@ def test_nan_loss_stops_the_run_at_its_step_with_the_lr():
                         device=torch.device("cpu"), log=lambda _: None)
     with pytest.raises(NonFiniteError) as error:
         loop.run()
-    # warm-up (step+1)/10 of 0.01 at 0-based step 6: 0.007
-    assert str(error.value).startswith("loss became nan at step 7 (lr 0.007)")
+    # nanoGPT's warm-up (step+1)/(10+1) of 0.01 at 0-based step 6: 0.00636
+    assert str(error.value).startswith("loss became nan at step 7 (lr 0.00636)")
     assert loop.state.step == 7  # stopped right there, not at the next evaluation
     assert not loop.state.history  # nothing diverged was recorded
 

@@ -1,8 +1,13 @@
 """Learning-rate schedules, all in one place: warm-up, then constant, cosine or step decay.
 
+Warm-up and cosine follow nanoGPT's get_lr: lr = peak*(it+1)/(warmup+1)
+while it < warmup, then a cosine from peak to min_lr that reaches min_lr at
+the decay horizon (lr_decay_iters; by default the last step) and stays there.
+
 The training loop asks `schedule.at(step)` before every optimizer step. The
 schedule of a run comes from lr_schedule_for(): the configured LR_SCHEDULE
-("per-model": upstream's choice for the model, MODEL_LR_SCHEDULE), except that AdamWAdv (alone or as AdamWPrune's base) anneals to its own
+("per-model": upstream's choice for the model, MODEL_LR_SCHEDULE), except
+that AdamWAdv (alone or as AdamWPrune's base) anneals to its own
 ADV_COSINE_ETA_MIN when ADV_USE_COSINE_ANNEALING is set.
 """
 from __future__ import annotations
@@ -27,6 +32,7 @@ class LRSchedule:
     min_lr: float = 0.0
     step_every: int = 0  # "step": multiply by gamma every this many steps
     gamma: float = 0.1
+    decay_steps: int = 0  # cosine horizon: min_lr from this step on (nanoGPT's lr_decay_iters); 0 = total_steps
 
     def __post_init__(self) -> None:
         if self.kind not in KINDS:
@@ -35,9 +41,10 @@ class LRSchedule:
     def at(self, step: int) -> float:
         """Learning rate for optimizer step `step` (0-based)."""
         if step < self.warmup_steps:
-            return self.peak * (step + 1) / self.warmup_steps  # linear warm-up, as nanoGPT
+            # nanoGPT's linear warm-up: never 0 at step 0, and peak only at the first step after it
+            return self.peak * (step + 1) / (self.warmup_steps + 1)
         if self.kind == "cosine":
-            span = max(1, self.total_steps - self.warmup_steps)
+            span = max(1, (self.decay_steps or self.total_steps) - self.warmup_steps)
             progress = min(1.0, (step - self.warmup_steps) / span)
             return self.min_lr + 0.5 * (self.peak - self.min_lr) * (1.0 + math.cos(math.pi * progress))
         if self.kind == "step" and self.step_every > 0:
@@ -67,12 +74,15 @@ def schedule_label(optimizer: str, optimizer_params: dict[str, Any], training: d
 
 
 def lr_schedule_for(optimizer: str, optimizer_params: dict[str, Any], training: dict[str, Any], total_steps: int,
-                    warmup_steps: int = 0, min_lr: float | None = None, model: str = "") -> LRSchedule:
-    """The schedule of one run: LR_SCHEDULE (cosine floors at 1% of the peak unless `min_lr`), or AdamWAdv's."""
+                    warmup_steps: int = 0, min_lr: float | None = None, decay_steps: int = 0,
+                    model: str = "") -> LRSchedule:
+    """The schedule of one run: LR_SCHEDULE (cosine floors at 1% of the peak unless `min_lr`,
+    and reaches its floor at `decay_steps`, 0 = the last step), or AdamWAdv's."""
     peak = peak_lr(optimizer_params, training)
     if uses_adv_annealing(optimizer, optimizer_params):
         adv = optimizer_params if optimizer == "adamwadv" else optimizer_params["adv"]
         return LRSchedule(peak, "cosine", total_steps, warmup_steps, min_lr=adv["eta_min"])
     kind = schedule_kind(training, model)
     return LRSchedule(peak, kind, total_steps, warmup_steps, min_lr=0.01 * peak if min_lr is None else min_lr,
-                      step_every=training.get("lr_step_every", 0), gamma=training.get("lr_step_gamma", 0.1))
+                      step_every=training.get("lr_step_every", 0), gamma=training.get("lr_step_gamma", 0.1),
+                      decay_steps=decay_steps)

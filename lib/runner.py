@@ -19,7 +19,7 @@ from lib.config import RunnerSettings, load_kconfig
 from lib.errors import UserError
 from lib.executors import Executor, make_executor
 from lib.jsonio import SCHEMA_VERSION, read_json, write_json_atomic
-from lib.matrix import RunSpec
+from lib.matrix import RunSpec, spec_from_entry
 from lib.progress_display import Progress
 from lib.run_task import RunPolicy, RunTask, git_commit
 from lib.trainers import gpus_per_run, prepare_data, trainer_command
@@ -62,10 +62,21 @@ def create_results_dir(root: Path, config_path: Path, config_name: str | None, r
 
 
 def load_matrix(results_dir: Path) -> list[RunSpec]:
+    """The runs of matrix.json, each checked (lib/matrix.spec_from_entry): it may come from anyone."""
     path = results_dir / "matrix.json"
     if not path.is_file():
         raise UserError(f"{results_dir}: not a result directory of this framework (no matrix.json)")
-    return [RunSpec.from_json(r) for r in read_json(path)["runs"]]
+    data = read_json(path)
+    entries = data.get("runs") if isinstance(data, dict) else None
+    if not isinstance(entries, list) or not entries:
+        raise UserError(f"{path}: no 'runs' list")
+    runs = [spec_from_entry(entry, f"{path}: run {i + 1}") for i, entry in enumerate(entries)]
+    seen: set[str] = set()
+    for spec in runs:
+        if spec.run_id in seen:  # two runs in one folder would overwrite each other
+            raise UserError(f"{path}: run_id {spec.run_id!r} appears twice")
+        seen.add(spec.run_id)
+    return runs
 
 
 def is_done(run_dir: Path) -> bool:

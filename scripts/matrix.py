@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import filecmp
+import os
 import signal
 import sys
 from pathlib import Path
@@ -112,9 +113,12 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("command", choices=["run", "continue", "dry-run"])
     parser.add_argument("--config", default=str(ROOT / ".config"))
-    parser.add_argument("--results", default=None, help="result directory for `continue`")
-    parser.add_argument("--executor", choices=["local", "slurm"], default=None,
-                        help="for `continue`: run the missing runs here or on Slurm (default: as recorded)")
+    # defaults from the environment: make hands RESULTS and EXECUTOR over literally (see the Makefile)
+    parser.add_argument("--results", default=os.environ.get("RESULTS") or None,
+                        help="result directory for `continue` (default: $RESULTS, else the newest)")
+    parser.add_argument("--executor", choices=["local", "slurm"], default=os.environ.get("EXECUTOR") or None,
+                        help="for `continue`: run the missing runs here or on Slurm (default: $EXECUTOR, "
+                             "else as recorded)")
     args = parser.parse_args()
     config = Path(args.config)
     if args.command == "run":

@@ -13,11 +13,9 @@ import math
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
-from lib.config import Settings
+from lib.config import MAX_SEED, Settings
 from lib.errors import UserError
 from lib.names import check_name
-
-MAX_SEED = 2**32 - 1  # numpy's seed range; torch and random take more, but every run seeds all three
 
 
 @dataclass(frozen=True)

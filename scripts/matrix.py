@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import filecmp
 import os
+import re
 import signal
 import sys
 from pathlib import Path
@@ -24,7 +25,19 @@ from lib.trainers import prepare_data
 DEFAULT_DEFCONFIG = "lenet5-quick"
 
 
+def is_empty_config(config: Path) -> bool:
+    """True when the file sets nothing: no `CONFIG_...` line and no `# CONFIG_... is not set`."""
+    try:
+        lines = config.read_text(errors="replace").splitlines()
+    except OSError:
+        return False  # load_settings reports it, naming the file
+    return not any(re.match(r"\s*(CONFIG_\w+=|# CONFIG_\w+ is not set)", line) for line in lines)
+
+
 def ensure_config(config: Path) -> None:
+    if config.is_file() and is_empty_config(config):
+        print(f"warning: {config} sets nothing; treating it as no {config.name}", file=sys.stderr)
+        config.unlink()
     if not config.exists():
         print(f"No {config.name} found: loading the embedded default `{DEFAULT_DEFCONFIG}` "
               f"(pick another with `make defconfig-NAME` or `make menuconfig`).")
@@ -60,7 +73,7 @@ def run(config: Path) -> None:
     ensure_config(config)
     settings = load_settings(config)
     runs = expand(settings)
-    check_runnable(runs)
+    check_runnable(runs, local=settings.runner.executor == "local")
     prepare_data(runs)  # before the result directory: missing data leaves no empty one behind
     results_dir = create_results_dir(results_root(config), config, None, runs)
     run_then_report(results_dir, runs, settings.runner, data_ready=True)

@@ -340,7 +340,7 @@ def read_summary(path: Path) -> dict[str, Any] | None:
         if data["schema_version"] != SCHEMA_VERSION or not isinstance(summary, dict):
             return None
         head = {k: data.get(k) for k in ("device", "source", "memory_scope", "gpu_name")}
-    except (OSError, ValueError, KeyError, TypeError):
+    except (OSError, ValueError, KeyError, TypeError, RecursionError):
         return None
     return {**head, **summary}
 

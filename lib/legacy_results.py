@@ -36,8 +36,8 @@ ALL_RESULTS = "all_results.json"
 LOG_LINE_CHARS = 500  # an upstream error message shown as a log line, cut to this length
 METRICS = "training_metrics.json"
 # The "Memory Usage:" block of a gpu_stats summary: Average and Max(imum) with a unit.
-_SUMMARY_MEMORY = re.compile(r"Memory Usage:\s*\n\s*Average:\s*([\d.]+)\s*(%|MiB|MB)?\s*\n"
-                             r"\s*Max(?:imum)?:\s*([\d.]+)\s*(%|MiB|MB)?")
+_SUMMARY_MEMORY = re.compile(r"Memory Usage:\s*\n\s*Average:\s*(\d+(?:\.\d+)?)\s*(%|MiB|MB)?\s*\n"
+                             r"\s*Max(?:imum)?:\s*(\d+(?:\.\d+)?)\s*(%|MiB|MB)?")
 
 
 def _all_results(results_dir: Path, warnings: list[str]) -> Optional[list]:

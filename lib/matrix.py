@@ -54,8 +54,12 @@ def spec_from_entry(entry: Any, where: str) -> RunSpec:
         raise UserError(f"{where}: target_sparsity_pct {target!r} is not a number")
     if isinstance(seed, bool) or not isinstance(seed, int) or not 0 <= seed <= MAX_SEED:
         raise UserError(f"{where}: seed {seed!r} is not an integer from 0 to {MAX_SEED}")
-    if not (isinstance(hyperparams, dict) and all(isinstance(hyperparams.get(k), dict) for k in ("model", "training"))):
+    if not (isinstance(hyperparams, dict) and all(isinstance(hyperparams.get(k), dict) for k in ("model", "training"))
+            and all(isinstance(hyperparams.get(k, {}), dict) for k in ("optimizer", "pruning"))):
         raise UserError(f"{where}: hyperparams lack their 'model' and 'training' objects")
+    gpus = hyperparams["model"].get("gpus_per_run")
+    if gpus is not None and (isinstance(gpus, bool) or not isinstance(gpus, int) or not 0 <= gpus <= 4096):
+        raise UserError(f"{where}: gpus_per_run {gpus!r} is not a GPU count")
     return RunSpec.from_json(entry)
 
 

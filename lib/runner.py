@@ -52,9 +52,9 @@ def check_runnable(runs: Iterable[RunSpec], local: bool = False) -> None:
     from lib.pruning import SCORES
     from lib.pruning.scores import score_name
 
-    for device in {spec.hyperparams.get("training", {}).get("device") for spec in runs} if local else ():
-        check_device(device)
     for spec in runs:
+        if local:
+            check_device(spec.hyperparams.get("training", {}).get("device"))
         trainer_command(spec, Path("."))
         if spec.optimizer not in OPTIMIZERS:
             raise UserError(f"{spec.run_id}: optimizer {spec.optimizer!r} is not available in this version "

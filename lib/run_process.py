@@ -109,8 +109,10 @@ def run_attempt(command: list[str], run_dir: Path, attempt: int = 1, *, env: Map
                                 env=full_env, stdin=subprocess.DEVNULL, start_new_session=True)
     with _LIVE_LOCK:
         _LIVE.add(proc.pid)
-    sampler = start_sampler(proc.pid, run_dir / "gpu_stats.json", sample_interval_s, env=full_env)
+    sampler = None
     try:
+        # inside the try: a sampler that cannot start (disk full) must not leave the trainer running
+        sampler = start_sampler(proc.pid, run_dir / "gpu_stats.json", sample_interval_s, env=full_env)
         exit_code = _wait(proc, timeout_s, stop)
         if exit_code is None:
             kill_group(proc)
@@ -120,7 +122,8 @@ def run_attempt(command: list[str], run_dir: Path, attempt: int = 1, *, env: Map
         kill_group(proc)
         raise
     finally:
-        stop_sampler(sampler)
+        if sampler is not None:
+            stop_sampler(sampler)
         with _LIVE_LOCK:
             _LIVE.discard(proc.pid)
 

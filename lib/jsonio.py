@@ -79,13 +79,13 @@ def read_json(path: str | os.PathLike) -> Any:
     bad input is caught: deep nesting (RecursionError), numbers of thousands
     of digits (ValueError since Python 3.11), a directory in the file's place."""
     path = Path(path)
+    if path.exists() and not path.is_file():  # a directory, or a FIFO whose open() would block forever
+        raise UserError(f"{path}: not a regular file")
     try:
         with open(path, encoding="utf-8") as handle:
             return json.load(handle)
     except FileNotFoundError:
         raise UserError(f"{path}: file not found") from None
-    except IsADirectoryError:
-        raise UserError(f"{path}: a directory, not a file") from None
     except OSError as exc:
         raise UserError(f"{path}: unreadable ({exc.strerror or exc})") from None
     except RecursionError:

@@ -194,8 +194,11 @@ def _memory_from_samples(files: RunFiles, name: str) -> Row:
 
 
 def _memory_from_summary(files: RunFiles, name: str) -> Row:
+    path = files.run_dir / name
     try:
-        text = (files.run_dir / name).read_text(errors="replace")
+        if not path.is_file():  # a FIFO would block the read forever
+            raise OSError(0, "not a regular file")
+        text = path.read_text(errors="replace")
     except OSError as exc:
         files.warn(name, f"unreadable ({exc.strerror})")
         return {}

@@ -22,7 +22,7 @@ from lib.legacy_results import read_upstream_layout
 from lib.matrix import MAX_SEED
 from lib.names import name_problem, row_name_problem
 from lib.run_files import (CLASSIFICATION, LANGUAGE_MODELING, TASK_BY_MODEL, TASKS, Row, RunFiles, curve,
-                           thin, to_float)
+                           shown, thin, to_float)
 
 __all__ = ["LANGUAGE_MODELING", "ROW_FIELDS", "EXTRA_FIELDS", "LM_FIELDS", "READERS", "load_results"]
 
@@ -63,7 +63,7 @@ def _status(files: RunFiles, result: dict) -> str:
         return MISSING  # no (valid) result.json: the run never finished
     status = result.get("status")
     if status not in STATUSES:
-        files.warn("result.json", f"unknown status {status!r}")
+        files.warn("result.json", f"unknown status {shown(status)}")
         return MISSING
     return status
 

@@ -49,7 +49,7 @@ class RunFiles:
         """The file's JSON value of type `kind`, or an empty one when absent
         (a warning if `expected`), corrupt or of another type (a warning)."""
         path = self.run_dir / name
-        if not path.is_file():
+        if not (path.exists() or path.is_symlink()):
             if expected:
                 self.warn(name, "file not found")
             return kind()

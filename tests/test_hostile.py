@@ -272,6 +272,8 @@ def _run(root: Path, status: str = "success", **files: str | bytes) -> dict:
         target.unlink(missing_ok=True)
         if text == "DIR":
             target.mkdir()
+        elif text == "FIFO":  # opening it for reading would block forever
+            os.mkfifo(target)
         elif isinstance(text, bytes):
             target.write_bytes(text)
         else:
@@ -283,6 +285,7 @@ HOSTILE = {
     "deep nesting": lambda root: _run(root, result_json="[" * 100_000 + "]" * 100_000),
     "5000-digit number": lambda root: _run(root, result_json='{"status": "success", "x": ' + "9" * 5000 + "}"),
     "result.json is a directory": lambda root: _run(root, result_json="DIR"),
+    "metrics.json is a FIFO": lambda root: _run(root, metrics_json="FIFO", result_json="FIFO"),
     "non-finite numbers": lambda root: _run(root, metrics_json='{"best_accuracy_pct": Infinity, '
                                                                '"final_accuracy_pct": NaN, "epochs": [1, {}]}'),
     "wrong types": lambda root: write(root / "matrix.json", {"runs": [
@@ -299,6 +302,9 @@ HOSTILE = {
 }
 
 
+CLEAN = {"all failed", "all missing", "zero runs", "upstream empty list"}  # odd, but nothing damaged
+
+
 @pytest.mark.parametrize("case", sorted(HOSTILE))
 def test_report_of_a_damaged_directory_is_written(case, tmp_path, capsys):
     results = tmp_path / "results"
@@ -310,6 +316,8 @@ def test_report_of_a_damaged_directory_is_written(case, tmp_path, capsys):
     assert (out / "summary_report.txt").is_file() and (out / "report.html").is_file()
     json.loads((out / "all_results.json").read_text(), parse_constant=lambda c: pytest.fail(f"{c} in JSON"))
     assert tree_digest(results) == before
+    if case not in CLEAN:  # each damage is a warning naming the file
+        assert f"warning: {results}" in capsys.readouterr().err
 
 
 def test_all_failed_matrix_reports_every_failure_with_its_log_tail(tmp_path):

@@ -45,16 +45,19 @@ def check_device(device: object) -> None:
         raise UserError(f'CONFIG_DEVICE="{device}" but this machine has {have}; set DEVICE to auto or cpu')
 
 
-def check_runnable(runs: Iterable[RunSpec], local: bool = False) -> None:
-    """Fail before any run starts if a run asks for a model, optimizer or method we
-    lack, or (`local`: runs on this machine) a device it does not have."""
+def check_devices(runs: Iterable[RunSpec]) -> None:
+    """check_device for every run that will train on this machine."""
+    for spec in runs:
+        check_device(spec.hyperparams.get("training", {}).get("device"))
+
+
+def check_runnable(runs: Iterable[RunSpec]) -> None:
+    """Fail before any run starts if a run asks for a model, optimizer or method we lack."""
     from lib.optim import OPTIMIZERS
     from lib.pruning import SCORES
     from lib.pruning.scores import score_name
 
     for spec in runs:
-        if local:
-            check_device(spec.hyperparams.get("training", {}).get("device"))
         trainer_command(spec, Path("."))
         if spec.optimizer not in OPTIMIZERS:
             raise UserError(f"{spec.run_id}: optimizer {spec.optimizer!r} is not available in this version "
@@ -166,7 +169,9 @@ def _run_locked(results_dir: Path, runs: list[RunSpec], settings: RunnerSettings
                 out: Callable[[str], None], bar: bool, data_ready: bool) -> dict[str, int]:
     todo = pending(results_dir, runs)
     executor = executor or make_executor(settings, results_dir, out)
-    check_runnable(todo, local=executor.name == "local")
+    check_runnable(todo)
+    if executor.name == "local":
+        check_devices(todo)
     skipped = len(runs) - len(todo)
     out(f"{results_dir}: {len(runs)} runs, {skipped} already done, {len(todo)} to run")
     if not todo:

@@ -18,8 +18,8 @@ from lib.matrix import RunSpec, expand
 from lib.report import write_reports
 from lib.results import load_results
 from lib.run_plan import plan_lines
-from lib.runner import (check_runnable, config_changes, continue_settings, create_results_dir, load_matrix,
-                        run_matrix)
+from lib.runner import (check_devices, check_runnable, config_changes, continue_settings, create_results_dir,
+                        load_matrix, run_matrix)
 from lib.trainers import prepare_data
 
 DEFAULT_DEFCONFIG = "lenet5-quick"
@@ -73,7 +73,9 @@ def run(config: Path) -> None:
     ensure_config(config)
     settings = load_settings(config)
     runs = expand(settings)
-    check_runnable(runs, local=settings.runner.executor == "local")
+    check_runnable(runs)
+    if settings.runner.executor == "local":
+        check_devices(runs)
     prepare_data(runs)  # before the result directory: missing data leaves no empty one behind
     results_dir = create_results_dir(results_root(config), config, None, runs)
     run_then_report(results_dir, runs, settings.runner, data_ready=True)

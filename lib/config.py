@@ -387,7 +387,8 @@ def settings_from_kconfig(kconf: kconfiglib.Kconfig) -> Settings:
         slurm_time_min=_int(kconf, "SLURM_TIME_MINUTES") or 60,
         slurm_gpus_per_task=_int(kconf, "SLURM_GPUS_PER_TASK") if _y(kconf, "EXECUTOR_SLURM") else 1,
         slurm_cpus_per_task=_int(kconf, "SLURM_CPUS_PER_TASK") or 4, slurm_mem_gb=_int(kconf, "SLURM_MEM_GB"),
-        slurm_array_parallelism=_int(kconf, "SLURM_ARRAY_PARALLELISM"), slurm_extra=_checked(parse_slurm_extra, syms["SLURM_EXTRA"].str_value),
+        slurm_array_parallelism=_int(kconf, "SLURM_ARRAY_PARALLELISM"),
+        slurm_extra=_checked(parse_slurm_extra, syms["SLURM_EXTRA"].str_value),
         slurm_cluster=syms["SLURM_CLUSTER"].str_value or "slurm")
     return Settings(
         models=models, optimizers=optimizers, pruning_methods=methods,

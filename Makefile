@@ -8,6 +8,15 @@ STAMP := $(VENV)/.installed
 KCONFIG := $(PY) scripts/kconfig.py
 export srctree := $(CURDIR)
 
+# User values reach the scripts literally through the environment, never
+# through recipe text, so a path with spaces, quotes, `$` or backticks is a
+# path and nothing in it runs: $(value) takes the text as typed (make does
+# not expand it), `override` keeps it over the command line's, and the
+# scripts read RESULTS, OUT, EXECUTOR and DEVICE from their environment.
+USER_VARS := RESULTS OUT EXECUTOR DEVICE
+$(foreach v,$(USER_VARS),$(if $(filter undefined,$(origin $(v))),,$(eval override $(v) := $$(value $(v)))))
+export $(USER_VARS)
+
 .DEFAULT_GOAL := all
 .PHONY: all help menuconfig olddefconfig savedefconfig listdefconfigs test-matrix-dry-run \
 	continue report sample data test ci bench clean mrproper venv
@@ -50,8 +59,9 @@ help:
 menuconfig: $(STAMP)
 	@$(VENV)/bin/menuconfig Kconfig
 
+defconfig-%: export DEFCONFIG_NAME = $*
 defconfig-%: $(STAMP)
-	@$(KCONFIG) defconfig $*
+	@$(KCONFIG) defconfig
 
 olddefconfig: $(STAMP)
 	@$(KCONFIG) olddefconfig
@@ -66,15 +76,14 @@ test-matrix-dry-run: $(STAMP)
 	@$(PY) scripts/matrix.py dry-run
 
 continue: $(STAMP)
-	@$(PY) scripts/matrix.py continue $(if $(RESULTS),--results $(RESULTS)) $(if $(EXECUTOR),--executor $(EXECUTOR))
+	@$(PY) scripts/matrix.py continue
 
 data: $(STAMP)
 	@test -f .config || { echo "error: no .config; pick one with make defconfig-NAME or make menuconfig" >&2; exit 2; }
 	@$(PY) scripts/prepare_data.py --config .config
 
 report: $(STAMP)
-	@test -n "$(RESULTS)" || { echo "error: give the result directory: make report RESULTS=dir [OUT=dir]" >&2; exit 2; }
-	@$(PY) scripts/report.py "$(RESULTS)" $(if $(OUT),--out "$(OUT)")
+	@$(PY) scripts/report.py
 
 # sample.py reads its settings from the environment; each is exported unexpanded
 # ($(value)), so a PROMPT with spaces, quotes, $ or # arrives exactly as typed.
@@ -87,7 +96,7 @@ test: $(STAMP)
 	@$(PY) -m pytest -q
 
 bench: $(STAMP)
-	@$(PY) benchmarks/bench_pruning.py $(if $(DEVICE),--device $(DEVICE))
+	@$(PY) benchmarks/bench_pruning.py
 
 ci: $(STAMP)
 	@$(PY) scripts/ci.py

@@ -7,12 +7,20 @@ renamed, so a kill mid-write leaves the previous checkpoint intact. A
 checkpoint holds everything the next step depends on: weights, optimizer
 state, pruning masks and history, the loop's counters and the RNG states
 (dropout draws from torch's global generator).
+
+Result directories travel between labs, so a checkpoint is data, never code:
+it holds only tensors and plain Python values (the numpy RNG state is stored
+as lists), and loads with torch.load(weights_only=True), which refuses any
+other object instead of running it. A checkpoint that does not load is set
+aside (`last.pt.rejected-<time>`) with one warning, and the run starts afresh.
 """
 from __future__ import annotations
 
 import os
+import pickle
 import random
-import re
+import sys
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 
@@ -20,10 +28,11 @@ import numpy as np
 import torch
 
 from lib.errors import UserError
+from lib.names import check_name, is_safe_name
 
 CHECKPOINT_DIR = "checkpoints"
 LAST, BEST = "last.pt", "best.pt"
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2  # 2: numpy RNG state as plain lists (loads weights-only)
 
 
 def checkpoint_dir(run_dir: Path) -> Path:
@@ -31,7 +40,10 @@ def checkpoint_dir(run_dir: Path) -> Path:
 
 
 def rng_state() -> dict[str, Any]:
-    state = {"python": random.getstate(), "numpy": np.random.get_state(), "torch": torch.get_rng_state()}
+    numpy_state = np.random.get_state(legacy=False)
+    # the key as a list: an ndarray would need numpy's unpickler, which weights_only refuses
+    numpy_state["state"] = {**numpy_state["state"], "key": numpy_state["state"]["key"].tolist()}
+    state = {"python": random.getstate(), "numpy": numpy_state, "torch": torch.get_rng_state()}
     if torch.cuda.is_available():
         state["cuda"] = torch.cuda.get_rng_state_all()
     return state
@@ -56,27 +68,41 @@ def save_checkpoint(path: Path, state: dict[str, Any]) -> None:
         tmp.unlink(missing_ok=True)
 
 
-def load_checkpoint(path: Path, device: torch.device) -> dict[str, Any] | None:
-    """The checkpoint at `path`, or None when there is none."""
+def set_aside(path: Path, why: str) -> None:
+    """Keep a checkpoint that will not be used beside it, renamed, with one warning line."""
+    aside = path.with_name(f"{path.name}.rejected-{datetime.now().strftime('%Y%m%d_%H%M%S_%f')}")
+    try:
+        path.rename(aside)
+        kept = f"kept as {aside.name}"
+    except OSError as exc:
+        kept = f"could not be set aside ({exc.strerror})"
+    print(f"warning: {path}: {why}; {kept}; starting the run afresh", file=sys.stderr, flush=True)
+
+
+def load_checkpoint(path: Path, device: torch.device, required: tuple[str, ...] = ()) -> dict[str, Any] | None:
+    """The checkpoint at `path`, or None when there is none or it does not load
+    (then it is set aside with a warning). `required`: keys it must hold."""
     if not path.is_file():
         return None
     try:
-        # Our own file, holding RNG states and Python containers: not weights-only.
-        state = torch.load(path, map_location=device, weights_only=False)
-    except (RuntimeError, EOFError, OSError) as exc:
-        raise UserError(f"{path}: unreadable checkpoint ({exc}); delete it to start the run afresh") from exc
-    if state.get("format_version") != FORMAT_VERSION:
-        raise UserError(f"{path}: checkpoint format {state.get('format_version')} is not {FORMAT_VERSION}; "
-                        f"delete it to start the run afresh")
+        # weights_only: tensors and plain containers only, so a crafted file cannot run code
+        state = torch.load(path, map_location=device, weights_only=True)
+    except pickle.UnpicklingError:
+        set_aside(path, "holds objects other than tensors and plain values (refused, not run)")
+        return None
+    except Exception as exc:  # noqa: BLE001 - whatever a damaged or hostile file raises
+        first_line = (str(exc).splitlines() or [""])[0][:200]
+        set_aside(path, f"not a loadable checkpoint ({type(exc).__name__}: {first_line})")
+        return None
+    if not isinstance(state, dict) or state.get("format_version") != FORMAT_VERSION:
+        version = state.get("format_version") if isinstance(state, dict) else None
+        set_aside(path, f"checkpoint format {version!r} is not {FORMAT_VERSION}")
+        return None
+    missing = [key for key in required if key not in state]
+    if missing:
+        set_aside(path, f"checkpoint lacks {', '.join(missing)}")
+        return None
     return state
-
-
-RUN_ID = re.compile(r"[A-Za-z0-9_.-]+")
-
-
-def valid_run_id(name: str) -> bool:
-    """A run folder name safe to join to a path: letters, digits, _ - . and not . or .."""
-    return bool(RUN_ID.fullmatch(name)) and name not in (".", "..")
 
 
 def load_weights(path: Path, device: torch.device | str = "cpu") -> dict[str, Any]:
@@ -86,7 +112,7 @@ def load_weights(path: Path, device: torch.device | str = "cpu") -> dict[str, An
         raise UserError(f"{path}: no such checkpoint")
     try:
         return torch.load(path, map_location=device, weights_only=True)
-    except (RuntimeError, EOFError, OSError, ValueError) as exc:
+    except (RuntimeError, EOFError, OSError, ValueError, pickle.UnpicklingError) as exc:
         first_line = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         raise UserError(f"{path}: unreadable checkpoint ({first_line})") from exc
 
@@ -94,7 +120,7 @@ def load_weights(path: Path, device: torch.device | str = "cpu") -> dict[str, An
 def runs_with_checkpoints(results: Path) -> list[str]:
     """Run folders of a result directory that hold a best.pt (invalid names skipped)."""
     return sorted(d.name for d in results.iterdir()
-                  if valid_run_id(d.name) and (checkpoint_dir(d) / BEST).is_file())
+                  if is_safe_name(d.name) and (checkpoint_dir(d) / BEST).is_file())
 
 
 def run_checkpoint(results: Path, run: str) -> Path:
@@ -102,8 +128,7 @@ def run_checkpoint(results: Path, run: str) -> Path:
     run still in progress the best.pt or last.pt beside it in .resume/."""
     if not results.is_dir():
         raise UserError(f"RESULTS={results}: no such result directory")
-    if not valid_run_id(run):
-        raise UserError(f"RUN={run!r} is not a run id (letters, digits, _ - . only; see {results})")
+    check_name(run, "RUN", str(results))
     candidates = [checkpoint_dir(results / run) / BEST, results / ".resume" / run / BEST,
                   results / ".resume" / run / LAST]
     found = next((path for path in candidates if path.is_file()), None)

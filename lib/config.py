@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import math
 import os
+import shlex
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, Callable
@@ -218,13 +219,17 @@ def validate_numbers(kconf: kconfiglib.Kconfig) -> dict[str, float]:
     return {name: parse_number(kconf, name) for name in NUMBER_SYMBOLS if name in kconf.syms}
 
 
+MAX_SEED = 2**32 - 1  # numpy's seed range; every run seeds random, numpy and torch alike
+
+
 def parse_seeds(raw: str) -> tuple[int, ...]:
     try:
         seeds = tuple(int(tok) for tok in raw.replace(",", " ").split())
     except ValueError:
         seeds = ()
-    if not seeds or any(s < 0 for s in seeds) or len(set(seeds)) != len(seeds):
-        raise UserError(f"CONFIG_SEEDS=\"{raw}\" is not valid; allowed: distinct non-negative integers separated by spaces")
+    if not seeds or any(not 0 <= s <= MAX_SEED for s in seeds) or len(set(seeds)) != len(seeds):
+        raise UserError(f"CONFIG_SEEDS=\"{raw[:80]}\" is not valid; allowed: distinct integers from 0 to {MAX_SEED} "
+                        "separated by spaces")
     return seeds
 
 
@@ -369,7 +374,9 @@ def settings_from_kconfig(kconf: kconfiglib.Kconfig) -> Settings:
         learning_rate=numbers["LEARNING_RATE"],
         lr_schedule=_choice_name(kconf, _LR_SCHEDULES, "per-model"), lr_warmup_steps=_int(kconf, "LR_WARMUP_STEPS"),
         lr_step_every=_int(kconf, "LR_STEP_EVERY"), lr_step_gamma=numbers["LR_STEP_GAMMA"],
-        device=_device(syms["DEVICE"].str_value), data_dir=syms["DATA_DIR"].str_value or "./data",
+        device=_device(syms["DEVICE"].str_value),
+        # expanded here: a path with "~" would otherwise make a folder named "~"
+        data_dir=os.path.expanduser(syms["DATA_DIR"].str_value or "./data"),
         compile_model=_y(kconf, "COMPILE_MODEL"), mixed_precision=_y(kconf, "MIXED_PRECISION"),
         save_checkpoint=_y(kconf, "SAVE_CHECKPOINT"), resume=_y(kconf, "RESUME_FROM_CHECKPOINT"),
         grad_accum=_int(kconf, "GRADIENT_ACCUMULATION") or 1, hyper_param_auto=_y(kconf, "HYPER_PARAM_AUTO"),
@@ -391,7 +398,8 @@ def settings_from_kconfig(kconf: kconfiglib.Kconfig) -> Settings:
         slurm_time_min=_int(kconf, "SLURM_TIME_MINUTES") or 60,
         slurm_gpus_per_task=_int(kconf, "SLURM_GPUS_PER_TASK") if _y(kconf, "EXECUTOR_SLURM") else 1,
         slurm_cpus_per_task=_int(kconf, "SLURM_CPUS_PER_TASK") or 4, slurm_mem_gb=_int(kconf, "SLURM_MEM_GB"),
-        slurm_array_parallelism=_int(kconf, "SLURM_ARRAY_PARALLELISM"), slurm_extra=syms["SLURM_EXTRA"].str_value,
+        slurm_array_parallelism=_int(kconf, "SLURM_ARRAY_PARALLELISM"),
+        slurm_extra=_checked(parse_slurm_extra, syms["SLURM_EXTRA"].str_value),
         slurm_cluster=syms["SLURM_CLUSTER"].str_value or "slurm")
     return Settings(
         models=models, optimizers=optimizers, pruning_methods=methods,
@@ -439,6 +447,27 @@ def check_ramp(training: TrainingSettings, pruning: PruningSettings, methods: tu
         raise UserError(f"CONFIG_ADAMWPRUNE_RAMP_END_STEP={ramp_end} is not before the last step "
                         f"(CONFIG_GPT2_MAX_ITERS={max_iters}): the target sparsity would be reached at the last step "
                         f"or never; lower it, raise CONFIG_GPT2_MAX_ITERS, or set CONFIG_PRUNING_RAMP_FIT=y")
+
+
+def parse_slurm_extra(extra: str) -> dict[str, str]:
+    """SLURM_EXTRA "account=x qos=high exclusive" -> {"account": "x", "qos": "high", "exclusive": ""}."""
+    try:
+        items = shlex.split(extra)
+    except ValueError as exc:  # an unbalanced quote
+        raise UserError(f"CONFIG_SLURM_EXTRA={extra!r} is not valid shell syntax ({exc})") from None
+    pairs = {}
+    for item in items:
+        key, _, value = item.lstrip("-").partition("=")
+        if not key:
+            raise UserError(f"CONFIG_SLURM_EXTRA={extra!r} is not valid; allowed: key=value pairs")
+        pairs[key] = value
+    return pairs
+
+
+def _checked(parse: Callable[[str], Any], raw: str) -> str:
+    """`raw`, once `parse` accepts it (a UserError otherwise)."""
+    parse(raw)
+    return raw
 
 
 def _device(raw: str) -> str:

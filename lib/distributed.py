@@ -13,6 +13,8 @@ from dataclasses import dataclass
 import torch
 import torch.distributed as torch_dist
 
+from lib.lifeline import die_with_parent
+
 
 @dataclass(frozen=True)
 class Dist:
@@ -34,6 +36,7 @@ def init_distributed(device: torch.device) -> tuple[Dist, torch.device]:
     world_size = int(os.environ.get("WORLD_SIZE", "1"))
     if world_size <= 1:
         return Dist(), device
+    die_with_parent()  # torchrun's worker: gone with its launcher, the trainer, which dies with the runner
     rank, local_rank = int(os.environ["RANK"]), int(os.environ.get("LOCAL_RANK", "0"))
     if device.type == "cuda":
         device = torch.device("cuda", local_rank)

@@ -24,6 +24,16 @@ def run_cli(main: Callable[[], T]) -> T:
         sys.exit(USER_ERROR_EXIT)
 
 
+class WriteError(UserError, OSError):
+    """A result file could not be written (disk full, no permission): one line
+    naming the path. Still an OSError, so code that retries a failed write
+    (the memory sampler's periodic flush) keeps doing so. Raised as
+    WriteError(errno, "path: cannot write (reason)")."""
+
+    def __str__(self) -> str:
+        return str(self.strerror) if self.errno is not None else super().__str__()  # no "[Errno 28]" prefix
+
+
 class NonFiniteError(UserError):
     """Training produced a NaN or infinity (loss, gradient norm or pruning score).
 

@@ -1,7 +1,7 @@
 """The memory sampler: a small process that runs beside one training run and
 writes `<run_id>/gpu_stats.json` (format in docs/results-format.md).
 
-    python -m lib.gpu_monitor --pid PID --out PATH [--interval 0.1] [--flush-every 5.0]
+    python -m lib.gpu_monitor --pid PID --out PATH [--interval 0.1] [--flush-every 5.0] [--token T]
 
 It owns measuring memory of the run's process tree (the pid and all of its
 descendants) and nothing else: it never touches the training process, never
@@ -42,6 +42,14 @@ The file is rewritten atomically every --flush-every seconds (default 5), so
 a crash or kill -9 leaves a valid file that lacks at most that much;
 SIGTERM/SIGINT or the end of the process tree writes the final file and
 exits 0.
+
+A sampler writes only its own attempt's file. start_sampler writes a fresh
+token into `.<out name>.owner` beside the file and passes it as --token; the
+sampler reads that file before every write and stops without writing once it
+holds another token or is gone (the run folder was set aside and a newer
+attempt owns the name). Started by start_sampler it also dies with the
+runner (lib/lifeline), so a stale sampler can never overwrite a newer run's
+figures.
 """
 from __future__ import annotations
 
@@ -52,13 +60,15 @@ import signal
 import subprocess
 import sys
 import time
+import uuid
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, Mapping
 
 from lib.errors import UserError, run_cli
-from lib.jsonio import SCHEMA_VERSION, write_json_atomic
+from lib.jsonio import SCHEMA_VERSION, write_json_atomic, write_text_atomic
+from lib.lifeline import with_parent_death_signal
 from lib.memory_backends import Backend, ProcessTree, open_backend
 
 MAX_SAMPLES = 20_000
@@ -230,8 +240,10 @@ class Sampler:
                 "sample_stride": self.store.stride, "samples": samples,
                 "summary": self.store.summary(field, gpu)}
 
-    def run(self, stop: StopFlag, out_path: Path | None = None, flush_every_s: float = 5.0) -> None:
-        """Sample until the tree exits or `stop` is set, flushing to out_path."""
+    def run(self, stop: StopFlag, out_path: Path | None = None, flush_every_s: float = 5.0,
+            token: str | None = None) -> None:
+        """Sample until the tree exits or `stop` is set, flushing to out_path
+        while `token` (if given) is the one its owner file holds."""
         next_sample = next_flush = time.monotonic()
         while not stop.is_set():
             self.sample_once()
@@ -239,6 +251,8 @@ class Sampler:
                 break
             now = time.monotonic()
             if out_path is not None and now >= next_flush:
+                if not owns(out_path, token):
+                    return  # a newer attempt owns the file: leave it alone
                 self._write(out_path, final=False)
                 # rewriting 20,000 samples takes about half a second; spacing
                 # flushes by their cost keeps the sampler to a few % of a core
@@ -248,7 +262,7 @@ class Sampler:
             # bursting samples to catch up, which would skew the mean
             next_sample = max(next_sample + self.interval_s, now)
             stop.wait(next_sample - now)
-        if out_path is not None:
+        if out_path is not None and owns(out_path, token):
             self._write(out_path, final=True)
 
     def _write(self, out_path: Path, final: bool) -> None:
@@ -263,18 +277,36 @@ class Sampler:
 
 # ------------------------------------------------------------ runner interface
 
+def owner_path(out_path: Path) -> Path:
+    """The file naming which sampler may write `out_path`."""
+    return out_path.with_name(f".{out_path.name}.owner")
+
+
+def owns(out_path: Path, token: str | None) -> bool:
+    """Whether the sampler holding `token` may write `out_path` (always, without a token)."""
+    if token is None:
+        return True
+    try:
+        return owner_path(out_path).read_text().strip() == token
+    except OSError:
+        return False
+
+
 def start_sampler(pid: int, out_path: Path, interval_s: float = 0.1, python: str = sys.executable,
                   *, flush_every_s: float = 5.0, log_path: Path | None = None,
                   env: Mapping[str, str] | None = None) -> subprocess.Popen:
-    """Launch the sampler CLI beside process `pid`. Pass the training run's
+    """Launch the sampler CLI beside process `pid`, owning `out_path` from now
+    on (a fresh token) and dying with this process. Pass the training run's
     `env` so the sampler sees the same CUDA_VISIBLE_DEVICES; its output goes
     to `log_path` (appended) or nowhere."""
     out = Path(out_path).resolve()  # absolute: the sampler runs from the project root
+    token = uuid.uuid4().hex
+    write_text_atomic(owner_path(out), token + "\n")  # before the start: an older sampler stops writing now
     cmd = [python, "-m", "lib.gpu_monitor", "--pid", str(pid), "--out", str(out),
-           "--interval", repr(float(interval_s)), "--flush-every", repr(float(flush_every_s))]
+           "--interval", repr(float(interval_s)), "--flush-every", repr(float(flush_every_s)), "--token", token]
     log = open(log_path, "ab") if log_path is not None else subprocess.DEVNULL
     try:
-        return subprocess.Popen(cmd, cwd=PROJECT_ROOT, stdin=subprocess.DEVNULL, stdout=log,
+        return subprocess.Popen(with_parent_death_signal(cmd), cwd=PROJECT_ROOT, stdin=subprocess.DEVNULL, stdout=log,
                                 stderr=log, env=None if env is None else dict(env))
     finally:
         if log_path is not None:
@@ -308,7 +340,7 @@ def read_summary(path: Path) -> dict[str, Any] | None:
         if data["schema_version"] != SCHEMA_VERSION or not isinstance(summary, dict):
             return None
         head = {k: data.get(k) for k in ("device", "source", "memory_scope", "gpu_name")}
-    except (OSError, ValueError, KeyError, TypeError):
+    except (OSError, ValueError, KeyError, TypeError, RecursionError):
         return None
     return {**head, **summary}
 
@@ -322,6 +354,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--out", type=Path, required=True, help="gpu_stats.json to write")
     parser.add_argument("--interval", type=float, default=0.1, help="seconds between samples")
     parser.add_argument("--flush-every", type=float, default=5.0, help="seconds between rewrites")
+    parser.add_argument("--token", default=None, help="write only while the owner file beside --out holds this")
     args = parser.parse_args(argv)
     if args.pid <= 0:
         raise UserError(f"--pid {args.pid}: not a process id")
@@ -334,7 +367,7 @@ def main(argv: list[str] | None = None) -> int:
         signal.signal(sig, lambda *_: stop.set())
     backend = open_backend()
     try:
-        Sampler(args.pid, backend, args.interval).run(stop, args.out, args.flush_every)
+        Sampler(args.pid, backend, args.interval).run(stop, args.out, args.flush_every, args.token)
     finally:
         backend.close()
     return 0

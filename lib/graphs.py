@@ -15,6 +15,7 @@ import io
 import math
 import multiprocessing
 import os
+import sys
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
@@ -27,6 +28,7 @@ from matplotlib.patches import Patch
 from matplotlib.ticker import MaxNLocator
 
 from lib.jsonio import write_bytes_atomic, write_text_atomic
+from lib.names import is_safe_name
 from lib.report_labels import (TRAINING_TERMS, MemoryLabels, Metric, memory_labels, short_label,
                                table_metrics)
 from lib.stats import Estimate, configurations, fmt, has_seeds, is_missing
@@ -48,6 +50,8 @@ class Graph:
     svg: str
 
     def write(self, folder: Path) -> None:
+        if not is_safe_name(self.name):  # the model name is checked when read; this must never happen
+            raise ValueError(f"graph name {self.name!r} is not a safe file name")
         write_bytes_atomic(folder / f"{self.name}.png", self.png)
         write_text_atomic(folder / f"{self.name}.svg", self.svg)
 
@@ -181,7 +185,7 @@ def _measured(configs: pd.DataFrame, column: str) -> pd.DataFrame:
     """Configurations with a measured `column`, grouped by target sparsity
     (dense first), then by optimizer, method and variant; column `group`
     names the sparsity group."""
-    keep = configs[[e.n > 0 for e in configs[column]]]
+    keep = configs.loc[[e.n > 0 for e in configs[column]]]  # .loc: an empty list keeps the columns
     order = keep.assign(group=[_sparsity_group(p, t) for p, t in zip(keep["pruning"], keep["target_sparsity_pct"])],
                         _d=keep["pruning"] != "none",
                         _t=[math.inf if is_missing(t) else float(t) for t in keep["target_sparsity_pct"]],
@@ -408,8 +412,12 @@ BUILDERS: dict[str, Callable[[Context], Optional[Figure]]] = {
 
 def _build(task: tuple[str, str, Context]) -> Optional[Graph]:
     name, stem, ctx = task
-    figure = BUILDERS[stem](ctx)
-    return None if figure is None else _render(name, figure)
+    try:
+        figure = BUILDERS[stem](ctx)
+        return None if figure is None else _render(name, figure)
+    except Exception as exc:  # noqa: BLE001 - figures drawn from others' files: one bad value costs one figure
+        print(f"warning: graphs/{name}: not drawn ({type(exc).__name__}: {str(exc)[:200]})", file=sys.stderr)
+        return None
 
 
 def contexts(table: pd.DataFrame) -> list[Context]:

@@ -28,14 +28,16 @@ from typing import Any, Optional
 
 from lib.jsonio import read_json
 from lib.errors import UserError
+from lib.names import is_safe_name, name_problem
 from lib.run_files import (CLASSIFICATION, LANGUAGE_MODELING, MODELS, TASK_BY_MODEL, Row, RunFiles,
-                           curve, parse_run_id, thin)
+                           curve, parse_run_id, thin, to_float)
 
 ALL_RESULTS = "all_results.json"
+LOG_LINE_CHARS = 500  # an upstream error message shown as a log line, cut to this length
 METRICS = "training_metrics.json"
 # The "Memory Usage:" block of a gpu_stats summary: Average and Max(imum) with a unit.
-_SUMMARY_MEMORY = re.compile(r"Memory Usage:\s*\n\s*Average:\s*([\d.]+)\s*(%|MiB|MB)?\s*\n"
-                             r"\s*Max(?:imum)?:\s*([\d.]+)\s*(%|MiB|MB)?")
+_SUMMARY_MEMORY = re.compile(r"Memory Usage:\s*\n\s*Average:\s*(\d+(?:\.\d+)?)\s*(%|MiB|MB)?\s*\n"
+                             r"\s*Max(?:imum)?:\s*(\d+(?:\.\d+)?)\s*(%|MiB|MB)?")
 
 
 def _all_results(results_dir: Path, warnings: list[str]) -> Optional[list]:
@@ -60,14 +62,18 @@ def _entry_id(entry: dict) -> Optional[str]:
     pruning = entry.get("pruning_method") or entry.get("pruning")
     if not all(isinstance(v, str) for v in (model, optimizer, pruning)):
         return None
-    target = entry.get("target_sparsity")
-    if pruning == "none" or not isinstance(target, (int, float)):
+    target = to_float(entry.get("target_sparsity"))
+    if pruning == "none" or target is None or not math.isfinite(target):
         return f"{model}_{optimizer}_{pruning}"
     return f"{model}_{optimizer}_{pruning}_{round(100 * target):d}"
 
 
 def _is_run_folder(path: Path) -> bool:
-    return path.is_dir() and path.name.split("_")[0] in MODELS
+    return path.is_dir() and path.name.split("_")[0] in MODELS and is_safe_name(path.name)
+
+
+def _text(value: Any) -> Optional[str]:
+    return value if isinstance(value, str) else None
 
 
 class _Figures:
@@ -128,7 +134,7 @@ def _lm_cells(fig: _Figures) -> Row:
     config = fig.get("config") if isinstance(fig.get("config"), dict) else {}
     interval = config.get("eval_interval")
     # Upstream evaluates every eval_interval iterations from iteration 0.
-    axis, xs = (("step", [i * interval for i in range(len(losses))]) if isinstance(interval, int)
+    axis, xs = (("step", [i * interval for i in range(len(losses))]) if _count(interval)
                 else ("eval", list(range(1, len(losses) + 1))))
     sparsities, iterations = fig.series("sparsities"), fig.series("iterations")
     steps = iterations if len(iterations) == len(sparsities) else list(range(len(sparsities)))
@@ -142,6 +148,11 @@ def _lm_cells(fig: _Figures) -> Row:
         "sparsity_schedule": curve("step" if iterations else "eval",
                                    [[x, math.nan, _pct(s)] for x, s in zip(steps, sparsities)]),
     }
+
+
+def _count(value: Any) -> bool:
+    """A plausible positive count (an interval in steps), not a bool or a 1000-digit integer."""
+    return isinstance(value, int) and not isinstance(value, bool) and 0 < value < 10**12
 
 
 def _exp(loss: float) -> float:
@@ -164,18 +175,18 @@ def _memory_from_samples(files: RunFiles, name: str) -> Row:
     samples = [s for s in files.load(name, expected=True, kind=list) if isinstance(s, dict)]
     points = []
     for sample in samples:
-        mib = sample.get("memory_used")
-        if not isinstance(mib, (int, float)):
+        mib = to_float(sample.get("memory_used"))
+        if mib is None:
             # AMD readings may carry only a percentage; convert where the device size is known.
-            pct, total = sample.get("memory_percent"), sample.get("memory_total")
-            mib = pct * total / 100 if all(isinstance(v, (int, float)) for v in (pct, total)) else None
-        t = sample.get("elapsed_seconds")
-        if isinstance(mib, (int, float)):
-            points.append([float(t) if isinstance(t, (int, float)) else math.nan, float(mib)])
+            pct, total = to_float(sample.get("memory_percent")), to_float(sample.get("memory_total"))
+            mib = pct * total / 100 if pct is not None and total is not None else None
+        t = to_float(sample.get("elapsed_seconds"))
+        if mib is not None and math.isfinite(mib):
+            points.append([t if t is not None and math.isfinite(t) else math.nan, mib])
     if not points:
         files.warn(name, "no memory samples")
         return {}
-    gpu_type = samples[0].get("gpu_type") or "gpu"
+    gpu_type = _text(samples[0].get("gpu_type")) or "gpu"
     mib = [p[1] for p in points]
     # Upstream dropped samples under 100 MiB as idle; we keep every sample (see docs/results-format.md).
     return {"memory_mean_mib": sum(mib) / len(mib), "memory_peak_mib": max(mib), "memory_device": "cuda",
@@ -183,8 +194,11 @@ def _memory_from_samples(files: RunFiles, name: str) -> Row:
 
 
 def _memory_from_summary(files: RunFiles, name: str) -> Row:
+    path = files.run_dir / name
     try:
-        text = (files.run_dir / name).read_text(errors="replace")
+        if not path.is_file():  # a FIFO would block the read forever
+            raise OSError(0, "not a regular file")
+        text = path.read_text(errors="replace")
     except OSError as exc:
         files.warn(name, f"unreadable ({exc.strerror})")
         return {}
@@ -214,11 +228,12 @@ def read_run(run_dir: Path, run_id: str, entry: dict, warnings: list[str]) -> Ro
     fig = _Figures(files, entry, metrics)
     row = {"run_id": run_id, **parse_run_id(run_id)}
     config = metrics.get("config") if isinstance(metrics.get("config"), dict) else {}
-    row["model"] = row["model"] or entry.get("model") or config.get("model_name")
-    row["optimizer"] = row["optimizer"] or entry.get("optimizer") or config.get("optimizer")
-    row["pruning"] = row["pruning"] or entry.get("pruning_method") or config.get("pruning_method")
+    for cell, keys in (("model", ("model", "model_name")), ("optimizer", ("optimizer", "optimizer")),
+                       ("pruning", ("pruning_method", "pruning_method"))):
+        row[cell] = row[cell] or _text(entry.get(keys[0])) or _text(config.get(keys[1]))
     target = fig.get("target_sparsity") if fig.get("target_sparsity") is not None else config.get("target_sparsity")
-    if math.isnan(row["target_sparsity_pct"]) and isinstance(target, (int, float)):
+    target = to_float(target)
+    if math.isnan(row["target_sparsity_pct"]) and target is not None and math.isfinite(target):
         row["target_sparsity_pct"] = _pct(target)
     lm = (TASK_BY_MODEL.get(row["model"]) == LANGUAGE_MODELING or fig.get("val_losses") is not None
           or fig.get("best_val_loss") is not None)
@@ -230,7 +245,7 @@ def read_run(run_dir: Path, run_id: str, entry: dict, warnings: list[str]) -> Ro
     row["wall_time_s"] = wall if not math.isnan(wall) else fig.number("total_time")
     row.update(_memory_cells(files, run_dir, expected=row["status"] == "success"))
     error = entry.get("error")
-    row["log_tail"] = [str(error)] if error else []
+    row["log_tail"] = [str(error)[:LOG_LINE_CHARS]] if error else []
     row["warnings"] = files.warnings
     return row
 
@@ -244,9 +259,10 @@ def read_upstream_layout(results_dir: Path, warnings: list[str]) -> Optional[lis
     by_id: dict[str, dict] = {}
     for entry in entries or []:
         run_id = _entry_id(entry)
-        if run_id is None:
-            warnings.append(f"{results_dir / ALL_RESULTS}: an entry without test_id or model/optimizer ignored")
+        problem = "without test_id or model/optimizer" if run_id is None else name_problem(run_id, "test_id")
+        if problem:
+            warnings.append(f"{results_dir / ALL_RESULTS}: an entry {problem} ignored")
         else:
             by_id.setdefault(run_id, entry)
     run_ids = list(dict.fromkeys([*by_id, *folders]))
-    return [read_run(results_dir / run_id, run_id, by_id.get(run_id, {}), warnings) for run_id in run_ids] or None
+    return [read_run(results_dir / run_id, run_id, by_id.get(run_id, {}), warnings) for run_id in run_ids]

@@ -9,11 +9,13 @@ every run multiplies by the seeds. Run IDs keep the upstream shape.
 """
 from __future__ import annotations
 
+import math
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
-from lib.config import Settings
+from lib.config import MAX_SEED, Settings
 from lib.errors import UserError
+from lib.names import check_name
 
 
 @dataclass(frozen=True)
@@ -35,6 +37,30 @@ class RunSpec:
     @classmethod
     def from_json(cls, data: dict[str, Any]) -> "RunSpec":
         return cls(**{name: data.get(name) for name in cls.__dataclass_fields__ if name in data})
+
+
+def spec_from_entry(entry: Any, where: str) -> RunSpec:
+    """A RunSpec from one matrix.json entry that may come from anyone: every
+    name safe for a path, numbers of the right type; else a UserError naming `where`."""
+    if not isinstance(entry, dict):
+        raise UserError(f"{where}: not a JSON object")
+    run_id = check_name(entry.get("run_id"), "run_id", where)
+    where = f"{where} ({run_id})"
+    for name in ("model", "optimizer", "pruning"):
+        check_name(entry.get(name), name, where)
+    check_name(entry.get("variant"), "variant", where, optional=True)
+    target, seed, hyperparams = entry.get("target_sparsity_pct"), entry.get("seed"), entry.get("hyperparams")
+    if isinstance(target, bool) or not isinstance(target, (int, float)) or not math.isfinite(target):
+        raise UserError(f"{where}: target_sparsity_pct {target!r} is not a number")
+    if isinstance(seed, bool) or not isinstance(seed, int) or not 0 <= seed <= MAX_SEED:
+        raise UserError(f"{where}: seed {seed!r} is not an integer from 0 to {MAX_SEED}")
+    if not (isinstance(hyperparams, dict) and all(isinstance(hyperparams.get(k), dict) for k in ("model", "training"))
+            and all(isinstance(hyperparams.get(k, {}), dict) for k in ("optimizer", "pruning"))):
+        raise UserError(f"{where}: hyperparams lack their 'model' and 'training' objects")
+    gpus = hyperparams["model"].get("gpus_per_run")
+    if gpus is not None and (isinstance(gpus, bool) or not isinstance(gpus, int) or not 0 <= gpus <= 4096):
+        raise UserError(f"{where}: gpus_per_run {gpus!r} is not a GPU count")
+    return RunSpec.from_json(entry)
 
 
 def format_sparsity(pct: float) -> str:

@@ -17,7 +17,7 @@ from typing import Any, Callable
 
 import pandas as pd
 
-from lib.errors import UserError
+from lib.names import check_no_links
 from lib.graphs import Graph, render_graphs
 from lib.jsonio import SCHEMA_VERSION, write_json_atomic, write_text_atomic
 from lib.report_html import render_html
@@ -78,6 +78,8 @@ def _header_lines(table: pd.DataFrame, source_name: str, memory: MemoryLabels) -
     lines = ["Test Matrix Summary Report",
              f"Generated: {datetime.now().isoformat(timespec='seconds')}",
              f"From: {source_name}", "=" * 80, "", *status_counts(table), BEST_NOTE]
+    if table.empty:
+        lines.append("No runs were found in this directory (see the warnings, if any, on the terminal).")
     return lines + ([memory.note] if memory.note else []) + [""]
 
 
@@ -228,9 +230,8 @@ def default_out_dir(results_dir: Path, layout: str, reports_root: Path) -> Path:
 def write_reports(table: pd.DataFrame, out_dir: Path, source_name: str, graphs: bool = True) -> list[Path]:
     """Write all_results.json, summary_report.txt, report.md, report.html and
     graphs/*.png|svg into `out_dir`; return the paths of the reports written."""
-    if table.empty:
-        raise UserError(f"{source_name}: no runs to report")
     out_dir = Path(out_dir)
+    check_no_links(out_dir, ["graphs", "all_results.json", "summary_report.txt", "report.md", "report.html"])
     figures: list[Graph] = render_graphs(table) if graphs else []
     blocks = markdown_blocks(table, source_name, figures)
     texts = {"summary_report.txt": render_summary(table, source_name),

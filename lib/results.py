@@ -19,8 +19,10 @@ import pandas as pd
 from lib.errors import UserError
 from lib.jsonio import read_json
 from lib.legacy_results import read_upstream_layout
-from lib.run_files import (CLASSIFICATION, LANGUAGE_MODELING, TASK_BY_MODEL, Row, RunFiles, curve,
-                           thin)
+from lib.matrix import MAX_SEED
+from lib.names import name_problem, row_name_problem
+from lib.run_files import (CLASSIFICATION, LANGUAGE_MODELING, TASK_BY_MODEL, TASKS, Row, RunFiles, curve,
+                           shown, thin, to_float)
 
 __all__ = ["LANGUAGE_MODELING", "ROW_FIELDS", "EXTRA_FIELDS", "LM_FIELDS", "READERS", "load_results"]
 
@@ -48,10 +50,11 @@ MEMORY_TERMS = ("weights_bytes", "gradients_bytes", "optimizer_state_bytes", "ma
 STATUSES = ("success", "failed", "timeout", "interrupted")
 MISSING = "missing"
 LOG_TAIL_LINES = 5
+LOG_LINE_CHARS = 500  # a log line longer than this is cut in reports
 
 # A reader recognises one directory layout: it returns the rows of the runs it
-# found, or None when the directory is not in its layout; problems go to the
-# warnings list as "path: what".
+# found (perhaps none), or None when the directory is not in its layout;
+# problems go to the warnings list as "path: what".
 Reader = Callable[[Path, list[str]], Optional[list[Row]]]
 
 
@@ -60,9 +63,18 @@ def _status(files: RunFiles, result: dict) -> str:
         return MISSING  # no (valid) result.json: the run never finished
     status = result.get("status")
     if status not in STATUSES:
-        files.warn("result.json", f"unknown status {status!r}")
+        files.warn("result.json", f"unknown status {shown(status)}")
         return MISSING
     return status
+
+
+def _text(value: object) -> Optional[str]:
+    """A name cell: the string, or None for anything else (a list, a dict, a number)."""
+    return value if isinstance(value, str) else None
+
+
+def _finite(value: Optional[float]) -> float:
+    return value if value is not None and math.isfinite(value) else math.nan
 
 
 def _spec_cells(spec: dict) -> Row:
@@ -70,12 +82,12 @@ def _spec_cells(spec: dict) -> Row:
     seed = spec.get("seed")
     return {
         "run_id": spec["run_id"],
-        "model": spec.get("model"),
-        "optimizer": spec.get("optimizer"),
-        "pruning": spec.get("pruning"),
-        "variant": spec.get("variant"),
-        "seed": seed if isinstance(seed, int) and not isinstance(seed, bool) else None,
-        "target_sparsity_pct": float(target) if isinstance(target, (int, float)) else math.nan,
+        "model": _text(spec.get("model")),
+        "optimizer": _text(spec.get("optimizer")),
+        "pruning": _text(spec.get("pruning")),
+        "variant": _text(spec.get("variant")),
+        "seed": seed if isinstance(seed, int) and not isinstance(seed, bool) and 0 <= seed <= MAX_SEED else None,
+        "target_sparsity_pct": _finite(to_float(target)),
     }
 
 
@@ -128,13 +140,14 @@ def read_run(run_dir: Path, spec: dict, warnings: list[str]) -> Row:
     metrics = files.load("metrics.json", expected=done)
     gpu_stats = files.load("gpu_stats.json", expected=done)
     row = _spec_cells(spec)
-    row["model"] = row["model"] or metrics.get("model")
-    row["task"] = metrics.get("task") or TASK_BY_MODEL.get(row["model"], CLASSIFICATION)
+    row["model"] = row["model"] or _text(metrics.get("model"))
+    task = metrics.get("task")
+    row["task"] = task if task in TASKS else TASK_BY_MODEL.get(row["model"], CLASSIFICATION)
     row["status"] = status
     row.update(_metric_cells(files, metrics, row["task"]))
     row.update(_memory_cells(files, gpu_stats))
     tail = result.get("log_tail")
-    row["log_tail"] = [str(line) for line in tail[-LOG_TAIL_LINES:]] if isinstance(tail, list) else []
+    row["log_tail"] = [str(line)[:LOG_LINE_CHARS] for line in tail[-LOG_TAIL_LINES:]] if isinstance(tail, list) else []
     row["warnings"] = files.warnings
     return row
 
@@ -153,17 +166,27 @@ def _specs_from_matrix(results_dir: Path, warnings: list[str]) -> Optional[list[
     if not isinstance(runs, list):
         warnings.append(f"{path}: no 'runs' list; reading the run folders instead")
         return None
-    specs = [spec for spec in runs if isinstance(spec, dict) and isinstance(spec.get("run_id"), str)]
+    specs = [spec for spec in runs if isinstance(spec, dict) and spec.get("run_id") is not None]
     if len(specs) < len(runs):
         warnings.append(f"{path}: {len(runs) - len(specs)} run(s) without a run_id ignored")
-    return specs
+    return [spec for spec in specs if _safe_run_id(spec["run_id"], path, warnings)]
+
+
+def _safe_run_id(run_id: object, where: Path, warnings: list[str]) -> bool:
+    """Whether `run_id` may name a folder to read; a warning when it may not."""
+    problem = name_problem(run_id, "run_id")
+    if problem:
+        warnings.append(f"{where}: {problem}; entry skipped")
+    return problem is None
 
 
 def _specs_from_run_folders(results_dir: Path, warnings: list[str]) -> list[dict]:
     """Specs of the folders holding run.json or result.json, when there is no matrix."""
     specs = []
     for run_dir in sorted(p for p in results_dir.iterdir() if p.is_dir()):
-        if not ((run_dir / "run.json").is_file() or (run_dir / "result.json").is_file()):
+        if not ((run_dir / "run.json").is_file() or (run_dir / "result.json").exists()):
+            continue
+        if not _safe_run_id(run_dir.name, run_dir, warnings):
             continue
         spec = RunFiles(run_dir, warnings).load("run.json", expected=True).get("spec")
         spec = dict(spec) if isinstance(spec, dict) else {}
@@ -173,17 +196,20 @@ def _specs_from_run_folders(results_dir: Path, warnings: list[str]) -> list[dict
 
 
 def read_own_layout(results_dir: Path, warnings: list[str]) -> Optional[list[Row]]:
-    """Rows of a directory written by this framework (docs/results-format.md)."""
+    """Rows of a directory written by this framework (docs/results-format.md);
+    [] for a matrix.json listing no readable run, None when not this layout."""
     specs = _specs_from_matrix(results_dir, warnings)
     if specs is None:
         specs = _specs_from_run_folders(results_dir, warnings)
+        if not specs:
+            return None
     seen: set[str] = set()
     rows = []
     for spec in specs:
         if spec["run_id"] not in seen:
             seen.add(spec["run_id"])
             rows.append(read_run(results_dir / spec["run_id"], spec, warnings))
-    return rows or None
+    return rows
 
 
 # Layout name -> reader, tried in order; the first that recognises the directory wins.
@@ -209,6 +235,18 @@ def _to_frame(rows: list[Row]) -> pd.DataFrame:
     return table
 
 
+def _safe_rows(rows: list[Row], results_dir: Path, warnings: list[str]) -> list[Row]:
+    """The rows whose names may become paths (graph files, run folders); a warning for each other."""
+    kept = []
+    for row in rows:
+        problem = row_name_problem(row)
+        if problem:
+            warnings.append(f"{results_dir}: run {str(row.get('run_id'))[:60]!r}: {problem}; run skipped")
+        else:
+            kept.append(row)
+    return kept
+
+
 def print_warnings(warnings: list[str]) -> None:
     """Print each warning once to stderr as `warning: <path>: <what>`."""
     for message in dict.fromkeys(warnings):
@@ -230,9 +268,9 @@ def load_results(results_dir: Path) -> pd.DataFrame:
     warnings: list[str] = []
     for layout, reader in READERS.items():
         rows = reader(results_dir, warnings)
-        if rows:
+        if rows is not None:
+            table = _to_frame(_safe_rows(rows, results_dir, warnings))
             print_warnings(warnings)
-            table = _to_frame(rows)
             table.attrs["layout"] = layout
             return table
     print_warnings(warnings)

@@ -15,9 +15,11 @@ from typing import Any, Optional
 
 from lib.errors import UserError
 from lib.jsonio import read_json
+from lib.matrix import MAX_SEED
 
 LANGUAGE_MODELING = "language_modeling"
 CLASSIFICATION = "classification"
+TASKS = (LANGUAGE_MODELING, CLASSIFICATION)
 # A run that never wrote metrics still needs a task, so that reports put it
 # with the right kind of runs; only GPT-2 is a language model.
 TASK_BY_MODEL = {"gpt2": LANGUAGE_MODELING}
@@ -47,7 +49,7 @@ class RunFiles:
         """The file's JSON value of type `kind`, or an empty one when absent
         (a warning if `expected`), corrupt or of another type (a warning)."""
         path = self.run_dir / name
-        if not path.is_file():
+        if not (path.exists() or path.is_symlink()):
             if expected:
                 self.warn(name, "file not found")
             return kind()
@@ -70,17 +72,36 @@ class RunFiles:
         return self.as_float(value, name, ".".join(keys))
 
     def as_float(self, value: Any, name: str, what: str) -> float:
+        """`value` as a finite float; NaN when absent, NaN and a warning when not a finite number."""
         if value is None:
             return math.nan
-        if isinstance(value, bool) or not isinstance(value, (int, float)):
-            self.warn(name, f"{what} is not a number ({value!r})")
+        number = to_float(value)
+        if number is None or not math.isfinite(number):
+            self.warn(name, f"{what} is not a {'number' if number is None else 'finite number'} ({shown(value)})")
             return math.nan
-        return float(value)
+        return number
 
     def points(self, records: Any, keys: tuple[str, ...], name: str) -> list[list[float]]:
         """[[r[k0], r[k1], ...] for r in records] as floats; records that are not objects are skipped."""
         return [[self.number(r, (key,), name) for key in keys]
                 for r in (records if isinstance(records, list) else []) if isinstance(r, dict)]
+
+
+def to_float(value: Any) -> Optional[float]:
+    """A JSON number as a float (NaN and infinities kept); None for anything else,
+    booleans and integers too large for a float included."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        return None
+    try:
+        return float(value)
+    except OverflowError:
+        return None
+
+
+def shown(value: Any, limit: int = 60) -> str:
+    """repr(value), cut to `limit` characters: a warning must stay one readable line."""
+    text = repr(value) if not isinstance(value, int) or abs(value) < 10**limit else f"<{value.bit_length()}-bit int>"
+    return text if len(text) <= limit else text[:limit - 3] + "..."
 
 
 def thin(items: list, limit: int = TIMELINE_POINTS) -> list:
@@ -105,7 +126,7 @@ def parse_run_id(run_id: str) -> Row:
     parts = run_id.split("_")
     cells: Row = {"model": parts[0] if parts[0] in MODELS else None, "optimizer": None, "variant": None,
                   "pruning": None, "target_sparsity_pct": math.nan, "seed": None}
-    if len(parts) > 2 and re.fullmatch(r"s\d+", parts[-1]):
+    if len(parts) > 2 and re.fullmatch(r"s\d{1,10}", parts[-1]) and int(parts[-1][1:]) <= MAX_SEED:
         cells["seed"] = int(parts.pop()[1:])
     if len(parts) > 2 and re.fullmatch(r"\d+(\.\d+)?", parts[-1]):
         cells["target_sparsity_pct"] = float(parts.pop())

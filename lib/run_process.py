@@ -20,6 +20,7 @@ from typing import Mapping
 
 from lib.config import ROOT
 from lib.gpu_monitor import start_sampler, stop_sampler
+from lib.lifeline import with_parent_death_signal
 
 KILL_GRACE_S = 5.0  # SIGTERM first so a trainer may flush its log; SIGKILL after this
 POLL_S = 0.2  # how often a waiting attempt looks at its stop flag
@@ -53,22 +54,6 @@ def kill_all_now() -> None:
             os.killpg(pgid, signal.SIGKILL)
         except (ProcessLookupError, PermissionError):
             pass
-
-
-# Linux: the kernel SIGTERMs the run when the thread that started it dies (the
-# runner killed by SIGKILL included), so no training process outlives the
-# runner and `make continue` can rerun the run cleanly. PR_SET_PDEATHSIG is set
-# by a tiny exec shim rather than preexec_fn, which is unsafe once the runner
-# has threads (one per local slot); the setting survives exec.
-_PDEATHSIG_SHIM = ("import ctypes, os, signal, sys; ctypes.CDLL('libc.so.6').prctl(1, signal.SIGTERM); "
-                   "os.getppid() == int(sys.argv[1]) or os._exit(143); os.execvp(sys.argv[2], sys.argv[2:])")
-
-
-def with_parent_death_signal(command: list[str]) -> list[str]:
-    """`command`, wrapped so that it dies with this process (Linux); unchanged elsewhere."""
-    if sys.platform != "linux":
-        return list(command)
-    return [sys.executable, "-S", "-c", _PDEATHSIG_SHIM, str(os.getpid()), *command]
 
 
 def now_iso() -> str:
@@ -118,13 +103,16 @@ def run_attempt(command: list[str], run_dir: Path, attempt: int = 1, *, env: Map
             log.write(f"\n===== attempt {attempt} =====\n")
             log.flush()
         # A new session gives the run its own process group, so Ctrl-C and
-        # timeouts can stop the trainer and every child it started.
+        # timeouts can stop the trainer and every child it started; the
+        # parent-death signal kills it if the runner dies (lib/lifeline).
         proc = subprocess.Popen(with_parent_death_signal(command), cwd=ROOT, stdout=log, stderr=subprocess.STDOUT,
                                 env=full_env, stdin=subprocess.DEVNULL, start_new_session=True)
     with _LIVE_LOCK:
         _LIVE.add(proc.pid)
-    sampler = start_sampler(proc.pid, run_dir / "gpu_stats.json", sample_interval_s, env=full_env)
+    sampler = None
     try:
+        # inside the try: a sampler that cannot start (disk full) must not leave the trainer running
+        sampler = start_sampler(proc.pid, run_dir / "gpu_stats.json", sample_interval_s, env=full_env)
         exit_code = _wait(proc, timeout_s, stop)
         if exit_code is None:
             kill_group(proc)
@@ -134,7 +122,8 @@ def run_attempt(command: list[str], run_dir: Path, attempt: int = 1, *, env: Map
         kill_group(proc)
         raise
     finally:
-        stop_sampler(sampler)
+        if sampler is not None:
+            stop_sampler(sampler)
         with _LIVE_LOCK:
             _LIVE.discard(proc.pid)
 

@@ -10,21 +10,45 @@ status "success" is what "done" means, so resuming needs nothing but files.
 from __future__ import annotations
 
 import dataclasses
-import shutil
 from datetime import datetime
 from pathlib import Path
 from typing import Callable, Iterable
 
 from lib.config import RunnerSettings, load_kconfig
-from lib.errors import UserError
+from lib.dir_lock import locked
+from lib.errors import UserError, WriteError
 from lib.executors import Executor, make_executor
-from lib.jsonio import SCHEMA_VERSION, read_json, write_json_atomic
-from lib.matrix import RunSpec
+from lib.jsonio import SCHEMA_VERSION, read_json, write_bytes_atomic, write_json_atomic
+from lib.matrix import RunSpec, spec_from_entry
+from lib.names import check_no_links
 from lib.progress_display import Progress
 from lib.run_task import RunPolicy, RunTask, git_commit
 from lib.trainers import gpus_per_run, prepare_data, trainer_command
 
 POLL_S = 1.0  # how often the progress display refreshes while nothing happens
+
+
+def check_device(device: object) -> None:
+    """Fail before any run starts when DEVICE names a device this machine lacks:
+    every run would fail (or silently train on the CPU) otherwise."""
+    import torch
+
+    if not isinstance(device, str) or device in ("auto", "cpu"):
+        return
+    if device == "mps" and not torch.backends.mps.is_available():
+        raise UserError('CONFIG_DEVICE="mps" but this machine has no MPS device (Apple GPUs only); '
+                        'set DEVICE to auto, cpu or cuda')
+    count = torch.cuda.device_count() if device.startswith("cuda") else 0
+    index = int(device[5:]) if device.startswith("cuda:") and device[5:].isdigit() else 0
+    if device.startswith("cuda") and index >= count:
+        have = f"{count} CUDA device(s) (cuda:0..cuda:{count - 1})" if count else "no CUDA device"
+        raise UserError(f'CONFIG_DEVICE="{device}" but this machine has {have}; set DEVICE to auto or cpu')
+
+
+def check_devices(runs: Iterable[RunSpec]) -> None:
+    """check_device for every run that will train on this machine."""
+    for spec in runs:
+        check_device(spec.hyperparams.get("training", {}).get("device"))
 
 
 def check_runnable(runs: Iterable[RunSpec]) -> None:
@@ -44,16 +68,28 @@ def check_runnable(runs: Iterable[RunSpec]) -> None:
                             f"(have: none, state, {', '.join(SCORES)})")
 
 
+def new_timestamped_dir(root: Path) -> Path:
+    """Create root/<YYYYMMDD_HHMMSS>[_N]: os.mkdir either creates it or fails,
+    so two runners started in the same second never share a directory."""
+    stamp = datetime.now().strftime("%Y%m%d_%H%M%S")
+    try:
+        root.mkdir(parents=True, exist_ok=True)
+        for suffix in range(1, 1000):
+            results_dir = root / (stamp if suffix == 1 else f"{stamp}_{suffix}")
+            try:
+                results_dir.mkdir()
+                return results_dir
+            except FileExistsError:
+                continue
+    except OSError as exc:
+        raise WriteError(exc.errno, f"{root}: cannot create a result directory ({exc.strerror})") from None
+    raise UserError(f"{root}: 999 result directories named {stamp}_N already exist")
+
+
 def create_results_dir(root: Path, config_path: Path, config_name: str | None, runs: list[RunSpec]) -> Path:
     """A new timestamped directory holding config.txt and matrix.json."""
-    stamp = datetime.now().strftime("%Y%m%d_%H%M%S")
-    results_dir = root / stamp
-    suffix = 1
-    while results_dir.exists():
-        suffix += 1
-        results_dir = root / f"{stamp}_{suffix}"
-    results_dir.mkdir(parents=True)
-    shutil.copyfile(config_path, results_dir / "config.txt")
+    results_dir = new_timestamped_dir(root)
+    write_bytes_atomic(results_dir / "config.txt", config_path.read_bytes())
     # matrix.json last: a directory without it is not offered to `make continue`
     write_json_atomic(results_dir / "matrix.json", {
         "schema_version": SCHEMA_VERSION, "created_at": datetime.now().isoformat(timespec="seconds"),
@@ -62,10 +98,21 @@ def create_results_dir(root: Path, config_path: Path, config_name: str | None, r
 
 
 def load_matrix(results_dir: Path) -> list[RunSpec]:
+    """The runs of matrix.json, each checked (lib/matrix.spec_from_entry): it may come from anyone."""
     path = results_dir / "matrix.json"
     if not path.is_file():
         raise UserError(f"{results_dir}: not a result directory of this framework (no matrix.json)")
-    return [RunSpec.from_json(r) for r in read_json(path)["runs"]]
+    data = read_json(path)
+    entries = data.get("runs") if isinstance(data, dict) else None
+    if not isinstance(entries, list) or not entries:
+        raise UserError(f"{path}: no 'runs' list")
+    runs = [spec_from_entry(entry, f"{path}: run {i + 1}") for i, entry in enumerate(entries)]
+    seen: set[str] = set()
+    for spec in runs:
+        if spec.run_id in seen:  # two runs in one folder would overwrite each other
+            raise UserError(f"{path}: run_id {spec.run_id!r} appears twice")
+        seen.add(spec.run_id)
+    return runs
 
 
 def is_done(run_dir: Path) -> bool:
@@ -110,11 +157,21 @@ def run_matrix(results_dir: Path, runs: list[RunSpec], settings: RunnerSettings 
 
     Interrupted (KeyboardInterrupt, or SIGTERM turned into one by the caller),
     it stops every run in flight before re-raising; their folders have no
-    result.json, so `make continue` reruns exactly them.
+    result.json, so `make continue` reruns exactly them. Holds the directory's
+    lock throughout (lib/dir_lock): a second runner on it stops at once.
     """
+    check_no_links(results_dir, [".resume", ".superseded", *(spec.run_id for spec in runs)])
+    with locked(results_dir):
+        return _run_locked(results_dir, runs, settings, executor, out, bar, data_ready)
+
+
+def _run_locked(results_dir: Path, runs: list[RunSpec], settings: RunnerSettings, executor: Executor | None,
+                out: Callable[[str], None], bar: bool, data_ready: bool) -> dict[str, int]:
     todo = pending(results_dir, runs)
-    check_runnable(todo)
     executor = executor or make_executor(settings, results_dir, out)
+    check_runnable(todo)
+    if executor.name == "local":
+        check_devices(todo)
     skipped = len(runs) - len(todo)
     out(f"{results_dir}: {len(runs)} runs, {skipped} already done, {len(todo)} to run")
     if not todo:

@@ -24,7 +24,6 @@ run, SLURM_ARRAY_PARALLELISM at a time.
 from __future__ import annotations
 
 import os
-import shlex
 import time
 from collections import deque
 from dataclasses import dataclass, field
@@ -33,7 +32,7 @@ from typing import Any, Callable
 
 import submitit
 
-from lib.config import ROOT, RunnerSettings
+from lib.config import ROOT, RunnerSettings, parse_slurm_extra
 from lib.errors import UserError
 from lib.executors import RunEvent
 from lib.jsonio import read_json, write_json_atomic
@@ -61,17 +60,6 @@ class RunOnNode(submitit.helpers.Checkpointable):
         gpus = tuple(g for g in os.environ.get("CUDA_VISIBLE_DEVICES", "").split(",") if g)
         placement = Placement("slurm", gpus=gpus, threads=threads, job_id=str(env.job_id))
         return execute_run(task, placement, {name: str(threads) for name in THREAD_VARS})
-
-
-def parse_extra(extra: str) -> dict[str, str]:
-    """SLURM_EXTRA "account=x qos=high exclusive" -> {"account": "x", "qos": "high", "exclusive": ""}."""
-    pairs = {}
-    for item in shlex.split(extra):
-        key, _, value = item.lstrip("-").partition("=")
-        if not key:
-            raise UserError(f"CONFIG_SLURM_EXTRA={extra!r} is not valid; allowed: key=value pairs")
-        pairs[key] = value
-    return pairs
 
 
 @dataclass
@@ -117,7 +105,7 @@ class SlurmExecutor:
                                 f"submit from a Slurm login node, or set SLURM_CLUSTER=local to rehearse)") from None
             params: dict[str, Any] = {"name": f"matrix-{self.folder.parent.name}", "timeout_min": s.slurm_time_min,
                                       "cpus_per_task": s.slurm_cpus_per_task,
-                                      "slurm_additional_parameters": parse_extra(s.slurm_extra)}
+                                      "slurm_additional_parameters": parse_slurm_extra(s.slurm_extra)}
             if gpus:
                 params["gpus_per_node"] = gpus
             if s.slurm_mem_gb:

@@ -81,6 +81,9 @@ def autocast_for(device: torch.device, enabled: bool) -> tuple[contextlib.Abstra
     return torch.autocast(device.type, dtype=torch.bfloat16), "bf16-autocast"
 
 
+# What _resume reads from last.pt; a checkpoint lacking any is set aside, not half-applied.
+RESUME_KEYS = ("identity", "step", "train_time_s", "eval_time_s", "samples_seen", "history", "best", "model",
+               "optimizer", "pruner", "rng")
 DIVERGED_FACTOR = 1000.0  # a finite training loss this many times the first one has diverged
 
 
@@ -172,7 +175,7 @@ class TrainingLoop:
     def _resume(self) -> None:
         if self.config.resume_dir is None:
             return
-        saved = load_checkpoint(self.config.resume_dir / LAST, self.device)
+        saved = load_checkpoint(self.config.resume_dir / LAST, self.device, RESUME_KEYS)
         if saved is None:
             return
         if saved["identity"] != _identity_hash(self.config.identity):

@@ -4,17 +4,21 @@
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from pathlib import Path
 
 import _path  # noqa: F401
 from lib.config import ROOT, load_kconfig, settings_from_kconfig
 from lib.errors import UserError, run_cli
+from lib.names import is_safe_name
 
 DEFCONFIGS = ROOT / "defconfigs"
 
 
 def defconfig_path(name: str) -> Path:
+    if not is_safe_name(name):
+        raise UserError(f"{name!r} is not a defconfig name (`make listdefconfigs` lists them)")
     path = DEFCONFIGS / name
     if not path.is_file():
         raise UserError(f"no defconfig named {name!r} in defconfigs/ (`make listdefconfigs` lists them)")
@@ -50,7 +54,8 @@ def list_defconfigs() -> None:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
-    sub.add_parser("defconfig").add_argument("name")
+    # the name comes from the environment under make (DEFCONFIG_NAME), never through recipe text
+    sub.add_parser("defconfig").add_argument("name", nargs="?", default=os.environ.get("DEFCONFIG_NAME"))
     sub.add_parser("olddefconfig")
     sub.add_parser("savedefconfig").add_argument("--out", default="defconfig")
     sub.add_parser("listdefconfigs")
@@ -58,6 +63,8 @@ def main() -> None:
     args = parser.parse_args()
     config = Path(args.config)
     if args.command == "defconfig":
+        if not args.name:
+            raise UserError("give a defconfig name: make defconfig-NAME (`make listdefconfigs` lists them)")
         normalise(defconfig_path(args.name), config)
     elif args.command == "olddefconfig":
         normalise(config, config)

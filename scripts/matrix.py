@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import argparse
 import filecmp
+import os
+import re
 import signal
 import sys
 from pathlib import Path
@@ -16,14 +18,26 @@ from lib.matrix import RunSpec, expand
 from lib.report import write_reports
 from lib.results import load_results
 from lib.run_plan import plan_lines
-from lib.runner import (check_runnable, config_changes, continue_settings, create_results_dir, load_matrix,
-                        run_matrix)
+from lib.runner import (check_devices, check_runnable, config_changes, continue_settings, create_results_dir,
+                        load_matrix, run_matrix)
 from lib.trainers import prepare_data
 
 DEFAULT_DEFCONFIG = "lenet5-quick"
 
 
+def is_empty_config(config: Path) -> bool:
+    """True when the file sets nothing: no `CONFIG_...` line and no `# CONFIG_... is not set`."""
+    try:
+        lines = config.read_text(errors="replace").splitlines()
+    except OSError:
+        return False  # load_settings reports it, naming the file
+    return not any(re.match(r"\s*(CONFIG_\w+=|# CONFIG_\w+ is not set)", line) for line in lines)
+
+
 def ensure_config(config: Path) -> None:
+    if config.is_file() and is_empty_config(config):
+        print(f"warning: {config} sets nothing; treating it as no {config.name}", file=sys.stderr)
+        config.unlink()
     if not config.exists():
         print(f"No {config.name} found: loading the embedded default `{DEFAULT_DEFCONFIG}` "
               f"(pick another with `make defconfig-NAME` or `make menuconfig`).")
@@ -60,6 +74,8 @@ def run(config: Path) -> None:
     settings = load_settings(config)
     runs = expand(settings)
     check_runnable(runs)
+    if settings.runner.executor == "local":
+        check_devices(runs)
     prepare_data(runs)  # before the result directory: missing data leaves no empty one behind
     results_dir = create_results_dir(results_root(config), config, None, runs)
     run_then_report(results_dir, runs, settings.runner, data_ready=True)
@@ -112,9 +128,12 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("command", choices=["run", "continue", "dry-run"])
     parser.add_argument("--config", default=str(ROOT / ".config"))
-    parser.add_argument("--results", default=None, help="result directory for `continue`")
-    parser.add_argument("--executor", choices=["local", "slurm"], default=None,
-                        help="for `continue`: run the missing runs here or on Slurm (default: as recorded)")
+    # defaults from the environment: make hands RESULTS and EXECUTOR over literally (see the Makefile)
+    parser.add_argument("--results", default=os.environ.get("RESULTS") or None,
+                        help="result directory for `continue` (default: $RESULTS, else the newest)")
+    parser.add_argument("--executor", choices=["local", "slurm"], default=os.environ.get("EXECUTOR") or None,
+                        help="for `continue`: run the missing runs here or on Slurm (default: $EXECUTOR, "
+                             "else as recorded)")
     args = parser.parse_args()
     config = Path(args.config)
     if args.command == "run":

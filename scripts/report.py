@@ -5,6 +5,7 @@ A thin wrapper: the logic lives in lib/results.py and lib/report.py."""
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from pathlib import Path
 
@@ -12,18 +13,22 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from lib.errors import run_cli  # noqa: E402
+from lib.errors import UserError, run_cli  # noqa: E402
 from lib.report import default_out_dir, write_reports  # noqa: E402
 from lib.results import load_results  # noqa: E402
 
 
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("results_dir", type=Path, help="a test_matrix_results/<timestamp> folder, ours or upstream's")
-    parser.add_argument("--out", type=Path, default=None,
+    # defaults from the environment: make hands RESULTS and OUT over literally (see the Makefile)
+    parser.add_argument("results_dir", type=Path, nargs="?", default=os.environ.get("RESULTS") or None,
+                        help="a test_matrix_results/<timestamp> folder, ours or upstream's (default: $RESULTS)")
+    parser.add_argument("--out", type=Path, default=os.environ.get("OUT") or None,
                         help="where to write the reports (default: RESULTS_DIR for our own directories; "
                              "test_matrix_results/<name>-report for upstream ones, which are never written into)")
     args = parser.parse_args(argv)
+    if args.results_dir is None:
+        raise UserError("give the result directory: make report RESULTS=dir [OUT=dir]")
     table = load_results(args.results_dir)
     out = args.out or default_out_dir(args.results_dir, table.attrs["layout"], ROOT / "test_matrix_results")
     if args.out is None and out != args.results_dir:

@@ -16,7 +16,8 @@ from lib.config import RunnerSettings
 from lib.matrix import RunSpec
 from lib.run_task import RunPolicy, RunTask
 from lib.slot_pool import cpu_cores
-from lib.slurm_executor import RunOnNode, SlurmExecutor, parse_extra
+from lib.config import parse_slurm_extra as parse_extra
+from lib.slurm_executor import RunOnNode, SlurmExecutor
 from runner_matrix import MATRIX, RUNS, comparable_rows, reference_run, runner_config, statuses
 
 SLURM_LOCAL = dict(EXECUTOR_SLURM="y", SLURM_CLUSTER='"local"', SLURM_GPUS_PER_TASK="0", SLURM_CPUS_PER_TASK="1",

@@ -12,8 +12,8 @@ export srctree := $(CURDIR)
 # through recipe text, so a path with spaces, quotes, `$` or backticks is a
 # path and nothing in it runs: $(value) takes the text as typed (make does
 # not expand it), `override` keeps it over the command line's, and the
-# scripts read RESULTS, OUT, EXECUTOR and DEVICE from their environment.
-USER_VARS := RESULTS OUT EXECUTOR DEVICE
+# scripts read them from their environment (sample.py: RUN, PROMPT, ... too).
+USER_VARS := RESULTS OUT EXECUTOR DEVICE RUN CKPT PROMPT NUM_SAMPLES MAX_NEW_TOKENS TEMPERATURE TOP_K SEED
 $(foreach v,$(USER_VARS),$(if $(filter undefined,$(origin $(v))),,$(eval override $(v) := $$(value $(v)))))
 export $(USER_VARS)
 
@@ -85,10 +85,6 @@ data: $(STAMP)
 report: $(STAMP)
 	@$(PY) scripts/report.py
 
-# sample.py reads its settings from the environment; each is exported unexpanded
-# ($(value)), so a PROMPT with spaces, quotes, $ or # arrives exactly as typed.
-SAMPLE_VARS := RESULTS RUN CKPT PROMPT NUM_SAMPLES MAX_NEW_TOKENS TEMPERATURE TOP_K SEED DEVICE
-$(foreach v,$(SAMPLE_VARS),$(eval sample: override export $(v) := $$(value $(v))))
 sample: $(STAMP)
 	@$(PY) scripts/sample.py
 

@@ -176,9 +176,9 @@ def test_sample_reads_a_nanogpt_ckpt(tmp_path):
 
 
 @pytest.mark.parametrize("env, message", [
-    ({"RUN": "../etc"}, "RUN='../etc' is not a run id"),
-    ({"RUN": ".."}, "RUN='..' is not a run id"),
-    ({"RUN": "gpt2_adamw_none/x"}, "is not a run id"),
+    ({"RUN": "../etc"}, "RUN '../etc' is not a safe name"),
+    ({"RUN": ".."}, "RUN '..' is not a safe name"),
+    ({"RUN": "gpt2_adamw_none/x"}, "is not a safe name"),
     ({"RUN": "absent_run"}, "absent_run: no checkpoint (best.pt is kept with CONFIG_SAVE_CHECKPOINT=y); runs with"),
     ({"TEMPERATURE": "0"}, "TEMPERATURE='0' is not valid"),
     ({"TOP_K": "many"}, "TOP_K='many' is not valid"),

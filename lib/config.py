@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import math
 import os
+import re
 import shlex
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -18,7 +19,7 @@ from typing import Any, Callable
 import kconfiglib
 
 from lib.errors import UserError
-from lib.upstream_aliases import apply_upstream_aliases
+from lib.upstream_aliases import apply_upstream_aliases, is_upstream_file
 
 ROOT = Path(__file__).resolve().parent.parent
 MODELS = ("lenet5", "resnet18", "resnet50", "gpt2")
@@ -139,6 +140,7 @@ class Settings:
     runner: RunnerSettings
     optimizer_params: dict[str, dict[str, Any]]
     model_params: dict[str, dict[str, Any]]
+    upstream_semantics: bool = False  # an upstream defconfig: AdamWPrune gets state runs only where enabled
 
     def to_json(self) -> dict[str, Any]:
         return asdict(self)
@@ -149,6 +151,19 @@ class LoadedConfig:
     kconf: kconfiglib.Kconfig
     unknown_symbols: tuple[str, ...]
     warnings: tuple[str, ...]
+    upstream: bool = False  # read with upstream AdamWPrune's Kconfig semantics (lib/upstream_aliases.py)
+    derived_symbols: tuple[str, ...] = ()  # upstream symbols without a prompt there, ignored as upstream does
+
+    def ignored_message(self, label: str) -> str | None:
+        """One line naming every assignment the load ignored by name, or None."""
+        if not self.unknown_symbols and not self.derived_symbols:
+            return None
+        text = f"{label}: ignoring symbols this framework does not define: {', '.join(self.unknown_symbols)}"
+        if self.derived_symbols:
+            text = (text.rstrip(": ") if not self.unknown_symbols else text + ";") + (
+                f" ignoring {', '.join(self.derived_symbols)}: upstream's Kconfig derives them from the "
+                "selections (no prompt there), so a defconfig cannot set them")
+        return text
 
 
 def new_kconfig() -> kconfiglib.Kconfig:
@@ -160,17 +175,64 @@ def new_kconfig() -> kconfiglib.Kconfig:
 
 
 def load_kconfig(path: str | os.PathLike) -> LoadedConfig:
-    """Load a .config or defconfig, translate upstream idioms, reject bad ints."""
+    """Load a .config or defconfig; an upstream defconfig with upstream's semantics, ours strictly."""
     path = Path(path)
     if not path.is_file():
         raise UserError(f"{path}: no such configuration file (run `make defconfig-NAME` or `make menuconfig`)")
     kconf = new_kconfig()
     kconf.load_config(str(path))
-    unknown = apply_upstream_aliases(kconf)
+    upstream = is_upstream_file(kconf)
+    if upstream:
+        kconf.syms["UPSTREAM_DEFCONFIG"].set_value(2)
+    derived, unknown = apply_upstream_aliases(kconf)
     # kconfiglib prefixes each message with "warning: "; callers add their own label.
-    warnings = tuple(message.replace("warning: ", "", 1) for message in kconf.warnings)
-    _check_int_symbols(kconf, path, warnings)
-    return LoadedConfig(kconf, tuple(unknown), warnings)
+    warnings = [message.replace("warning: ", "", 1) for message in kconf.warnings]
+    if upstream:
+        warnings = [_as_upstream_ignores(kconf, path, message) for message in warnings]
+        warnings += _reset_invalid_values(kconf, path)
+    else:
+        _check_int_symbols(kconf, path, tuple(warnings))
+    return LoadedConfig(kconf, tuple(unknown), tuple(warnings), upstream, tuple(derived))
+
+
+_KCONFIG_SYMBOL = re.compile(r"(?:assignment to|for) ([A-Z0-9_]+) \(defined at [^)]*\)")
+
+
+def _as_upstream_ignores(kconf: kconfiglib.Kconfig, path: Path, message: str) -> str:
+    """kconfiglib's "assignment ignored" line, with the default the symbol keeps instead."""
+    match = _KCONFIG_SYMBOL.search(message)
+    if not match or match.group(1) not in kconf.syms:
+        return message
+    text = _KCONFIG_SYMBOL.sub(lambda m: m.group(0).split(" (defined")[0], message).rstrip(". ")
+    return (f"{text if text.startswith(str(path)) else f'{path}: {text}'}, as upstream's Kconfig does; "
+            f"using the default {kconf.syms[match.group(1)].str_value!r}")
+
+
+def _reset_invalid_values(kconf: kconfiglib.Kconfig, path: Path) -> list[str]:
+    """Upstream semantics: an int outside upstream's range or a number that does not parse keeps
+    the default, with one warning each (kconfig itself drops such an int silently)."""
+    warnings = []
+    for sym in kconf.unique_defined_syms:
+        if sym.user_value is None or not sym.visibility:
+            continue
+        if sym.orig_type in (kconfiglib.INT, kconfiglib.HEX):
+            if sym.str_value == sym.user_value.strip():
+                continue
+            problem = f"is outside upstream's range {_int_range(sym)}"
+        elif sym.name in NUMBER_SYMBOLS:
+            try:
+                parse_number(kconf, sym.name)
+                continue
+            except UserError:
+                problem = f"is not valid (a number in {NUMBER_SYMBOLS[sym.name].describe()})"
+        else:
+            continue
+        value = sym.user_value
+        sym.unset_value()
+        shown = value if sym.orig_type in (kconfiglib.INT, kconfiglib.HEX) else f"\"{value}\""
+        warnings.append(f"{path}: CONFIG_{sym.name}={shown} {problem}; ignored, as upstream's Kconfig does: "
+                        f"using the default {sym.str_value!r}")
+    return warnings
 
 
 def _check_int_symbols(kconf: kconfiglib.Kconfig, path: Path, warnings: tuple[str, ...]) -> None:
@@ -258,9 +320,26 @@ def _pruning_methods(kconf: kconfiglib.Kconfig) -> tuple[str, ...]:
     return ("none",)
 
 
-def _sparsities(kconf: kconfiglib.Kconfig, numbers: dict[str, float], fallback: str) -> tuple[float, ...]:
+def _sparsities(kconf: kconfiglib.Kconfig, numbers: dict[str, float], fallback: str,
+                optimizers: tuple[str, ...]) -> tuple[float, ...]:
+    if _y(kconf, "UPSTREAM_DEFCONFIG"):
+        return _upstream_sparsities(kconf, numbers, optimizers)
     levels = tuple(float(n) for n in SPARSITY_LEVELS if _y(kconf, f"SPARSITY_ENABLE_{n}"))
     return levels or (round(numbers[fallback] * 100, 6),)
+
+
+def _upstream_sparsities(kconf: kconfiglib.Kconfig, numbers: dict[str, float],
+                         optimizers: tuple[str, ...]) -> tuple[float, ...]:
+    """Upstream's runner: the enabled levels in multiple mode, where upstream's Kconfig shows
+    them only beside magnitude or movement pruning, which need an optimizer other than
+    AdamWPrune; TARGET_SPARSITY in single mode (the only mode where it has a prompt there);
+    else 90%, for every method, state included."""
+    if _y(kconf, "PRUNING_MODE_MULTIPLE"):
+        external = any(o != "adamwprune" for o in optimizers) and (
+            _y(kconf, "PRUNING_ENABLE_MAGNITUDE") or _y(kconf, "PRUNING_ENABLE_MOVEMENT"))
+        levels = tuple(float(n) for n in SPARSITY_LEVELS if _y(kconf, f"SPARSITY_ENABLE_{n}")) if external else ()
+        return levels or (90.0,)
+    return (round(numbers["TARGET_SPARSITY"] * 100, 6),)
 
 
 _LR_SCHEDULES = {"LR_SCHEDULE_PER_MODEL": "per-model", "LR_SCHEDULE_CONSTANT": "constant", "LR_SCHEDULE_COSINE": "cosine", "LR_SCHEDULE_STEP": "step"}
@@ -403,11 +482,12 @@ def settings_from_kconfig(kconf: kconfiglib.Kconfig) -> Settings:
         slurm_cluster=syms["SLURM_CLUSTER"].str_value or "slurm")
     return Settings(
         models=models, optimizers=optimizers, pruning_methods=methods,
-        sparsities_pct=_sparsities(kconf, numbers, "TARGET_SPARSITY"),
-        adamwprune_sparsities_pct=_sparsities(kconf, numbers, "ADAMWPRUNE_TARGET_SPARSITY"),
+        sparsities_pct=_sparsities(kconf, numbers, "TARGET_SPARSITY", optimizers),
+        adamwprune_sparsities_pct=_sparsities(kconf, numbers, "ADAMWPRUNE_TARGET_SPARSITY", optimizers),
         gpt2_variants=_enabled(kconf, "GPT2_ADAMWPRUNE_VARIANT_", BITTER_VARIANTS) or ("bitter7",),
         seeds=seeds, training=training, pruning=pruning, runner=runner,
-        optimizer_params=_optimizer_params(kconf, numbers), model_params=_model_params(kconf, numbers))
+        optimizer_params=_optimizer_params(kconf, numbers), model_params=_model_params(kconf, numbers),
+        upstream_semantics=_y(kconf, "UPSTREAM_DEFCONFIG"))
 
 
 def _grad_clip_norm(kconf: kconfiglib.Kconfig) -> float | None:
@@ -481,8 +561,9 @@ def load_settings(path: str | os.PathLike, warn: Callable[[str], None] | None = 
     """Load and validate a configuration file; warnings go to `warn` (default: stderr)."""
     loaded = load_kconfig(path)
     warn = warn or _print_warning
-    if loaded.unknown_symbols:
-        warn(f"{path}: ignoring symbols this framework does not define: {', '.join(loaded.unknown_symbols)}")
+    ignored = loaded.ignored_message(str(path))
+    if ignored:
+        warn(ignored)
     for message in loaded.warnings:
         warn(message)
     return settings_from_kconfig(loaded.kconf)

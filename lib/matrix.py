@@ -77,10 +77,13 @@ def make_run_id(model: str, optimizer: str, pruning: str, variant: str | None, s
     return f"{run_id}_s{seed}" if seed is not None else run_id
 
 
-def _methods_for(optimizer: str, enabled: tuple[str, ...]) -> list[str]:
+def _methods_for(optimizer: str, enabled: tuple[str, ...], upstream: bool = False) -> list[str]:
+    """AdamWPrune prunes only by its state: here it gets state runs whenever any method is enabled;
+    upstream's runner (upstream defconfigs) only where state itself is enabled."""
     if optimizer == "adamwprune":
         methods = ["none"] if "none" in enabled else []
-        return methods + (["state"] if any(m != "none" for m in enabled) else [])
+        wanted = "state" in enabled if upstream else any(m != "none" for m in enabled)
+        return methods + (["state"] if wanted else [])
     return [m for m in enabled if m != "state"]
 
 
@@ -96,7 +99,7 @@ def expand(settings: Settings) -> list[RunSpec]:
     for model in settings.models:
         for optimizer in settings.optimizers:
             hyperparams = _hyperparams(settings, model, optimizer)
-            for method in _methods_for(optimizer, settings.pruning_methods):
+            for method in _methods_for(optimizer, settings.pruning_methods, settings.upstream_semantics):
                 variants = settings.gpt2_variants if (method == "state" and model == "gpt2") else (None,)
                 levels = ((0.0,) if method == "none" else
                           settings.adamwprune_sparsities_pct if method == "state" else settings.sparsities_pct)

@@ -28,9 +28,14 @@ def defconfig_path(name: str) -> Path:
 def normalise(source: Path, target: Path) -> None:
     """Load `source` (upstream idioms translated), check it, write a full `target`."""
     loaded = load_kconfig(source)
-    if loaded.unknown_symbols:
-        print(f"warning: {source.name}: ignoring symbols this framework does not define: "
-              f"{', '.join(loaded.unknown_symbols)}", file=sys.stderr)
+    ignored = loaded.ignored_message(source.name)
+    if ignored:
+        print(f"warning: {ignored}", file=sys.stderr)
+    for message in loaded.warnings:
+        print(f"warning: {message}", file=sys.stderr)
+    if loaded.upstream:
+        print(f"note: {source.name} is an upstream AdamWPrune defconfig: read with upstream's defaults and ranges "
+              "(CONFIG_UPSTREAM_DEFCONFIG=y in the written file)", file=sys.stderr)
     settings_from_kconfig(loaded.kconf)  # stop on a bad value now, not at `make`
     loaded.kconf.write_config(str(target), save_old=False)
     print(f"wrote {target.name} from {source.relative_to(ROOT) if source.is_relative_to(ROOT) else source}")

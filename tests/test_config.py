@@ -202,17 +202,25 @@ def test_seeds_symbol_reaches_settings(tmp_path):
         settings_of(tmp_path, BASE + 'CONFIG_SEEDS="1 1"\n')
 
 
-# --- upstream idioms -----------------------------------------------------------------------
-
-def test_test_sparsity_alias_enables_that_level(tmp_path):
-    settings = settings_of(tmp_path, BASE + "CONFIG_TEST_SPARSITY_70=y\n")
-    assert settings.sparsities_pct == (70.0,)
-    assert run_ids(settings)[:2] == ["lenet5_sgd_magnitude_70", "lenet5_adam_magnitude_70"]
+# --- upstream defconfigs: upstream's Kconfig semantics ----------------------------------------
+# A file that assigns a symbol only upstream defines (NUM_WORKERS here) is one of upstream's defconfigs.
+UPSTREAM_MARK = "CONFIG_NUM_WORKERS=16\n"
 
 
-def test_test_sparsity_alias_adds_to_levels_set_our_way(tmp_path):
-    settings = settings_of(tmp_path, BASE + "CONFIG_SPARSITY_ENABLE_50=y\nCONFIG_TEST_SPARSITY_90=y\n")
-    assert settings.sparsities_pct == (50.0, 90.0)
+def test_upstream_derived_symbols_are_ignored_as_upstreams_kconfig_does(tmp_path):
+    """MODEL, OPTIMIZER, PRUNING_METHOD, TEST_* have no prompt upstream: a defconfig cannot set them,
+    so the file's selections (or upstream's defaults) decide, with one warning naming them."""
+    messages: list[str] = []
+    path = write_config(tmp_path, UPSTREAM_MARK + BASE + 'CONFIG_MODEL="gpt2"\nCONFIG_OPTIMIZER="adam"\n'
+                        'CONFIG_TEST_SPARSITY_70=y\nCONFIG_TEST_MODELS="lenet5,resnet18"\n')
+    settings = load_settings(path, warn=messages.append)
+    assert settings.models == ("lenet5",)  # not gpt2, not resnet18
+    # not adam alone: upstream's default enables the three optimizers BASE does not mention
+    assert settings.optimizers == ("sgd", "adam", "adamw", "adamwadv", "adamwspam", "adamwprune")
+    assert settings.sparsities_pct == (90.0,)  # single mode: upstream's TARGET_SPARSITY default
+    [line] = [m for m in messages if "ignoring" in m]
+    assert "NUM_WORKERS" in line and "MODEL, OPTIMIZER, TEST_MODELS, TEST_SPARSITY_70" in line
+    assert "derives them from the selections" in line
 
 
 def test_target_sparsity_alone_gives_that_level(tmp_path):
@@ -221,40 +229,66 @@ def test_target_sparsity_alone_gives_that_level(tmp_path):
     assert "lenet5_adam_magnitude_65" in run_ids(settings)
 
 
-def test_upstream_pruning_method_string_with_target_sparsity(tmp_path):
-    settings = settings_of(tmp_path, 'CONFIG_PRUNING_METHOD="magnitude"\nCONFIG_TARGET_SPARSITY="0.65"\n')
-    assert settings.pruning_methods == ("magnitude",)
-    assert run_ids(settings) == ["lenet5_adamw_magnitude_65"]
+def test_upstream_file_takes_upstreams_defaults_for_what_it_does_not_mention(tmp_path):
+    """Upstream's defaults: every optimizer and none/magnitude/movement/state at 50/70/90%, SPAM theta 50,
+    GPT-2 dropout 0.1 and warm-up 100, bitter0; our own defaults for the same file without the mark."""
+    upstream = settings_of(tmp_path, UPSTREAM_MARK + "CONFIG_MODEL_MODE_SINGLE=y\nCONFIG_MODEL_SELECT_LENET5=y\n")
+    assert upstream.optimizers == ("sgd", "adam", "adamw", "adamwadv", "adamwspam", "adamwprune")
+    assert upstream.pruning_methods == ("none", "magnitude", "movement", "state")
+    assert upstream.sparsities_pct == (50.0, 70.0, 90.0)
+    assert upstream.optimizer_params["adamwspam"]["theta"] == 50.0
+    assert upstream.upstream_semantics
+    assert len(expand(upstream)) == 5 * (1 + 2 * 3) + (1 + 3)  # adamwprune: none + state at each level
+    (tmp_path / "ours").mkdir()
+    ours = settings_of(tmp_path / "ours", "CONFIG_MODEL_MODE_SINGLE=y\nCONFIG_MODEL_SELECT_LENET5=y\n")
+    assert (ours.optimizers, ours.pruning_methods, ours.upstream_semantics) == (("adamw",), ("none",), False)
+    gpt2 = settings_of(tmp_path, UPSTREAM_MARK + "CONFIG_MODEL_SELECT_GPT2=y\nCONFIG_OPTIMIZER_MODE_SINGLE=y\n"
+                       "CONFIG_OPTIMIZER_SELECT_ADAMWPRUNE=y\nCONFIG_PRUNING_MODE_SINGLE=y\n"
+                       "CONFIG_PRUNING_SELECT_STATE=y\n")
+    assert gpt2.model_params["gpt2"]["dropout"] == 0.1 and gpt2.model_params["gpt2"]["warmup_steps"] == 100
+    assert gpt2.gpt2_variants == ("bitter0",)
+    assert run_ids(gpt2) == ["gpt2_adamwprune_bitter0_state_90"]
 
 
-def test_gpt2_size_is_a_choice_and_upstreams_string_selects_it(tmp_path):
-    assert settings_of(tmp_path, 'CONFIG_MODEL="gpt2"\n').model_params["gpt2"]["model_size"] == "124M"
-    chosen = settings_of(tmp_path, 'CONFIG_MODEL="gpt2"\nCONFIG_GPT2_SIZE_1_5B=y\n')
+def test_upstream_value_upstreams_kconfig_ignores_warns_and_keeps_the_default(tmp_path):
+    """Out of upstream's range (SPAM_INTERVAL in [100, 10000]), malformed (an unquoted string, a comment
+    after an int): one warning each naming symbol, value and default; the load goes on."""
+    messages: list[str] = []
+    path = write_config(tmp_path, UPSTREAM_MARK + BASE + "CONFIG_SPAM_INTERVAL=0\nCONFIG_LEARNING_RATE=0.1\n"
+                        "CONFIG_BATCH_SIZE=64  # for 24GB GPUs\n")
+    settings = load_settings(path, warn=messages.append)
+    assert settings.optimizer_params["adamwspam"]["interval"] == 1000
+    assert settings.training.learning_rate == 0.001 and settings.training.batch_size == 128
+    assert any("CONFIG_SPAM_INTERVAL=0 is outside upstream's range [100, 10000]" in m
+               and "using the default '1000'" in m for m in messages)
+    assert any("LEARNING_RATE" in m and "using the default '0.001'" in m for m in messages)
+    assert any("BATCH_SIZE" in m and "using the default '128'" in m for m in messages)
+
+
+def test_our_own_file_with_a_bad_value_still_stops(tmp_path):
+    """The same values in a file of ours (no upstream-only symbol) stop with one error line."""
+    with pytest.raises(UserError, match="SPAM_INTERVAL"):
+        settings_of(tmp_path, BASE + "CONFIG_OPTIMIZER_ENABLE_ADAMWSPAM=y\nCONFIG_SPAM_INTERVAL=-1\n")
+    with pytest.raises(UserError, match="LEARNING_RATE"):
+        settings_of(tmp_path, BASE + "CONFIG_LEARNING_RATE=0.1\n")
+
+
+def test_gpt2_size_is_a_choice_and_upstreams_names_select_it(tmp_path):
+    gpt2 = "CONFIG_MODEL_SELECT_GPT2=y\n"
+    assert settings_of(tmp_path, gpt2).model_params["gpt2"]["model_size"] == "124M"
+    chosen = settings_of(tmp_path, gpt2 + "CONFIG_GPT2_SIZE_1_5B=y\n")
     assert chosen.model_params["gpt2"]["model_size"] == "1.5B"
-    upstream = settings_of(tmp_path, 'CONFIG_MODEL="gpt2"\nCONFIG_GPT2_MODEL_SIZE="tiny"\n')
+    upstream = settings_of(tmp_path, gpt2 + 'CONFIG_GPT2_MODEL_SIZE="tiny"\n')
     assert upstream.model_params["gpt2"]["model_size"] == "tiny"
+    choice = settings_of(tmp_path, gpt2 + "CONFIG_GPT2_MODEL_350M=y\n")  # upstream's own choice entry
+    assert choice.model_params["gpt2"]["model_size"] == "350M"
     with pytest.raises(UserError, match='GPT2_MODEL_SIZE="huge" is not a GPT-2 size; allowed: tiny, mini, 124M'):
-        settings_of(tmp_path, 'CONFIG_MODEL="gpt2"\nCONFIG_GPT2_MODEL_SIZE="huge"\n')
+        settings_of(tmp_path, gpt2 + 'CONFIG_GPT2_MODEL_SIZE="huge"\n')
 
 
-def test_model_string_selects_that_model(tmp_path):
-    settings = settings_of(tmp_path, 'CONFIG_MODEL="gpt2"\n')
-    assert settings.models == ("gpt2",)
-    assert run_ids(settings) == ["gpt2_adamw_none"]
-
-
-def test_test_models_string_gives_several_models(tmp_path):
-    settings = settings_of(tmp_path, 'CONFIG_TEST_MODELS="lenet5 resnet18"\n')
-    assert settings.models == ("lenet5", "resnet18")
-
-
-def test_optimizer_string_selects_that_optimizer(tmp_path):
-    assert settings_of(tmp_path, 'CONFIG_OPTIMIZER="adam"\n').optimizers == ("adam",)
-
-
-def test_our_own_symbols_win_over_upstream_aliases(tmp_path):
-    settings = settings_of(tmp_path, 'CONFIG_MODEL_SELECT_RESNET18=y\nCONFIG_MODEL="gpt2"\n')
-    assert settings.models == ("resnet18",)
+def test_our_own_symbols_win_over_upstream_strings(tmp_path):
+    settings = settings_of(tmp_path, 'CONFIG_MODEL_SELECT_GPT2=y\nCONFIG_GPT2_SIZE_MINI=y\nCONFIG_GPT2_MODEL_SIZE="tiny"\n')
+    assert settings.model_params["gpt2"]["model_size"] == "mini"
 
 
 # --- the Settings object -------------------------------------------------------------------

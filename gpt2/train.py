@@ -51,6 +51,11 @@ def _dataset_info(tokens: TokenData) -> dict[str, Any]:
             "test_size": meta["val_tokens"], "unit": "tokens", "split": meta.get("split"), "path": str(tokens.path)}
 
 
+def _budget(m: dict, total_steps: int) -> dict[str, Any]:
+    """The steps this run was given and why (upstream's per-variant budget, lib/variant_budgets)."""
+    return {"max_iters": total_steps, **m.get("budget", {"base_max_iters": m["max_iters"], "extra_pct": 0})}
+
+
 def main() -> None:
     run = start_run(__doc__.splitlines()[0])
     dist, device = init_distributed(run.device)
@@ -86,7 +91,8 @@ def main() -> None:
                            model_args=asdict(config))
     loop = TrainingLoop(model, task, optimizer, pruner, schedule, loop_cfg, device=device, dist=dist)
     metrics = train_and_record(run.run_dir, spec, loop, started=run.started, note=run.device_note, plan=plan,
-                               dataset=_dataset_info(tokens), dist=dist, extra={"mfu": mfu.to_json()})
+                               dataset=_dataset_info(tokens), dist=dist,
+                               extra={"mfu": mfu.to_json(), "training_budget": _budget(m, total_steps)})
     shutdown(dist)
     if dist.is_main:
         print(f"perplexity {metrics['initial_perplexity']:.2f} -> best {metrics['best_perplexity']:.2f}  "

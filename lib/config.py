@@ -422,7 +422,7 @@ def _model_params(kconf: kconfiglib.Kconfig, n: dict[str, float]) -> dict[str, d
                  "max_iters": _int(kconf, "GPT2_MAX_ITERS"), "eval_interval": _int(kconf, "GPT2_EVAL_INTERVAL"),
                  "eval_samples": _int(kconf, "GPT2_EVAL_SAMPLES"), "warmup_steps": _int(kconf, "GPT2_WARMUP_STEPS"),
                  "min_lr": n["GPT2_MIN_LR"], "dropout": n["GPT2_DROPOUT"], "bias": _y(kconf, "GPT2_BIAS"),
-                 "lr_decay_iters": _gpt2_lr_decay_iters(kconf)},
+                 "lr_decay_iters": _gpt2_lr_decay_iters(kconf), "variant_budgets": _y(kconf, "GPT2_VARIANT_BUDGETS")},
     }
 
 

@@ -4,7 +4,8 @@ Expansion rules (docs/configuration.md): pruning `none` gives one run at
 sparsity 0; `state` pruning exists only inside AdamWPrune, and AdamWPrune
 takes only `state` or `none` (state is added for it whenever any pruning
 method is enabled, as upstream does); magnitude and movement pair with every
-other optimizer; GPT-2 state runs multiply by the enabled bitter variants;
+other optimizer; GPT-2 state runs multiply by the enabled bitter variants (each with
+upstream's training budget for it, lib/variant_budgets);
 every run multiplies by the seeds. Run IDs keep the upstream shape.
 """
 from __future__ import annotations
@@ -16,6 +17,7 @@ from typing import Any
 from lib.config import MAX_SEED, Settings
 from lib.errors import UserError
 from lib.names import check_name
+from lib.variant_budgets import with_variant_budget
 
 
 @dataclass(frozen=True)
@@ -104,11 +106,13 @@ def expand(settings: Settings) -> list[RunSpec]:
                 levels = ((0.0,) if method == "none" else
                           settings.adamwprune_sparsities_pct if method == "state" else settings.sparsities_pct)
                 for variant in variants:
+                    run_hyperparams = with_variant_budget(hyperparams, variant)
                     for level in levels:
                         for seed in settings.seeds:
                             run_id = make_run_id(model, optimizer, method, variant, level,
                                                  seed if tag_seed else None)
-                            runs.append(RunSpec(run_id, model, optimizer, method, variant, level, seed, hyperparams))
+                            runs.append(RunSpec(run_id, model, optimizer, method, variant, level, seed,
+                                                 run_hyperparams))
     if not runs:
         raise UserError("the configuration expands to no runs: enable a pruning method the selected optimizers "
                         "accept (state pruning needs AdamWPrune)")

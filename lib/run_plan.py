@@ -24,6 +24,7 @@ from lib.optim.lr_schedules import peak_lr, schedule_label
 from lib.pruning.schedules import curve_for
 from lib.slot_pool import SlotPool, visible_gpus
 from lib.trainers import gpus_per_run
+from lib.variant_budgets import budget_label
 
 
 @dataclass
@@ -119,13 +120,15 @@ def first_wave(pool: SlotPool, runs: list[RunSpec]) -> list[str]:
 
 
 def recipe(spec: RunSpec) -> str:
-    """What differs between runs beyond their name: peak learning rate, its decay, the sparsity curve."""
+    """What differs between runs beyond their name: peak learning rate, its decay, the sparsity curve,
+    a variant's extended training budget."""
     hp = spec.hyperparams
     text = (f"lr {peak_lr(hp['optimizer'], hp['training']):g} "
             f"{schedule_label(spec.optimizer, hp['optimizer'], hp['training'], spec.model)}")
     if spec.pruning != "none":
         text += f", {curve_for(hp['pruning']['schedule'], spec.pruning)} ramp"
-    return text
+    budget = budget_label(hp)
+    return f"{text}, {budget}" if budget else text
 
 
 def plan_lines(settings: RunnerSettings, runs: list[RunSpec], root: Path) -> list[str]:

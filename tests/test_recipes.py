@@ -1,0 +1,84 @@
+"""Our defconfigs named after an upstream experiment hold upstream's values (docs/recipes.md).
+
+For each file in defconfigs/ with an upstream file of the same name in
+tests/fixtures/upstream-defconfigs/, every symbol upstream's file sets and
+our Kconfig defines must have upstream's value in ours, or a row in the
+recipe table of that experiment saying why not. Two views: the files as
+written (a tiny parser of its own, independent of lib/config) and the
+values a user gets after loading ours (kconfiglib, defaults filled in).
+"""
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+import kconfiglib
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+UPSTREAM = ROOT / "tests/fixtures/upstream-defconfigs"
+RECIPES = ROOT / "docs/recipes.md"
+NAMES = sorted(p.name for p in (ROOT / "defconfigs").iterdir() if (UPSTREAM / p.name).is_file())
+
+
+def assignments(path: Path) -> dict[str, str]:
+    """CONFIG_NAME=value lines -> {NAME: value}, quotes stripped; comments and `is not set` ignored."""
+    values = {}
+    for line in path.read_text().splitlines():
+        name, sep, value = line.strip().partition("=")
+        if sep and name.startswith("CONFIG_"):
+            values[name.removeprefix("CONFIG_")] = value.strip().strip('"')
+    return values
+
+
+def same(ours: str, upstream: str) -> bool:
+    """Equal as text, or as numbers ("50" and "50.0")."""
+    if ours == upstream:
+        return True
+    try:
+        return float(ours) == float(upstream)
+    except ValueError:
+        return False
+
+
+def documented(name: str) -> set[str]:
+    """Symbols in the first column of the table of the section that names defconfigs/<name>."""
+    for section in RECIPES.read_text().split("\n## ")[1:]:
+        if f"`defconfigs/{name}`" in section:
+            rows = [line.split("|")[1] for line in section.splitlines() if line.startswith("| `")]
+            return {symbol for cell in rows for symbol in re.findall(r"`([A-Z][A-Z0-9_]+)`", cell)}
+    raise AssertionError(f"docs/recipes.md has no section naming `defconfigs/{name}`")
+
+
+@pytest.fixture(scope="module")
+def kconf() -> kconfiglib.Kconfig:
+    return kconfiglib.Kconfig(str(ROOT / "Kconfig"), warn_to_stderr=False)
+
+
+def defined(kconf: kconfiglib.Kconfig, name: str) -> bool:
+    return name in kconf.syms and bool(kconf.syms[name].nodes)
+
+
+def test_the_experiments_with_upstream_names_are_checked():
+    assert {"gpt2-finewebedu-bitter7", "gpt2-finewebedu-baseline-bitter7-bitter8"} <= set(NAMES)
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_shared_assignments_hold_upstreams_values(name, kconf):
+    ours, upstream = assignments(ROOT / "defconfigs" / name), assignments(UPSTREAM / name)
+    differing = {s: (ours[s], upstream[s]) for s in ours.keys() & upstream.keys()
+                 if defined(kconf, s) and not same(ours[s], upstream[s])}
+    assert not {s: v for s, v in differing.items() if s not in documented(name)}
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_loaded_values_hold_upstreams_values(name, kconf):
+    kconf.load_config(str(ROOT / "defconfigs" / name))
+    differing = {s: (kconf.syms[s].str_value, v) for s, v in assignments(UPSTREAM / name).items()
+                 if defined(kconf, s) and not same(kconf.syms[s].str_value, v)}
+    assert not {s: v for s, v in differing.items() if s not in documented(name)}
+
+
+def test_the_table_parser_sees_documented_rows():
+    assert {"GPT2_MAX_TIME", "DATA_DIR"} <= documented("gpt2-finewebedu-bitter7")
+    assert "ADAMWPRUNE_FREQUENCY" not in documented("gpt2-finewebedu-bitter7")

@@ -101,11 +101,6 @@ class Comparison:
     only_b: tuple[str, ...]
     notes: tuple[str, ...]  # what a reader must know (memory measured differently, ...)
 
-    @property
-    def seeds(self) -> bool:
-        """Whether any configuration has two or more runs on both sides."""
-        return any(m.p_value is not None or (m.a.n > 1 and m.b.n > 1) for c in self.both for m in c.metrics)
-
 
 def _fields(a: pd.DataFrame, b: pd.DataFrame) -> tuple[str, ...]:
     return tuple(f for f, _, _ in COMPARED

@@ -13,13 +13,13 @@ export srctree := $(CURDIR)
 # path and nothing in it runs: $(value) takes the text as typed (make does
 # not expand it), `override` keeps it over the command line's, and the
 # scripts read them from their environment (sample.py: RUN, PROMPT, ... too).
-USER_VARS := RESULTS OUT EXECUTOR DEVICE RUN CKPT PROMPT NUM_SAMPLES MAX_NEW_TOKENS TEMPERATURE TOP_K SEED
+USER_VARS := RESULTS OUT A B EXECUTOR DEVICE RUN CKPT PROMPT NUM_SAMPLES MAX_NEW_TOKENS TEMPERATURE TOP_K SEED
 $(foreach v,$(USER_VARS),$(if $(filter undefined,$(origin $(v))),,$(eval override $(v) := $$(value $(v)))))
 export $(USER_VARS)
 
 .DEFAULT_GOAL := all
 .PHONY: all help menuconfig olddefconfig savedefconfig listdefconfigs test-matrix-dry-run \
-	continue report sample data test ci bench clean mrproper venv
+	continue report compare reproduce sample data test ci bench clean mrproper venv
 
 $(STAMP): requirements.txt
 	@echo "Setting up $(VENV) (first run only; a few minutes)..."
@@ -48,6 +48,8 @@ help:
 	@echo "  make continue [RESULTS=d] [EXECUTOR=local|slurm]  finish the newest (or given) result directory"
 	@echo "  make data                  download/tokenize the datasets .config needs (make does it too)"
 	@echo "  make report RESULTS=d [OUT=o]  regenerate the reports and graphs of a result directory (ours or upstream)"
+	@echo "  make compare A=d B=d [OUT=o]  two result directories side by side: deltas, Welch p-values, runs of one side"
+	@echo "  make reproduce RESULTS=d RUN=id [OUT=o]  rerun one run from its folder into a new directory, metrics side by side"
 	@echo "  make sample RESULTS=d RUN=id [PROMPT=..] [NUM_SAMPLES=n] [MAX_NEW_TOKENS=n] [TEMPERATURE=t] [TOP_K=k]"
 	@echo "                             text from a GPT-2 run's checkpoint (or CKPT=file, nanoGPT's ckpt.pt too)"
 	@echo "Development:"
@@ -84,6 +86,12 @@ data: $(STAMP)
 
 report: $(STAMP)
 	@$(PY) scripts/report.py
+
+compare: $(STAMP)
+	@$(PY) scripts/compare.py
+
+reproduce: $(STAMP)
+	@$(PY) scripts/reproduce.py
 
 sample: $(STAMP)
 	@$(PY) scripts/sample.py

@@ -25,8 +25,9 @@ from lib.report_labels import (BEST_NOTE, EFFICIENCY_NOTE, MIXED_MEMORY, PERPLEX
                                Metric, efficiency_scores, memory_labels, status_counts, status_label,
                                table_metrics)
 from lib.report_md import markdown_blocks, render_markdown
-from lib.results import LM_FIELDS, ROW_FIELDS
-from lib.stats import NA, fmt, has_seeds
+from lib.provenance import git_commit, package_versions
+from lib.results import LM_FIELDS, NUMERIC_FIELDS, ROW_FIELDS
+from lib.stats import NA, configurations, fmt, has_seeds
 
 TOP_N = 20
 RULE = "-" * 80
@@ -215,9 +216,31 @@ def results_rows(table: pd.DataFrame) -> list[dict]:
     return [{f: _plain(row[f]) for f in fields} for row in table.to_dict("records")]
 
 
+def configuration_stats(table: pd.DataFrame) -> list[dict]:
+    """Per configuration: n and, per metric, mean, sample std and standard error std/sqrt(n)
+    over its successful runs (std and stderr null below two measured values)."""
+    fields = [f for f in ROW_FIELDS + LM_FIELDS if f in table and f in NUMERIC_FIELDS and f != "target_sparsity_pct"]
+    out = []
+    for _, config in configurations(table, fields).iterrows():
+        metrics = {}
+        for field in fields:
+            est = config[field]
+            if est.n:
+                stderr = est.std / math.sqrt(est.n) if est.n > 1 else None
+                metrics[field] = {"mean": _plain(est.mean), "std": _plain(est.std), "stderr": _plain(stderr),
+                                  "n": est.n}
+        out.append({"config": config["config"], "runs": list(config["runs"]["run_id"]), "metrics": metrics})
+    return out
+
+
 def _all_results(table: pd.DataFrame, source_name: str) -> dict:
+    provenance = table.attrs.get("provenance") or {}
     return {"schema_version": SCHEMA_VERSION, "generated_at": datetime.now().isoformat(timespec="seconds"),
-            "source": source_name, "runs": results_rows(table)}
+            "source": source_name,
+            **{key: provenance.get(key) for key in ("config", "git_commit", "git_commit_note", "git_dirty",
+                                                    "versions", "host")},
+            "report": {"git_commit": git_commit(), "versions": package_versions()},
+            "configurations": configuration_stats(table), "runs": results_rows(table)}
 
 
 def default_out_dir(results_dir: Path, layout: str, reports_root: Path) -> Path:

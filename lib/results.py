@@ -21,6 +21,7 @@ from lib.jsonio import read_json
 from lib.legacy_results import read_upstream_layout
 from lib.matrix import MAX_SEED
 from lib.names import name_problem, row_name_problem
+from lib.provenance import directory_provenance
 from lib.run_files import (CLASSIFICATION, LANGUAGE_MODELING, TASK_BY_MODEL, TASKS, Row, RunFiles, curve,
                            shown, thin, to_float)
 
@@ -258,7 +259,8 @@ def load_results(results_dir: Path) -> pd.DataFrame:
 
     Unmeasured figures are NaN, unknown text None; runs listed in matrix.json
     without a result have status "missing". `table.attrs["layout"]` names the
-    reader that recognised the directory ("own" or "upstream"). Raises
+    reader that recognised the directory ("own" or "upstream"); `table.attrs["provenance"]`
+    its config text, git commit, package versions and host (lib/provenance). Raises
     UserError when the directory does not exist or no reader recognises it.
     """
     results_dir = Path(results_dir)
@@ -270,6 +272,8 @@ def load_results(results_dir: Path) -> pd.DataFrame:
         rows = reader(results_dir, warnings)
         if rows is not None:
             table = _to_frame(_safe_rows(rows, results_dir, warnings))
+            # after _safe_rows: the run IDs it reads run.json under have passed lib/names
+            table.attrs["provenance"] = directory_provenance(results_dir, list(table["run_id"]), layout, warnings)
             print_warnings(warnings)
             table.attrs["layout"] = layout
             return table

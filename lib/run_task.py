@@ -9,8 +9,6 @@ function, their result folders are the same.
 from __future__ import annotations
 
 import platform
-import subprocess
-import sys
 import threading
 from collections import deque
 from dataclasses import dataclass, field
@@ -18,11 +16,11 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any, Mapping
 
-from lib.config import ROOT
 from lib.errors import UserError
 from lib.gpu_monitor import read_summary
 from lib.jsonio import SCHEMA_VERSION, read_json, write_json_atomic
 from lib.matrix import RunSpec
+from lib.provenance import run_record
 from lib.run_process import RunOutcome, run_attempts
 
 LOG_TAIL_LINES = 20
@@ -75,14 +73,6 @@ class Placement:
                 "job_id": self.job_id, "host": self.host}
 
 
-def git_commit() -> str | None:
-    try:
-        out = subprocess.run(["git", "rev-parse", "HEAD"], cwd=ROOT, capture_output=True, text=True, timeout=10)
-    except (OSError, subprocess.TimeoutExpired):
-        return None
-    return out.stdout.strip() or None if out.returncode == 0 else None
-
-
 def set_aside(run_dir: Path) -> None:
     """Keep an unfinished attempt for inspection instead of deleting it."""
     if run_dir.exists():
@@ -95,9 +85,9 @@ def prepare_run_dir(run_dir: Path, spec: RunSpec, command: list[str], placement:
                     commit: str | None = None) -> None:
     set_aside(run_dir)
     run_dir.mkdir(parents=True)
+    provenance = run_record(commit)  # host, python, git commit and state, package versions
     write_json_atomic(run_dir / "run.json", {
-        "schema_version": SCHEMA_VERSION, "spec": spec.to_json(), "command": command, "host": platform.node(),
-        "python": sys.version.split()[0], "git_commit": commit or git_commit(),
+        "schema_version": SCHEMA_VERSION, "spec": spec.to_json(), "command": command, **provenance,
         "placement": placement.to_json() if placement else None,
         "created_at": datetime.now().isoformat(timespec="seconds")})
 

@@ -22,7 +22,8 @@ from lib.jsonio import SCHEMA_VERSION, read_json, write_bytes_atomic, write_json
 from lib.matrix import RunSpec, spec_from_entry
 from lib.names import check_no_links
 from lib.progress_display import Progress
-from lib.run_task import RunPolicy, RunTask, git_commit
+from lib.provenance import git_commit
+from lib.run_task import RunPolicy, RunTask
 from lib.trainers import gpus_per_run, prepare_data, trainer_command
 
 POLL_S = 1.0  # how often the progress display refreshes while nothing happens

@@ -1,0 +1,139 @@
+"""make compare: two result directories made here (ours, and upstream's copied from the fixture),
+checked against deltas and Welch p-values computed by hand."""
+from __future__ import annotations
+
+import hashlib
+import math
+import shutil
+import subprocess
+from pathlib import Path
+
+import pytest
+
+from conftest import ROOT
+from lib.compare import compare_tables, welch_p_value
+from lib.results import load_results
+from result_dirs import classifier_metrics, gpu_stats, spec, write_matrix, write_run
+
+LEGACY = ROOT / "tests" / "fixtures" / "legacy" / "test_matrix_results_20250903_180836"
+BEST_A = [97.0, 97.2, 97.4]  # lenet5_adam_magnitude_70, seeds 1-3
+BEST_B = [98.0, 98.1, 98.5]
+
+
+def _student_t_sf(t: float, df: float, steps: int = 20000) -> float:
+    """P(T > t) for Student's t, by Simpson's rule on its density (independent of scipy)."""
+    c = math.gamma((df + 1) / 2) / (math.sqrt(df * math.pi) * math.gamma(df / 2))
+    density = lambda x: c * (1 + x * x / df) ** (-(df + 1) / 2)  # noqa: E731
+    h = t / steps
+    area = density(0) + density(t) + sum((4 if i % 2 else 2) * density(i * h) for i in range(1, steps))
+    return 0.5 - area * h / 3
+
+
+def welch_by_hand(a: list[float], b: list[float]) -> float:
+    """Welch's t and Welch-Satterthwaite degrees of freedom, two-sided p-value."""
+    def mean_var(x: list[float]) -> tuple[float, float]:
+        m = sum(x) / len(x)
+        return m, sum((v - m) ** 2 for v in x) / (len(x) - 1)
+    (ma, va), (mb, vb) = mean_var(a), mean_var(b)
+    qa, qb = va / len(a), vb / len(b)
+    t = abs(ma - mb) / math.sqrt(qa + qb)
+    df = (qa + qb) ** 2 / (qa ** 2 / (len(a) - 1) + qb ** 2 / (len(b) - 1))
+    return 2 * _student_t_sf(t, df)
+
+
+def _side(root: Path, best: list[float], seeds: tuple[int, ...], extra: str) -> Path:
+    """Two configurations with every seed: adam magnitude 70 (best accuracies `best`), sgd none (always 95.0);
+    plus a run `extra` found on this side only."""
+    specs = [spec("lenet5", "adam", "magnitude", 70.0, seed=s, tag_seed=True) for s in seeds]
+    specs += [spec("lenet5", "sgd", "none", 0.0, seed=s, tag_seed=True) for s in seeds]
+    specs.append(spec("lenet5", extra, "none", 0.0, seed=1, tag_seed=True))
+    write_matrix(root, specs)
+    for s in specs:
+        acc = best[s["seed"] - 1] if s["pruning"] == "magnitude" else 95.0
+        sparsity = 69.9 if s["pruning"] == "magnitude" else 0.0
+        write_run(root, s, "success", classifier_metrics(s, [acc - 1, acc], sparsity),
+                  gpu_stats(300.0 + s["seed"], 350.0, "cpu"))
+    return root
+
+
+def _digest(folder: Path) -> str:
+    h = hashlib.sha256()
+    for path in sorted(folder.rglob("*")):
+        h.update(str(path.relative_to(folder)).encode())
+        if path.is_file():
+            h.update(path.read_bytes())
+    return h.hexdigest()
+
+
+@pytest.fixture
+def sides(tmp_path: Path) -> tuple[Path, Path]:
+    return _side(tmp_path / "a", BEST_A, (1, 2, 3), "adamw"), _side(tmp_path / "b", BEST_B, (1, 2, 3), "sgd_x")
+
+
+def test_welch_p_value_matches_the_formula():
+    expected = welch_by_hand(BEST_A, BEST_B)
+    assert welch_p_value(BEST_A, BEST_B) == pytest.approx(expected, rel=1e-6)
+    assert 0.005 < expected < 0.02  # the two sides differ beyond their noise
+    assert welch_p_value([1.0], [2.0, 3.0]) is None
+
+
+def test_compare_gives_deltas_p_values_and_runs_of_one_side(sides):
+    a, b = sides
+    comparison = compare_tables(load_results(a), load_results(b), "a", "b")
+    by_config = {c.config: c for c in comparison.both}
+    assert set(by_config) == {"lenet5_adam_magnitude_70", "lenet5_sgd_none"}
+    best = by_config["lenet5_adam_magnitude_70"].metric("best_accuracy_pct")
+    assert best.delta == pytest.approx(sum(BEST_B) / 3 - sum(BEST_A) / 3)  # +1.0 point
+    assert best.a.n == best.b.n == 3 and best.a.std == pytest.approx(0.2)
+    assert best.p_value == pytest.approx(welch_by_hand(BEST_A, BEST_B), rel=1e-6) and best.within_noise is False
+    memory = by_config["lenet5_sgd_none"].metric("memory_mean_mib")
+    assert memory.delta == 0 and memory.within_noise is True  # same seeds, same memory: p = 1
+    assert comparison.only_a == ("lenet5_adamw_none_s1",) and comparison.only_b == ("lenet5_sgd_x_none_s1",)
+
+
+def test_make_compare_writes_text_markdown_and_graph_and_leaves_inputs_untouched(sides, tmp_path):
+    a, b = sides
+    before = [_digest(a), _digest(b)]
+    out = tmp_path / "out"
+    proc = subprocess.run(["make", "-s", "compare", f"A={a}", f"B={b}", f"OUT={out}"], cwd=ROOT,
+                          capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stderr
+    assert [_digest(a), _digest(b)] == before
+    text = (out / "compare.txt").read_text()
+    row = next(line for line in text.splitlines() if "lenet5_adam_magnitude_70" in line and "Best Acc" in line)
+    assert "97.20 ± 0.20 (n=3)" in row and "+1.00" in row and f"{welch_by_hand(BEST_A, BEST_B):.3g}" in row
+    assert "differs (p < 0.05)" in row
+    assert "lenet5_adamw_none_s1" in text and "lenet5_sgd_x_none_s1" in text
+    assert "| lenet5_adam_magnitude_70 | Best Acc (%) |" in (out / "compare.md").read_text()
+    assert (out / "graphs" / "compare_deltas.png").read_bytes()[:4] == b"\x89PNG"
+
+
+def test_compare_with_an_upstream_directory_shows_both_sides(tmp_path):
+    upstream = tmp_path / "upstream"
+    shutil.copytree(LEGACY, upstream)
+    ours = tmp_path / "ours"
+    s = spec("resnet18", "adam", "magnitude", 70.0)
+    write_matrix(ours, [s])
+    write_run(ours, s, "success", classifier_metrics(s, [89.0, 90.11], 69.95), gpu_stats(900.0, 1000.0))
+    before = _digest(upstream)
+    comparison = compare_tables(load_results(upstream), load_results(ours), "up", "ours")
+    (config,) = comparison.both
+    upstream_best = load_results(upstream).set_index("run_id").loc["resnet18_adam_magnitude_70", "best_accuracy_pct"]
+    assert config.metric("best_accuracy_pct").delta == pytest.approx(90.11 - upstream_best)
+    assert "resnet18_adamwprune_state_70" in comparison.only_a and comparison.only_b == ()
+    assert any("upstream" in note for note in comparison.notes)
+    assert _digest(upstream) == before
+
+
+def test_out_inside_an_input_is_refused_and_bad_input_is_one_line(sides, tmp_path):
+    a, b = sides
+    script = [str(ROOT / ".venv" / "bin" / "python"), str(ROOT / "scripts" / "compare.py")]
+    inside = subprocess.run(script + [str(a), str(b), "--out", str(a / "cmp")], capture_output=True, text=True)
+    assert inside.returncode == 2 and inside.stderr.startswith("error: ") and not (a / "cmp").exists()
+    (b / "lenet5_sgd_none_s2" / "metrics.json").write_text("{not json")
+    (tmp_path / "junk").mkdir()
+    bad = subprocess.run(script + [str(a), str(tmp_path / "junk")], capture_output=True, text=True, cwd=tmp_path)
+    assert bad.returncode == 2 and bad.stderr.count("\n") == 1 and "Traceback" not in bad.stderr
+    corrupt = subprocess.run(script + [str(a), str(b)], capture_output=True, text=True, cwd=tmp_path)
+    assert corrupt.returncode == 0 and "warning: " in corrupt.stderr and "Traceback" not in corrupt.stderr
+    assert list(tmp_path.glob("compare_*/compare.txt"))

@@ -11,17 +11,16 @@ writes the three outputs, atomically.
 from __future__ import annotations
 
 import math
-from datetime import datetime
 from pathlib import Path
 from typing import Optional, Sequence
 
 from matplotlib.figure import Figure
 
 from lib.compare import ALPHA, LABELS, Comparison, ConfigComparison, MetricDelta
-from lib.errors import UserError
 from lib.graphs import Graph, _figure, _render
 from lib.jsonio import write_text_atomic
 from lib.names import check_no_links
+from lib.out_dirs import make_output_dir, stamped_name
 from lib.report_md import Block, Bullets, Heading, Paragraph, Table, render_markdown
 from lib.stats import NA, Estimate, fmt
 
@@ -156,26 +155,8 @@ def write_compare(comparison: Comparison, out_dir: Path) -> list[Path]:
     return paths
 
 
-def _inside(path: Path, folder: Path) -> bool:
-    path, folder = path.resolve(), folder.resolve()
-    return path == folder or folder in path.parents
-
-
 def out_dir_for(out: Optional[Path], inputs: Sequence[Path], cwd: Path) -> Path:
     """The folder to write into: `out`, or a new `compare_<time>[_N]` under `cwd`;
     never inside an input, whose files must stay byte-identical (UserError)."""
-    if out is None:
-        stamp = datetime.now().strftime("%Y%m%d_%H%M%S")
-        out = next(cwd / name for name in (f"compare_{stamp}" + (f"_{n}" if n > 1 else "") for n in range(1, 1000))
-                   if not (cwd / name).exists())
-    for folder in inputs:
-        if _inside(out, folder):
-            raise UserError(f"{out}: inside the compared directory {folder}, which is never written into; "
-                            "give OUT=dir elsewhere (or run from another folder)")
-    if out.exists() and not out.is_dir():
-        raise UserError(f"{out}: exists and is not a folder; give OUT=dir")
-    try:
-        out.mkdir(parents=True, exist_ok=True)
-    except OSError as exc:
-        raise UserError(f"{out}: cannot create ({exc.strerror})") from None
-    return out
+    return make_output_dir(out or stamped_name(cwd, "compare_"), inputs,
+                           hint="give OUT=dir elsewhere (or run from another folder)")

@@ -23,6 +23,7 @@ from lib.errors import UserError
 from lib.jsonio import SCHEMA_VERSION, read_json, write_bytes_atomic, write_json_atomic
 from lib.matrix import RunSpec, spec_from_entry
 from lib.names import check_name
+from lib.out_dirs import make_output_dir, stamped_name
 from lib.provenance import git_commit, git_dirty, package_versions, recorded
 from lib.results import load_results
 from lib.runner import run_matrix
@@ -95,20 +96,7 @@ def differences(run: RecordedRun) -> list[str]:
 
 def new_directory(out: Optional[Path], results_root: Path, original: Path) -> Path:
     """`out` (new or empty) or a new results_root/reproduce_<time>[_N]; never inside the original."""
-    if out is None:
-        stamp = datetime.now().strftime("reproduce_%Y%m%d_%H%M%S")
-        out = next(results_root / f"{stamp}{'' if n == 1 else f'_{n}'}" for n in range(1, 1000)
-                   if not (results_root / f"{stamp}{'' if n == 1 else f'_{n}'}").exists())
-    resolved, inside = out.resolve(), original.resolve()
-    if resolved == inside or inside in resolved.parents:
-        raise UserError(f"{out}: inside {original}, which is never written into; give OUT=dir elsewhere")
-    if out.exists() and (not out.is_dir() or any(out.iterdir())):
-        raise UserError(f"{out}: exists and is not an empty folder; give a new OUT=dir")
-    try:
-        out.mkdir(parents=True, exist_ok=True)
-    except OSError as exc:
-        raise UserError(f"{out}: cannot create ({exc.strerror})") from None
-    return out
+    return make_output_dir(out or stamped_name(results_root, "reproduce_"), [original], must_be_empty=True)
 
 
 def prepare(results_dir: Path, run: RecordedRun, new_dir: Path) -> None:

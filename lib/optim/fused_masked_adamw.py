@@ -1,13 +1,15 @@
 """MaskedAdamW: torch's AdamW that keeps pruned entries exactly zero, the masking fused into its CPU step.
 
-The pruner hands its bool masks over with set_masks() instead of zeroing the
-pruned gradients itself. On CPU, for float32 tensors, step() then runs one C
-pass (masked_adamw.c) that reads w, g, m, v and the mask and writes w, m, v,
-with torch's fused AdamW arithmetic bit for bit and 0 written where the mask
-prunes: about 29 bytes per weight against 28 + 9 for a separate masking pass.
-Anywhere else (CUDA, other dtypes, AMSGrad, maximize, AMP grad scaling, no C
-compiler) it zeroes the pruned gradients (lib/pruning/mask_ops.py) and runs
-torch's own step, after printing once why.
+The pruner hands its masks (bool or bit-packed, lib/pruning/bitmask.py) over
+with set_masks() instead of zeroing the pruned gradients itself. On CPU, for
+float32 tensors, step() then runs one C pass (masked_adamw.c) that reads w, g,
+m, v and the mask and writes w, m, v, with torch's fused AdamW arithmetic bit
+for bit and 0 written where the mask prunes: about 29 bytes per weight (28.125
+with bits) against 28 + 9 for a separate masking pass. On CUDA with Triton
+installed, one Triton pass does the same (lib/optim/triton_masked_adamw.py).
+Anywhere else (CUDA without Triton, other dtypes, AMSGrad, maximize, AMP grad
+scaling, no C compiler) it zeroes the pruned gradients
+(lib/pruning/mask_ops.py) and runs torch's own step, after printing once why.
 
 The kernel is compiled with the system C compiler at first use (about 0.3 s)
 into ~/.cache/adamwprune, keyed by the source, the compiler and the CPU, and
@@ -30,6 +32,7 @@ from typing import Any, Optional
 
 import torch
 
+from lib.pruning.bitmask import is_packed, packed_bytes
 from lib.pruning.mask_ops import zero_pruned_
 
 SOURCE = Path(__file__).with_name("masked_adamw.c")
@@ -46,7 +49,7 @@ SCALAR_TAIL = 8
 class _Tensor(ctypes.Structure):
     """masked_adamw_tensor in masked_adamw.c, field for field."""
     _fields_ = ([(name, ctypes.c_void_p) for name in ("w", "g", "m", "v", "keep")]
-                + [(name, ctypes.c_int64) for name in ("n", "vector_end")]
+                + [(name, ctypes.c_int64) for name in ("n", "vector_end", "keep_bits")]
                 + [(name, ctypes.c_float) for name in ("decay", "lerp_weight", "beta2", "one_minus_beta2",
                                                         "bias_correction2_sqrt", "eps", "neg_step_size")])
 
@@ -116,7 +119,7 @@ class MaskedAdamW(torch.optim.AdamW):
         self.fallback_note: Optional[str] = None  # why the last masked step was not fused, once printed
 
     def set_masks(self, masks: dict[torch.Tensor, torch.Tensor]) -> None:
-        """parameter -> bool mask (True = keep); from now on every step zeroes the other entries."""
+        """parameter -> keep mask (bool, True = keep, or bit-packed); from now on every step zeroes the other entries."""
         self.masks = masks
 
     @torch.no_grad()
@@ -168,18 +171,27 @@ class MaskedAdamW(torch.optim.AdamW):
                 m, v, keep = state["exp_avg"], state["exp_avg_sq"], self.masks.get(p)
                 if not (_plain(m) and _plain(v)):
                     return [], "optimizer state that is not contiguous float32 on the CPU"
-                if keep is not None and (keep.dtype != torch.bool or keep.device.type != "cpu"
-                                         or not keep.is_contiguous() or keep.shape != p.shape):
-                    return [], "a mask that is not a contiguous CPU bool tensor of its parameter's shape"
+                if keep is not None and not _fits(keep, p):
+                    return [], "a mask that is neither a CPU bool tensor of its parameter's shape nor its bits"
                 n, step = p.numel(), state["step"].item() + 1  # exact: float32 counts exactly to 2**24
                 tensors.append(_Tensor(p.data_ptr(), grad.data_ptr(), m.data_ptr(), v.data_ptr(),
                                        keep.data_ptr() if keep is not None else None, n, n - n % SCALAR_TAIL,
+                                       int(keep is not None and is_packed(keep)),
                                        1 - lr * decay, 1 - beta1, beta2, 1 - beta2, math.sqrt(1 - beta2 ** step),
                                        eps, -(lr / (1 - beta1 ** step))))
                 steps.append(state["step"])
         if steps:
             torch._foreach_add_(steps, 1)
         return tensors, None
+
+
+def _fits(keep: torch.Tensor, p: torch.Tensor) -> bool:
+    """A contiguous CPU mask of p: bools of its shape, or its ceil(n/8) packed bytes."""
+    if keep.device.type != "cpu" or not keep.is_contiguous():
+        return False
+    if is_packed(keep):
+        return keep.dim() == 1 and keep.numel() == packed_bytes(p.numel())
+    return keep.dtype == torch.bool and keep.shape == p.shape
 
 
 def _plain(t: torch.Tensor) -> bool:

@@ -106,6 +106,9 @@ def kernel() -> tuple[Optional[Any], Optional[str]]:
 
 
 class MaskedAdamW(torch.optim.AdamW):
+    # Where the Triton kernel steps the tensors (tests add "cpu" to run it under TRITON_INTERPRET=1).
+    TRITON_DEVICES: tuple[str, ...] = ("cuda",)
+
     """torch.optim.AdamW whose step keeps the entries that set_masks() prunes at exactly zero.
 
     Without masks it is torch's AdamW. Its state (step, exp_avg, exp_avg_sq)
@@ -131,10 +134,8 @@ class MaskedAdamW(torch.optim.AdamW):
         if not self.masks:
             super().step()
             return loss
-        function, reason = kernel()
-        tensors, reason = ([], reason) if reason else self._kernel_arguments()
+        reason = self._fused_step()
         if reason is None:
-            function((_Tensor * len(tensors))(*tensors), len(tensors), torch.get_num_threads())
             return loss
         if reason != self.fallback_note:
             self.fallback_note = reason
@@ -143,33 +144,86 @@ class MaskedAdamW(torch.optim.AdamW):
         super().step()
         return loss
 
-    def _kernel_arguments(self) -> tuple[list[_Tensor], Optional[str]]:
-        """(each stepped tensor described to the kernel, None), its step count advanced; or ([], why it cannot be).
+    def _fused_step(self) -> Optional[str]:
+        """One masked pass over every tensor (Triton on CUDA, C on CPU); or why it cannot run, nothing stepped."""
+        reason = self._unsupported()
+        if reason is None and any(p.device.type in self.TRITON_DEVICES for p in self.masks):
+            return self._triton_step()
+        function, kernel_reason = kernel()
+        reason = reason or kernel_reason
+        tensors, reason = ([], reason) if reason else self._kernel_arguments()
+        if reason is None:
+            function((_Tensor * len(tensors))(*tensors), len(tensors), torch.get_num_threads())
+        return reason
 
-        The scalars are torch's, computed in double as its fused kernel does.
-        """
+    def _unsupported(self) -> Optional[str]:
+        """Why no fused kernel applies to these settings, whatever the device; None if one may."""
         if getattr(self, "grad_scale", None) is not None or getattr(self, "found_inf", None) is not None:
-            return [], "AMP gradient scaling"
-        tensors, steps = [], []
+            return "AMP gradient scaling"
         for group in self.param_groups:
             for option in ("amsgrad", "maximize", "capturable", "differentiable"):
                 if group.get(option):
-                    return [], f"{option} is set"
+                    return f"{option} is set"
+        return None
+
+    def _triton_step(self) -> Optional[str]:
+        """Every tensor through lib/optim/triton_masked_adamw.py, step counts on the device; or why not."""
+        from lib.optim import triton_masked_adamw  # imported here: Triton loads in 0.25 s, needed on CUDA only
+        reason = triton_masked_adamw.unavailable()
+        if reason:
+            return f"{reason}; on {next(iter(self.masks)).device} the fused step needs Triton"
+        launches = []
+        for group in self.param_groups:
+            scalars = None
+            for p in group["params"]:
+                if p.grad is None:
+                    continue
+                if not (_plain(p, p.device) and _plain(p.grad, p.device)):
+                    return f"a {p.dtype} parameter on {p.device} (the Triton kernel takes contiguous float32 tensors)"
+                state, keep = self._state(p, p.device), self.masks.get(p)
+                if keep is not None and not _fits(keep, p):
+                    return "a mask that is neither a bool tensor of its parameter's shape nor its bits"
+                if scalars is None:  # float64, built once per group and step (lr follows the schedule)
+                    scalars = triton_masked_adamw.group_scalars(float(group["lr"]), tuple(group["betas"]),
+                                                                float(group["eps"]), float(group["weight_decay"]),
+                                                                p.device)
+                launches.append((p, p.grad, state["exp_avg"], state["exp_avg_sq"], keep, state["step"], scalars))
+        if launches:
+            torch._foreach_add_([launch[5] for launch in launches], 1)
+        for launch in launches:
+            triton_masked_adamw.step_tensor(*launch)
+        return None
+
+    def _state(self, p: torch.Tensor, step_device: torch.device) -> dict:
+        """p's state, made as torch's fused AdamW makes it, its step count on `step_device`."""
+        state = self.state[p]
+        if not state:
+            state["step"] = torch.zeros((), dtype=torch.float32, device=step_device)
+            state["exp_avg"] = torch.zeros_like(p, memory_format=torch.preserve_format)
+            state["exp_avg_sq"] = torch.zeros_like(p, memory_format=torch.preserve_format)
+        elif state["step"].device != step_device:  # from a foreach step: the kernel reads it where it runs
+            state["step"] = state["step"].to(step_device)
+        return state
+
+    def _kernel_arguments(self) -> tuple[list[_Tensor], Optional[str]]:
+        """(each stepped tensor described to the C kernel, None), its step count advanced; or ([], why it cannot be).
+
+        The scalars are torch's, computed in double as its fused kernel does.
+        """
+        tensors, steps = [], []
+        cpu = torch.device("cpu")
+        for group in self.param_groups:
             lr, eps, decay = float(group["lr"]), float(group["eps"]), float(group["weight_decay"])
             beta1, beta2 = (float(b) for b in group["betas"])
             for p in group["params"]:
                 grad = p.grad
                 if grad is None:
                     continue
-                if not (_plain(p) and _plain(grad)):
+                if not (_plain(p, cpu) and _plain(grad, cpu)):
                     return [], f"a {p.dtype} parameter on {p.device} (the kernel takes contiguous float32 CPU tensors)"
-                state = self.state[p]
-                if not state:  # as torch's fused AdamW initialises it
-                    state["step"] = torch.zeros((), dtype=torch.float32)
-                    state["exp_avg"] = torch.zeros_like(p, memory_format=torch.preserve_format)
-                    state["exp_avg_sq"] = torch.zeros_like(p, memory_format=torch.preserve_format)
+                state = self._state(p, cpu)
                 m, v, keep = state["exp_avg"], state["exp_avg_sq"], self.masks.get(p)
-                if not (_plain(m) and _plain(v)):
+                if not (_plain(m, cpu) and _plain(v, cpu)):
                     return [], "optimizer state that is not contiguous float32 on the CPU"
                 if keep is not None and not _fits(keep, p):
                     return [], "a mask that is neither a CPU bool tensor of its parameter's shape nor its bits"
@@ -186,13 +240,13 @@ class MaskedAdamW(torch.optim.AdamW):
 
 
 def _fits(keep: torch.Tensor, p: torch.Tensor) -> bool:
-    """A contiguous CPU mask of p: bools of its shape, or its ceil(n/8) packed bytes."""
-    if keep.device.type != "cpu" or not keep.is_contiguous():
+    """A contiguous mask of p on its device: bools of its shape, or its ceil(n/8) packed bytes."""
+    if keep.device != p.device or not keep.is_contiguous():
         return False
     if is_packed(keep):
         return keep.dim() == 1 and keep.numel() == packed_bytes(p.numel())
     return keep.dtype == torch.bool and keep.shape == p.shape
 
 
-def _plain(t: torch.Tensor) -> bool:
-    return t.dtype is torch.float32 and t.is_cpu and t.layout is torch.strided and t.is_contiguous()
+def _plain(t: torch.Tensor, device: torch.device) -> bool:
+    return t.dtype is torch.float32 and t.device == device and t.layout is torch.strided and t.is_contiguous()

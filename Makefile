@@ -18,7 +18,7 @@ $(foreach v,$(USER_VARS),$(if $(filter undefined,$(origin $(v))),,$(eval overrid
 export $(USER_VARS)
 
 .DEFAULT_GOAL := all
-.PHONY: all help menuconfig olddefconfig savedefconfig listdefconfigs test-matrix-dry-run \
+.PHONY: all help menuconfig olddefconfig savedefconfig listdefconfigs test-matrix-dry-run gpu-check \
 	continue report sample data test ci bench clean mrproper venv
 
 $(STAMP): requirements.txt
@@ -54,6 +54,7 @@ help:
 	@echo "  make test                  run the test suite"
 	@echo "  make ci                    run every ci-* defconfig end to end"
 	@echo "  make bench [DEVICE=cuda]   AdamWPrune step, mask update, threshold and memory vs torch baselines"
+	@echo "  make gpu-check             GPU figures (NVML, bench on cuda, GPT-2 124M, ResNet-18) into JSON + docs"
 	@echo "  make clean                 remove caches;  make mrproper: also .config, results, .venv"
 
 menuconfig: $(STAMP)
@@ -93,6 +94,9 @@ test: $(STAMP)
 
 bench: $(STAMP)
 	@$(PY) benchmarks/bench_pruning.py
+
+gpu-check: $(STAMP)
+	@$(PY) scripts/gpu_check.py
 
 ci: $(STAMP)
 	@$(PY) scripts/ci.py

@@ -5,12 +5,16 @@ every tensor's w, m and v within 1e-6 of its largest entry (w: or of its
 largest starting weight; the kernel does the same float32 operations, and a
 weight that crosses zero keeps the rounding error of its larger past, so an
 entry-wise relative bound means nothing there), pruned entries exactly 0, for bool
-and bit-packed masks, odd sizes and several tensors in two groups. Skipped,
-with the reason, where Triton is not installed. Its GPU speed is not tested.
+and bit-packed masks, odd sizes and several tensors in two groups; and the
+kernel compiles to an sm_90 cubin (no GPU needed). Skipped, with the reason,
+where Triton is not installed. Its GPU speed is not tested.
 """
 from __future__ import annotations
 
 import importlib
+import os
+import subprocess
+import sys
 
 import pytest
 import torch
@@ -18,6 +22,7 @@ import torch
 from lib.optim.fused_masked_adamw import MaskedAdamW
 from lib.pruning import bitmask
 from lib.pruning.mask_ops import zero_pruned_
+from tests.conftest import ROOT
 
 SHAPES = [(1,), (7,), (3, 11), (1025,)]
 BETAS = (0.9, 0.999)
@@ -96,11 +101,11 @@ def test_kernel_without_a_mask_is_adamw(interpreted):
     ref, start = w.clone().requires_grad_(), w.abs().max()
     m, v, step = torch.zeros(33), torch.zeros(33), torch.zeros(())
     reference = torch.optim.AdamW([ref], lr=1e-2, betas=BETAS, weight_decay=0.1, foreach=False)
-    scalars = interpreted.group_scalars(1e-2, BETAS, 1e-8, 0.1, w.device)
     for _ in range(3):
         g = torch.randn(33, generator=gen)
         step += 1
-        interpreted.step_tensor(w, g, m, v, None, step, scalars)
+        scalars = interpreted.tensor_scalars([step], 1e-2, BETAS, 1e-8, 0.1)
+        interpreted.step_tensor(w, g, m, v, None, scalars[0])
         ref.grad = g
         reference.step()
     assert (w - ref.detach()).abs().max() <= 1e-6 * max(ref.detach().abs().max(), start)
@@ -118,3 +123,30 @@ def test_without_triton_it_takes_the_two_pass_step_and_says_why(monkeypatch, cap
     for p, q in zip(params, expected):
         assert torch.equal(p, q)
     assert "triton is not installed (test)" in capsys.readouterr().out
+
+
+COMPILE = """
+import triton
+from triton.backends.compiler import GPUTarget
+from triton.compiler import ASTSource
+from lib.optim.triton_masked_adamw import _masked_adamw
+signature = {name: "*fp32" for name in ("w_ptr", "g_ptr", "m_ptr", "v_ptr", "scalars_ptr")}
+signature.update(keep_ptr="*u8", n="i32", HAS_MASK="constexpr", MASK_BITS="constexpr", BLOCK="constexpr")
+for has_mask, bits in [(True, True), (True, False), (False, False)]:
+    source = ASTSource(fn=_masked_adamw, signature=signature,
+                       constexprs={"HAS_MASK": has_mask, "MASK_BITS": bits, "BLOCK": 1024})
+    assert triton.compile(source, target=GPUTarget("cuda", 90, 32)).asm["cubin"]
+"""
+
+
+def test_kernel_compiles_for_an_sm90_gpu_without_one():
+    """The interpreter accepts code the GPU compiler refuses (globals, float64 maths): compile each variant
+    to a cubin for sm_90 with Triton's bundled ptxas, as `make gpu-check` on an H100/H200 would."""
+    pytest.importorskip("triton", reason="triton is not installed (optional: pip install triton)")
+    from triton.backends import backends
+    if "nvidia" not in backends:
+        pytest.skip("this triton has no NVIDIA backend")
+    env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
+    done = subprocess.run([sys.executable, "-c", COMPILE], capture_output=True, text=True, cwd=ROOT, env=env,
+                          timeout=300)
+    assert done.returncode == 0, done.stderr[-2000:]

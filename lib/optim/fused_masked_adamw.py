@@ -172,9 +172,9 @@ class MaskedAdamW(torch.optim.AdamW):
         reason = triton_masked_adamw.unavailable()
         if reason:
             return f"{reason}; on {next(iter(self.masks)).device} the fused step needs Triton"
-        launches = []
+        groups = []
         for group in self.param_groups:
-            scalars = None
+            launches = []
             for p in group["params"]:
                 if p.grad is None:
                     continue
@@ -183,15 +183,17 @@ class MaskedAdamW(torch.optim.AdamW):
                 state, keep = self._state(p, p.device), self.masks.get(p)
                 if keep is not None and not _fits(keep, p):
                     return "a mask that is neither a bool tensor of its parameter's shape nor its bits"
-                if scalars is None:  # float64, built once per group and step (lr follows the schedule)
-                    scalars = triton_masked_adamw.group_scalars(float(group["lr"]), tuple(group["betas"]),
-                                                                float(group["eps"]), float(group["weight_decay"]),
-                                                                p.device)
-                launches.append((p, p.grad, state["exp_avg"], state["exp_avg_sq"], keep, state["step"], scalars))
-        if launches:
-            torch._foreach_add_([launch[5] for launch in launches], 1)
-        for launch in launches:
-            triton_masked_adamw.step_tensor(*launch)
+                launches.append((p, p.grad, state["exp_avg"], state["exp_avg_sq"], keep, state["step"]))
+            groups.append((group, launches))
+        for group, launches in groups:
+            if not launches:
+                continue
+            steps = [launch[5] for launch in launches]
+            torch._foreach_add_(steps, 1)
+            scalars = triton_masked_adamw.tensor_scalars(steps, float(group["lr"]), tuple(group["betas"]),
+                                                         float(group["eps"]), float(group["weight_decay"]))
+            for launch, row in zip(launches, scalars):
+                triton_masked_adamw.step_tensor(*launch[:5], row)
         return None
 
     def _state(self, p: torch.Tensor, step_device: torch.device) -> dict:

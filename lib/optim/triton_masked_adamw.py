@@ -7,9 +7,10 @@ mask applied to the gradient and to all three outputs. That is 28 bytes per
 weight plus 1 (bool) or 1/8 (bits), against 28 + 9 for masking the gradients
 in a separate pass before torch's fused step. Arithmetic is float32 per entry
 like torch's CUDA fused AdamW (not bit for bit: the order of operations is
-torch's foreach/for-loop AdamW's); the bias corrections are computed once per
-program in float64 from the step count the kernel reads on the device, so no
-host sync is needed.
+torch's foreach/for-loop AdamW's); the per-tensor scalars (bias corrections
+included) are computed in float64 by a few torch operations on the device
+from the step counts there, so no host sync is needed, and the kernel itself
+uses no float64.
 
 Triton is optional (docs/performance.md): without it, or off CUDA, callers
 keep their other path. Tests run the kernel on CPU tensors under
@@ -18,7 +19,6 @@ is unmeasured until `make gpu-check` runs on one.
 """
 from __future__ import annotations
 
-import math
 from typing import Optional
 
 import torch
@@ -31,9 +31,8 @@ except ImportError as exc:  # optional dependency
     triton, tl, _MISSING = None, None, f"triton is not installed ({exc})"
 
 BLOCK = 1024  # entries per program: a multiple of 8, so a program's mask bytes are its own
-# Per-group scalars handed to the kernel as one float64 tensor (Triton passes Python floats as float32,
-# which would put 1e-5 relative error into 1 - beta2**t at beta2 = 0.999).
-LR, BETA1, BETA2, EPS, DECAY, LOG_BETA1, LOG_BETA2 = range(7)
+# A tensor's float32 scalars, one row per tensor, in the order the kernel reads them (offsets 0..6 there).
+COLUMNS = ("step_size", "decay", "one_minus_beta1", "beta2", "one_minus_beta2", "bias_correction2_sqrt", "eps")
 
 
 def unavailable() -> Optional[str]:
@@ -43,23 +42,17 @@ def unavailable() -> Optional[str]:
 
 if triton is not None:
     @triton.jit
-    def _masked_adamw(w_ptr, g_ptr, m_ptr, v_ptr, keep_ptr, step_ptr, scalars_ptr, n,
+    def _masked_adamw(w_ptr, g_ptr, m_ptr, v_ptr, keep_ptr, scalars_ptr, n,
                       HAS_MASK: tl.constexpr, MASK_BITS: tl.constexpr, BLOCK: tl.constexpr):
         offsets = tl.program_id(0) * BLOCK + tl.arange(0, BLOCK)
         inside = offsets < n
-        # The step count was advanced before the launch; beta**t = exp(t * log(beta)) in float64.
-        step = tl.load(step_ptr).to(tl.float64)
-        lr = tl.load(scalars_ptr + LR)
-        bias_correction1 = 1.0 - tl.exp(step * tl.load(scalars_ptr + LOG_BETA1))
-        bias_correction2_sqrt = tl.sqrt(1.0 - tl.exp(step * tl.load(scalars_ptr + LOG_BETA2)))
-        step_size = (lr / bias_correction1).to(tl.float32)
-        decay = (1.0 - lr * tl.load(scalars_ptr + DECAY)).to(tl.float32)
-        # 1 - beta in float64, then rounded, as torch does (1 - float32(0.999) is 1.3e-5 off 0.001).
-        one_minus_beta1 = (1.0 - tl.load(scalars_ptr + BETA1)).to(tl.float32)
-        beta2 = tl.load(scalars_ptr + BETA2)
-        one_minus_beta2 = (1.0 - beta2).to(tl.float32)
-        beta2 = beta2.to(tl.float32)
-        eps = tl.load(scalars_ptr + EPS).to(tl.float32)
+        step_size = tl.load(scalars_ptr + 0)  # COLUMNS, in order
+        decay = tl.load(scalars_ptr + 1)
+        one_minus_beta1 = tl.load(scalars_ptr + 2)
+        beta2 = tl.load(scalars_ptr + 3)
+        one_minus_beta2 = tl.load(scalars_ptr + 4)
+        bias_correction2_sqrt = tl.load(scalars_ptr + 5)
+        eps = tl.load(scalars_ptr + 6)
 
         w = tl.load(w_ptr + offsets, mask=inside, other=0.0)
         g = tl.load(g_ptr + offsets, mask=inside, other=0.0)
@@ -75,7 +68,7 @@ if triton is not None:
         w = w * decay
         m = m + one_minus_beta1 * (g - m)  # torch's lerp for weights < 0.5
         v = v * beta2 + one_minus_beta2 * g * g
-        w = w - step_size * m / (tl.sqrt(v) / bias_correction2_sqrt.to(tl.float32) + eps)
+        w = w - step_size * m / (tl.sqrt(v) / bias_correction2_sqrt + eps)
         if HAS_MASK:
             w = tl.where(keep, w, 0.0)
             m = tl.where(keep, m, 0.0)
@@ -85,22 +78,29 @@ if triton is not None:
         tl.store(v_ptr + offsets, v, mask=inside)
 
 
-def group_scalars(lr: float, betas: tuple[float, float], eps: float, weight_decay: float,
-                  device: torch.device) -> torch.Tensor:
-    """The kernel's per-group float64 scalars (indices LR .. LOG_BETA2)."""
+def tensor_scalars(steps: list[torch.Tensor], lr: float, betas: tuple[float, float], eps: float,
+                   weight_decay: float) -> torch.Tensor:
+    """One float32 row of COLUMNS per step count (already advanced), computed in float64 where the counts are.
+
+    A few torch operations per parameter group and no host sync; float64 as torch's own AdamW computes its
+    scalars (1 - float32(0.999) is 1.3e-5 off 0.001, and beta**t for small t magnifies such errors).
+    """
     beta1, beta2 = betas
-    values = [lr, beta1, beta2, eps, weight_decay, math.log(beta1), math.log(beta2)]
-    return torch.tensor(values, dtype=torch.float64).to(device, non_blocking=True)
+    t = torch.stack(steps).to(torch.float64)
+    columns = [lr / (1 - beta1 ** t), torch.full_like(t, 1 - lr * weight_decay), torch.full_like(t, 1 - beta1),
+               torch.full_like(t, beta2), torch.full_like(t, 1 - beta2), torch.sqrt(1 - beta2 ** t),
+               torch.full_like(t, eps)]
+    return torch.stack(columns, dim=1).to(torch.float32)
 
 
 def step_tensor(w: torch.Tensor, g: torch.Tensor, m: torch.Tensor, v: torch.Tensor, keep: Optional[torch.Tensor],
-                step: torch.Tensor, scalars: torch.Tensor) -> None:
-    """One masked AdamW step of contiguous float32 w (m, v updated in place); `step` already advanced.
+                scalars: torch.Tensor) -> None:
+    """One masked AdamW step of contiguous float32 w (m, v updated in place); `scalars` its row of COLUMNS.
 
     keep: None (dense), a bool tensor of w's shape, or its ceil(n/8) packed bytes (uint8).
     """
     n = w.numel()
     bits = keep is not None and keep.dtype == torch.uint8
     keep_arg = w if keep is None else (keep if bits else keep.view(torch.uint8))  # unread when dense
-    _masked_adamw[(triton.cdiv(n, BLOCK),)](w, g, m, v, keep_arg, step, scalars, n,
+    _masked_adamw[(triton.cdiv(n, BLOCK),)](w, g, m, v, keep_arg, scalars, n,
                                             HAS_MASK=keep is not None, MASK_BITS=bits, BLOCK=BLOCK)

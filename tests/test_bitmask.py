@@ -40,6 +40,16 @@ def test_packing_is_numpys_little_bit_order(n):
     assert torch.equal(bitmask.gather(packed, index), keep[index])
 
 
+@pytest.mark.parametrize("n", SIZES)
+def test_the_torch_packing_used_on_gpus_has_the_same_layout(n):
+    """On CPU, pack_/unpack call numpy; elsewhere torch shifts: checked here on CPU tensors."""
+    keep = random_keep(n, seed=2)
+    packed = torch.empty(math.ceil(n / 8), dtype=torch.uint8)
+    bitmask._pack_torch(keep, packed)
+    assert np.array_equal(packed.numpy(), np.packbits(keep.numpy(), bitorder="little"))
+    assert torch.equal(bitmask._unpack_torch(packed, n), keep)
+
+
 def test_chunks_written_at_byte_offsets_give_the_whole_mask():
     keep = random_keep(1025)
     packed = bitmask.full(keep, "bits")

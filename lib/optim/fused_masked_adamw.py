@@ -167,7 +167,7 @@ class MaskedAdamW(torch.optim.AdamW):
         return None
 
     def _triton_step(self) -> Optional[str]:
-        """Every tensor through lib/optim/triton_masked_adamw.py, step counts on the device; or why not."""
+        """Every tensor through lib/optim/triton_masked_adamw.py (step counts kept on the device); or why not."""
         from lib.optim import triton_masked_adamw  # imported here: Triton loads in 0.25 s, needed on CUDA only
         reason = triton_masked_adamw.unavailable()
         if reason:
@@ -181,6 +181,8 @@ class MaskedAdamW(torch.optim.AdamW):
                 if not (_plain(p, p.device) and _plain(p.grad, p.device)):
                     return f"a {p.dtype} parameter on {p.device} (the Triton kernel takes contiguous float32 tensors)"
                 state, keep = self._state(p, p.device), self.masks.get(p)
+                if not (_plain(state["exp_avg"], p.device) and _plain(state["exp_avg_sq"], p.device)):
+                    return "optimizer state that is not contiguous float32 beside its parameter"
                 if keep is not None and not _fits(keep, p):
                     return "a mask that is neither a bool tensor of its parameter's shape nor its bits"
                 launches.append((p, p.grad, state["exp_avg"], state["exp_avg_sq"], keep, state["step"]))

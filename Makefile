@@ -18,8 +18,13 @@ $(foreach v,$(USER_VARS),$(if $(filter undefined,$(origin $(v))),,$(eval overrid
 export $(USER_VARS)
 
 .DEFAULT_GOAL := all
+<<<<<<< HEAD
 .PHONY: all help menuconfig olddefconfig savedefconfig listdefconfigs test-matrix-dry-run \
 	continue report compare reproduce sample data test ci bench clean mrproper venv
+=======
+.PHONY: all help menuconfig olddefconfig savedefconfig listdefconfigs test-matrix-dry-run gpu-check \
+	continue report sample data test ci bench clean mrproper venv
+>>>>>>> masks
 
 $(STAMP): requirements.txt
 	@echo "Setting up $(VENV) (first run only; a few minutes)..."
@@ -56,6 +61,7 @@ help:
 	@echo "  make test                  run the test suite"
 	@echo "  make ci                    run every ci-* defconfig end to end"
 	@echo "  make bench [DEVICE=cuda]   AdamWPrune step, mask update, threshold and memory vs torch baselines"
+	@echo "  make gpu-check             GPU figures (NVML, bench on cuda, GPT-2 124M, ResNet-18) into JSON + docs"
 	@echo "  make clean                 remove caches;  make mrproper: also .config, results, .venv"
 
 menuconfig: $(STAMP)
@@ -101,6 +107,9 @@ test: $(STAMP)
 
 bench: $(STAMP)
 	@$(PY) benchmarks/bench_pruning.py
+
+gpu-check: $(STAMP)
+	@$(PY) scripts/gpu_check.py
 
 ci: $(STAMP)
 	@$(PY) scripts/ci.py

@@ -1,16 +1,19 @@
 #!/usr/bin/env python3
 """AdamWPrune cost on GPT-2 124M shapes, each figure a ratio to a baseline measured in the same run.
 
-(a) optimizer step of AdamWPrune (base AdamW, 50% masks applied every step)
-    over torch.optim.AdamW fused=True and foreach=True, beside the two-pass
-    step it replaces (mask the gradients, then torch's fused step), and the
-    time to build its CPU kernel at first use;
+(a) optimizer step of AdamWPrune (base AdamW, 50% masks applied every step),
+    with bool masks and with bit-packed masks, over torch.optim.AdamW
+    fused=True and foreach=True, beside the two-pass step it replaces (mask
+    the gradients, then torch's fused step), and the time to build its CPU
+    kernel at first use; on CUDA also each step's achieved bytes/s (28 bytes
+    per parameter, the fp32 AdamW floor) against the device's memory
+    bandwidth (from its memory clock and bus width, and a measured copy);
 (b) one full mask update (bitter7 scores, exact global threshold, masks,
-    zeroing) over the same update done the upstream way (scores computed
-    twice, all concatenated, kthvalue on a 2% sample, float masks), with
-    each one's sparsity error;
+    zeroing), bool and bits, over the same update done the upstream way
+    (scores computed twice, all concatenated, kthvalue on a 2% sample, float
+    masks), with each one's sparsity error;
 (c) our threshold search over torch.kthvalue on all scores concatenated;
-(d) memory state pruning adds, over the weights' bytes.
+(d) memory state pruning adds, over the weights' bytes, for each storage.
 
 Usage: python benchmarks/bench_pruning.py [--device cpu|cuda] [--size 124M] [--repeats 5] [--threads N]
 Results of past runs: docs/performance.md.
@@ -34,12 +37,14 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from gpt2.model import GPT, gpt2_config  # noqa: E402
 from lib.optim import build_optimizer  # noqa: E402
 from lib.optim.fused_masked_adamw import build_kernel  # noqa: E402
-from lib.pruning import GradualPruner  # noqa: E402
+from lib.pruning import GradualPruner, bitmask  # noqa: E402
 from lib.pruning.mask_ops import zero_pruned_  # noqa: E402
 from lib.pruning.scores import SCORE_EPS, SCORES, ScoreInputs  # noqa: E402
 from lib.pruning.threshold import kth_smallest  # noqa: E402
 
 SPARSITY = 0.5
+ADAMW_BYTES_PER_PARAM = 28  # fp32 AdamW step: read w, g, m, v (16), write w, m, v (12)
+STEPS = ("adamw_fused", "adamw_foreach", "adamwprune_bool", "adamwprune_bits", "adamwprune_two_pass")
 ADAMWPRUNE = {"base": "adamw", "betas": (0.9, 0.999), "eps": 1e-8, "weight_decay": 0.1, "amsgrad": False,
               "adv": {}, "spam": {}}
 
@@ -100,17 +105,23 @@ def bench_step(model: GPT, device: torch.device, repeats: int) -> dict[str, floa
     ours.step()  # create the moments the scores read
     pruner = GradualPruner(model, ours, "bitter7", SPARSITY, warmup_steps=0, ramp_end_step=1, frequency=1)
     pruner.update_masks(SPARSITY)
-    masks = [(pruner.params[name], keep) for name, keep in pruner.masks.items()]
+    masks = {pruner.params[name]: keep for name, keep in pruner.masks.items()}
+    bits = {p: bitmask.convert(keep, p, "bits") for p, keep in masks.items()}
 
-    def adamwprune_step() -> None:
-        pruner.before_optimizer_step()
+    def adamwprune_bool() -> None:  # what pruner.before_optimizer_step() + step do with each storage
+        ours.set_masks(masks)
+        ours.step()
+
+    def adamwprune_bits() -> None:
+        ours.set_masks(bits)
         ours.step()
 
     def two_pass_step() -> None:  # AdamWPrune's step before the masking moved into it
-        zero_pruned_((p.grad, keep) for p, keep in masks)
+        zero_pruned_(((p.grad, keep) for p, keep in masks.items()))
         fused.step()
-    result = timed_together({"adamw_fused": fused.step, "adamwprune": adamwprune_step,
-                             "adamwprune_two_pass": two_pass_step}, device, repeats)
+    result: dict[str, float | str] = timed_together(
+        {"adamw_fused": fused.step, "adamwprune_bool": adamwprune_bool, "adamwprune_bits": adamwprune_bits,
+         "adamwprune_two_pass": two_pass_step}, device, repeats)
     result["adamw_foreach"] = timed(foreach.step, device, repeats)
     result["fused_note"] = getattr(ours, "fallback_note", None) or "masking fused into the step"
     if device.type == "cpu":
@@ -126,6 +137,8 @@ def bench_mask_update(model: GPT, device: torch.device, repeats: int) -> dict[st
     ours = build_optimizer("adamwprune", model, 1e-4, ADAMWPRUNE)
     ours.step()
     pruner = GradualPruner(model, ours, "bitter7", SPARSITY, warmup_steps=0, ramp_end_step=1, frequency=1)
+    bits_pruner = GradualPruner(model, ours, "bitter7", SPARSITY, warmup_steps=0, ramp_end_step=1, frequency=1,
+                                mask_storage="bits")
     snapshot = {p: (p.detach().clone(), {k: v.clone() for k, v in ours.state[p].items()}) for p in pruner.params.values()}
 
     def restore() -> None:  # each update starts from the same dense weights
@@ -133,16 +146,17 @@ def bench_mask_update(model: GPT, device: torch.device, repeats: int) -> dict[st
             p.data.copy_(weight)
             for key, value in state.items():
                 ours.state[p][key].copy_(value)
-        pruner.masks = {}
+        pruner.masks, bits_pruner.masks = {}, {}
     result: dict[str, float] = {}
-    samples = []
-    for _ in range(repeats):
-        restore()
-        samples.append(_once(lambda: pruner.update_masks(SPARSITY), device))
-    result["ours_s"] = statistics.median(samples)
-    result["ours_error_pts"] = abs(pruner.history[-1]["measured_pct"] - 100 * SPARSITY)
-    result["ours_scratch_bytes"] = pruner.last_update_scratch_bytes
-    result["ours_mask_bytes"] = pruner.mask_bytes()
+    for label, each in (("ours", pruner), ("bits", bits_pruner)):
+        samples = []
+        for _ in range(repeats):
+            restore()
+            samples.append(_once(lambda: each.update_masks(SPARSITY), device))
+        result[f"{label}_s"] = statistics.median(samples)
+        result[f"{label}_error_pts"] = abs(each.history[-1]["measured_pct"] - 100 * SPARSITY)
+        result[f"{label}_scratch_bytes"] = each.last_update_scratch_bytes
+        result[f"{label}_mask_bytes"] = each.mask_bytes()
     params = list(pruner.params.values())
     states = [ours.state[p] for p in params]
     samples, reached = [], 0.0
@@ -211,6 +225,30 @@ def bench_threshold(model: GPT, device: torch.device, repeats: int) -> dict[str,
             "exact": float(found.value == exact)}
 
 
+def memory_bandwidth(device: torch.device) -> dict[str, float]:
+    """Bytes/s of `device`: from its memory clock and bus width where torch reports them, and a measured copy."""
+    found: dict[str, float] = {}
+    props = torch.cuda.get_device_properties(device)
+    clock_khz, bus_bits = getattr(props, "memory_clock_rate", 0), getattr(props, "memory_bus_width", 0)
+    if clock_khz and bus_bits:  # double data rate: two transfers per clock
+        found["spec_bytes_s"] = 2 * clock_khz * 1e3 * bus_bits / 8
+    source = torch.empty(1 << 28, dtype=torch.uint8, device=device)
+    target = torch.empty_like(source)
+    seconds = timed(lambda: target.copy_(source), device, 5)
+    found["copy_bytes_s"] = 2 * source.numel() / seconds  # read + write
+    return found
+
+
+def report_bandwidth(step: dict[str, float | str], n_params: int, device: torch.device) -> None:
+    bandwidth = memory_bandwidth(device)
+    print(f"  achieved bytes/s at {ADAMW_BYTES_PER_PARAM} bytes/param (fp32 AdamW floor):")
+    for name in STEPS:
+        achieved = ADAMW_BYTES_PER_PARAM * n_params / float(step[name])
+        shares = "  ".join(f"{100 * achieved / value:.0f}% of {key.split('_')[0]}" for key, value in bandwidth.items())
+        print(f"    {name:<20} {achieved / 1e9:8.1f} GB/s  {shares}")
+    print("  device: " + ", ".join(f"{key} {value / 1e9:.0f} GB/s" for key, value in bandwidth.items()))
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--device", default=os.environ.get("DEVICE") or ("cuda" if torch.cuda.is_available() else "cpu"))
@@ -230,16 +268,21 @@ def main() -> None:
           f"median of {args.repeats}")
     step = bench_step(model, device, args.repeats)
     print(f"\n(a) optimizer step ({step['fused_note']})")
-    for name in ("adamw_fused", "adamw_foreach", "adamwprune", "adamwprune_two_pass"):
+    for name in STEPS:
         print(f"  {name:<20} {step[name]:8.4f} s")
-    print(f"  AdamWPrune / AdamW fused   = {step['adamwprune'] / step['adamw_fused']:.2f}  (goal <= 1.3)")
-    print(f"  AdamWPrune / AdamW foreach = {step['adamwprune'] / step['adamw_foreach']:.2f}")
-    print(f"  two-pass step / AdamW fused = {step['adamwprune_two_pass'] / step['adamw_fused']:.2f}  (before)")
+    fused = float(step["adamw_fused"])
+    print(f"  AdamWPrune bool / AdamW fused = {step['adamwprune_bool'] / fused:.2f}  (goal <= 1.3)")
+    print(f"  AdamWPrune bits / AdamW fused = {step['adamwprune_bits'] / fused:.2f}  (goal <= 1.10)")
+    print(f"  AdamWPrune bool / AdamW foreach = {step['adamwprune_bool'] / step['adamw_foreach']:.2f}")
+    print(f"  two-pass step / AdamW fused = {step['adamwprune_two_pass'] / fused:.2f}  (before)")
+    if device.type == "cuda":
+        report_bandwidth(step, n_params, device)
     if "kernel_build_s" in step:
         print(f"  kernel build at first use: {step['kernel_build_s']:.2f} s (then cached in ~/.cache/adamwprune)")
     update = bench_mask_update(model, device, args.repeats)
     print("\n(b) full mask update (bitter7, 50%)")
-    print(f"  ours     {update['ours_s']:8.4f} s   sparsity error {update['ours_error_pts']:.4f} pts")
+    print(f"  ours     {update['ours_s']:8.4f} s   sparsity error {update['ours_error_pts']:.4f} pts  (bool masks)")
+    print(f"  ours     {update['bits_s']:8.4f} s   sparsity error {update['bits_error_pts']:.4f} pts  (bit masks)")
     print(f"  upstream {update['upstream_s']:8.4f} s   sparsity error {update['upstream_error_pts']:.4f} pts")
     print(f"  ours / upstream = {update['ours_s'] / update['upstream_s']:.2f}  (goal <= 0.4, error <= 0.5 pts)")
     threshold = bench_threshold(model, device, args.repeats)
@@ -249,8 +292,11 @@ def main() -> None:
     print(f"  kthvalue / ours = {threshold['kthvalue_s'] / threshold['ours_s']:.1f}x  (goal >= 5)")
     weight_bytes = sum(p.numel() * p.element_size() for p in model.parameters())
     print("\n(d) memory of state pruning over weight bytes")
-    print(f"  bool masks (kept between updates)  {update['ours_mask_bytes'] / weight_bytes:.3f}x  (goal <= 0.30)")
-    print(f"  scratch during a mask update       {update['ours_scratch_bytes'] / weight_bytes:.3f}x")
+    print(f"  bool masks (kept between updates)  {update['ours_mask_bytes'] / weight_bytes:.4f}x  (goal <= 0.30)")
+    print(f"  bit masks (kept between updates)   {update['bits_mask_bytes'] / weight_bytes:.4f}x  (1/32 of the "
+          f"prunable weights' bytes: {update['bits_mask_bytes']} bytes)")
+    print(f"  scratch during a mask update       {update['ours_scratch_bytes'] / weight_bytes:.3f}x bool, "
+          f"{update['bits_scratch_bytes'] / weight_bytes:.3f}x bits")
     print("  optimizer state                     0 extra: the scores read AdamW's own exp_avg/exp_avg_sq")
 
 

@@ -101,6 +101,7 @@ class PruningSettings:
     ramp_end_epoch: int
     schedule: str  # a curve of lib/pruning/schedules.py, or "per-method" (upstream's)
     ramp_fit: bool = False  # move a ramp that ends at/after the last step to 75% of the run
+    mask_storage: str = "bool"  # "bool" (a byte per weight) or "bits" (eight per byte): lib/pruning/bitmask.py
 
 
 @dataclass(frozen=True)
@@ -464,7 +465,8 @@ def settings_from_kconfig(kconf: kconfiglib.Kconfig) -> Settings:
     pruning = PruningSettings(
         warmup_steps=_int(kconf, "PRUNING_WARMUP"), frequency=_int(kconf, "PRUNING_FREQUENCY") or 1,
         ramp_end_epoch=_int(kconf, "PRUNING_RAMP_END_EPOCH") or training.epochs,
-        schedule=_choice_name(kconf, _SCHEDULES, "per-method"), ramp_fit=_y(kconf, "PRUNING_RAMP_FIT"))
+        schedule=_choice_name(kconf, _SCHEDULES, "per-method"), ramp_fit=_y(kconf, "PRUNING_RAMP_FIT"),
+        mask_storage="bits" if _y(kconf, "PRUNING_MASK_STORAGE_BITS") else "bool")
     methods = _pruning_methods(kconf)
     if any(m != "none" for m in methods):
         check_ramp(training, pruning, methods, optimizers, _optimizer_params(kconf, numbers)["adamwprune"],

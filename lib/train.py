@@ -127,7 +127,7 @@ def build_pruner(spec: RunSpec, model: nn.Module, optimizer: torch.optim.Optimiz
     print(f"{ramp.describe()}; curve {curve}, mask update every {frequency} steps")
     pruner = GradualPruner(model, optimizer, score, spec.target_sparsity_pct / 100.0,
                            warmup_steps=ramp.warmup_steps, ramp_end_step=ramp.ramp_end_step, frequency=frequency,
-                           schedule=curve, seed=spec.seed)
+                           schedule=curve, seed=spec.seed, mask_storage=pruning.get("mask_storage", "bool"))
     pruner.ramp = ramp
     return pruner
 

@@ -15,7 +15,7 @@ from torch import nn
 from lib.optim import build_optimizer
 from lib.optim import fused_masked_adamw
 from lib.optim.fused_masked_adamw import MaskedAdamW, build_kernel, kernel
-from lib.pruning import GradualPruner
+from lib.pruning import GradualPruner, bitmask
 from lib.pruning.mask_ops import zero_pruned_
 
 ADAMWPRUNE = {"base": "adamw", "betas": (0.9, 0.95), "eps": 1e-8, "weight_decay": 0.1, "amsgrad": False,
@@ -36,6 +36,11 @@ def tensors(seed=0, dtype=torch.float32):
 def random_masks(params, seed=1):
     gen = torch.Generator().manual_seed(seed)
     return {p: torch.rand(p.shape, generator=gen) > 0.5 for p in params if p.dim() >= 2}
+
+
+def stored(masks, storage):
+    """The masks as the pruner holds them with CONFIG_PRUNING_MASK_STORAGE_<storage>."""
+    return {p: bitmask.convert(keep, p, storage) for p, keep in masks.items()}
 
 
 def groups(params):
@@ -67,8 +72,9 @@ def assert_identical(params, expected, optimizer, reference):
 
 
 @needs_kernel
+@pytest.mark.parametrize("storage", ["bool", "bits"])
 @pytest.mark.parametrize("threads", [1, 2])
-def test_masked_step_is_fused_adamw_on_masked_gradients_bit_for_bit(threads):
+def test_masked_step_is_fused_adamw_on_masked_gradients_bit_for_bit(threads, storage):
     """100 steps: MaskedAdamW with masks == torch AdamW(fused=True) after zeroing pruned gradients."""
     previous = torch.get_num_threads()
     torch.set_num_threads(threads)
@@ -76,7 +82,7 @@ def test_masked_step_is_fused_adamw_on_masked_gradients_bit_for_bit(threads):
         params, expected = tensors(), tensors()
         ours = MaskedAdamW(groups(params), lr=1e-2, betas=(0.9, 0.95), eps=1e-8, fused=True)
         reference = torch.optim.AdamW(groups(expected), lr=1e-2, betas=(0.9, 0.95), eps=1e-8, fused=True)
-        run(ours, params, random_masks(params))
+        run(ours, params, stored(random_masks(params), storage))
         run(reference, expected, random_masks(expected), two_pass=True)
     finally:
         torch.set_num_threads(previous)
@@ -85,7 +91,8 @@ def test_masked_step_is_fused_adamw_on_masked_gradients_bit_for_bit(threads):
 
 
 @needs_kernel
-def test_every_remainder_length_is_rounded_as_torch_rounds_it():
+@pytest.mark.parametrize("storage", ["bool", "bits"])
+def test_every_remainder_length_is_rounded_as_torch_rounds_it(storage):
     """torch rounds a tensor's last numel % 8 entries in a scalar loop, differently: sizes 160..175."""
     params, expected = [torch.randn(160 + r).requires_grad_() for r in range(16)], []
     expected = [p.detach().clone().requires_grad_() for p in params]
@@ -93,7 +100,7 @@ def test_every_remainder_length_is_rounded_as_torch_rounds_it():
     reference = torch.optim.AdamW(expected, lr=1e-2, betas=(0.9, 0.95), fused=True)
     gen = torch.Generator().manual_seed(3)
     masks = {p: torch.rand(p.shape, generator=gen) > 0.5 for p in params}
-    run(ours, params, masks, steps=10)
+    run(ours, params, stored(masks, storage), steps=10)
     run(reference, expected, {q: masks[p] for p, q in zip(params, expected)}, steps=10, two_pass=True)
     assert_identical(params, expected, ours, reference)
 

@@ -1,13 +1,15 @@
 """MaskedAdamW: torch's AdamW that keeps pruned entries exactly zero, the masking fused into its CPU step.
 
-The pruner hands its bool masks over with set_masks() instead of zeroing the
-pruned gradients itself. On CPU, for float32 tensors, step() then runs one C
-pass (masked_adamw.c) that reads w, g, m, v and the mask and writes w, m, v,
-with torch's fused AdamW arithmetic bit for bit and 0 written where the mask
-prunes: about 29 bytes per weight against 28 + 9 for a separate masking pass.
-Anywhere else (CUDA, other dtypes, AMSGrad, maximize, AMP grad scaling, no C
-compiler) it zeroes the pruned gradients (lib/pruning/mask_ops.py) and runs
-torch's own step, after printing once why.
+The pruner hands its masks (bool or bit-packed, lib/pruning/bitmask.py) over
+with set_masks() instead of zeroing the pruned gradients itself. On CPU, for
+float32 tensors, step() then runs one C pass (masked_adamw.c) that reads w, g,
+m, v and the mask and writes w, m, v, with torch's fused AdamW arithmetic bit
+for bit and 0 written where the mask prunes: about 29 bytes per weight (28.125
+with bits) against 28 + 9 for a separate masking pass. On CUDA with Triton
+installed, one Triton pass does the same (lib/optim/triton_masked_adamw.py).
+Anywhere else (CUDA without Triton, other dtypes, AMSGrad, maximize, AMP grad
+scaling, no C compiler) it zeroes the pruned gradients
+(lib/pruning/mask_ops.py) and runs torch's own step, after printing once why.
 
 The kernel is compiled with the system C compiler at first use (about 0.3 s)
 into ~/.cache/adamwprune, keyed by the source, the compiler and the CPU, and
@@ -30,6 +32,7 @@ from typing import Any, Optional
 
 import torch
 
+from lib.pruning.bitmask import is_packed, packed_bytes
 from lib.pruning.mask_ops import zero_pruned_
 
 SOURCE = Path(__file__).with_name("masked_adamw.c")
@@ -46,7 +49,7 @@ SCALAR_TAIL = 8
 class _Tensor(ctypes.Structure):
     """masked_adamw_tensor in masked_adamw.c, field for field."""
     _fields_ = ([(name, ctypes.c_void_p) for name in ("w", "g", "m", "v", "keep")]
-                + [(name, ctypes.c_int64) for name in ("n", "vector_end")]
+                + [(name, ctypes.c_int64) for name in ("n", "vector_end", "keep_bits")]
                 + [(name, ctypes.c_float) for name in ("decay", "lerp_weight", "beta2", "one_minus_beta2",
                                                         "bias_correction2_sqrt", "eps", "neg_step_size")])
 
@@ -103,6 +106,9 @@ def kernel() -> tuple[Optional[Any], Optional[str]]:
 
 
 class MaskedAdamW(torch.optim.AdamW):
+    # Where the Triton kernel steps the tensors (tests add "cpu" to run it under TRITON_INTERPRET=1).
+    TRITON_DEVICES: tuple[str, ...] = ("cuda",)
+
     """torch.optim.AdamW whose step keeps the entries that set_masks() prunes at exactly zero.
 
     Without masks it is torch's AdamW. Its state (step, exp_avg, exp_avg_sq)
@@ -116,7 +122,7 @@ class MaskedAdamW(torch.optim.AdamW):
         self.fallback_note: Optional[str] = None  # why the last masked step was not fused, once printed
 
     def set_masks(self, masks: dict[torch.Tensor, torch.Tensor]) -> None:
-        """parameter -> bool mask (True = keep); from now on every step zeroes the other entries."""
+        """parameter -> keep mask (bool, True = keep, or bit-packed); from now on every step zeroes the other entries."""
         self.masks = masks
 
     @torch.no_grad()
@@ -128,10 +134,8 @@ class MaskedAdamW(torch.optim.AdamW):
         if not self.masks:
             super().step()
             return loss
-        function, reason = kernel()
-        tensors, reason = ([], reason) if reason else self._kernel_arguments()
+        reason = self._fused_step()
         if reason is None:
-            function((_Tensor * len(tensors))(*tensors), len(tensors), torch.get_num_threads())
             return loss
         if reason != self.fallback_note:
             self.fallback_note = reason
@@ -140,40 +144,97 @@ class MaskedAdamW(torch.optim.AdamW):
         super().step()
         return loss
 
-    def _kernel_arguments(self) -> tuple[list[_Tensor], Optional[str]]:
-        """(each stepped tensor described to the kernel, None), its step count advanced; or ([], why it cannot be).
+    def _fused_step(self) -> Optional[str]:
+        """One masked pass over every tensor (Triton on CUDA, C on CPU); or why it cannot run, nothing stepped."""
+        reason = self._unsupported()
+        if reason is None and any(p.device.type in self.TRITON_DEVICES for p in self.masks):
+            return self._triton_step()
+        function, kernel_reason = kernel()
+        reason = reason or kernel_reason
+        tensors, reason = ([], reason) if reason else self._kernel_arguments()
+        if reason is None:
+            function((_Tensor * len(tensors))(*tensors), len(tensors), torch.get_num_threads())
+        return reason
 
-        The scalars are torch's, computed in double as its fused kernel does.
-        """
+    def _unsupported(self) -> Optional[str]:
+        """Why no fused kernel applies to these settings, whatever the device; None if one may."""
         if getattr(self, "grad_scale", None) is not None or getattr(self, "found_inf", None) is not None:
-            return [], "AMP gradient scaling"
-        tensors, steps = [], []
+            return "AMP gradient scaling"
         for group in self.param_groups:
             for option in ("amsgrad", "maximize", "capturable", "differentiable"):
                 if group.get(option):
-                    return [], f"{option} is set"
+                    return f"{option} is set"
+        return None
+
+    def _triton_step(self) -> Optional[str]:
+        """Every tensor through lib/optim/triton_masked_adamw.py (step counts kept on the device); or why not."""
+        from lib.optim import triton_masked_adamw  # imported here: Triton loads in 0.25 s, needed on CUDA only
+        reason = triton_masked_adamw.unavailable()
+        if reason:
+            return f"{reason}; on {next(iter(self.masks)).device} the fused step needs Triton"
+        groups = []
+        for group in self.param_groups:
+            launches = []
+            for p in group["params"]:
+                if p.grad is None:
+                    continue
+                if not (_plain(p, p.device) and _plain(p.grad, p.device)):
+                    return f"a {p.dtype} parameter on {p.device} (the Triton kernel takes contiguous float32 tensors)"
+                state, keep = self._state(p, p.device), self.masks.get(p)
+                if not (_plain(state["exp_avg"], p.device) and _plain(state["exp_avg_sq"], p.device)):
+                    return "optimizer state that is not contiguous float32 beside its parameter"
+                if keep is not None and not _fits(keep, p):
+                    return "a mask that is neither a bool tensor of its parameter's shape nor its bits"
+                launches.append((p, p.grad, state["exp_avg"], state["exp_avg_sq"], keep, state["step"]))
+            groups.append((group, launches))
+        for group, launches in groups:
+            if not launches:
+                continue
+            steps = [launch[5] for launch in launches]
+            torch._foreach_add_(steps, 1)
+            scalars = triton_masked_adamw.tensor_scalars(steps, float(group["lr"]), tuple(group["betas"]),
+                                                         float(group["eps"]), float(group["weight_decay"]))
+            for launch, row in zip(launches, scalars):
+                triton_masked_adamw.step_tensor(*launch[:5], row)
+        return None
+
+    def _state(self, p: torch.Tensor, step_device: torch.device) -> dict:
+        """p's state, made as torch's fused AdamW makes it, its step count on `step_device`."""
+        state = self.state[p]
+        if not state:
+            state["step"] = torch.zeros((), dtype=torch.float32, device=step_device)
+            state["exp_avg"] = torch.zeros_like(p, memory_format=torch.preserve_format)
+            state["exp_avg_sq"] = torch.zeros_like(p, memory_format=torch.preserve_format)
+        elif state["step"].device != step_device:  # from a foreach step: the kernel reads it where it runs
+            state["step"] = state["step"].to(step_device)
+        return state
+
+    def _kernel_arguments(self) -> tuple[list[_Tensor], Optional[str]]:
+        """(each stepped tensor described to the C kernel, None), its step count advanced; or ([], why it cannot be).
+
+        The scalars are torch's, computed in double as its fused kernel does.
+        """
+        tensors, steps = [], []
+        cpu = torch.device("cpu")
+        for group in self.param_groups:
             lr, eps, decay = float(group["lr"]), float(group["eps"]), float(group["weight_decay"])
             beta1, beta2 = (float(b) for b in group["betas"])
             for p in group["params"]:
                 grad = p.grad
                 if grad is None:
                     continue
-                if not (_plain(p) and _plain(grad)):
+                if not (_plain(p, cpu) and _plain(grad, cpu)):
                     return [], f"a {p.dtype} parameter on {p.device} (the kernel takes contiguous float32 CPU tensors)"
-                state = self.state[p]
-                if not state:  # as torch's fused AdamW initialises it
-                    state["step"] = torch.zeros((), dtype=torch.float32)
-                    state["exp_avg"] = torch.zeros_like(p, memory_format=torch.preserve_format)
-                    state["exp_avg_sq"] = torch.zeros_like(p, memory_format=torch.preserve_format)
+                state = self._state(p, cpu)
                 m, v, keep = state["exp_avg"], state["exp_avg_sq"], self.masks.get(p)
-                if not (_plain(m) and _plain(v)):
+                if not (_plain(m, cpu) and _plain(v, cpu)):
                     return [], "optimizer state that is not contiguous float32 on the CPU"
-                if keep is not None and (keep.dtype != torch.bool or keep.device.type != "cpu"
-                                         or not keep.is_contiguous() or keep.shape != p.shape):
-                    return [], "a mask that is not a contiguous CPU bool tensor of its parameter's shape"
+                if keep is not None and not _fits(keep, p):
+                    return [], "a mask that is neither a CPU bool tensor of its parameter's shape nor its bits"
                 n, step = p.numel(), state["step"].item() + 1  # exact: float32 counts exactly to 2**24
                 tensors.append(_Tensor(p.data_ptr(), grad.data_ptr(), m.data_ptr(), v.data_ptr(),
                                        keep.data_ptr() if keep is not None else None, n, n - n % SCALAR_TAIL,
+                                       int(keep is not None and is_packed(keep)),
                                        1 - lr * decay, 1 - beta1, beta2, 1 - beta2, math.sqrt(1 - beta2 ** step),
                                        eps, -(lr / (1 - beta1 ** step))))
                 steps.append(state["step"])
@@ -182,5 +243,14 @@ class MaskedAdamW(torch.optim.AdamW):
         return tensors, None
 
 
-def _plain(t: torch.Tensor) -> bool:
-    return t.dtype is torch.float32 and t.is_cpu and t.layout is torch.strided and t.is_contiguous()
+def _fits(keep: torch.Tensor, p: torch.Tensor) -> bool:
+    """A contiguous mask of p on its device: bools of its shape, or its ceil(n/8) packed bytes."""
+    if keep.device != p.device or not keep.is_contiguous():
+        return False
+    if is_packed(keep):
+        return keep.dim() == 1 and keep.numel() == packed_bytes(p.numel())
+    return keep.dtype == torch.bool and keep.shape == p.shape
+
+
+def _plain(t: torch.Tensor, device: torch.device) -> bool:
+    return t.dtype is torch.float32 and t.device == device and t.layout is torch.strided and t.is_contiguous()

@@ -1,4 +1,4 @@
-"""Gradual global pruning: score -> global threshold -> bool mask -> apply.
+"""Gradual global pruning: score -> global threshold -> keep mask -> apply.
 
 Prunable: the weights of every Linear and Conv2d layer (biases and
 normalisation parameters stay dense). With tied GPT-2 embeddings the shared
@@ -20,6 +20,10 @@ and SPAM then leave those entries at zero (m and v stay 0, the update is
 AdamW: lib/optim/fused_masked_adamw.py) is handed the masks instead and
 zeroes those entries inside its own step, which saves that pass. Tests check
 it after training.
+
+Masks are stored as bools (one byte per weight) or bits (eight per byte,
+lib/pruning/bitmask.py), as `mask_storage` says; the update writes them
+chunk by chunk either way.
 """
 from __future__ import annotations
 
@@ -30,6 +34,7 @@ import torch
 from torch import nn
 
 from lib.errors import NonFiniteError, UserError
+from lib.pruning import bitmask
 from lib.pruning.mask_ops import zero_pruned_
 from lib.pruning.schedules import SCHEDULES, Ramp, target_fraction
 from lib.pruning.scores import SCORES, ScoreInputs
@@ -110,23 +115,27 @@ class GradualPruner:
 
     def __init__(self, model: nn.Module, optimizer: torch.optim.Optimizer, score: str, final_sparsity: float, *,
                  warmup_steps: int, ramp_end_step: int, frequency: int, schedule: str = "cubic", seed: int = 0,
-                 chunk_size: Optional[int] = None, sample_size: int = SAMPLE_SIZE) -> None:
+                 chunk_size: Optional[int] = None, sample_size: int = SAMPLE_SIZE, mask_storage: str = "bool") -> None:
         if score not in SCORES:
             raise UserError(f"pruning score {score!r} is unknown (have: {', '.join(SCORES)})")
         if schedule not in SCHEDULES:
             raise UserError(f"sparsity schedule {schedule!r} is unknown (have: {', '.join(SCHEDULES)})")
         if not 0.0 <= final_sparsity < 1.0:
             raise UserError(f"target sparsity {final_sparsity} is outside [0, 1)")
+        if mask_storage not in bitmask.STORAGES:
+            raise UserError(f"mask storage {mask_storage!r} is unknown (have: {', '.join(bitmask.STORAGES)})")
         self.optimizer, self.score_name, self.score = optimizer, score, SCORES[score]
         self.final_sparsity, self.schedule = final_sparsity, schedule
         self.warmup_steps, self.ramp_end_step, self.frequency = warmup_steps, ramp_end_step, max(1, frequency)
         self.params = prunable_parameters(model)
         self.total = sum(p.numel() for p in self.params.values())
         device = next(iter(self.params.values())).device
-        self.chunk_size = chunk_size or _default_chunk(device)
+        # A multiple of 8, so that every chunk of a bit mask starts on a byte.
+        self.chunk_size = -(-(chunk_size or _default_chunk(device)) // 8) * 8
+        self.mask_storage = mask_storage
         self.sample_size = sample_size
         self.generator = torch.Generator().manual_seed(seed)
-        self.masks: dict[str, torch.Tensor] = {}  # name -> bool, True = keep
+        self.masks: dict[str, torch.Tensor] = {}  # name -> keep mask (bitmask.py: bool, True = keep, or bits)
         self.tracked = self._tracked_tensors()
         self.history: list[dict] = []
         self.ramp: Optional[Ramp] = None  # how the run planned warm-up and ramp end (lib/train.py), for metrics
@@ -211,20 +220,26 @@ class GradualPruner:
                                                  lambda n, names=names: self._sample_scores(n, names),
                                                  size, k, sample)))
         if not self.masks:
-            self.masks = {name: torch.ones_like(p, dtype=torch.bool) for name, p in self.params.items()}
+            self.masks = {name: bitmask.full(p, self.mask_storage) for name, p in self.params.items()}
             if not hasattr(self.optimizer, "set_masks") and not self.history:
                 print(f"note: {type(self.optimizer).__name__}: pruned gradients are zeroed in a separate pass before "
                       "each step (fused into the step only for AdamWPrune on AdamW without AMSGrad)")
+        # Bit masks are packed from one chunk of bools, reused: never a whole tensor's.
+        scratch = (torch.empty(min(self.chunk_size, self.total), dtype=torch.bool,
+                               device=next(iter(self.params.values())).device)
+                   if self.mask_storage == "bits" else None)
         for names, k, threshold in found:
             # Masks are rewritten in place, chunk by chunk, right after each chunk is scored.
             for name, start, end, scores in self._score_chunks(names):
-                torch.gt(scores, threshold.value, out=self.masks[name].view(-1)[start:end])
+                mask = self.masks[name]
+                keep = scratch[:end - start] if scratch is not None else mask.view(-1)[start:end]
+                bitmask.write(mask, start, torch.gt(scores, threshold.value, out=keep))
             excess = threshold.count_below + threshold.count_equal - k
             if excess > 0:  # ties at the threshold: keep `excess` of them
                 self._keep_ties(threshold.value, excess, names)
         self.apply()
-        # Counting the bool masks reads a quarter of the bytes of counting the weights.
-        pruned = {name: m.numel() - int(torch.count_nonzero(m)) for name, m in self.masks.items()}
+        # Counting the masks reads a quarter (bool) or 1/32 (bits) of the bytes of counting the weights.
+        pruned = {name: self.params[name].numel() - bitmask.count_kept(m) for name, m in self.masks.items()}
         entry = {"step": step, "target_pct": 100.0 * fraction,
                  "measured_pct": 100.0 * sum(pruned.values()) / self.total, "threshold": None,
                  "passes": max(t.passes for _, _, t in found)}
@@ -237,8 +252,9 @@ class GradualPruner:
             entry["layer_measured_pct"] = {name: 100.0 * pruned[name] / self.params[name].numel()
                                            for name in self.params}
         self.history.append(entry)
-        self.last_update_scratch_bytes = 4 * (min(self.chunk_size, self.total) + max(t.collected for _, _, t in found)
-                                              + min(self.sample_size, self.total))
+        self.last_update_scratch_bytes = (4 * (min(self.chunk_size, self.total) + max(t.collected for _, _, t in found)
+                                               + min(self.sample_size, self.total))
+                                          + (scratch.numel() if scratch is not None else 0))
 
     def _layer_counts(self, fraction: float) -> dict[str, int]:
         """Entries to prune per tensor: round(layer fraction * n_i), never fewer than are pruned already.
@@ -249,7 +265,7 @@ class GradualPruner:
         names = list(self.params)
         sizes = [self.params[name].numel() for name in names]
         exact = [f * n for f, n in zip(layer_fractions(fraction, sizes, self.score.layer_adaptive), sizes)]
-        already = [self.masks[name].numel() - int(torch.count_nonzero(self.masks[name])) if name in self.masks else 0
+        already = [self.params[name].numel() - bitmask.count_kept(self.masks[name]) if name in self.masks else 0
                    for name in names]
         if self.score.layer_adaptive == "upstream":
             return {name: max(int(round(e)), a) for name, e, a in zip(names, exact, already)}
@@ -274,7 +290,10 @@ class GradualPruner:
                 return
             ties = (scores == value) & (self.params[name].detach().view(-1)[start:end] != 0)
             index = torch.nonzero(ties).view(-1)[:excess]
-            self.masks[name].view(-1)[start:end][index] = True
+            if index.numel():
+                keep = bitmask.read(self.masks[name], start, end)  # a view (bool) or a chunk's copy (bits)
+                keep[index] = True
+                bitmask.write(self.masks[name], start, keep)
             excess -= index.numel()
 
     @torch.no_grad()
@@ -321,7 +340,7 @@ class GradualPruner:
                 self.score.fn(inputs.chunk(start, end), out)
                 self._check_finite(out, name)
                 if force_pruned and self.score.signed and name in self.masks:
-                    out.masked_fill_(~self.masks[name].view(-1)[start:end], -math.inf)
+                    out.masked_fill_(~bitmask.read(self.masks[name], start, end), -math.inf)
                 yield name, start, end, out
 
     def _score_values(self, names: Optional[Sequence[str]] = None) -> Iterator[torch.Tensor]:
@@ -341,7 +360,7 @@ class GradualPruner:
             self.score.fn(self._inputs(name, param).take(index), out)
             self._check_finite(out, name)
             if self.score.signed and name in self.masks:
-                out.masked_fill_(~self.masks[name].view(-1)[index], -math.inf)
+                out.masked_fill_(~bitmask.gather(self.masks[name], index), -math.inf)
             samples.append(out.cpu())
             offset += param.numel()
         return torch.cat(samples)
@@ -358,6 +377,7 @@ class GradualPruner:
     # -- accounting -------------------------------------------------------
 
     def mask_bytes(self) -> int:
+        """Bytes the masks hold, measured from the tensors (bool: n, bits: ceil(n/8) per tensor)."""
         return sum(m.numel() * m.element_size() for m in self.masks.values())
 
     def tracked_bytes(self) -> int:
@@ -373,7 +393,9 @@ class GradualPruner:
 
     def load_state_dict(self, state: dict) -> None:
         device = next(iter(self.params.values())).device
-        self.masks = {name: mask.to(device) for name, mask in state["masks"].items()}
+        # A checkpoint written with the other storage is converted: the run keeps the format it is configured with.
+        self.masks = {name: bitmask.convert(mask.to(device), self.params[name], self.mask_storage)
+                      for name, mask in state["masks"].items()}
         for name, tensor in state["tracked"].items():
             self.tracked[name].copy_(tensor)
         self.history = list(state["history"])

@@ -1,0 +1,223 @@
+#!/usr/bin/env python3
+"""The project's GPU figures in one run (`make gpu-check`, under 10 minutes on one GPU).
+
+On CUDA it measures, and writes to a JSON file and to a section of
+docs/performance.md:
+  nvml     NVML per-process memory of two GPT-2 runs started together, each
+           sampled by the project's sampler (lib/gpu_monitor.py), beside each
+           run's own torch peak;
+  bench    `benchmarks/bench_pruning.py --device cuda` (AdamWPrune's step with
+           bool and bit masks, the two-pass step, torch fused AdamW, bytes/s);
+  gpt2     GPT-2 124M, 200 steps, bf16 autocast + torch.compile, synthetic
+           tokens: tokens/s, MFU (lib/mfu.py), peak memory;
+  resnet18 ResNet-18 on 32x32 synthetic images: images/s, peak memory.
+Without a GPU it runs GPT-2 and ResNet-18 tiny on the CPU (a smoke test of
+this script, not a figure to quote), writes the JSON, leaves the docs alone,
+and lists what it skipped and why.
+
+Usage: python scripts/gpu_check.py [--out FILE] [--steps N] [--docs docs/performance.md]
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any, Optional
+
+import torch
+from torch import nn
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+from gpt2.model import GPT, gpt2_config  # noqa: E402
+from lib.gpu_monitor import start_sampler, stop_sampler  # noqa: E402
+from lib.jsonio import write_json_atomic  # noqa: E402
+from lib.mfu import MFUMeter  # noqa: E402
+from resnet18.model import ResNet18  # noqa: E402
+
+BEGIN, END = "<!-- gpu-check:begin -->", "<!-- gpu-check:end -->"
+
+
+def _sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def _peak_mib(device: torch.device) -> Optional[float]:
+    return torch.cuda.max_memory_allocated(device) / 2**20 if device.type == "cuda" else None
+
+
+def _train(model: nn.Module, batch: Any, loss_of: Any, device: torch.device, steps: int, bf16: bool,
+           compile_model: bool) -> tuple[float, int]:
+    """(seconds per step after warm-up, warm-up steps): AdamW fused, synthetic batches reused."""
+    step_model = torch.compile(model) if compile_model else model
+    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-4, fused=True)
+    warmup = max(1, min(10, steps // 4))  # compilation and allocator warm-up stay out of the figure
+    start = 0.0
+    for step in range(steps):
+        if step == warmup:
+            _sync(device)
+            start = time.perf_counter()
+        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=bf16):
+            loss = loss_of(step_model, batch)
+        loss.backward()
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+    _sync(device)
+    return (time.perf_counter() - start) / max(1, steps - warmup), warmup
+
+
+def gpt2_throughput(device: torch.device, size: str, steps: int, batch: int, block: int, bf16: bool,
+                    compile_model: bool) -> dict[str, Any]:
+    torch.manual_seed(0)
+    model = GPT(gpt2_config(size, block_size=block)).to(device)
+    tokens = torch.randint(0, model.config.vocab_size, (batch, block + 1), device=device)
+    if device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(device)
+    seconds, warmup = _train(model, tokens, lambda m, t: m(t[:, :-1], t[:, 1:])[1], device, steps, bf16,
+                             compile_model)
+    meter = MFUMeter.for_run(model.flops_per_token() * block, block, device, "bf16-autocast" if bf16 else "fp32",
+                             tf32_allowed=True)
+    return {"size": size, "steps": steps, "warmup_steps": warmup, "batch": batch, "block_size": block,
+            "bf16": bf16, "compile": compile_model, "step_s": seconds, **meter.fields(batch / seconds),
+            "mfu_note": meter.note, "peak_memory_mib": _peak_mib(device)}
+
+
+def resnet18_throughput(device: torch.device, steps: int, batch: int, bf16: bool) -> dict[str, Any]:
+    torch.manual_seed(0)
+    model = ResNet18().to(device).to(memory_format=torch.channels_last)
+    images = torch.randn(batch, 3, 32, 32, device=device).to(memory_format=torch.channels_last)
+    labels = torch.randint(0, 10, (batch,), device=device)
+    if device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(device)
+    seconds, warmup = _train(model, (images, labels), lambda m, b: nn.functional.cross_entropy(m(b[0]), b[1]),
+                             device, steps, bf16, compile_model=False)
+    return {"steps": steps, "warmup_steps": warmup, "batch": batch, "bf16": bf16, "step_s": seconds,
+            "images_per_s": batch / seconds, "peak_memory_mib": _peak_mib(device)}
+
+
+def concurrent_memory(steps: int) -> dict[str, Any]:
+    """Two GPT-2 124M runs at once, each sampled through NVML by lib/gpu_monitor (per process tree)."""
+    worker = [sys.executable, str(Path(__file__).resolve()), "--worker", "--steps", str(steps)]
+    with tempfile.TemporaryDirectory() as folder:
+        runs = [subprocess.Popen(worker, stdout=subprocess.PIPE, text=True, cwd=ROOT) for _ in range(2)]
+        samplers = [start_sampler(run.pid, Path(folder) / f"gpu_stats_{i}.json") for i, run in enumerate(runs)]
+        outputs = [run.communicate(timeout=300)[0] for run in runs]
+        summaries = [stop_sampler(sampler) for sampler in samplers]
+    result = []
+    for run, output, summary in zip(runs, outputs, summaries):
+        own = json.loads(output.strip().splitlines()[-1]) if run.returncode == 0 and output.strip() else {}
+        result.append({"returncode": run.returncode, "torch_peak_mib": own.get("peak_memory_mib"),
+                       "nvml_peak_mib": (summary or {}).get("peak_mib"),
+                       "nvml_mean_mib": (summary or {}).get("mean_mib"),
+                       "memory_scope": (summary or {}).get("memory_scope"), "source": (summary or {}).get("source")})
+    return {"runs": result, "steps": steps, "note": "GPT-2 124M fp32 eager, batch 8 x 1024, both started together"}
+
+
+def cuda_bench() -> dict[str, Any]:
+    command = [sys.executable, str(ROOT / "benchmarks" / "bench_pruning.py"), "--device", "cuda"]
+    done = subprocess.run(command, capture_output=True, text=True, cwd=ROOT, timeout=360)
+    return {"command": " ".join(command[1:]), "returncode": done.returncode,
+            "output": done.stdout.splitlines() + done.stderr.splitlines()[-5:]}
+
+
+def machine() -> dict[str, Any]:
+    info: dict[str, Any] = {"torch": torch.__version__, "cuda": torch.cuda.is_available()}
+    if info["cuda"]:
+        info["gpu"] = torch.cuda.get_device_name(0)
+    try:
+        import triton
+        info["triton"] = triton.__version__
+    except ImportError:
+        info["triton"] = None
+    return info
+
+
+def run_checks(steps: int) -> dict[str, Any]:
+    result: dict[str, Any] = {"machine": machine(), "skipped": {}}
+    if torch.cuda.is_available():
+        device = torch.device("cuda")
+        result["nvml"] = concurrent_memory(steps=30)
+        result["bench"] = cuda_bench()
+        result["gpt2"] = gpt2_throughput(device, "124M", steps, batch=12, block=1024, bf16=True, compile_model=True)
+        result["resnet18"] = resnet18_throughput(device, steps=max(steps // 2, 4), batch=512, bf16=True)
+        return result
+    why = "no CUDA device"
+    result["skipped"] = {"nvml": f"{why}: NVML memory of two concurrent runs needs a GPU",
+                         "bench": f"{why}: the CPU bench is `make bench`",
+                         "gpt2": f"{why}: ran GPT-2 tiny on the CPU instead (fp32, eager), not GPT-2 124M",
+                         "resnet18": f"{why}: ran ResNet-18 on a CPU batch of 2 instead"}
+    cpu = torch.device("cpu")
+    result["gpt2_cpu_smoke"] = gpt2_throughput(cpu, "tiny", steps, batch=1, block=64, bf16=False,
+                                               compile_model=False)
+    result["resnet18_cpu_smoke"] = resnet18_throughput(cpu, steps, batch=2, bf16=False)
+    return result
+
+
+def section(result: dict[str, Any]) -> str:
+    """The docs/performance.md section for a GPU run."""
+    gpt2, resnet, bench = result["gpt2"], result["resnet18"], result["bench"]
+    mfu = "n/a" if gpt2["mfu_pct"] is None else f"{gpt2['mfu_pct']:.1f}%"
+    lines = [BEGIN, f"## GPU check (`make gpu-check`, {time.strftime('%Y-%m-%d')})", "",
+             f"Machine: {result['machine'].get('gpu')}; torch {result['machine']['torch']}; "
+             f"triton {result['machine']['triton']}. Figures written by benchmarks/gpu_check.py.", "",
+             f"- GPT-2 124M, {gpt2['steps']} steps (first {gpt2['warmup_steps']} not timed), batch "
+             f"{gpt2['batch']} x {gpt2['block_size']}, bf16 autocast + torch.compile, synthetic tokens: "
+             f"**{gpt2['tokens_per_s']:.0f} tokens/s**, {gpt2['achieved_tflops']:.1f} TFLOP/s, MFU "
+             f"{mfu} ({gpt2['mfu_note']}), "
+             f"peak {gpt2['peak_memory_mib']:.0f} MiB",
+             f"- ResNet-18, 32x32 synthetic images, batch {resnet['batch']}, bf16: "
+             f"**{resnet['images_per_s']:.0f} images/s**, peak {resnet['peak_memory_mib']:.0f} MiB",
+             "- two concurrent GPT-2 124M runs (NVML per process, torch peak): "
+             + "; ".join(f"run {i + 1}: NVML peak {r['nvml_peak_mib']} MiB ({r['memory_scope']}), torch peak "
+                         f"{r['torch_peak_mib'] and round(r['torch_peak_mib'])} MiB"
+                         for i, r in enumerate(result["nvml"]["runs"])),
+             "", f"`{bench['command']}` (exit {bench['returncode']}):", "", "```", *bench["output"], "```", END]
+    return "\n".join(lines) + "\n"
+
+
+def write_section(docs: Path, text: str) -> None:
+    """Replace the gpu-check section of `docs` (or append it)."""
+    old = docs.read_text()
+    if BEGIN in old and END in old:
+        new = old[:old.index(BEGIN)] + text + old[old.index(END) + len(END) + 1:]
+    else:
+        new = old.rstrip("\n") + "\n\n" + text
+    docs.write_text(new)
+
+
+def main(argv: Optional[list[str]] = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--out", type=Path, default=ROOT / "test_matrix_results" / "gpu_check.json")
+    parser.add_argument("--steps", type=int, default=200, help="GPT-2 training steps (ResNet-18: half)")
+    parser.add_argument("--docs", type=Path, default=ROOT / "docs" / "performance.md")
+    parser.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)  # one of the concurrent runs
+    args = parser.parse_args(argv)
+    if args.worker:
+        print(json.dumps(gpt2_throughput(torch.device("cuda"), "124M", args.steps, batch=8, block=1024, bf16=False,
+                                         compile_model=False)))
+        return 0
+    result = run_checks(args.steps)
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    write_json_atomic(args.out, result)
+    for part, why in result["skipped"].items():
+        print(f"skipped {part}: {why}")
+    if "gpt2" in result:
+        text = section(result)
+        write_section(args.docs, text)
+        print(text)
+    else:
+        smoke = result["gpt2_cpu_smoke"]
+        print(f"CPU smoke only (not GPU figures): GPT-2 tiny {smoke['tokens_per_s']:.0f} tokens/s, ResNet-18 "
+              f"{result['resnet18_cpu_smoke']['images_per_s']:.1f} images/s; docs left unchanged")
+    print(f"wrote {args.out}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

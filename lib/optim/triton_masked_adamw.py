@@ -1,0 +1,106 @@
+"""AdamWPrune's step on the AdamW base as one Triton kernel: the CUDA counterpart of masked_adamw.c.
+
+One pass per tensor reads w, g, m, v and the keep mask (bool, or bit-packed:
+bit i of byte j keeps entry 8j + i, lib/pruning/bitmask.py) and writes w, m,
+v: decoupled weight decay, both moments, the bias-corrected update, with the
+mask applied to the gradient and to all three outputs. That is 28 bytes per
+weight plus 1 (bool) or 1/8 (bits), against 28 + 9 for masking the gradients
+in a separate pass before torch's fused step. Arithmetic is float32 per entry
+like torch's CUDA fused AdamW (not bit for bit: the order of operations is
+torch's foreach/for-loop AdamW's); the per-tensor scalars (bias corrections
+included) are computed in float64 by a few torch operations on the device
+from the step counts there, so no host sync is needed, and the kernel itself
+uses no float64.
+
+Triton is optional (docs/performance.md): without it, or off CUDA, callers
+keep their other path. Tests run the kernel on CPU tensors under
+TRITON_INTERPRET=1 (set before this module is imported). Its speed on a GPU
+is unmeasured until `make gpu-check` runs on one.
+"""
+from __future__ import annotations
+
+from typing import Optional
+
+import torch
+
+try:
+    import triton
+    import triton.language as tl
+    _MISSING: Optional[str] = None
+except ImportError as exc:  # optional dependency
+    triton, tl, _MISSING = None, None, f"triton is not installed ({exc})"
+
+BLOCK = 1024  # entries per program: a multiple of 8, so a program's mask bytes are its own
+# A tensor's float32 scalars, one row per tensor, in the order the kernel reads them (offsets 0..6 there).
+COLUMNS = ("step_size", "decay", "one_minus_beta1", "beta2", "one_minus_beta2", "bias_correction2_sqrt", "eps")
+
+
+def unavailable() -> Optional[str]:
+    """None when the kernel can run, else why not."""
+    return _MISSING
+
+
+if triton is not None:
+    @triton.jit
+    def _masked_adamw(w_ptr, g_ptr, m_ptr, v_ptr, keep_ptr, scalars_ptr, n,
+                      HAS_MASK: tl.constexpr, MASK_BITS: tl.constexpr, BLOCK: tl.constexpr):
+        offsets = tl.program_id(0) * BLOCK + tl.arange(0, BLOCK)
+        inside = offsets < n
+        step_size = tl.load(scalars_ptr + 0)  # COLUMNS, in order
+        decay = tl.load(scalars_ptr + 1)
+        one_minus_beta1 = tl.load(scalars_ptr + 2)
+        beta2 = tl.load(scalars_ptr + 3)
+        one_minus_beta2 = tl.load(scalars_ptr + 4)
+        bias_correction2_sqrt = tl.load(scalars_ptr + 5)
+        eps = tl.load(scalars_ptr + 6)
+
+        w = tl.load(w_ptr + offsets, mask=inside, other=0.0)
+        g = tl.load(g_ptr + offsets, mask=inside, other=0.0)
+        m = tl.load(m_ptr + offsets, mask=inside, other=0.0)
+        v = tl.load(v_ptr + offsets, mask=inside, other=0.0)
+        if HAS_MASK:
+            if MASK_BITS:
+                byte = tl.load(keep_ptr + offsets // 8, mask=inside, other=0)
+                keep = ((byte >> (offsets % 8).to(tl.uint8)) & 1) != 0
+            else:
+                keep = tl.load(keep_ptr + offsets, mask=inside, other=0) != 0
+            g = tl.where(keep, g, 0.0)
+        w = w * decay
+        m = m + one_minus_beta1 * (g - m)  # torch's lerp for weights < 0.5
+        v = v * beta2 + one_minus_beta2 * g * g
+        w = w - step_size * m / (tl.sqrt(v) / bias_correction2_sqrt + eps)
+        if HAS_MASK:
+            w = tl.where(keep, w, 0.0)
+            m = tl.where(keep, m, 0.0)
+            v = tl.where(keep, v, 0.0)
+        tl.store(w_ptr + offsets, w, mask=inside)
+        tl.store(m_ptr + offsets, m, mask=inside)
+        tl.store(v_ptr + offsets, v, mask=inside)
+
+
+def tensor_scalars(steps: list[torch.Tensor], lr: float, betas: tuple[float, float], eps: float,
+                   weight_decay: float) -> torch.Tensor:
+    """One float32 row of COLUMNS per step count (already advanced), computed in float64 where the counts are.
+
+    A few torch operations per parameter group and no host sync; float64 as torch's own AdamW computes its
+    scalars (1 - float32(0.999) is 1.3e-5 off 0.001, and beta**t for small t magnifies such errors).
+    """
+    beta1, beta2 = betas
+    t = torch.stack(steps).to(torch.float64)
+    columns = [lr / (1 - beta1 ** t), torch.full_like(t, 1 - lr * weight_decay), torch.full_like(t, 1 - beta1),
+               torch.full_like(t, beta2), torch.full_like(t, 1 - beta2), torch.sqrt(1 - beta2 ** t),
+               torch.full_like(t, eps)]
+    return torch.stack(columns, dim=1).to(torch.float32)
+
+
+def step_tensor(w: torch.Tensor, g: torch.Tensor, m: torch.Tensor, v: torch.Tensor, keep: Optional[torch.Tensor],
+                scalars: torch.Tensor) -> None:
+    """One masked AdamW step of contiguous float32 w (m, v updated in place); `scalars` its row of COLUMNS.
+
+    keep: None (dense), a bool tensor of w's shape, or its ceil(n/8) packed bytes (uint8).
+    """
+    n = w.numel()
+    bits = keep is not None and keep.dtype == torch.uint8
+    keep_arg = w if keep is None else (keep if bits else keep.view(torch.uint8))  # unread when dense
+    _masked_adamw[(triton.cdiv(n, BLOCK),)](w, g, m, v, keep_arg, scalars, n,
+                                            HAS_MASK=keep is not None, MASK_BITS=bits, BLOCK=BLOCK)

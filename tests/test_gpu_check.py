@@ -1,0 +1,46 @@
+"""`make gpu-check` (benchmarks/gpu_check.py): its CPU mode, and the docs section a GPU run writes.
+
+Without a GPU it must run its CPU-only parts, write the JSON, name every
+skipped part with the reason and leave docs/performance.md alone. The GPU
+section is rendered from a made-up result (no GPU here) and must replace its
+own earlier section, not pile up.
+"""
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+
+from benchmarks import gpu_check
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="CPU mode only; on a GPU run `make gpu-check`")
+def test_cpu_mode_runs_the_cpu_parts_and_says_what_it_skipped(tmp_path, capsys):
+    docs = tmp_path / "performance.md"
+    docs.write_text("# Performance\n")
+    assert gpu_check.main(["--steps", "2", "--out", str(tmp_path / "check.json"), "--docs", str(docs)]) == 0
+    result = json.loads((tmp_path / "check.json").read_text())
+    assert set(result["skipped"]) == {"nvml", "bench", "gpt2", "resnet18"}
+    assert result["gpt2_cpu_smoke"]["tokens_per_s"] > 0 and result["resnet18_cpu_smoke"]["images_per_s"] > 0
+    assert docs.read_text() == "# Performance\n"
+    out = capsys.readouterr().out
+    assert out.count("skipped ") == 4 and "not GPU figures" in out
+
+
+def test_a_gpu_section_replaces_the_previous_one(tmp_path):
+    run = {"returncode": 0, "torch_peak_mib": 9000.0, "nvml_peak_mib": 10500.0, "memory_scope": "process"}
+    result = {"machine": {"gpu": "NVIDIA H200", "torch": "2.13", "triton": "3.9.0"},
+              "gpt2": {"steps": 200, "warmup_steps": 10, "batch": 12, "block_size": 1024, "tokens_per_s": 1.5e5,
+                       "achieved_tflops": 120.0, "mfu_pct": 12.1, "mfu_note": "datasheet", "peak_memory_mib": 2e4},
+              "resnet18": {"batch": 512, "images_per_s": 3e4, "peak_memory_mib": 3e3},
+              "nvml": {"runs": [run, run]}, "bench": {"command": "bench_pruning.py --device cuda", "returncode": 0,
+                                                      "output": ["(a) optimizer step"]}}
+    docs = tmp_path / "performance.md"
+    docs.write_text("# Performance\n\nolder text\n")
+    text = gpu_check.section(result)
+    gpu_check.write_section(docs, text)
+    gpu_check.write_section(docs, text)
+    written = docs.read_text()
+    assert written.count(gpu_check.BEGIN) == 1 and "older text" in written
+    assert "150000 tokens/s" in written and "MFU 12.1%" in written and "30000 images/s" in written

@@ -18,13 +18,8 @@ $(foreach v,$(USER_VARS),$(if $(filter undefined,$(origin $(v))),,$(eval overrid
 export $(USER_VARS)
 
 .DEFAULT_GOAL := all
-<<<<<<< HEAD
-.PHONY: all help menuconfig olddefconfig savedefconfig listdefconfigs test-matrix-dry-run \
-	continue report compare reproduce sample data test ci bench clean mrproper venv
-=======
 .PHONY: all help menuconfig olddefconfig savedefconfig listdefconfigs test-matrix-dry-run gpu-check \
-	continue report sample data test ci bench clean mrproper venv
->>>>>>> masks
+	continue report compare reproduce sample data test ci bench clean mrproper venv
 
 $(STAMP): requirements.txt
 	@echo "Setting up $(VENV) (first run only; a few minutes)..."

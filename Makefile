@@ -13,7 +13,7 @@ export srctree := $(CURDIR)
 # path and nothing in it runs: $(value) takes the text as typed (make does
 # not expand it), `override` keeps it over the command line's, and the
 # scripts read them from their environment (sample.py: RUN, PROMPT, ... too).
-USER_VARS := RESULTS OUT A B EXECUTOR DEVICE RUN CKPT PROMPT NUM_SAMPLES MAX_NEW_TOKENS TEMPERATURE TOP_K SEED
+USER_VARS := RESULTS OUT A B EXECUTOR DEVICE RUN CKPT PROMPT NUM_SAMPLES MAX_NEW_TOKENS TEMPERATURE TOP_K SEED TRACKER
 $(foreach v,$(USER_VARS),$(if $(filter undefined,$(origin $(v))),,$(eval override $(v) := $$(value $(v)))))
 export $(USER_VARS)
 

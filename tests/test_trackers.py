@@ -154,7 +154,7 @@ def test_wandb_offline_files_hold_config_steps_and_final_metrics(tracked_run):
     assert (run.project, run.display_name, run.run_group) == ("tiny", RUN, results.name)
     config = {item.key: json.loads(item.value_json) for item in run.config.update}
     assert config["run_id"] == RUN and config["seed"] == 1 and config["hyperparams"]["training"]["epochs"] == 1
-    history = [{i.key: json.loads(i.value_json) for i in r.history.item}
+    history = [{i.key or "/".join(i.nested_key): json.loads(i.value_json) for i in r.history.item}
                for r in records if r.WhichOneof("record_type") == "history"]
     losses = {h["_step"]: h["train/loss"] for h in history if "train/loss" in h}
     assert sorted(losses) == [1, 2, 3, 4]  # every step (no LOG_EVERY), sent at the evaluation

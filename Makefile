@@ -13,13 +13,13 @@ export srctree := $(CURDIR)
 # path and nothing in it runs: $(value) takes the text as typed (make does
 # not expand it), `override` keeps it over the command line's, and the
 # scripts read them from their environment (sample.py: RUN, PROMPT, ... too).
-USER_VARS := RESULTS OUT A B EXECUTOR DEVICE RUN CKPT PROMPT NUM_SAMPLES MAX_NEW_TOKENS TEMPERATURE TOP_K SEED
+USER_VARS := RESULTS OUT A B EXECUTOR DEVICE RUN CKPT PROMPT NUM_SAMPLES MAX_NEW_TOKENS TEMPERATURE TOP_K SEED TRACKER
 $(foreach v,$(USER_VARS),$(if $(filter undefined,$(origin $(v))),,$(eval override $(v) := $$(value $(v)))))
 export $(USER_VARS)
 
 .DEFAULT_GOAL := all
 .PHONY: all help menuconfig olddefconfig savedefconfig listdefconfigs test-matrix-dry-run gpu-check \
-	continue report compare reproduce sample data test ci bench clean mrproper venv
+	continue report compare reproduce sample data test ci bench clean mrproper venv trackers
 
 $(STAMP): requirements.txt
 	@echo "Setting up $(VENV) (first run only; a few minutes)..."
@@ -32,13 +32,28 @@ $(STAMP): requirements.txt
 
 venv: $(STAMP)
 
-all: $(STAMP)
+# The optional trackers (W&B, Trackio): installed once the loaded .config enables one.
+TRACKER_STAMP := $(VENV)/.trackers-installed
+TRACKERS_WANTED = $(shell grep -sqE '^CONFIG_ENABLE_(WANDB|TRACKIO)=y' .config && echo $(TRACKER_STAMP))
+
+$(TRACKER_STAMP): requirements-trackers.txt $(STAMP)
+	@echo "Installing the experiment trackers (requirements-trackers.txt: wandb, trackio)..."
+	@$(PY) -m pip install --quiet --disable-pip-version-check -r requirements-trackers.txt 2>&1 | grep -v -i warning || true
+	@$(PY) -c "import wandb, trackio" 2>/dev/null || { echo "error: installing requirements-trackers.txt into \
+	$(VENV) failed (see above); install it by hand with $(PY) -m pip install -r requirements-trackers.txt, \
+	or switch the trackers off: make menuconfig (Experiment tracking)" >&2; exit 2; }
+	@touch $@
+
+trackers: $(TRACKER_STAMP)
+
+all: $(STAMP) $(TRACKERS_WANTED)
 	@$(PY) scripts/matrix.py run
 
 help:
 	@echo "Configuration:"
 	@echo "  make menuconfig            edit .config in a menu (kconfiglib)"
 	@echo "  make defconfig-NAME        load defconfigs/NAME into .config"
+	@echo "    [TRACKER=wandb|trackio|wandb,trackio|none]  log every run to these experiment trackers"
 	@echo "  make listdefconfigs        list the named configurations"
 	@echo "  make olddefconfig          fill .config with defaults for unset symbols"
 	@echo "  make savedefconfig         write a minimal 'defconfig' from .config"
@@ -78,7 +93,7 @@ listdefconfigs: $(STAMP)
 test-matrix-dry-run: $(STAMP)
 	@$(PY) scripts/matrix.py dry-run
 
-continue: $(STAMP)
+continue: $(STAMP) $(TRACKERS_WANTED)
 	@$(PY) scripts/matrix.py continue
 
 data: $(STAMP)
@@ -97,7 +112,7 @@ reproduce: $(STAMP)
 sample: $(STAMP)
 	@$(PY) scripts/sample.py
 
-test: $(STAMP)
+test: $(STAMP) $(TRACKER_STAMP)
 	@$(PY) -m pytest -q
 
 bench: $(STAMP)

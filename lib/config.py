@@ -19,6 +19,7 @@ from typing import Any, Callable
 import kconfiglib
 
 from lib.errors import UserError
+from lib.tracker_settings import TrackerSettings, tracker_settings
 from lib.upstream_aliases import apply_upstream_aliases, is_upstream_file
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -123,6 +124,7 @@ class RunnerSettings:
     slurm_array_parallelism: int = 0  # 0 = no limit beyond the cluster's
     slurm_extra: str = ""  # "key=value ..." passed to sbatch as --key=value
     slurm_cluster: str = "slurm"  # submitit backend: slurm, or local to rehearse without a cluster
+    tracking: TrackerSettings = TrackerSettings()  # W&B / Trackio (lib/Kconfig.tracking)
 
 
 @dataclass(frozen=True)
@@ -481,7 +483,7 @@ def settings_from_kconfig(kconf: kconfiglib.Kconfig) -> Settings:
         slurm_cpus_per_task=_int(kconf, "SLURM_CPUS_PER_TASK") or 4, slurm_mem_gb=_int(kconf, "SLURM_MEM_GB"),
         slurm_array_parallelism=_int(kconf, "SLURM_ARRAY_PARALLELISM"),
         slurm_extra=_checked(parse_slurm_extra, syms["SLURM_EXTRA"].str_value),
-        slurm_cluster=syms["SLURM_CLUSTER"].str_value or "slurm")
+        slurm_cluster=syms["SLURM_CLUSTER"].str_value or "slurm", tracking=tracker_settings(kconf, models, ROOT))
     return Settings(
         models=models, optimizers=optimizers, pruning_methods=methods,
         sparsities_pct=_sparsities(kconf, numbers, "TARGET_SPARSITY", optimizers),

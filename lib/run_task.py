@@ -22,6 +22,7 @@ from lib.jsonio import SCHEMA_VERSION, read_json, write_json_atomic
 from lib.matrix import RunSpec
 from lib.provenance import run_record
 from lib.run_process import RunOutcome, run_attempts
+from lib.tracker_settings import TrackerSettings
 
 LOG_TAIL_LINES = 20
 
@@ -45,6 +46,7 @@ class RunTask:
     policy: RunPolicy = RunPolicy()
     gpus: int = 1  # GPUs the run asks for (trainers.gpus_per_run)
     git_commit: str | None = None  # looked up once by the runner, not once per run
+    tracking: TrackerSettings = TrackerSettings()  # the trackers the trainer logs to (run.json "tracking")
 
     @property
     def run_dir(self) -> Path:
@@ -82,13 +84,13 @@ def set_aside(run_dir: Path) -> None:
 
 
 def prepare_run_dir(run_dir: Path, spec: RunSpec, command: list[str], placement: Placement | None = None,
-                    commit: str | None = None) -> None:
+                    commit: str | None = None, tracking: TrackerSettings = TrackerSettings()) -> None:
     set_aside(run_dir)
     run_dir.mkdir(parents=True)
     provenance = run_record(commit)  # host, python, git commit and state, package versions
     write_json_atomic(run_dir / "run.json", {
         "schema_version": SCHEMA_VERSION, "spec": spec.to_json(), "command": command, **provenance,
-        "placement": placement.to_json() if placement else None,
+        "placement": placement.to_json() if placement else None, "tracking": tracking.to_json(),
         "created_at": datetime.now().isoformat(timespec="seconds")})
 
 
@@ -141,7 +143,7 @@ def execute_run(task: RunTask, placement: Placement, env: Mapping[str, str] | No
     """Run one task into its folder and return its result.json. Raises Stopped
     (or KeyboardInterrupt) without writing result.json when stopped from outside."""
     command = list(task.command)
-    prepare_run_dir(task.run_dir, task.spec, command, placement, task.git_commit)
+    prepare_run_dir(task.run_dir, task.spec, command, placement, task.git_commit, task.tracking)
     outcome = run_attempts(command, task.run_dir, env=env, timeout_s=task.policy.timeout_s,
                            retries=task.policy.retries, sample_interval_s=task.policy.sample_interval_s, stop=stop)
     return write_result(task.run_dir, task.spec, outcome, placement)

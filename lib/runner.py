@@ -24,6 +24,7 @@ from lib.names import check_no_links
 from lib.progress_display import Progress
 from lib.provenance import git_commit
 from lib.run_task import RunPolicy, RunTask
+from lib.tracker_settings import TrackerSettings
 from lib.trainers import gpus_per_run, prepare_data, trainer_command
 
 POLL_S = 1.0  # how often the progress display refreshes while nothing happens
@@ -145,10 +146,11 @@ def continue_settings(recorded: RunnerSettings, here: RunnerSettings | None,
     return dataclasses.replace(settings, executor=executor) if executor else settings
 
 
-def make_tasks(results_dir: Path, todo: list[RunSpec], policy: RunPolicy) -> list[RunTask]:
+def make_tasks(results_dir: Path, todo: list[RunSpec], policy: RunPolicy,
+               tracking: TrackerSettings = TrackerSettings()) -> list[RunTask]:
     commit = git_commit()
     return [RunTask(results_dir, spec, tuple(trainer_command(spec, results_dir / spec.run_id)), policy,
-                    gpus_per_run(spec), commit) for spec in todo]
+                    gpus_per_run(spec), commit, tracking) for spec in todo]
 
 
 def run_matrix(results_dir: Path, runs: list[RunSpec], settings: RunnerSettings = RunnerSettings(),
@@ -181,7 +183,7 @@ def _run_locked(results_dir: Path, runs: list[RunSpec], settings: RunnerSettings
     if not data_ready:
         prepare_data(todo, out)
     tasks = make_tasks(results_dir, todo, RunPolicy(settings.timeout_s, settings.retries,
-                                                     settings.sample_interval_ms / 1000))
+                                                     settings.sample_interval_ms / 1000), settings.tracking)
     progress = Progress(len(tasks), executor.slots, out, bar)
     try:
         executor.launch(tasks)

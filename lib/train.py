@@ -22,6 +22,7 @@ from torch import nn
 
 from lib.batch_plan import BatchPlan
 from lib.distributed import Dist
+from lib.gpu_monitor import read_summary
 from lib.jsonio import SCHEMA_VERSION, read_json, write_json_atomic
 from lib.matrix import RunSpec
 from lib.optim import state_bytes
@@ -29,7 +30,9 @@ from lib.optim.lr_schedules import LRSchedule, lr_schedule_for
 from lib.pruning import GradualPruner
 from lib.pruning.schedules import Ramp, curve_for, plan_ramp
 from lib.pruning.scores import score_name
+from lib.tracker_settings import TrackerSettings
 from lib.train_loop import LoopConfig, TrainingLoop, metrics_from
+from lib.trackers import Trackers, open_trackers
 
 
 def parse_run_dir(description: str) -> tuple[Path, bool]:
@@ -210,14 +213,39 @@ def train_and_record(run_dir: Path, spec: RunSpec, loop: TrainingLoop, *, starte
                      plan: BatchPlan, dataset: dict[str, Any], dist: Dist = Dist(),
                      extra: Optional[dict[str, Any]] = None) -> dict[str, Any]:
     """Run the loop, then write metrics.json (rank 0 only) with the trainer's `extra`
-    fields; returns the metrics."""
-    loop.run()
-    metrics = metrics_from(loop)
-    metrics["memory"] = memory_account(loop.model, loop.optimizer, loop.pruner)
-    metrics["memory"]["cuda_max_allocated_mib"] = cuda_peak_mib(loop.device)
-    metrics.update(dataset=dataset, environment=environment(loop.device, note), batch_plan=plan.to_json(),
-                   wall_time_s=time.perf_counter() - started, **(extra or {}))
+    fields; returns the metrics. Rank 0 also logs to the trackers run.json enables."""
     if dist.is_main:
-        write_metrics(run_dir, spec, metrics)
-        loop.discard_resume_state()
+        loop.tracker = start_trackers(run_dir, spec)
+    try:
+        loop.run()
+        metrics = metrics_from(loop)
+        metrics["memory"] = memory_account(loop.model, loop.optimizer, loop.pruner)
+        metrics["memory"]["cuda_max_allocated_mib"] = cuda_peak_mib(loop.device)
+        metrics.update(dataset=dataset, environment=environment(loop.device, note), batch_plan=plan.to_json(),
+                       wall_time_s=time.perf_counter() - started, **(extra or {}))
+        if dist.is_main:
+            write_metrics(run_dir, spec, metrics)
+            loop.discard_resume_state()
+            loop.tracker.log(loop.state.step, final_figures(metrics, run_dir))
+    finally:
+        loop.tracker.finish()
     return metrics
+
+
+def start_trackers(run_dir: Path, spec: RunSpec) -> Trackers:
+    """The run's trackers (run.json "tracking"), started under its name, config and matrix."""
+    settings = TrackerSettings.from_json(read_json(run_dir / "run.json").get("tracking"))
+    trackers = open_trackers(settings, run_dir)
+    trackers.start(settings.run_name_for(spec.run_id), {"run_id": spec.run_id, **spec.to_json()},
+                   group=run_dir.parent.name)
+    return trackers
+
+
+def final_figures(metrics: dict[str, Any], run_dir: Path) -> dict[str, Any]:
+    """The end-of-run figures for the trackers: best and final metrics, sparsity, the memory
+    account and the memory sampler's summary as of its latest flush (every 5 s)."""
+    figures = {f"final/{k}": v for k, v in metrics.items() if k.startswith(("best_", "final_"))}
+    figures["final/sparsity_pct"] = metrics["sparsity"]["global_pct"]
+    figures.update({f"memory/{k}": v for k, v in metrics["memory"].items()})
+    figures.update({f"memory_samples/{k}": v for k, v in (read_summary(run_dir / "gpu_stats.json") or {}).items()})
+    return figures

@@ -29,6 +29,7 @@ from lib.errors import NonFiniteError
 from lib.optim.lr_schedules import LRSchedule
 from lib.pruning import GradualPruner, measure_sparsity, prunable_parameters
 from lib.tasks import ClassificationTask, LanguageModelTask, TrainWindow
+from lib.trackers import Trackers
 
 Task = Union[ClassificationTask, LanguageModelTask]
 
@@ -141,6 +142,11 @@ class TrainingLoop:
         self.scaler = torch.amp.GradScaler(device.type, enabled=self.precision.startswith("fp16"))
         self.loss_watch, self.norm_watch = NonFiniteWatch(device, DIVERGED_FACTOR), NonFiniteWatch(device)
         self.forward_model = self._wrap(model)
+        # Experiment trackers (lib/trackers.py), set by lib/train.py; none by default. Without
+        # LOG_EVERY each step's loss waits on the device until the next evaluation, so tracking
+        # adds no host sync per step.
+        self.tracker = Trackers([])
+        self._untracked: list[tuple[int, torch.Tensor, float]] = []
 
     def _wrap(self, model: nn.Module) -> nn.Module:
         """torch.compile first, then DDP around it (nanoGPT's order)."""
@@ -230,6 +236,7 @@ class TrainingLoop:
 
     def _evaluate(self, window: TrainWindow) -> None:
         self._check_finite()  # never record (or checkpoint) a diverged model
+        self._flush_tracked_steps()
         start = time.perf_counter()
         if self.dist.enabled and window.samples:  # every rank saw equally many samples
             window.loss_sum = mean_across_ranks(float(window.loss_sum), self.dist, self.device)
@@ -250,6 +257,7 @@ class TrainingLoop:
         if self.pruner is not None:
             record["at_target"] = self._at_target(sparsity)
         s.history.append(record)
+        self.tracker.log(s.step, {f"eval/{k}": v for k, v in record.items() if k != "step"})
         improved = False
         if record.get("at_target", True):
             improved = self.task.better(record, s.best)
@@ -277,10 +285,26 @@ class TrainingLoop:
         loss = float(s.last_step_loss) if s.last_step_loss is not None else None
         s.train_log.append({"step": s.step, "train_loss": loss, "lr": self.optimizer.param_groups[0]["lr"],
                             "elapsed_s": s.train_time_s + s.eval_time_s})
+        self.tracker.log(s.step, {"train/loss": loss, "train/lr": s.train_log[-1]["lr"]})
         if s.step % cfg.eval_every:  # an evaluation line follows otherwise
             self.log(f"step {s.step}/{cfg.total_steps}  loss {loss if loss is not None else math.nan:.4f}  "
                      f"(mean since last evaluation {window.mean_loss() or 0:.4f})  "
                      f"{s.samples_seen / max(s.train_time_s, 1e-9):.1f} samples/s")
+
+    def _track_step(self) -> None:
+        """Keep this step's loss for the trackers (when LOG_EVERY does not already send it)."""
+        s = self.state
+        if self.tracker.active and not self.config.log_every and s.last_step_loss is not None:
+            self._untracked.append((s.step, s.last_step_loss, self.optimizer.param_groups[0]["lr"]))
+
+    def _flush_tracked_steps(self) -> None:
+        """Send the kept per-step losses: one host sync for all of them."""
+        if not self._untracked:
+            return
+        losses = torch.stack([loss for _, loss, _ in self._untracked]).tolist()
+        for (step, _, lr), loss in zip(self._untracked, losses):
+            self.tracker.log(step, {"train/loss": loss, "train/lr": lr})
+        self._untracked.clear()
 
     def _at_target(self, sparsity_pct: float) -> bool:
         """A pruned model is judged at its target: the ramp is over and the
@@ -360,6 +384,7 @@ class TrainingLoop:
             if self.device.type == "cuda" and (logging or evaluating):
                 torch.cuda.synchronize(self.device)  # honest step timing (and MFU) at log and evaluation points
             s.train_time_s += time.perf_counter() - start
+            self._track_step()
             if logging:
                 self._log_step(window)
             if evaluating:

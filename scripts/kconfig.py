@@ -12,6 +12,7 @@ import _path  # noqa: F401
 from lib.config import ROOT, load_kconfig, settings_from_kconfig
 from lib.errors import UserError, run_cli
 from lib.names import is_safe_name
+from lib.tracker_settings import apply_tracker_choice
 
 DEFCONFIGS = ROOT / "defconfigs"
 
@@ -25,8 +26,9 @@ def defconfig_path(name: str) -> Path:
     return path
 
 
-def normalise(source: Path, target: Path) -> None:
-    """Load `source` (upstream idioms translated), check it, write a full `target`."""
+def normalise(source: Path, target: Path, tracker: str | None = None) -> None:
+    """Load `source` (upstream idioms translated), check it, write a full `target`;
+    `tracker` (make's TRACKER=wandb,trackio|none) then picks the trackers."""
     loaded = load_kconfig(source)
     ignored = loaded.ignored_message(source.name)
     if ignored:
@@ -36,6 +38,9 @@ def normalise(source: Path, target: Path) -> None:
     if loaded.upstream:
         print(f"note: {source.name} is an upstream AdamWPrune defconfig: read with upstream's defaults and ranges "
               "(CONFIG_UPSTREAM_DEFCONFIG=y in the written file)", file=sys.stderr)
+    if tracker:
+        enabled = apply_tracker_choice(loaded.kconf, tracker)
+        print(f"trackers: {', '.join(enabled) or 'none'} (TRACKER={tracker})")
     settings_from_kconfig(loaded.kconf)  # stop on a bad value now, not at `make`
     loaded.kconf.write_config(str(target), save_old=False)
     print(f"wrote {target.name} from {source.relative_to(ROOT) if source.is_relative_to(ROOT) else source}")
@@ -70,7 +75,8 @@ def main() -> None:
     if args.command == "defconfig":
         if not args.name:
             raise UserError("give a defconfig name: make defconfig-NAME (`make listdefconfigs` lists them)")
-        normalise(defconfig_path(args.name), config)
+        # TRACKER reaches us literally through the environment (the Makefile's USER_VARS)
+        normalise(defconfig_path(args.name), config, os.environ.get("TRACKER") or None)
     elif args.command == "olddefconfig":
         normalise(config, config)
     elif args.command == "savedefconfig":

@@ -20,6 +20,7 @@ from lib.results import load_results
 from lib.run_plan import plan_lines
 from lib.runner import (check_devices, check_runnable, config_changes, continue_settings, create_results_dir,
                         load_matrix, run_matrix)
+from lib.trackers import check_trackers
 from lib.trainers import prepare_data
 
 DEFAULT_DEFCONFIG = "lenet5-quick"
@@ -76,6 +77,7 @@ def run(config: Path) -> None:
     check_runnable(runs)
     if settings.runner.executor == "local":
         check_devices(runs)
+    check_trackers(settings.runner.tracking, os.environ)  # a missing login stops here, before any run
     prepare_data(runs)  # before the result directory: missing data leaves no empty one behind
     results_dir = create_results_dir(results_root(config), config, None, runs)
     run_then_report(results_dir, runs, settings.runner, data_ready=True)
@@ -115,6 +117,7 @@ def continue_matrix(results: str | None, config: Path, executor: str | None = No
               f"executor and slots from {config.name}")
     here = load_settings(config, warn=lambda _: None).runner if config.exists() else None
     settings = continue_settings(load_settings(recorded, warn=lambda _: None).runner, here, executor)
+    check_trackers(settings.tracking, os.environ)
     run_then_report(results_dir, runs, settings)
 
 

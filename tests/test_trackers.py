@@ -1,0 +1,181 @@
+"""Experiment trackers (lib/trackers.py): a failing tracker never fails a run; TRACKER= picks them;
+W&B online without a login stops first; a tiny LeNet-5 run lands in W&B's offline files and
+Trackio's local store with its per-step loss and final metrics."""
+from __future__ import annotations
+
+import glob
+import importlib.util
+import json
+import os
+import sqlite3
+import struct
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from conftest import ROOT, run_script, write_config
+from lib.errors import UserError
+from lib.tracker_settings import TrackerSettings
+from lib.trackers import Tracker, Trackers, check_trackers
+
+RUN = "lenet5_adamw_magnitude_50"
+HAVE_WANDB = importlib.util.find_spec("wandb") is not None
+HAVE_TRACKIO = importlib.util.find_spec("trackio") is not None
+NOT_INSTALLED = "not installed (requirements-trackers.txt; `make test` installs it)"
+
+
+class RaisingTracker(Tracker):
+    """A test double of our Tracker interface: raises on the chosen call, counts the others."""
+
+    name = "raising"
+
+    def __init__(self, fail_in: str) -> None:
+        self.fail_in, self.calls = fail_in, []
+
+    def _maybe_fail(self, what: str) -> None:
+        self.calls.append(what)
+        if what == self.fail_in:
+            raise ConnectionError("network down")
+
+    def start(self, run, config, group):
+        self._maybe_fail("start")
+
+    def log(self, step, metrics):
+        self._maybe_fail("log")
+
+    def finish(self):
+        self._maybe_fail("finish")
+
+
+@pytest.mark.parametrize("fail_in", ["start", "log", "finish"])
+def test_a_failing_tracker_is_one_warning_then_off_and_the_others_go_on(fail_in):
+    warnings: list[str] = []
+    failing, healthy = RaisingTracker(fail_in), RaisingTracker("never")
+    trackers = Trackers([failing, healthy], warn=warnings.append)
+    trackers.start("run", {"lr": 0.1}, "group")
+    for step in (1, 2, 3):
+        trackers.log(step, {"train/loss": 1.0 / step, "note": "text is not a curve", "none": None})
+    trackers.finish()
+    assert len(warnings) == 1 and f"raising tracker failed in {fail_in} (ConnectionError: network down)" in warnings[0]
+    assert "metrics.json stays its record" in warnings[0]
+    assert failing.calls[-1] == fail_in  # nothing reached it after its failure
+    assert healthy.calls == ["start", "log", "log", "log", "finish"]
+
+
+def test_tracker_choice_sets_the_symbols_and_a_bad_one_is_one_error_line(tmp_path):
+    config = tmp_path / ".config"
+
+    def defconfig(tracker: str) -> subprocess.CompletedProcess:
+        return subprocess.run([sys.executable, str(ROOT / "scripts" / "kconfig.py"), "--config", str(config),
+                               "defconfig", "lenet5-quick"], capture_output=True, text=True, cwd=ROOT,
+                              env={**os.environ, "TRACKER": tracker})
+
+    assert defconfig("wandb,trackio").returncode == 0
+    assert {"CONFIG_ENABLE_WANDB=y", "CONFIG_ENABLE_TRACKIO=y"} <= set(config.read_text().splitlines())
+    assert defconfig("none").returncode == 0
+    assert "# CONFIG_ENABLE_WANDB is not set" in config.read_text()
+    bad = defconfig("tensorboard")
+    assert bad.returncode == 2 and bad.stderr.strip().splitlines() == [
+        "error: TRACKER='tensorboard' is not valid; allowed: wandb, trackio, wandb,trackio or none"]
+
+
+def test_tracker_project_defaults_to_model_and_checksum(tmp_path):
+    from lib.config import load_settings
+
+    tracking = load_settings(write_config(tmp_path, "lenet5-quick", ENABLE_TRACKIO="y")).runner.tracking
+    assert tracking.trackio and not tracking.wandb
+    model, checksum = tracking.project.split("-")
+    assert model == "lenet5" and len(checksum) == 8
+    assert load_settings(write_config(tmp_path, "lenet5-quick")).runner.tracking == TrackerSettings()
+
+
+@pytest.mark.skipif(not HAVE_WANDB, reason=f"wandb {NOT_INSTALLED}")
+def test_online_wandb_without_a_login_stops_before_any_run(tmp_path):
+    online = TrackerSettings(wandb=True, project="p")
+    no_login = {"HOME": str(tmp_path), "NETRC": str(tmp_path / "none")}
+    with pytest.raises(UserError, match="no W&B login found"):
+        check_trackers(online, no_login)
+    check_trackers(online, {**no_login, "WANDB_MODE": "offline"})
+    check_trackers(TrackerSettings(wandb=True, wandb_offline=True), no_login)
+    check_trackers(online, {**no_login, "WANDB_API_KEY": "x" * 40})
+
+
+# -- a real run into both local stores -------------------------------------------------------
+
+def _wandb_records(path: Path):
+    """The protobuf records of a .wandb file: wandb's own Record type inside LevelDB's log
+    format (32 KiB blocks of crc32, length, kind-framed fragments) after a 7-byte header."""
+    from wandb.proto import wandb_internal_pb2
+
+    data, block = path.read_bytes(), 32768
+    assert data[:4] == b":W&B"
+    pos, buf = 7, b""
+    while pos + 7 <= len(data):
+        if block - pos % block < 7:  # a block's tail too short for a header is padding
+            pos += block - pos % block
+            continue
+        _crc, length, kind = struct.unpack("<IHB", data[pos:pos + 7])
+        buf, pos = buf + data[pos + 7:pos + 7 + length], pos + 7 + length
+        if kind in (1, 4):  # FULL or LAST fragment: a whole record
+            record = wandb_internal_pb2.Record()
+            record.ParseFromString(buf)
+            buf = b""
+            yield record
+
+
+@pytest.fixture(scope="module")
+def tracked_run(tmp_path_factory):
+    """One tiny LeNet-5 run (4 steps) logged offline to every tracker installed here."""
+    if not (HAVE_WANDB or HAVE_TRACKIO):
+        pytest.skip(f"neither wandb nor trackio is {NOT_INSTALLED}")
+    tmp = tmp_path_factory.mktemp("tracked")
+    config = write_config(tmp, "ci-quick", LENET5_TRAIN_LIMIT="256", LENET5_TEST_LIMIT="128", NUM_EPOCHS="1",
+                          OPTIMIZER_MODE_SINGLE="y", OPTIMIZER_SELECT_ADAMW="y", PRUNING_MODE_SINGLE="y",
+                          PRUNING_SELECT_MAGNITUDE="y", TARGET_SPARSITY='"0.5"', SPARSITY_ENABLE_90="n",
+                          PRUNING_RAMP_FIT="y", PRUNING_WARMUP="1", PRUNING_FREQUENCY="1",
+                          ENABLE_WANDB="y" if HAVE_WANDB else "n", ENABLE_TRACKIO="y" if HAVE_TRACKIO else "n",
+                          WANDB_OFFLINE="y", TRACKER_PROJECT='"tiny"',
+                          RESULTS_ROOT=f'"{tmp / "results"}"', DATA_DIR=f'"{tmp / "data"}"')
+    proc = run_script(ROOT / "scripts" / "matrix.py", "run", "--config", config)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    (results,) = [p for p in (tmp / "results").iterdir() if (p / "matrix.json").is_file()]
+    assert "tracker failed" not in (results / RUN / "output.log").read_text()
+    return results, json.loads((results / RUN / "metrics.json").read_text())
+
+
+@pytest.mark.skipif(not HAVE_WANDB, reason=f"wandb {NOT_INSTALLED}")
+def test_wandb_offline_files_hold_config_steps_and_final_metrics(tracked_run):
+    results, metrics = tracked_run
+    (wandb_file,) = glob.glob(str(results / RUN / "wandb" / "offline-run-*" / "*.wandb"))
+    records = list(_wandb_records(Path(wandb_file)))
+    (run,) = [r.run for r in records if r.WhichOneof("record_type") == "run"]
+    assert (run.project, run.display_name, run.run_group) == ("tiny", RUN, results.name)
+    config = {item.key: json.loads(item.value_json) for item in run.config.update}
+    assert config["run_id"] == RUN and config["seed"] == 1 and config["hyperparams"]["training"]["epochs"] == 1
+    history = [{i.key or "/".join(i.nested_key): json.loads(i.value_json) for i in r.history.item}
+               for r in records if r.WhichOneof("record_type") == "history"]
+    losses = {h["_step"]: h["train/loss"] for h in history if "train/loss" in h}
+    assert sorted(losses) == [1, 2, 3, 4]  # every step (no LOG_EVERY), sent at the evaluation
+    final = history[-1]
+    assert final["final/best_accuracy_pct"] == pytest.approx(metrics["best_accuracy_pct"])
+    assert final["final/sparsity_pct"] == pytest.approx(metrics["sparsity"]["global_pct"])
+    assert final["eval/test_accuracy_pct"] == pytest.approx(metrics["final_accuracy_pct"])
+    assert "memory/weights_bytes" in final
+    assert not (ROOT / "wandb").exists()  # offline files under the run folder, never the working directory
+
+
+@pytest.mark.skipif(not HAVE_TRACKIO, reason=f"trackio {NOT_INSTALLED}")
+def test_trackio_local_store_holds_config_steps_and_final_metrics(tracked_run):
+    results, metrics = tracked_run
+    with sqlite3.connect(results / "trackio" / "tiny.db") as db:
+        rows = [(step, json.loads(blob)) for step, blob in
+                db.execute("SELECT step, metrics FROM metrics WHERE run_name = ? ORDER BY id", (RUN,))]
+        (config,) = [json.loads(blob) for (blob,) in db.execute("SELECT config FROM configs WHERE run_name = ?",
+                                                                 (RUN,))]
+    assert config["run_id"] == RUN and config["_Group"] == results.name
+    assert sorted(step for step, row in rows if "train/loss" in row) == [1, 2, 3, 4]
+    final = {k: v for _, row in rows for k, v in row.items()}
+    assert final["final/best_accuracy_pct"] == pytest.approx(metrics["best_accuracy_pct"])
+    assert final["eval/sparsity_pct"] == pytest.approx(metrics["sparsity"]["global_pct"])

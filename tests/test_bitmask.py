@@ -16,6 +16,7 @@ from torch import nn
 from lib.optim import build_optimizer
 from lib.pruning import GradualPruner, bitmask
 from lib.pruning.mask_ops import zero_pruned_
+from tests.pruning_loop import train_steps
 from tests.test_config import settings_of
 
 SIZES = [1, 7, 8, 9, 33, 1025]
@@ -90,14 +91,7 @@ def train(storage: str, optimizer: str, steps: int = 60):
     score = "bitter7" if optimizer == "adamwprune" else "movement"
     pruner = GradualPruner(model, opt, score, 0.7, warmup_steps=5, ramp_end_step=40, frequency=5,
                            chunk_size=64, mask_storage=storage)
-    gen = torch.Generator().manual_seed(1)
-    for step in range(steps):
-        x, y = torch.randn(16, 13, generator=gen), torch.randint(0, 5, (16,), generator=gen)
-        nn.functional.cross_entropy(model(x), y).backward()
-        pruner.before_optimizer_step()
-        opt.step()
-        opt.zero_grad(set_to_none=True)
-        pruner.after_optimizer_step(step + 1)
+    train_steps(model, opt, pruner, steps, inputs=13, classes=5, batch=16)
     return model, opt, pruner
 
 

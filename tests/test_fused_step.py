@@ -17,6 +17,7 @@ from lib.optim import fused_masked_adamw
 from lib.optim.fused_masked_adamw import MaskedAdamW, build_kernel, kernel
 from lib.pruning import GradualPruner, bitmask
 from lib.pruning.mask_ops import zero_pruned_
+from tests.pruning_loop import train_steps
 
 ADAMWPRUNE = {"base": "adamw", "betas": (0.9, 0.95), "eps": 1e-8, "weight_decay": 0.1, "amsgrad": False,
               "adv": {}, "spam": {}}
@@ -194,14 +195,7 @@ def train_pruned(optimizer_of, steps=100):
     model = nn.Sequential(nn.Linear(16, 64), nn.ReLU(), nn.Linear(64, 4))
     optimizer = optimizer_of(model)
     pruner = GradualPruner(model, optimizer, "bitter7", 0.7, warmup_steps=10, ramp_end_step=60, frequency=10)
-    gen = torch.Generator().manual_seed(1)
-    for step in range(steps):
-        x, y = torch.randn(32, 16, generator=gen), torch.randint(0, 4, (32,), generator=gen)
-        nn.functional.cross_entropy(model(x), y).backward()
-        pruner.before_optimizer_step()
-        optimizer.step()
-        optimizer.zero_grad(set_to_none=True)
-        pruner.after_optimizer_step(step + 1)
+    train_steps(model, optimizer, pruner, steps, inputs=16, classes=4, batch=32)
     return model, optimizer, pruner
 
 

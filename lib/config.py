@@ -159,14 +159,13 @@ class LoadedConfig:
 
     def ignored_message(self, label: str) -> str | None:
         """One line naming every assignment the load ignored by name, or None."""
-        if not self.unknown_symbols and not self.derived_symbols:
-            return None
-        text = f"{label}: ignoring symbols this framework does not define: {', '.join(self.unknown_symbols)}"
+        parts = []
+        if self.unknown_symbols:
+            parts.append(f"ignoring symbols this framework does not define: {', '.join(self.unknown_symbols)}")
         if self.derived_symbols:
-            text = (text.rstrip(": ") if not self.unknown_symbols else text + ";") + (
-                f" ignoring {', '.join(self.derived_symbols)}: upstream's Kconfig derives them from the "
-                "selections (no prompt there), so a defconfig cannot set them")
-        return text
+            parts.append(f"ignoring {', '.join(self.derived_symbols)}: upstream's Kconfig derives them from the "
+                         "selections (no prompt there), so a defconfig cannot set them")
+        return f"{label}: {'; '.join(parts)}" if parts else None
 
 
 def new_kconfig() -> kconfiglib.Kconfig:

@@ -378,3 +378,11 @@ def test_cli_listdefconfigs_prints_names_and_first_comment(tmp_path):
                                          if line.startswith("#")) if text and not text.startswith("SPDX"))
         assert line.split()[0] == path.name
         assert line.rstrip().endswith(comment)
+
+
+def test_ignored_message_reads_with_only_derived_symbols():
+    from lib.config import LoadedConfig
+
+    only_derived = LoadedConfig(None, (), (), True, ("MODEL", "OPTIMIZER")).ignored_message("f")
+    assert only_derived.startswith("f: ignoring MODEL, OPTIMIZER: upstream's Kconfig derives them")
+    assert LoadedConfig(None, (), (), False).ignored_message("f") is None

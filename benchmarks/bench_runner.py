@@ -33,12 +33,12 @@ sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "scripts"))
 
 from kconfig import normalise  # noqa: E402
-from lib import runner  # noqa: E402
+from lib.run import runner  # noqa: E402
 from lib.config import load_settings  # noqa: E402
 from lib.matrix import expand  # noqa: E402
-from lib.run_task import prepare_run_dir  # noqa: E402
-from lib.runner import create_results_dir, run_matrix  # noqa: E402
-from lib.trainers import prepare_data, trainer_command  # noqa: E402
+from lib.run.task import prepare_run_dir  # noqa: E402
+from lib.run.runner import create_results_dir, run_matrix  # noqa: E402
+from lib.run.launch import prepare_data, trainer_command  # noqa: E402
 
 SLEEPER = [sys.executable, "-c", "import time; time.sleep(2)"]
 

@@ -4,12 +4,12 @@
 On CUDA it measures, and writes to a JSON file and to a section of
 docs/performance.md:
   nvml     NVML per-process memory of two GPT-2 runs started together, each
-           sampled by the project's sampler (lib/gpu_monitor.py), beside each
+           sampled by the project's sampler (lib/gpu_monitor/sampler.py), beside each
            run's own torch peak;
   bench    `benchmarks/bench_pruning.py --device cuda` (AdamWPrune's step with
            bool and bit masks, the two-pass step, torch fused AdamW, bytes/s);
   gpt2     GPT-2 124M, 200 steps, bf16 autocast + torch.compile, synthetic
-           tokens: tokens/s, MFU (lib/mfu.py), peak memory;
+           tokens: tokens/s, MFU (lib/train/mfu.py), peak memory;
   resnet18 ResNet-18 on 32x32 synthetic images: images/s, peak memory.
 Without a GPU it runs GPT-2 and ResNet-18 tiny on the CPU (a smoke test of
 this script, not a figure to quote), writes the JSON, leaves the docs alone,
@@ -35,9 +35,9 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from gpt2.model import GPT, gpt2_config  # noqa: E402
-from lib.gpu_monitor import start_sampler, stop_sampler  # noqa: E402
+from lib.gpu_monitor.sampler import start_sampler, stop_sampler  # noqa: E402
 from lib.jsonio import write_json_atomic  # noqa: E402
-from lib.mfu import MFUMeter  # noqa: E402
+from lib.train.mfu import MFUMeter  # noqa: E402
 from resnet18.model import ResNet18  # noqa: E402
 
 BEGIN, END = "<!-- gpu-check:begin -->", "<!-- gpu-check:end -->"

@@ -206,5 +206,5 @@ class GPT(nn.Module):
 
     def estimate_mfu(self, fwdbwd_per_iter: int, dt: float, peak_flops: float) -> float:
         """Model FLOPs utilisation of `fwdbwd_per_iter` sequences in `dt` seconds over
-        `peak_flops` (nanoGPT's, with the peak as an argument; lib/mfu.py picks it)."""
+        `peak_flops` (nanoGPT's, with the peak as an argument; lib/train/mfu.py picks it)."""
         return self.flops_per_token() * self.config.block_size * fwdbwd_per_iter / dt / peak_flops

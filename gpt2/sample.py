@@ -14,9 +14,9 @@ from typing import Any
 import torch
 
 from gpt2.model import GPT
-from lib.checkpoint import load_weights
 from lib.data.tokenizer import EOT_TOKEN, gpt2_encoding
 from lib.errors import UserError
+from lib.train.checkpoint import load_weights
 
 REPLACEMENT = "\ufffd"  # shown for ids of the embedding's padding rows (50257..50303), which have no text
 

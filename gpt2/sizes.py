@@ -3,11 +3,6 @@
 name -> (n_layer, n_head, n_embd). The four GPT-2 sizes as OpenAI released
 them, plus two small ones for CPU tests and CI.
 """
-def size_symbol(name: str) -> str:
-    """The Kconfig choice entry of a size: "1.5B" -> GPT2_SIZE_1_5B."""
-    return "GPT2_SIZE_" + name.upper().replace(".", "_")
-
-
 SIZES: dict[str, tuple[int, int, int]] = {
     "tiny": (2, 2, 64),
     "mini": (4, 4, 128),

@@ -13,16 +13,16 @@ from pathlib import Path
 from typing import Any
 
 from gpt2.model import GPT, gpt2_config
-from lib.batch_plan import activation_mib, free_gpu_mib, plan_batch
 from lib.data.text import TokenData, load_tokens, prepare_text, prepared_dir
 from lib.data.tokenizer import VOCAB_SIZE
-from lib.distributed import init_distributed, shutdown
 from lib.errors import run_cli
-from lib.mfu import MFUMeter
 from lib.optim import build_optimizer
-from lib.tasks import LanguageModelTask
-from lib.train import build_pruner, loop_config, schedule_for, start_run, train_and_record
-from lib.train_loop import TrainingLoop, autocast_for
+from lib.train.batch_plan import activation_mib, free_gpu_mib, plan_batch
+from lib.train.distributed import init_distributed, shutdown
+from lib.train.harness import build_pruner, loop_config, schedule_for, start_run, train_and_record
+from lib.train.loop import TrainingLoop, autocast_for
+from lib.train.mfu import MFUMeter
+from lib.train.tasks import LanguageModelTask
 
 PADDED_VOCAB = 50304  # GPT-2's 50257 rounded up to a multiple of 64 (nanoGPT): faster matmuls
 

@@ -9,7 +9,7 @@ from lenet5.model import LeNet5, LeNet5Config
 from lib.data.augment import random_crop
 from lib.data.mnist import ImageClassificationData, load_mnist
 from lib.errors import run_cli
-from lib.image_classifier import ImageTrainer
+from lib.train.image_classifier import ImageTrainer
 
 
 def _load(hp: dict, device, download: bool) -> ImageClassificationData:

@@ -18,11 +18,11 @@ from typing import Any, Callable
 
 import kconfiglib
 
+from lib import ROOT
 from lib.errors import UserError
-from lib.tracker_settings import TrackerSettings, tracker_settings
-from lib.upstream_aliases import apply_upstream_aliases, is_upstream_file
+from lib.trackers.settings import TrackerSettings, tracker_settings
+from lib.upstream_aliases import apply_upstream_aliases, gpt2_size_symbols, is_upstream_file
 
-ROOT = Path(__file__).resolve().parent.parent
 MODELS = ("lenet5", "resnet18", "resnet50", "gpt2")
 OPTIMIZERS = ("sgd", "adam", "adamw", "adamwadv", "adamwspam", "adamwprune")
 PRUNING_METHODS = ("none", "magnitude", "movement", "movement-upstream", "state")
@@ -107,7 +107,7 @@ class PruningSettings:
 
 @dataclass(frozen=True)
 class RunnerSettings:
-    """How runs are held and placed (lib/Kconfig.matrix): not part of any run's result."""
+    """How runs are held and placed (lib/run/Kconfig): not part of any run's result."""
 
     parallel_jobs: int = 1  # per GPU, or on CPU-only machines in all
     timeout_s: int = 0
@@ -124,7 +124,7 @@ class RunnerSettings:
     slurm_array_parallelism: int = 0  # 0 = no limit beyond the cluster's
     slurm_extra: str = ""  # "key=value ..." passed to sbatch as --key=value
     slurm_cluster: str = "slurm"  # submitit backend: slurm, or local to rehearse without a cluster
-    tracking: TrackerSettings = TrackerSettings()  # W&B / Trackio (lib/Kconfig.tracking)
+    tracking: TrackerSettings = TrackerSettings()  # W&B / Trackio (lib/trackers/Kconfig)
 
 
 @dataclass(frozen=True)
@@ -405,9 +405,7 @@ def _model_params(kconf: kconfiglib.Kconfig, n: dict[str, float]) -> dict[str, d
     gpt2_path = kconf.syms["GPT2_DATA_PATH"].str_value.strip()
     if gpt2_dataset == "local" and _y(kconf, "MODEL_GPT2") and not gpt2_path:
         raise UserError("CONFIG_GPT2_DATASET_LOCAL=y needs CONFIG_GPT2_DATA_PATH=\"<text file or folder>\" (make menuconfig)")
-    from gpt2.sizes import SIZES, size_symbol
-
-    size = _choice_name(kconf, {size_symbol(name): name for name in SIZES}, "124M")
+    size = _choice_name(kconf, {symbol: name for name, symbol in gpt2_size_symbols(kconf).items()}, "124M")
     return {
         "lenet5": {"train_limit": _int(kconf, "LENET5_TRAIN_LIMIT"), "test_limit": _int(kconf, "LENET5_TEST_LIMIT"),
                    "augment": _y(kconf, "LENET5_AUGMENT")},

@@ -16,7 +16,7 @@ from importlib import metadata
 from pathlib import Path
 from typing import Any, Optional
 
-from lib.config import ROOT
+from lib import ROOT
 from lib.errors import UserError
 from lib.jsonio import read_json
 

@@ -23,11 +23,11 @@ from lib.errors import UserError
 from lib.jsonio import SCHEMA_VERSION, read_json, write_bytes_atomic, write_json_atomic
 from lib.matrix import RunSpec, spec_from_entry
 from lib.names import check_name
-from lib.out_dirs import make_output_dir, stamped_name
 from lib.provenance import git_commit, git_dirty, package_versions, recorded
-from lib.results import load_results
-from lib.runner import run_matrix
-from lib.slot_pool import THREAD_VARS
+from lib.report.out_dirs import make_output_dir, stamped_name
+from lib.results.reader import load_results
+from lib.run.runner import run_matrix
+from lib.run.slots import THREAD_VARS
 
 # Figures that must match, with the GPU tolerance: (field, digits shown, absolute, relative).
 JUDGED: tuple[tuple[str, int, float, float], ...] = (

@@ -43,14 +43,20 @@ def _user_set(kconf: kconfiglib.Kconfig, *names: str) -> bool:
     return any(kconf.syms[n].user_value is not None for n in names if n in kconf.syms)
 
 
+def gpt2_size_symbols(kconf: kconfiglib.Kconfig) -> dict[str, str]:
+    """GPT-2 size name -> its choice entry, read from the Kconfig tree (gpt2/Kconfig): each
+    entry's prompt starts with the size name ("124M: 12 layers, ..."), so lib needs no model code."""
+    return {sym.nodes[0].prompt[0].split(":")[0].strip(): sym.name for sym in kconf.unique_defined_syms
+            if sym.name.startswith("GPT2_SIZE_") and sym.choice is not None and sym.nodes[0].prompt}
+
+
 def _select_gpt2_size(kconf: kconfiglib.Kconfig, value: str) -> None:
     """Upstream names the size in a string or its own choice; here it is our choice."""
-    from gpt2.sizes import SIZES, size_symbol
-
-    if value.strip() not in SIZES:
-        raise UserError(f"CONFIG_GPT2_MODEL_SIZE=\"{value}\" is not a GPT-2 size; allowed: {', '.join(SIZES)}")
-    if not _user_set(kconf, *(size_symbol(name) for name in SIZES)):
-        _set(kconf, size_symbol(value.strip()), 2)
+    sizes = gpt2_size_symbols(kconf)
+    if value.strip() not in sizes:
+        raise UserError(f"CONFIG_GPT2_MODEL_SIZE=\"{value}\" is not a GPT-2 size; allowed: {', '.join(sizes)}")
+    if not _user_set(kconf, *sizes.values()):
+        _set(kconf, sizes[value.strip()], 2)
 
 
 def _select_dataset(kconf: kconfiglib.Kconfig, value: str) -> None:

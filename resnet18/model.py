@@ -14,7 +14,7 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-from lib.resnet_parts import ResNetTrunk, cifar_stem, shortcut
+from lib.nn.resnet_parts import ResNetTrunk, cifar_stem, shortcut
 
 STAGE_BLOCKS = (2, 2, 2, 2)
 

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 from lib.data.cifar import load_cifar10
 from lib.errors import run_cli
-from lib.image_classifier import ImageTrainer, crop_and_flip
+from lib.train.image_classifier import ImageTrainer, crop_and_flip
 from resnet18.model import ResNet18, ResNet18Config
 
 TRAINER = ImageTrainer(

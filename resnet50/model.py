@@ -19,7 +19,7 @@ from torch import nn
 from torch.nn import functional as F
 
 from lib.errors import UserError
-from lib.resnet_parts import ResNetTrunk, cifar_stem, shortcut
+from lib.nn.resnet_parts import ResNetTrunk, cifar_stem, shortcut
 
 STEMS = ("cifar", "imagenet")
 STAGE_BLOCKS = (3, 4, 6, 3)

@@ -11,7 +11,7 @@ from torch import nn
 from lib.data.cifar import load_cifar100
 from lib.data.imagefolder import load_image_folder
 from lib.errors import run_cli
-from lib.image_classifier import Data, ImageTrainer, crop_and_flip
+from lib.train.image_classifier import Data, ImageTrainer, crop_and_flip
 from resnet50.model import ResNet50, ResNet50Config
 
 

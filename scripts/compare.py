@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
 """Compare two result directories (ours or upstream's): `python scripts/compare.py A B [--out OUT]`.
 Writes compare.md, compare.txt and graphs/compare_deltas.png|svg; A and B are only read.
-A thin wrapper: the logic lives in lib/compare.py and lib/compare_render.py."""
+A thin wrapper: the logic lives in lib/report/compare.py and lib/report/compare_render.py."""
 from __future__ import annotations
 
 import argparse
@@ -10,10 +10,10 @@ import sys
 from pathlib import Path
 
 import _path  # noqa: F401
-from lib.compare import compare_tables
-from lib.compare_render import out_dir_for, write_compare
+from lib.report.compare import compare_tables
+from lib.report.compare_render import out_dir_for, write_compare
 from lib.errors import UserError, run_cli
-from lib.results import load_results
+from lib.results.reader import load_results
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -12,7 +12,7 @@ import _path  # noqa: F401
 from lib.config import ROOT, load_kconfig, settings_from_kconfig
 from lib.errors import UserError, run_cli
 from lib.names import is_safe_name
-from lib.tracker_settings import apply_tracker_choice
+from lib.trackers.settings import apply_tracker_choice
 
 DEFCONFIGS = ROOT / "defconfigs"
 

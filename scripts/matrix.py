@@ -15,13 +15,13 @@ from kconfig import defconfig_path, normalise
 from lib.config import ROOT, RunnerSettings, load_settings
 from lib.errors import UserError, run_cli
 from lib.matrix import RunSpec, expand
-from lib.report import write_reports
-from lib.results import load_results
-from lib.run_plan import plan_lines
-from lib.runner import (check_devices, check_runnable, config_changes, continue_settings, create_results_dir,
+from lib.report.summary import write_reports
+from lib.results.reader import load_results
+from lib.run.plan import plan_lines
+from lib.run.runner import (check_devices, check_runnable, config_changes, continue_settings, create_results_dir,
                         load_matrix, run_matrix)
-from lib.trackers import check_trackers
-from lib.trainers import prepare_data
+from lib.trackers.backends import check_trackers
+from lib.run.launch import prepare_data
 
 DEFAULT_DEFCONFIG = "lenet5-quick"
 

@@ -4,16 +4,13 @@ or tokenizes what every run of the configuration needs, exactly as `make`
 would before its first run. `--source finewebedu|shakespeare|tinystories|local
 --data-dir D [--path FILE] [--token-cap N]` tokenizes one GPT-2 corpus into
 D/<source>/train.bin, val.bin and meta.json.
-A thin wrapper: the logic lives in lib/trainers.py and lib/data/."""
+A thin wrapper: the logic lives in lib/run/launch.py and lib/data/."""
 from __future__ import annotations
 
 import argparse
-import sys
 from pathlib import Path
 
-# Scripts run as files, so the project root is not on sys.path by itself.
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-
+import _path  # noqa: F401  (the project root on sys.path)
 from lib.data.text import prepare_text  # noqa: E402
 from lib.data.text_sources import TEXT_SOURCES  # noqa: E402
 from lib.errors import run_cli  # noqa: E402
@@ -33,7 +30,7 @@ def main(argv: list[str] | None = None) -> None:
     if args.config is not None:
         from lib.config import load_settings
         from lib.matrix import expand
-        from lib.trainers import prepare_data
+        from lib.run.launch import prepare_data
 
         prepare_data(expand(load_settings(args.config)))
     elif args.source is None:

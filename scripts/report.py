@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
 """Regenerate all_results.json, summary_report.txt, report.md, report.html and
 graphs/ from a saved result directory: `python scripts/report.py RESULTS_DIR [--out OUT_DIR]`.
-A thin wrapper: the logic lives in lib/results.py and lib/report.py."""
+A thin wrapper: the logic lives in lib/results/reader.py and lib/report/summary.py."""
 from __future__ import annotations
 
 import argparse
@@ -9,13 +9,11 @@ import os
 import sys
 from pathlib import Path
 
-# Scripts run as files, so the project root is not on sys.path by itself.
-ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT))
-
+import _path  # noqa: F401  (the project root on sys.path)
+from lib import ROOT  # noqa: E402
 from lib.errors import UserError, run_cli  # noqa: E402
-from lib.report import default_out_dir, write_reports  # noqa: E402
-from lib.results import load_results  # noqa: E402
+from lib.report.summary import default_out_dir, write_reports  # noqa: E402
+from lib.results.reader import load_results  # noqa: E402
 
 
 def main(argv: list[str] | None = None) -> None:

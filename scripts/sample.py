@@ -5,7 +5,7 @@ or CKPT=path for any checkpoint file (nanoGPT's ckpt.pt too).
 
 Settings come from environment variables (the Makefile exports them), so a
 PROMPT with spaces, quotes or $ arrives exactly as typed. A thin wrapper:
-the logic lives in gpt2/sample.py and lib/checkpoint.py.
+the logic lives in gpt2/sample.py and lib/train/checkpoint.py.
 """
 from __future__ import annotations
 
@@ -17,7 +17,7 @@ from typing import Callable, TypeVar
 
 import _path  # noqa: F401  (the project root on sys.path)
 
-from lib.checkpoint import run_checkpoint  # noqa: E402
+from lib.train.checkpoint import run_checkpoint  # noqa: E402
 from lib.errors import UserError, run_cli  # noqa: E402
 
 T = TypeVar("T")
@@ -67,7 +67,7 @@ def main(env: dict[str, str] | None = None) -> None:
     settings = settings_from_env(env)
     path = checkpoint_path(env)
     from gpt2.sample import load_model, sample_texts
-    from lib.train import resolve_device
+    from lib.train.harness import resolve_device
 
     requested = env.get("DEVICE", "").strip() or "auto"
     if not re.fullmatch(r"auto|cpu|mps|cuda(:\d+)?", requested):

@@ -31,7 +31,7 @@ def spec(model: str, optimizer: str, pruning: str, target: float, variant: Optio
 
 def classifier_metrics(spec: dict, accuracies: list[float], sparsity: float, weights: int = 246_824,
                        state_factor: int = 2) -> dict:
-    """metrics.json of a classifier run, in the layout lib/train.py writes."""
+    """metrics.json of a classifier run, in the layout lib/train/harness.py writes."""
     masks = weights // 4 if spec["pruning"] != "none" else 0
     total = 2 * weights + state_factor * weights + masks
     schedule = [{"step": 10 * i, "target_pct": spec["target_sparsity_pct"] * i / 4,

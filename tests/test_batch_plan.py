@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import pytest
 
-from lib.batch_plan import ACTIVATION_MIB_PER_SAMPLE, activation_mib, plan_batch
+from lib.train.batch_plan import ACTIVATION_MIB_PER_SAMPLE, activation_mib, plan_batch
 
 MANUAL = {"batch_size": 32, "grad_accum": 4, "hyper_param_auto": False, "target_effective_batch": 1024}
 AUTO = {**MANUAL, "hyper_param_auto": True}

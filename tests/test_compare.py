@@ -9,11 +9,11 @@ import subprocess
 from pathlib import Path
 
 import pytest
-
 from conftest import ROOT
-from lib.compare import compare_tables, welch_p_value
-from lib.results import load_results
 from result_dirs import classifier_metrics, gpu_stats, spec, write_matrix, write_run
+
+from lib.report.compare import compare_tables, welch_p_value
+from lib.results.reader import load_results
 
 LEGACY = ROOT / "tests" / "fixtures" / "legacy" / "test_matrix_results_20250903_180836"
 BEST_A = [97.0, 97.2, 97.4]  # lenet5_adam_magnitude_70, seeds 1-3

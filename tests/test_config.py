@@ -14,8 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from lib.config import (NUMBER_SYMBOLS, Settings, load_kconfig, load_settings, parse_seeds,
-                        settings_from_kconfig)
+from lib.config import NUMBER_SYMBOLS, Settings, load_kconfig, load_settings, parse_seeds, settings_from_kconfig
 from lib.errors import UserError
 from lib.matrix import expand
 
@@ -79,7 +78,7 @@ def test_upstream_lenet5_defconfig_lists_its_unknown_symbols():
 def test_upstream_gpt2_defconfig_lists_its_unknown_symbols():
     loaded = load_kconfig(UPSTREAM / "gpt2-finewebedu-bitter7")
     assert {"NUM_WORKERS", "GPT2_FLASH_ATTENTION", "PIN_MEMORY"} <= set(loaded.unknown_symbols)
-    assert "ENABLE_WANDB" not in loaded.unknown_symbols  # a tracker symbol here (lib/Kconfig.tracking)
+    assert "ENABLE_WANDB" not in loaded.unknown_symbols  # a tracker symbol here (lib/trackers/Kconfig)
     assert not {"MODEL", "TEST_MODELS", "OPTIMIZER", "PRUNING_METHOD", "GPT2_DATASET"} & set(
         loaded.unknown_symbols)
     settings = settings_from_kconfig(loaded.kconf)

@@ -12,8 +12,7 @@ import pytest
 import torch
 from torch import nn
 
-from lib.optim import build_optimizer
-from lib.optim import fused_masked_adamw
+from lib.optim import build_optimizer, fused_masked_adamw
 from lib.optim.fused_masked_adamw import MaskedAdamW, build_kernel, kernel
 from lib.pruning import GradualPruner, bitmask
 from lib.pruning.mask_ops import zero_pruned_
@@ -187,7 +186,7 @@ def test_adamwprune_on_adamw_is_masked_adamw_and_other_bases_are_not():
     assert type(build_optimizer("adamw", model, 1e-3, ADAMWPRUNE)) is torch.optim.AdamW
 
 
-# --- through GradualPruner, as lib/train_loop.py drives it ---------------------------------
+# --- through GradualPruner, as lib/train/loop.py drives it ---------------------------------
 
 
 def train_pruned(optimizer_of, steps=100):

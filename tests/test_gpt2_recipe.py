@@ -9,7 +9,7 @@ import pytest
 from gpt2.model import GPT, gpt2_config
 from lib.errors import UserError
 from lib.optim import build_optimizer
-from lib.train import schedule_for
+from lib.train.harness import schedule_for
 from tests.tiny_data import gpt2_symbols, one_spec
 
 

@@ -11,8 +11,8 @@ import pytest
 import torch
 
 from gpt2.model import GPT, gpt2_config
-from lib.checkpoint import load_weights
-from lib.mfu import MFUMeter, peak_flops
+from lib.train.checkpoint import load_weights
+from lib.train.mfu import MFUMeter, peak_flops
 from tests import nanogpt_reference as nano
 from tests.tiny_data import ROOT, gpt2_symbols, one_spec, prepare_gpt2_text, train, write_text
 

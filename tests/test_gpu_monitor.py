@@ -14,11 +14,11 @@ from types import SimpleNamespace
 
 import pytest
 
-from lib import gpu_monitor
-from lib import memory_backends
-from lib.gpu_monitor import (MAX_SAMPLES, SampleStore, Sampler, StopFlag, percentile, read_summary, start_sampler,
-                             stop_sampler)
-from lib.memory_backends import MIB, RssBackend, detect_backend
+from lib.gpu_monitor import sampler as gpu_monitor
+from lib.gpu_monitor.backends import MIB, RssBackend, detect_backend
+from lib.gpu_monitor.sampler import MAX_SAMPLES, Sampler, SampleStore, StopFlag
+from lib.gpu_monitor.sampler import backends as memory_backends
+from lib.gpu_monitor.sampler import percentile, read_summary, start_sampler, stop_sampler
 
 ALLOCATE_200MB = "x = bytearray(200_000_000); import time; time.sleep(2)"
 
@@ -149,7 +149,7 @@ def test_stop_sampler_returns_none_without_file(tmp_path):
 
 
 def test_cli_rejects_bad_arguments(tmp_path):
-    result = subprocess.run([sys.executable, "-m", "lib.gpu_monitor", "--pid", "1", "--out",
+    result = subprocess.run([sys.executable, "-m", "lib.gpu_monitor.sampler", "--pid", "1", "--out",
                              str(tmp_path / "x.json"), "--interval", "0"],
                             cwd=gpu_monitor.PROJECT_ROOT, capture_output=True, text=True)
     assert result.returncode == 2

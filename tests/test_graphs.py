@@ -9,9 +9,9 @@ import pytest
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from result_dirs import classifier_metrics, gpu_stats, seeded_matrix, spec, write_matrix, write_run
 
-from lib.graphs import (contexts, evolution, memory_comparison, model_comparison, pareto_front, render_graphs,
-                        sparsity_schedule)
-from lib.results import load_results
+from lib.report.graphs import (contexts, evolution, memory_comparison, model_comparison, pareto_front, render_graphs,
+                               sparsity_schedule)
+from lib.results.reader import load_results
 
 OPTIMIZERS = ("sgd", "adam", "adamw", "adamwadv", "adamwspam", "adamwprune")
 METHODS = ("magnitude", "movement", "state")

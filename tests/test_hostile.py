@@ -19,19 +19,19 @@ from pathlib import Path
 
 import pytest
 import torch
-
 from conftest import ROOT, run_script
-from lib.checkpoint import load_checkpoint, restore_rng_state, rng_state, save_checkpoint
+from result_dirs import classifier_metrics, gpu_stats, spec, write, write_matrix, write_run
+
 from lib.config import parse_seeds, parse_slurm_extra
-from lib.dir_lock import locked
 from lib.errors import UserError, WriteError
 from lib.jsonio import write_json_atomic
 from lib.matrix import spec_from_entry
 from lib.names import is_safe_name
-from lib.report import write_reports
-from lib.results import load_results
-from lib.runner import check_device, new_timestamped_dir
-from result_dirs import classifier_metrics, gpu_stats, spec, write, write_matrix, write_run
+from lib.report.summary import write_reports
+from lib.results.reader import load_results
+from lib.run.dir_lock import locked
+from lib.run.runner import check_device, new_timestamped_dir
+from lib.train.checkpoint import load_checkpoint, restore_rng_state, rng_state, save_checkpoint
 
 REPORT = ROOT / "scripts" / "report.py"
 MATRIX = ROOT / "scripts" / "matrix.py"
@@ -187,7 +187,7 @@ RUNNER = f"""
 import sys
 sys.path.insert(0, sys.argv[1])
 from pathlib import Path
-from lib.run_process import run_attempt
+from lib.run.process import run_attempt
 run_attempt([sys.executable, "-c", {TRAINER!r}], Path(sys.argv[2]), sample_interval_s=0.05)
 """
 
@@ -244,7 +244,7 @@ def test_sampler_without_the_owner_token_never_writes(tmp_path):
             out = tmp_path / token / "gpu_stats.json"
             out.parent.mkdir()
             (out.parent / ".gpu_stats.json.owner").write_text(owner + "\n")
-            sampler = subprocess.Popen([sys.executable, "-m", "lib.gpu_monitor", "--pid", str(target.pid),
+            sampler = subprocess.Popen([sys.executable, "-m", "lib.gpu_monitor.sampler", "--pid", str(target.pid),
                                         "--out", str(out), "--interval", "0.05", "--flush-every", "0.1",
                                         "--token", token], cwd=ROOT)
             time.sleep(1.5)

@@ -21,9 +21,9 @@ import pytest
 from result_dirs import write
 
 from lib.errors import UserError
-from lib.report import default_out_dir, write_reports
-from lib.results import load_results
-from lib.run_files import parse_run_id
+from lib.report.summary import default_out_dir, write_reports
+from lib.results.reader import load_results
+from lib.results.run_files import parse_run_id
 
 ROOT = Path(__file__).resolve().parent.parent
 LEGACY = ROOT / "tests/fixtures/legacy/test_matrix_results_20250903_180836"

@@ -10,9 +10,9 @@ from types import SimpleNamespace
 
 import pytest
 
-from lib import memory_backends
-from lib.gpu_monitor import Sampler
-from lib.memory_backends import MIB, Attribution, parse_nvidia_smi, parse_rocm_smi
+from lib.gpu_monitor.backends import MIB, Attribution, parse_nvidia_smi, parse_rocm_smi
+from lib.gpu_monitor.sampler import Sampler
+from lib.gpu_monitor.sampler import backends as memory_backends
 
 # nvidia-smi --query-compute-apps=pid,used_memory / --query-gpu=... with
 # --format=csv,noheader,nounits, two GPUs; a WDDM driver prints [N/A] for

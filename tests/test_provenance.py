@@ -8,14 +8,14 @@ import shutil
 from pathlib import Path
 
 import pytest
-
 from conftest import ROOT
+from result_dirs import seeded_matrix
+
 from lib.matrix import RunSpec
 from lib.provenance import PACKAGES, package_versions
-from lib.report import write_reports
-from lib.results import load_results
-from lib.run_task import prepare_run_dir
-from result_dirs import seeded_matrix
+from lib.report.summary import write_reports
+from lib.results.reader import load_results
+from lib.run.task import prepare_run_dir
 
 LEGACY = ROOT / "tests" / "fixtures" / "legacy" / "test_matrix_results_20250903_180836"
 CONFIG = "CONFIG_MODEL_SELECT_LENET5=y\nCONFIG_SEEDS=\"1 2 3\"\n"

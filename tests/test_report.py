@@ -23,12 +23,12 @@ import result_dirs
 from result_dirs import seeded_matrix
 
 from lib.errors import UserError
-from lib.graphs import Graph
-from lib.report import write_reports
-from lib.report_html import render_html
-from lib.report_md import Image
-from lib.results import EXTRA_FIELDS, ROW_FIELDS, load_results
-from lib.stats import NA
+from lib.report.graphs import Graph
+from lib.report.html import render_html
+from lib.report.markdown import Image
+from lib.report.stats import NA
+from lib.report.summary import write_reports
+from lib.results.reader import EXTRA_FIELDS, ROW_FIELDS, load_results
 
 ROOT = Path(__file__).resolve().parent.parent
 _spec = importlib.util.spec_from_file_location("summary_rows", ROOT / "tests/fixtures/summary_rows.py")
@@ -320,7 +320,7 @@ def test_timeout_is_counted_as_failed_and_named(results: Path) -> None:
     assert "lenet5_sgd_movement_70: ✗ Timeout" in text
 
 
-# --- a ci-like matrix in the layout lib/train.py and lib/runner.py write -------------------------
+# --- a ci-like matrix in the layout lib/train/harness.py and lib/run/runner.py write -------------------------
 
 def _ci_dir(root: Path, seeds: tuple[int, ...] = (1,)) -> Path:
     seeded_matrix(root, seeds=seeds)

@@ -9,15 +9,15 @@ import time
 from pathlib import Path
 
 import pytest
-
 from conftest import ROOT, run_script
-from lib import runner
-from lib.matrix import RunSpec
-from lib.run_process import run_attempts
-from lib.run_task import write_result
-from lib.slot_pool import SlotPool, visible_gpus
 from fixtures.summary_rows import rows as summary_rows
 from runner_matrix import MATRIX, RUNS, comparable_rows, reference_run, runner_config
+
+from lib.matrix import RunSpec
+from lib.run import runner
+from lib.run.process import run_attempts
+from lib.run.slots import SlotPool, visible_gpus
+from lib.run.task import write_result
 
 
 @pytest.fixture(scope="module")

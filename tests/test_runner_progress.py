@@ -7,9 +7,9 @@ from pathlib import Path
 import pytest
 
 from lib.matrix import RunSpec
-from lib.progress_display import Progress
-from lib.run_plan import estimate_lines, estimate_run_s, find_past_runs, makespan_s
-from lib.run_task import RunTask
+from lib.run.plan import estimate_lines, estimate_run_s, find_past_runs, makespan_s
+from lib.run.progress import Progress
+from lib.run.task import RunTask
 
 
 def _task(n: int, epochs: int = 2) -> RunTask:

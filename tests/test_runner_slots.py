@@ -9,12 +9,13 @@ from pathlib import Path
 import psutil
 import pytest
 
-from lib import runner, slot_pool
 from lib.errors import UserError
-from lib.executors import LocalExecutor
 from lib.matrix import RunSpec
-from lib.run_task import RunTask
-from lib.slot_pool import SlotPool
+from lib.run import runner
+from lib.run import slots as slot_pool
+from lib.run.local_executor import LocalExecutor
+from lib.run.slots import SlotPool
+from lib.run.task import RunTask
 
 
 def test_cpu_only_runs_parallel_jobs_with_the_cores_divided():

@@ -6,7 +6,7 @@ import math
 import pandas as pd
 import pytest
 
-from lib.stats import Estimate, config_label, configurations, has_seeds
+from lib.report.stats import Estimate, config_label, configurations, has_seeds
 
 
 def test_estimate_is_mean_sample_std_and_n_of_measured_values() -> None:

@@ -10,15 +10,15 @@ import time
 from pathlib import Path
 
 import pytest
-
 from conftest import run_script
-from lib.config import RunnerSettings
-from lib.matrix import RunSpec
-from lib.run_task import RunPolicy, RunTask
-from lib.slot_pool import cpu_cores
-from lib.config import parse_slurm_extra as parse_extra
-from lib.slurm_executor import RunOnNode, SlurmExecutor
 from runner_matrix import MATRIX, RUNS, comparable_rows, reference_run, runner_config, statuses
+
+from lib.config import RunnerSettings
+from lib.config import parse_slurm_extra as parse_extra
+from lib.matrix import RunSpec
+from lib.run.slots import cpu_cores
+from lib.run.slurm_executor import RunOnNode, SlurmExecutor
+from lib.run.task import RunPolicy, RunTask
 
 SLURM_LOCAL = dict(EXECUTOR_SLURM="y", SLURM_CLUSTER='"local"', SLURM_GPUS_PER_TASK="0", SLURM_CPUS_PER_TASK="1",
                    SLURM_ARRAY_PARALLELISM="2")

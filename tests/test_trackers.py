@@ -1,4 +1,4 @@
-"""Experiment trackers (lib/trackers.py): a failing tracker never fails a run; TRACKER= picks them;
+"""Experiment trackers (lib/trackers/backends.py): a failing tracker never fails a run; TRACKER= picks them;
 W&B online without a login stops first; a tiny LeNet-5 run lands in W&B's offline files and
 Trackio's local store with its per-step loss and final metrics."""
 from __future__ import annotations
@@ -14,11 +14,11 @@ import sys
 from pathlib import Path
 
 import pytest
-
 from conftest import ROOT, run_script, write_config
+
 from lib.errors import UserError
-from lib.tracker_settings import TrackerSettings
-from lib.trackers import Tracker, Trackers, check_trackers
+from lib.trackers.backends import Tracker, Trackers, check_trackers
+from lib.trackers.settings import TrackerSettings
 
 RUN = "lenet5_adamw_magnitude_50"
 HAVE_WANDB = importlib.util.find_spec("wandb") is not None

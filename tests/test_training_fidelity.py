@@ -17,8 +17,8 @@ from lib.errors import NonFiniteError, UserError
 from lib.optim.lr_schedules import LRSchedule
 from lib.pruning import GradualPruner
 from lib.pruning.schedules import FIT_RAMP_END, curve_for, plan_ramp
-from lib.tasks import ClassificationTask
-from lib.train_loop import LoopConfig, TrainingLoop, metrics_from
+from lib.train.loop import LoopConfig, TrainingLoop, metrics_from
+from lib.train.tasks import ClassificationTask
 from tests.tiny_data import specs_from
 
 
@@ -142,7 +142,7 @@ def test_clipping_scales_the_live_gradients_to_the_norm():
 
 
 def loop_window():
-    from lib.tasks import TrainWindow
+    from lib.train.tasks import TrainWindow
 
     return TrainWindow()
 

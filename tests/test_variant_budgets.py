@@ -16,7 +16,7 @@ import pytest
 from lib.config import load_settings
 from lib.errors import UserError
 from lib.matrix import RunSpec, expand
-from lib.run_plan import recipe
+from lib.run.plan import recipe
 
 ROOT = Path(__file__).resolve().parent.parent
 UPSTREAM_ITERS_AT_10000 = {"bitter0": 10000, "bitter1": 10000, "bitter2": 12100, "bitter3": 13000,

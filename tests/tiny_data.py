@@ -22,8 +22,8 @@ import numpy as np
 
 from lib.config import load_settings
 from lib.matrix import RunSpec, expand
-from lib.run_task import prepare_run_dir
-from lib.trainers import trainer_command
+from lib.run.launch import trainer_command
+from lib.run.task import prepare_run_dir
 
 ROOT = Path(__file__).resolve().parent.parent
 TRAINER_TIMEOUT_S = 300

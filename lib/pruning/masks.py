@@ -138,7 +138,7 @@ class GradualPruner:
         self.masks: dict[str, torch.Tensor] = {}  # name -> keep mask (bitmask.py: bool, True = keep, or bits)
         self.tracked = self._tracked_tensors()
         self.history: list[dict] = []
-        self.ramp: Optional[Ramp] = None  # how the run planned warm-up and ramp end (lib/train.py), for metrics
+        self.ramp: Optional[Ramp] = None  # how the run planned warm-up and ramp end (lib/train/harness.py), for metrics
         self.last_update_scratch_bytes = 0
         self._step = 0  # of the mask update in progress, for error messages
 

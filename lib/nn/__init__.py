@@ -1,0 +1,2 @@
+"""Network building blocks shared by several model folders (the ResNet stages).
+"""

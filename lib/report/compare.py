@@ -1,0 +1,145 @@
+"""Two result directories side by side: what changed, and whether it is beyond the noise.
+
+Owns the comparison of two result tables (lib/results reads both, ours or
+upstream's, and has already skipped every run whose names fail lib/names):
+runs are matched by configuration (the run ID without its `_s<seed>`
+suffix), each metric of COMPARED gets the mean of each side over its
+successful runs, the delta B - A and, with two or more measured seeds on both
+sides, Welch's t-test p-value (unequal variances); a p-value of ALPHA or more
+marks the difference as within noise. Runs present on one side only are
+listed. The text and Markdown renderings are in lib/compare_render; nothing
+here reads or writes files.
+"""
+from __future__ import annotations
+
+import math
+import warnings as py_warnings
+from dataclasses import dataclass
+from typing import Optional
+
+import pandas as pd
+
+from lib.report.stats import Estimate, config_label
+
+ALPHA = 0.05  # p >= ALPHA: the difference is within noise
+# (table field, label, higher is better or None when neither); in this order in every output.
+COMPARED: tuple[tuple[str, str, Optional[bool]], ...] = (
+    ("best_accuracy_pct", "Best Acc (%)", True),
+    ("final_accuracy_pct", "Final Acc (%)", True),
+    ("best_perplexity", "Best PPL", False),
+    ("final_perplexity", "Final PPL", False),
+    ("sparsity_pct", "Sparsity (%)", None),
+    ("memory_mean_mib", "Mem Mean (MiB)", False),
+    ("memory_peak_mib", "Mem Peak (MiB)", False),
+)
+LABELS = {field: label for field, label, _ in COMPARED}
+
+
+def welch_p_value(a: list[float], b: list[float]) -> Optional[float]:
+    """Two-sided Welch's t-test p-value, None below two values a side or without any variance."""
+    if len(a) < 2 or len(b) < 2:
+        return None
+    from scipy.stats import ttest_ind  # scipy is slow to import; only comparisons with seeds need it
+
+    with py_warnings.catch_warnings():  # zero variance on both sides: scipy warns and gives NaN
+        py_warnings.simplefilter("ignore", RuntimeWarning)
+        p = float(ttest_ind(a, b, equal_var=False).pvalue)
+    return p if math.isfinite(p) else None
+
+
+def _measured(values: pd.Series) -> list[float]:
+    return [float(v) for v in values if v is not None and not pd.isna(v) and math.isfinite(float(v))]
+
+
+@dataclass(frozen=True)
+class MetricDelta:
+    """One metric of one configuration on both sides."""
+
+    field: str
+    a: Estimate
+    b: Estimate
+    p_value: Optional[float]  # Welch; None when a side has fewer than two measured values
+
+    @property
+    def delta(self) -> float:
+        return self.b.mean - self.a.mean  # NaN when either side was not measured
+
+    @property
+    def standard_error(self) -> float:
+        """sqrt(s_a^2/n_a + s_b^2/n_b), the Welch standard error of the delta (NaN below two seeds)."""
+        return math.sqrt(self.a.std ** 2 / self.a.n + self.b.std ** 2 / self.b.n) if self.p_value is not None \
+            else math.nan
+
+    @property
+    def within_noise(self) -> Optional[bool]:
+        return None if self.p_value is None else self.p_value >= ALPHA
+
+
+@dataclass(frozen=True)
+class ConfigComparison:
+    """A configuration present on both sides, with the runs each side had of it."""
+
+    config: str
+    model: Optional[str]
+    a_runs: tuple[str, ...]
+    b_runs: tuple[str, ...]
+    metrics: tuple[MetricDelta, ...]
+
+    def metric(self, field: str) -> MetricDelta:
+        return next(m for m in self.metrics if m.field == field)
+
+
+@dataclass(frozen=True)
+class Comparison:
+    a_name: str
+    b_name: str
+    a_layout: str
+    b_layout: str
+    fields: tuple[str, ...]  # COMPARED fields measured on either side
+    both: tuple[ConfigComparison, ...]
+    only_a: tuple[str, ...]  # run IDs
+    only_b: tuple[str, ...]
+    notes: tuple[str, ...]  # what a reader must know (memory measured differently, ...)
+
+
+def _fields(a: pd.DataFrame, b: pd.DataFrame) -> tuple[str, ...]:
+    return tuple(f for f, _, _ in COMPARED
+                 if any(f in t and t[f].notna().any() for t in (a, b)))
+
+
+def _config_comparison(label: str, a_runs: pd.DataFrame, b_runs: pd.DataFrame,
+                       fields: tuple[str, ...]) -> ConfigComparison:
+    good_a, good_b = (runs[runs["status"] == "success"] for runs in (a_runs, b_runs))
+    deltas = []
+    for field in fields:
+        va = _measured(good_a[field]) if field in good_a else []
+        vb = _measured(good_b[field]) if field in good_b else []
+        deltas.append(MetricDelta(field, Estimate.of(va), Estimate.of(vb), welch_p_value(va, vb)))
+    model = a_runs["model"].iloc[0] or b_runs["model"].iloc[0]
+    return ConfigComparison(label, model, tuple(a_runs["run_id"]), tuple(b_runs["run_id"]), tuple(deltas))
+
+
+def _memory_notes(a: pd.DataFrame, b: pd.DataFrame) -> list[str]:
+    kinds = [sorted({str(d) for d in t["memory_device"] if d}) for t in (a, b)]
+    if kinds[0] and kinds[1] and kinds[0] != kinds[1]:
+        return [f"memory is measured differently (A: {', '.join(kinds[0])}, B: {', '.join(kinds[1])}; "
+                "cpu means process RSS, cuda GPU memory): its deltas compare different things"]
+    return []
+
+
+def compare_tables(a: pd.DataFrame, b: pd.DataFrame, a_name: str, b_name: str) -> Comparison:
+    """The comparison of table `b` against table `a` (deltas are B - A)."""
+    fields = _fields(a, b)
+    label_a, label_b = (t.assign(config=t["run_id"].map(config_label)) for t in (a, b))
+    groups_b = dict(tuple(label_b.groupby("config", sort=False)))
+    both = [_config_comparison(label, runs, groups_b[label], fields)
+            for label, runs in label_a.groupby("config", sort=False) if label in groups_b]
+    ids_a, ids_b = list(a["run_id"]), list(b["run_id"])
+    notes = _memory_notes(a, b)
+    layouts = (str(a.attrs.get("layout")), str(b.attrs.get("layout")))
+    if "upstream" in layouts and layouts[0] != layouts[1]:
+        notes.append("one side is an upstream AdamWPrune directory: its runs record no seed and its memory "
+                     "is the whole device's")
+    only_a = tuple(r for r in ids_a if r not in set(ids_b))
+    only_b = tuple(r for r in ids_b if r not in set(ids_a))
+    return Comparison(a_name, b_name, *layouts, fields, tuple(both), only_a, only_b, tuple(notes))

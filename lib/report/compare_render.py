@@ -1,0 +1,162 @@
+"""compare.md, compare.txt and the delta graph of a Comparison (lib/compare).
+
+Owns how a comparison reads: one row per configuration and metric with each
+side's figure (mean ± std and n with several seeds), the delta B - A, the
+Welch p-value and the verdict; then the runs of one side only. Markdown and
+text render the same blocks (lib/report_md's), so they cannot disagree. The
+graph draws each metric's deltas as bars, grey where within noise, with the
+Welch standard error as error bar. Nothing here reads files; write_compare
+writes the three outputs, atomically.
+"""
+from __future__ import annotations
+
+import math
+from pathlib import Path
+from typing import Optional, Sequence
+
+from matplotlib.figure import Figure
+
+from lib.jsonio import write_text_atomic
+from lib.names import check_no_links
+from lib.report.compare import ALPHA, LABELS, Comparison, ConfigComparison, MetricDelta
+from lib.report.graphs import Graph, _figure, _render
+from lib.report.markdown import Block, Bullets, Heading, Paragraph, Table, render_markdown
+from lib.report.out_dirs import make_output_dir, stamped_name
+from lib.report.stats import NA, Estimate, fmt
+
+GRAPH = "compare_deltas"
+OUTPUTS = ("compare.md", "compare.txt", "graphs")
+LAYOUTS = {"own": "this framework's", "upstream": "an upstream AdamWPrune"}
+HEADERS = ("Configuration", "Metric", "A", "B", "Δ (B - A)", "p (Welch)", "Verdict")
+
+
+def _digits(field: str) -> int:
+    return 1 if field.endswith("_mib") else 2
+
+
+def _side(estimate: Estimate, digits: int) -> str:
+    return estimate.text(digits) + (f" (n={estimate.n})" if estimate.n > 1 else "")
+
+
+def verdict(m: MetricDelta) -> str:
+    """In words: what may be said about the difference."""
+    if math.isnan(m.delta):
+        return "not measured on both sides"
+    if m.p_value is not None:
+        return "within noise" if m.within_noise else f"differs (p < {ALPHA:g})"
+    if m.a.n > 1 and m.b.n > 1:
+        return "identical" if m.delta == 0 else "no variance on either side"
+    return "identical" if m.delta == 0 else "one seed: noise unknown"
+
+
+def _row(config: ConfigComparison, m: MetricDelta) -> list[str]:
+    digits = _digits(m.field)
+    p = NA if m.p_value is None else f"{m.p_value:.3g}"
+    return [config.config, LABELS[m.field], _side(m.a, digits), _side(m.b, digits),
+            fmt(m.delta, digits, signed=True), p, verdict(m)]
+
+
+def _models(comparison: Comparison) -> dict[str, list[ConfigComparison]]:
+    grouped: dict[str, list[ConfigComparison]] = {}
+    for config in comparison.both:
+        grouped.setdefault(config.model or "unknown model", []).append(config)
+    return grouped
+
+
+def compare_blocks(comparison: Comparison, graph: Optional[Graph]) -> list[Block]:
+    c = comparison
+    blocks: list[Block] = [
+        Heading(1, "Comparison of two result directories"),
+        Bullets([f"A: {c.a_name} ({LAYOUTS.get(c.a_layout, c.a_layout)} directory)",
+                 f"B: {c.b_name} ({LAYOUTS.get(c.b_layout, c.b_layout)} directory)",
+                 f"{len(c.both)} configuration(s) in both, {len(c.only_a)} run(s) only in A, "
+                 f"{len(c.only_b)} only in B",
+                 "Δ = B - A of the means over successful runs; with two or more seeds a side, mean ± sample std "
+                 f"(n) and Welch's t-test p-value; p >= {ALPHA:g} is within noise"] + list(c.notes)),
+    ]
+    for model, configs in _models(c).items():
+        rows = [_row(config, m) for config in configs for m in config.metrics]
+        blocks += [Heading(2, f"{model}: runs in both"), Table(HEADERS, rows, "llrrrrl")]
+    if not c.both:
+        blocks.append(Paragraph("No configuration is present in both directories."))
+    for side, runs in (("A", c.only_a), ("B", c.only_b)):
+        blocks += [Heading(2, f"Only in {side} ({len(runs)} run(s))"),
+                   Bullets(list(runs)) if runs else Paragraph("none")]
+    if graph is not None:
+        blocks += [Heading(2, "Graph"), Paragraph(f"![{graph.title}](graphs/{graph.name}.png)")]
+    return blocks
+
+
+def render_text(blocks: Sequence[Block]) -> str:
+    """Plain text of the blocks: headings underlined, tables in aligned columns."""
+    lines: list[str] = []
+    for block in blocks:
+        if isinstance(block, Heading):
+            lines += [block.text, ("=" if block.level == 1 else "-") * len(block.text)]
+        elif isinstance(block, Paragraph):
+            if not block.text.startswith("!["):  # an image has no text form
+                lines.append(block.text)
+        elif isinstance(block, Bullets):
+            lines += [f"  - {item}" for item in block.items]
+        elif isinstance(block, Table):
+            cells = [list(block.headers)] + [list(r) for r in block.rows]
+            widths = [max(len(row[i]) for row in cells) for i in range(len(block.headers))]
+            align = block.align.ljust(len(widths), "l")
+            for row in cells:
+                lines.append("  ".join(cell.rjust(w) if a == "r" else cell.ljust(w)
+                                       for cell, w, a in zip(row, widths, align)).rstrip())
+        lines.append("")
+    return "\n".join(lines)
+
+
+def _short(config: str, model: Optional[str]) -> str:
+    return config[len(model) + 1:] if model and config.startswith(model + "_") else config
+
+
+def delta_figure(comparison: Comparison) -> Optional[Figure]:
+    """One panel per metric with a measured delta: a bar per configuration."""
+    panels = [(field, [(config, config.metric(field)) for config in comparison.both
+                       if not math.isnan(config.metric(field).delta)]) for field in comparison.fields]
+    panels = [(field, bars) for field, bars in panels if bars]
+    if not panels:
+        return None
+    bars_per_panel = max(len(bars) for _, bars in panels)
+    columns = min(3, len(panels))
+    grid = math.ceil(len(panels) / columns)
+    figure = _figure(f"Δ B - A per configuration (grey: within noise, p >= {ALPHA:g}; bars ± Welch SE)",
+                     width=4.5 * columns, height=grid * (1.2 + 0.3 * bars_per_panel))
+    axes = figure.subplots(grid, columns, squeeze=False).flatten()
+    for ax in axes[len(panels):]:
+        ax.set_visible(False)
+    for ax, (field, bars) in zip(axes, panels):
+        ys = range(len(bars))
+        errors = [0 if math.isnan(m.standard_error) else m.standard_error for _, m in bars]
+        colors = ["lightgrey" if m.within_noise else "tab:blue" for _, m in bars]
+        ax.barh(list(ys), [m.delta for _, m in bars], xerr=errors, color=colors, capsize=2)
+        ax.set_yticks(list(ys), [_short(c.config, c.model) for c, _ in bars], fontsize=7)
+        ax.axvline(0, color="black", linewidth=0.8)
+        ax.set_xlabel(f"Δ {LABELS[field]}")
+        ax.invert_yaxis()
+    return figure
+
+
+def write_compare(comparison: Comparison, out_dir: Path) -> list[Path]:
+    """Write compare.md, compare.txt and graphs/compare_deltas.png|svg into `out_dir`; return the paths."""
+    check_no_links(out_dir, OUTPUTS)
+    figure = delta_figure(comparison)
+    graph = _render(GRAPH, figure) if figure is not None else None
+    blocks = compare_blocks(comparison, graph)
+    paths = [out_dir / "compare.md", out_dir / "compare.txt"]
+    write_text_atomic(paths[0], render_markdown(blocks))
+    write_text_atomic(paths[1], render_text(blocks))
+    if graph is not None:
+        graph.write(out_dir / "graphs")
+        paths.append(out_dir / "graphs" / f"{GRAPH}.png")
+    return paths
+
+
+def out_dir_for(out: Optional[Path], inputs: Sequence[Path], cwd: Path) -> Path:
+    """The folder to write into: `out`, or a new `compare_<time>[_N]` under `cwd`;
+    never inside an input, whose files must stay byte-identical (UserError)."""
+    return make_output_dir(out or stamped_name(cwd, "compare_"), inputs,
+                           hint="give OUT=dir elsewhere (or run from another folder)")

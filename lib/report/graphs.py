@@ -1,0 +1,451 @@
+"""Figures of a result table, per model, as PNG and SVG for graphs/.
+
+Owns the matplotlib figures (object API with the Agg canvas, no pyplot, so
+nothing global and no display needed): metric evolution per optimizer, model
+comparison bars, memory comparison, memory timeline, memory vs metric with
+the Pareto front, sparsity schedule reached, and training memory measured
+from the tensors. Every figure has a title, axis labels with units and a
+legend; figures from several seeds show mean ± standard deviation. Memory of
+CPU runs is process RSS and is labelled so, never as GPU memory. Figures are
+rendered in memory (Graph) so that reports are written only once all exist.
+"""
+from __future__ import annotations
+
+import io
+import math
+import multiprocessing
+import os
+import sys
+from concurrent.futures import ProcessPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable, Optional
+
+import pandas as pd
+from matplotlib import rc_context
+from matplotlib.figure import Figure
+from matplotlib.patches import Patch
+from matplotlib.ticker import MaxNLocator
+
+from lib.jsonio import write_bytes_atomic, write_text_atomic
+from lib.names import is_safe_name
+from lib.report.labels import TRAINING_TERMS, MemoryLabels, Metric, memory_labels, short_label, table_metrics
+from lib.report.stats import Estimate, configurations, fmt, has_seeds, is_missing
+
+AXIS_LABELS = {"epoch": "Epoch", "step": "Training step (optimizer updates)", "eval": "Evaluation number"}
+MIB = 2 ** 20
+MEMORY_TERMS = (("weights_bytes", "weights"), ("gradients_bytes", "gradients"),
+                ("optimizer_state_bytes", "optimizer state"), ("mask_bytes", "masks"))
+BAR_ROW_IN = 0.22  # inches per bar row: 8 pt labels need about 0.15
+LEGEND_RUNS = 12  # above this many runs or configurations, line legends name optimizers
+
+
+@dataclass(frozen=True)
+class Graph:
+    """One rendered figure: its file stem, title and both encodings."""
+    name: str
+    title: str
+    png: bytes
+    svg: str
+
+    def write(self, folder: Path) -> None:
+        if not is_safe_name(self.name):  # the model name is checked when read; this must never happen
+            raise ValueError(f"graph name {self.name!r} is not a safe file name")
+        write_bytes_atomic(folder / f"{self.name}.png", self.png)
+        write_text_atomic(folder / f"{self.name}.svg", self.svg)
+
+
+@dataclass(frozen=True)
+class Context:
+    """What every figure of one model needs."""
+    model: str
+    runs: pd.DataFrame  # the model's rows
+    configs: pd.DataFrame  # lib.report.stats.configurations of those rows
+    metric: Metric
+    memory: MemoryLabels
+    colors: dict[str, str]  # optimizer -> colour, the same in every figure
+    seeds: bool
+
+    def color(self, optimizer: object) -> str:
+        return self.colors.get(str(optimizer), "grey")
+
+    def label(self, config: str) -> str:
+        return short_label(config, self.model)
+
+    def error_note(self) -> str:
+        return "error bars: ± std over seeds" if self.seeds else "one seed per configuration, no error bars"
+
+
+def _render(name: str, figure: Figure) -> Graph:
+    png, svg = io.BytesIO(), io.BytesIO()
+    figure.savefig(png, format="png", dpi=100)
+    figure.set_layout_engine("none")  # laid out by the first save; a second layout pass costs a third
+    # no date and ids salted by the name: the same table gives the same file
+    with rc_context({"svg.hashsalt": name}):
+        figure.savefig(svg, format="svg", metadata={"Date": None})
+    title = figure.texts[0].get_text() if figure.texts else name
+    return Graph(name, title, png.getvalue(), svg.getvalue().decode())
+
+
+def _figure(title: str, width: float = 10, height: float = 5.5) -> Figure:
+    figure = Figure(figsize=(width, height), layout="constrained")
+    figure.suptitle(title, fontsize=12)
+    return figure
+
+
+def _mean_curve(curves: list[dict]) -> tuple[list[float], list[float], list[float]]:
+    """x, mean and std (0 for one curve) of curves sampled at the same x values."""
+    by_x: dict[float, list[float]] = {}
+    for curve in curves:
+        for x, y, *_ in curve["points"]:
+            if not (is_missing(x) or is_missing(y)):
+                by_x.setdefault(x, []).append(y)
+    xs = sorted(by_x)
+    estimates = [Estimate.of(by_x[x]) for x in xs]
+    return xs, [e.mean for e in estimates], [0.0 if e.n < 2 else e.std for e in estimates]
+
+
+def _good_curves(runs: pd.DataFrame, column: str) -> list[dict]:
+    return [c for c, s in zip(runs[column], runs["status"]) if c and s == "success"]
+
+
+def _line_styles(configs: list) -> dict[str, dict]:
+    """Colour by pruning method and dash by target sparsity (dense solid black),
+    so that many lines in one panel stay distinguishable beside their legend."""
+    methods = sorted({str(c.pruning) for c in configs if c.pruning != "none"})
+    targets = sorted({float(c.target_sparsity_pct) for c in configs
+                      if c.pruning != "none" and not is_missing(c.target_sparsity_pct)})
+    dashes = ("-", "--", ":", "-.")
+    styles = {}
+    for c in configs:
+        if c.pruning == "none":
+            styles[c.config] = {"color": "black", "linestyle": "-"}
+            continue
+        target = None if is_missing(c.target_sparsity_pct) else float(c.target_sparsity_pct)
+        styles[c.config] = {"color": f"C{methods.index(str(c.pruning)) % 10}",
+                            "linestyle": dashes[targets.index(target) % len(dashes)] if target in targets else "-"}
+    return styles
+
+
+def evolution(ctx: Context) -> Optional[Figure]:
+    """Metric per epoch (or eval step), one panel per optimizer, a line per
+    configuration; past LEGEND_RUNS lines in a panel, lines are styled by
+    method and sparsity and the legend moves below the panel."""
+    have = [(cfg, curves) for _, cfg in ctx.configs.iterrows()
+            if (curves := _good_curves(cfg.runs, "metric_curve"))]
+    optimizers = sorted({cfg.optimizer for cfg, _ in have}, key=str)
+    if not optimizers:
+        return None
+    axis = have[0][1][0]["axis"]
+    ncols = min(3, len(optimizers))
+    nrows = math.ceil(len(optimizers) / ncols)
+    most = max(sum(cfg.optimizer == o for cfg, _ in have) for o in optimizers)
+    many = most > LEGEND_RUNS
+    styles = _line_styles([cfg for cfg, _ in have]) if many else {}
+    legend_in = 0.17 * math.ceil(most / 2) + 0.3 if many else 0.0  # two columns below each panel
+    seeds = " (mean ± std over seeds)" if ctx.seeds else ""
+    figure = _figure(f"{ctx.model}: {ctx.metric.axis_label.split(' (')[0].lower()} per "
+                     f"{AXIS_LABELS.get(axis, axis).split(' (')[0].lower()}, by optimizer{seeds}",
+                     5.5 * ncols, (4.2 + legend_in) * nrows + 0.6)
+    axes = list(figure.subplots(nrows, ncols, squeeze=False, sharey=True).flat)
+    for ax, optimizer in zip(axes, optimizers):
+        for cfg, curves in have:
+            if cfg.optimizer != optimizer:
+                continue
+            xs, mean, std = _mean_curve(curves)
+            label = ctx.label(cfg.config) + (f" (n={len(curves)})" if len(curves) > 1 else "")
+            (line,) = ax.plot(xs, mean, marker="." if len(xs) < 30 else None, label=label,
+                              **styles.get(cfg.config, {}))
+            if len(curves) > 1:
+                ax.fill_between(xs, [m - s for m, s in zip(mean, std)], [m + s for m, s in zip(mean, std)],
+                                color=line.get_color(), alpha=0.2)
+        if not ctx.metric.higher_is_better:
+            ax.set_yscale("log")  # perplexity falls over orders of magnitude early in training
+        ax.set(title=str(optimizer), xlabel=AXIS_LABELS.get(axis, axis), ylabel=ctx.metric.axis_label)
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+        ax.grid(alpha=0.3)
+        if many:
+            ax.legend(fontsize=7, ncols=2, loc="upper center", bbox_to_anchor=(0.5, -0.12), frameon=False)
+        else:
+            # a fixed corner: loc="best" searches every curve point and dominates drawing time
+            ax.legend(fontsize=8, loc="lower right" if ctx.metric.higher_is_better else "upper right")
+    for ax in axes[len(optimizers):]:
+        ax.set_visible(False)  # panels left over in the last row
+    return figure
+
+
+def _sparsity_group(pruning: object, target: object) -> str:
+    if pruning == "none":
+        return "dense (no pruning)"
+    return "target sparsity unknown" if is_missing(target) else f"target sparsity {float(target):g}%"
+
+
+def _measured(configs: pd.DataFrame, column: str) -> pd.DataFrame:
+    """Configurations with a measured `column`, grouped by target sparsity
+    (dense first), then by optimizer, method and variant; column `group`
+    names the sparsity group."""
+    keep = configs.loc[[e.n > 0 for e in configs[column]]]  # .loc: an empty list keeps the columns
+    order = keep.assign(group=[_sparsity_group(p, t) for p, t in zip(keep["pruning"], keep["target_sparsity_pct"])],
+                        _d=keep["pruning"] != "none",
+                        _t=[math.inf if is_missing(t) else float(t) for t in keep["target_sparsity_pct"]],
+                        _o=keep["optimizer"].astype(str), _p=keep["pruning"].astype(str))
+    return order.sort_values(["_d", "_t", "_o", "_p", "config"], kind="stable")
+
+
+def _bar_figure(title: str, configs: pd.DataFrame) -> Figure:
+    """A figure tall enough for one readable row per bar and per group heading."""
+    rows = len(configs) + configs["group"].nunique()
+    return _figure(title, 10, max(3.5, 1.4 + BAR_ROW_IN * rows))
+
+
+def _bars(ctx: Context, ax, configs: pd.DataFrame, column: str, digits: int,
+          marks: Optional[list[float]] = None) -> list:
+    """Horizontal bars of mean ± std per configuration, coloured by optimizer,
+    one row each under a bold heading per sparsity group, its value printed
+    in a column right of the axes (`marks`, e.g. peaks, drawn as black ticks
+    and printed beside it); the value axis is zoomed on them. Rows grow the figure (_bar_figure), so
+    labels never overlap however many runs. Returns the legend handles."""
+    ys, headings, y = [], [], 0
+    for group in dict.fromkeys(configs["group"]):
+        headings.append((y, group))
+        for _ in range((configs["group"] == group).sum()):
+            y += 1
+            ys.append(y)
+        y += 1
+    estimates = list(configs[column])
+    errors = [e.std if e.n > 1 else 0.0 for e in estimates]
+    ax.barh(ys, [e.mean for e in estimates], xerr=errors if any(errors) else None, capsize=3, height=0.75,
+            edgecolor="black", linewidth=0.5, color=[ctx.color(o) for o in configs["optimizer"]])
+    handles: list = _optimizer_handles(ctx, configs)
+    ends = [e.mean + err for e, err in zip(estimates, errors)]
+    if marks is not None:
+        handles.append(ax.scatter(marks, ys, marker="|", s=120, color="black", zorder=3,
+                                  label="peak (bars: mean over the run)"))
+        ends = [max(t, m) if m == m else t for t, m in zip(ends, marks)]
+    texts = [e.text(digits) for e in estimates]
+    if marks is not None:
+        texts = [f"mean {t}, peak {fmt(m, digits)}" for t, m in zip(texts, marks)]
+    for row, text in zip(ys, texts):
+        # a column right of the axes: labels never run into bars, marks or each other
+        ax.annotate(text, (1.0, row), xycoords=("axes fraction", "data"), xytext=(4, 0),
+                    textcoords="offset points", ha="left", va="center", fontsize=7)
+    lows = [e.mean - err for e, err in zip(estimates, errors)]
+    span = (max(ends) - min(lows)) or abs(max(ends)) or 1.0
+    ax.set_xlim(max(0.0, min(lows) - 0.5 * span), max(ends) + 0.05 * span)
+    ax.set_ylim(ys[-1] + 0.75, -0.75)  # first row on top
+    ticks = [(h, name) for h, name in headings] + list(zip(ys, (ctx.label(c) for c in configs["config"])))
+    ax.set_yticks([t for t, _ in ticks], [name for _, name in ticks], fontsize=8)
+    for label in ax.get_yticklabels()[:len(headings)]:
+        label.set_fontweight("bold")
+    ax.tick_params(axis="y", length=0)
+    for h, _ in headings[1:]:
+        ax.axhline(h - 0.5, color="grey", linewidth=0.5)
+    ax.grid(axis="x", alpha=0.3)
+    return handles
+
+
+def _legend_outside(ax, handles: Optional[list], title: str) -> None:
+    """A legend right of the axes: it never hides data, and placing it costs nothing."""
+    kwargs = {"handles": handles} if handles is not None else {}
+    ax.legend(**kwargs, title=title, fontsize=8, title_fontsize=8, loc="upper left", bbox_to_anchor=(1.01, 1.0))
+
+
+def _legend_above(ax, handles: list) -> None:
+    """A legend between the title and the axes: the right side holds the value column."""
+    ax.legend(handles=handles, fontsize=8, ncols=min(len(handles), 4), loc="lower center",
+              bbox_to_anchor=(0.5, 1.0), frameon=False)
+
+
+def _optimizer_handles(ctx: Context, rows: pd.DataFrame) -> list[Patch]:
+    return [Patch(color=ctx.color(o), label=str(o)) for o in dict.fromkeys(rows["optimizer"])]
+
+
+def model_comparison(ctx: Context) -> Optional[Figure]:
+    configs = _measured(ctx.configs, ctx.metric.best)
+    if configs.empty:
+        return None
+    figure = _bar_figure(f"{ctx.model}: {ctx.metric.title} by configuration ({ctx.error_note()})", configs)
+    ax = figure.subplots()
+    _legend_above(ax, _bars(ctx, ax, configs, ctx.metric.best, 2))
+    ax.set(xlabel=ctx.metric.best_axis_label, ylabel="Configuration")
+    return figure
+
+
+def memory_comparison(ctx: Context) -> Optional[Figure]:
+    configs = _measured(ctx.configs, "memory_mean_mib")
+    if configs.empty:
+        return None
+    figure = _bar_figure(f"{ctx.model}: {ctx.memory.name} by configuration ({ctx.error_note()})", configs)
+    ax = figure.subplots()
+    peaks = [e.mean for e in configs["memory_peak_mib"]]
+    _legend_above(ax, _bars(ctx, ax, configs, "memory_mean_mib", 1, peaks))
+    ax.set(xlabel=ctx.memory.axis_label, ylabel="Configuration")
+    return figure
+
+
+def memory_timeline(ctx: Context) -> Optional[Figure]:
+    runs = ctx.runs[[bool(t) for t in ctx.runs["memory_timeline"]]]
+    if runs.empty:
+        return None
+    figure = _figure(f"{ctx.model}: {ctx.memory.name} over time, per run")
+    ax = figure.subplots()
+    per_run = len(runs) <= LEGEND_RUNS
+    for _, run in runs.iterrows():
+        ts, mib = zip(*run.memory_timeline)
+        ax.plot(ts, mib, linewidth=1, label=ctx.label(run.run_id) if per_run else None,
+                color=None if per_run else ctx.color(run.optimizer))
+    _legend_outside(ax, None if per_run else _optimizer_handles(ctx, runs), "run" if per_run else "optimizer")
+    ax.set(xlabel="Time since the sampler started (s)", ylabel=ctx.memory.axis_label)
+    ax.grid(alpha=0.3)
+    return figure
+
+
+def pareto_front(points: list[tuple[float, float]], higher_is_better: bool) -> list[int]:
+    """Indices of the points no other point beats on both memory (lower) and metric."""
+    order = sorted(range(len(points)), key=lambda i: (points[i][0], -points[i][1] if higher_is_better
+                                                      else points[i][1]))
+    front, best = [], None
+    for i in order:
+        value = points[i][1]
+        if best is None or (value > best if higher_is_better else value < best):
+            front.append(i)
+            best = value
+    return front
+
+
+def memory_vs_metric(ctx: Context) -> Optional[Figure]:
+    configs = _measured(_measured(ctx.configs, ctx.metric.best), "memory_mean_mib")
+    if configs.empty:
+        return None
+    memory, metric = list(configs["memory_mean_mib"]), list(configs[ctx.metric.best])
+    figure = _figure(f"{ctx.model}: {ctx.metric.title} vs mean {ctx.memory.name} ({ctx.error_note()})")
+    ax = figure.subplots()
+    for m, a, optimizer in zip(memory, metric, configs["optimizer"]):
+        ax.errorbar(m.mean, a.mean, xerr=m.std if m.n > 1 else None, yerr=a.std if a.n > 1 else None,
+                    fmt="o", color=ctx.color(optimizer), capsize=3)
+    front = pareto_front([(m.mean, a.mean) for m, a in zip(memory, metric)], ctx.metric.higher_is_better)
+    ax.plot([memory[i].mean for i in front], [metric[i].mean for i in front], color="red", linestyle="--",
+            drawstyle="steps-post", label="Pareto front")
+    labels = configs["config"].tolist()
+    for i in (range(len(labels)) if len(labels) <= LEGEND_RUNS else front):
+        ax.annotate(ctx.label(labels[i]), (memory[i].mean, metric[i].mean), fontsize=7,
+                    xytext=(4, 4), textcoords="offset points")
+    _legend_outside(ax, _optimizer_handles(ctx, configs) + ax.get_legend_handles_labels()[0], "optimizer")
+    ax.set(xlabel=f"{ctx.memory.axis_label}, mean over the run", ylabel=ctx.metric.best_axis_label)
+    ax.grid(alpha=0.3)
+    return figure
+
+
+def sparsity_schedule(ctx: Context) -> Optional[Figure]:
+    """Measured sparsity at each mask update (first seed of each configuration),
+    target dashed; above LEGEND_RUNS configurations, coloured by optimizer."""
+    firsts = [(cfg, curves[0]) for _, cfg in ctx.configs.iterrows()
+              if cfg.pruning != "none" and (curves := _good_curves(cfg.runs, "sparsity_schedule"))]
+    if not firsts:
+        return None
+    targets_known = any(not is_missing(p[1]) for _, s in firsts for p in s["points"])
+    figure = _figure(f"{ctx.model}: sparsity reached during training"
+                     + (" (solid: measured, dashed: target)" if targets_known else " (measured)"))
+    ax = figure.subplots()
+    per_config = len(firsts) <= LEGEND_RUNS
+    for cfg, schedule in firsts:
+        xs = [p[0] for p in schedule["points"]]
+        (line,) = ax.plot(xs, [p[2] for p in schedule["points"]], label=ctx.label(cfg.config) if per_config else None,
+                          color=None if per_config else ctx.color(cfg.optimizer),
+                          marker="o" if len(xs) <= 50 else None, markersize=3)
+        targets = [p[1] for p in schedule["points"]]
+        if not all(is_missing(t) for t in targets):
+            ax.plot(xs, targets, linestyle="--", color=line.get_color(), linewidth=1)
+    ax.set(xlabel=AXIS_LABELS.get(firsts[0][1]["axis"], firsts[0][1]["axis"]),
+           ylabel="Sparsity of prunable weights (%)", ylim=(0, 100))
+    ax.grid(alpha=0.3)
+    _legend_outside(ax, None if per_config else _optimizer_handles(ctx, pd.DataFrame([c for c, _ in firsts])),
+                    "configuration" if per_config else "optimizer")
+    return figure
+
+
+def training_memory(ctx: Context) -> Optional[Figure]:
+    """Stacked measured bytes per configuration (first run that recorded them)."""
+    rows = []
+    for _, cfg in ctx.configs.iterrows():
+        recorded = [run for _, run in cfg.runs.iterrows() if run.memory_bytes]
+        if recorded:
+            rows.append((cfg, recorded[0]))  # bytes do not depend on the seed
+    if not rows:
+        return None
+    figure = _figure(f"{ctx.model}: training memory measured from tensors ({TRAINING_TERMS})",
+                     10, 2.2 + 0.4 * len(rows))
+    ax = figure.subplots()
+    ys = range(len(rows))
+    left = [0.0] * len(rows)
+    colors = ("#4c72b0", "#dd8452", "#55a868", "#c44e52")
+    for (term, label), color in zip(MEMORY_TERMS, colors):
+        widths = [(run.memory_bytes.get(term) or 0) / MIB for _, run in rows]
+        ax.barh(ys, widths, left=left, color=color, label=label)
+        left = [a + b for a, b in zip(left, widths)]
+    for y, (x, (_, run)) in enumerate(zip(left, rows)):
+        note = f" training {run.training_multiplier:.2f}× weights" if not is_missing(run.training_multiplier) else ""
+        if not is_missing(run.inference_multiplier):
+            note += f"; inference {run.inference_multiplier:.2f}×"
+        ax.text(x, y, note, va="center", fontsize=7)
+    ax.set_yticks(list(ys), [ctx.label(cfg.config) for cfg, _ in rows], fontsize=8)
+    ax.invert_yaxis()
+    ax.set_xlim(0, max(left) * 1.35 or 1)
+    ax.set(xlabel="Memory (MiB, measured bytes of the tensors)", ylabel="Configuration")
+    ax.legend(fontsize=8, ncols=len(MEMORY_TERMS), loc="lower center", bbox_to_anchor=(0.5, 1.0), frameon=False)
+    return figure
+
+
+# File stem (after "<model>_") -> figure builder; a builder returns None when
+# the table has nothing to draw (an upstream directory records no tensor bytes).
+BUILDERS: dict[str, Callable[[Context], Optional[Figure]]] = {
+    "{metric}_evolution": evolution,
+    "model_comparison": model_comparison,
+    "{memory}_comparison": memory_comparison,
+    "{memory}_timeline": memory_timeline,
+    "memory_vs_{metric}": memory_vs_metric,
+    "sparsity_schedule": sparsity_schedule,
+    "training_memory_comparison": training_memory,
+}
+
+
+def _build(task: tuple[str, str, Context]) -> Optional[Graph]:
+    name, stem, ctx = task
+    try:
+        figure = BUILDERS[stem](ctx)
+        return None if figure is None else _render(name, figure)
+    except Exception as exc:  # noqa: BLE001 - figures drawn from others' files: one bad value costs one figure
+        print(f"warning: graphs/{name}: not drawn ({type(exc).__name__}: {str(exc)[:200]})", file=sys.stderr)
+        return None
+
+
+def contexts(table: pd.DataFrame) -> list[Context]:
+    """One figure context per model of `table`; colours follow the optimizers of the whole table."""
+    memory = memory_labels(table)
+    palette = ("tab:blue", "tab:orange", "tab:green", "tab:red", "tab:purple", "tab:brown", "tab:pink",
+               "tab:olive", "tab:cyan", "tab:gray")
+    optimizers = sorted(table["optimizer"].dropna().astype(str).unique())
+    colors = {o: palette[i % len(palette)] for i, o in enumerate(optimizers)}
+    found = []
+    for model, runs in table.groupby("model", sort=True):
+        metric = table_metrics(runs)[0]
+        configs = configurations(runs, [metric.best, "memory_mean_mib", "memory_peak_mib"])
+        found.append(Context(str(model), runs, configs, metric, memory, colors, has_seeds(runs)))
+    return found
+
+
+def render_graphs(table: pd.DataFrame, workers: Optional[int] = None) -> list[Graph]:
+    """Every figure of every model of `table`, rendered in memory.
+
+    Drawing dominates (a 60-run directory takes seconds per core), so figures
+    are drawn by `workers` forked processes (default: one per CPU) where the
+    platform forks; elsewhere, or with workers=1, one after the other."""
+    tasks = [(f"{ctx.model}_" + stem.format(metric=ctx.metric.slug, memory=ctx.memory.slug), stem, ctx)
+             for ctx in contexts(table) for stem in BUILDERS]
+    workers = min(len(tasks), os.cpu_count() or 1) if workers is None else workers
+    if workers > 1 and "fork" in multiprocessing.get_all_start_methods():
+        with ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("fork")) as pool:
+            graphs = list(pool.map(_build, tasks))
+    else:
+        graphs = [_build(task) for task in tasks]
+    return [graph for graph in graphs if graph is not None]

@@ -1,0 +1,133 @@
+"""How reports name what they show: the metric of a task (accuracy for
+classifiers, perplexity for language models), what a memory figure measured
+(GPU memory or process RSS, never one called the other), run statuses, and
+the derived figures every report shares (efficiency score, dense baseline).
+
+Shared by lib/report (text), lib/report_md (Markdown and HTML) and
+lib/graphs, so the three always use the same words for the same figure.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import pandas as pd
+
+from lib.report.stats import fmt
+from lib.results.reader import LANGUAGE_MODELING
+
+STATUS_LABELS = {"success": "✓ Success", "failed": "✗ Failed", "timeout": "✗ Timeout",
+                 "interrupted": "✗ Interrupted", "missing": "… Missing"}
+TRAINING_TERMS = "weights + gradients + optimizer state + masks"
+EFFICIENCY_NOTE = "best accuracy (%) per 100 MiB of mean measured memory"
+
+
+@dataclass(frozen=True)
+class Metric:
+    """The figure runs are ranked by: accuracy for classifiers, perplexity for LMs."""
+    best: str
+    final: str
+    best_header: str
+    final_header: str
+    name: str
+    unit: str
+    higher_is_better: bool
+    axis_label: str  # for graphs, with its unit
+    title: str  # the best figure in words, for titles
+    slug: str  # for file names
+
+    @property
+    def best_axis_label(self) -> str:
+        return f"Best {self.axis_label[0].lower()}{self.axis_label[1:]}, pruned runs at target sparsity"
+
+    def text(self, value: Any) -> str:
+        return fmt(value, 2, self.unit)
+
+
+BEST_NOTE = ("Best: for a pruned run, the best evaluation at its target sparsity (measured within 0.5 points, "
+             "after the ramp), never one taken before pruning reached it (metrics.json keeps that apart as "
+             "best_before_target); for a dense run, the best of all evaluations. Upstream result directories "
+             "report best as upstream recorded it.")
+
+ACCURACY = Metric("best_accuracy_pct", "final_accuracy_pct", "Best Acc (%)", "Final Acc (%)",
+                  "Best Acc", "%", True, "Test accuracy (%)", "best test accuracy", "accuracy")
+PERPLEXITY = Metric("best_perplexity", "final_perplexity", "Best PPL", "Final PPL", "Best PPL", "", False,
+                    "Validation perplexity", "best validation perplexity", "perplexity")
+
+
+@dataclass(frozen=True)
+class MemoryLabels:
+    """How memory figures are named, from what the sampler measured."""
+    mean_header: str
+    peak_header: str
+    kind: str
+    title: str
+    note: str | None
+    axis_label: str  # for graphs, with its unit
+    name: str  # what was measured, in words, for titles
+    slug: str  # for file names
+
+    def kind_of(self, row: Any) -> str:
+        """What one row measured: in a mixed table each run names its own kind."""
+        if self is not MIXED_MEMORY:
+            return self.kind
+        return {"cuda": "GPU", "cpu": "RSS"}.get(row["memory_device"], self.kind)
+
+
+# "Avg" rather than "Mean" for RSS and mixed: summary_rows.py (and scripts
+# like it) match a bare "n" column anywhere in the header, which splits
+# "RSS Mean (MiB)" apart; "GPU Mean (MiB)" is read whole.
+GPU_MEMORY = MemoryLabels("GPU Mean (MiB)", "GPU Max (MiB)", "GPU", "GPU Memory Usage (measured)", None,
+                          "GPU memory (MiB)", "GPU memory", "gpu_memory")
+RSS_MEMORY = MemoryLabels("RSS Avg (MiB)", "RSS Max (MiB)", "RSS",
+                          "Process Memory Usage (RSS, measured; not GPU memory)",
+                          "Memory: CPU process resident set size (no GPU); not GPU memory",
+                          "Process RSS (MiB; CPU run, not GPU memory)", "process RSS (CPU)", "rss_memory")
+MIXED_MEMORY = MemoryLabels("Mem Avg (MiB)", "Mem Max (MiB)", "Mem",
+                            "Memory Usage (measured; GPU and RSS mixed)",
+                            "Memory: GPU memory for cuda runs, process RSS for cpu runs; "
+                            "the two are not comparable",
+                            "Memory (MiB; GPU for cuda runs, RSS for cpu runs)", "memory (GPU or RSS)", "memory")
+
+
+def memory_labels(table: pd.DataFrame) -> MemoryLabels:
+    devices = set(table["memory_device"].dropna())
+    if devices == {"cpu"}:
+        return RSS_MEMORY
+    return GPU_MEMORY if devices <= {"cuda"} else MIXED_MEMORY
+
+
+def table_metrics(table: pd.DataFrame) -> list[Metric]:
+    """Accuracy columns unless every run is a language model; perplexity for LM runs."""
+    is_lm = table["task"] == LANGUAGE_MODELING
+    metrics = [ACCURACY] if not is_lm.all() else []
+    if is_lm.any() and PERPLEXITY.best in table:
+        metrics.append(PERPLEXITY)
+    return metrics or [ACCURACY]
+
+
+def status_label(status: Any) -> str:
+    return STATUS_LABELS.get(status, f"? {status}")
+
+
+def efficiency_scores(table: pd.DataFrame) -> pd.Series:
+    """Best accuracy (%) per 100 MiB of mean measured memory; NaN where either is missing."""
+    return table["best_accuracy_pct"] / (table["memory_mean_mib"] / 100.0)
+
+
+def status_counts(table: pd.DataFrame) -> list[str]:
+    """The run-count lines at the top of every report."""
+    status = table["status"]
+    failed = status[~status.isin(["success", "missing"])]
+    others = failed[failed != "failed"].value_counts()  # timeouts and the like, named apart
+    detail = ", ".join(f"{n} {kind}" for kind, n in others.items())
+    return [f"Total tests: {len(table)}",
+            f"Successful: {int((status == 'success').sum())}",
+            f"Failed: {len(failed)}" + (f" ({detail})" if detail else ""),
+            f"Missing: {int((status == 'missing').sum())}"]
+
+
+def short_label(config: str, model: Any) -> str:
+    """A configuration's label without its model prefix, for legends and axes."""
+    prefix = f"{model}_"
+    return config[len(prefix):] if isinstance(model, str) and config.startswith(prefix) else config

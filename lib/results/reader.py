@@ -1,0 +1,283 @@
+"""Read a result directory into one table, one row per run.
+
+Owns: recognising a directory's layout (READERS, tried in order: this
+framework's own, then the upstream AdamWPrune one of lib/legacy_results),
+reading each run of our own layout (result.json, metrics.json, gpu_stats.json)
+into the flat row of docs/results-format.md, and the table itself. A missing
+or corrupt file becomes empty cells plus a warning, so one bad run never
+stops a report. It formats and writes nothing (lib/report does).
+"""
+from __future__ import annotations
+
+import math
+import sys
+from pathlib import Path
+from typing import Callable, Optional
+
+import pandas as pd
+
+from lib.errors import UserError
+from lib.jsonio import read_json
+from lib.matrix import MAX_SEED
+from lib.names import name_problem, row_name_problem
+from lib.provenance import directory_provenance
+from lib.results.run_files import (CLASSIFICATION, LANGUAGE_MODELING, TASK_BY_MODEL, TASKS, Row, RunFiles, curve, shown,
+                                   thin, to_float)
+from lib.results.upstream import read_upstream_layout
+
+__all__ = ["LANGUAGE_MODELING", "ROW_FIELDS", "EXTRA_FIELDS", "LM_FIELDS", "READERS", "load_results"]
+
+# The all_results.json row of docs/results-format.md, in its order.
+ROW_FIELDS: tuple[str, ...] = (
+    "run_id", "model", "optimizer", "pruning", "variant", "seed", "task", "status",
+    "target_sparsity_pct", "sparsity_pct", "best_accuracy_pct", "final_accuracy_pct",
+    "memory_mean_mib", "memory_peak_mib", "memory_source", "memory_device",
+    "training_multiplier", "inference_multiplier", "wall_time_s",
+)
+# Table-only columns: curves for graphs ({"axis", "points"} or None), the
+# measured memory terms in bytes, the memory timeline [[t_s, MiB], ...], the
+# log tail for the failed-runs section, and the warnings raised while reading.
+EXTRA_FIELDS: tuple[str, ...] = ("metric_curve", "sparsity_schedule", "memory_bytes", "memory_timeline",
+                                 "log_tail", "warnings")
+# Present only when the table holds language-model runs.
+LM_FIELDS: tuple[str, ...] = ("best_perplexity", "final_perplexity", "best_val_loss", "final_val_loss")
+NUMERIC_FIELDS: tuple[str, ...] = (
+    "target_sparsity_pct", "sparsity_pct", "best_accuracy_pct", "final_accuracy_pct",
+    "memory_mean_mib", "memory_peak_mib", "training_multiplier", "inference_multiplier",
+    "wall_time_s",
+) + LM_FIELDS
+MEMORY_TERMS = ("weights_bytes", "gradients_bytes", "optimizer_state_bytes", "mask_bytes")
+
+STATUSES = ("success", "failed", "timeout", "interrupted")
+MISSING = "missing"
+LOG_TAIL_LINES = 5
+LOG_LINE_CHARS = 500  # a log line longer than this is cut in reports
+
+# A reader recognises one directory layout: it returns the rows of the runs it
+# found (perhaps none), or None when the directory is not in its layout;
+# problems go to the warnings list as "path: what".
+Reader = Callable[[Path, list[str]], Optional[list[Row]]]
+
+
+def _status(files: RunFiles, result: dict) -> str:
+    if not result:
+        return MISSING  # no (valid) result.json: the run never finished
+    status = result.get("status")
+    if status not in STATUSES:
+        files.warn("result.json", f"unknown status {shown(status)}")
+        return MISSING
+    return status
+
+
+def _text(value: object) -> Optional[str]:
+    """A name cell: the string, or None for anything else (a list, a dict, a number)."""
+    return value if isinstance(value, str) else None
+
+
+def _finite(value: Optional[float]) -> float:
+    return value if value is not None and math.isfinite(value) else math.nan
+
+
+def _spec_cells(spec: dict) -> Row:
+    target = spec.get("target_sparsity_pct")
+    seed = spec.get("seed")
+    return {
+        "run_id": spec["run_id"],
+        "model": _text(spec.get("model")),
+        "optimizer": _text(spec.get("optimizer")),
+        "pruning": _text(spec.get("pruning")),
+        "variant": _text(spec.get("variant")),
+        "seed": seed if isinstance(seed, int) and not isinstance(seed, bool) and 0 <= seed <= MAX_SEED else None,
+        "target_sparsity_pct": _finite(to_float(target)),
+    }
+
+
+def _metric_cells(files: RunFiles, metrics: dict, task: str) -> Row:
+    def num(*keys: str) -> float:
+        return files.number(metrics, keys, "metrics.json")
+
+    if task == LANGUAGE_MODELING:
+        evals = curve("step", files.points(metrics.get("evals"), ("step", "val_perplexity"), "metrics.json"))
+    else:
+        evals = curve("epoch", files.points(metrics.get("epochs"), ("epoch", "test_accuracy_pct"),
+                                            "metrics.json"))
+    memory = metrics.get("memory") if isinstance(metrics.get("memory"), dict) else {}
+    terms = {term: num("memory", term) for term in MEMORY_TERMS if term in memory}
+    cells = {
+        "best_accuracy_pct": num("best_accuracy_pct"),
+        "final_accuracy_pct": num("final_accuracy_pct"),
+        "sparsity_pct": num("sparsity", "global_pct"),
+        "training_multiplier": num("memory", "training_multiplier"),
+        "inference_multiplier": num("memory", "inference_multiplier"),
+        "wall_time_s": num("wall_time_s"),
+        "metric_curve": evals,
+        "sparsity_schedule": curve("step", files.points(metrics.get("pruning_schedule"),
+                                                        ("step", "target_pct", "measured_pct"), "metrics.json")),
+        "memory_bytes": terms or None,
+    }
+    cells.update({field: num(field) for field in LM_FIELDS})
+    return cells
+
+
+def _memory_cells(files: RunFiles, gpu_stats: dict) -> Row:
+    summary = gpu_stats.get("summary") if isinstance(gpu_stats.get("summary"), dict) else {}
+    samples = thin(gpu_stats.get("samples") if isinstance(gpu_stats.get("samples"), list) else [])
+    return {
+        "memory_mean_mib": files.number(summary, ("mean_mib",), "gpu_stats.json"),
+        "memory_peak_mib": files.number(summary, ("peak_mib",), "gpu_stats.json"),
+        "memory_device": gpu_stats.get("device"),
+        "memory_source": gpu_stats.get("source"),
+        "memory_timeline": files.points(samples, ("t_s", "memory_mib"), "gpu_stats.json") or None,
+    }
+
+
+def read_run(run_dir: Path, spec: dict, warnings: list[str]) -> Row:
+    """One table row from a run folder and its spec (from matrix.json or run.json)."""
+    files = RunFiles(run_dir, warnings)
+    result = files.load("result.json", expected=False)
+    status = _status(files, result)
+    # Only a successful run must have its metrics; a failed one may stop early.
+    done = status == "success"
+    metrics = files.load("metrics.json", expected=done)
+    gpu_stats = files.load("gpu_stats.json", expected=done)
+    row = _spec_cells(spec)
+    row["model"] = row["model"] or _text(metrics.get("model"))
+    task = metrics.get("task")
+    row["task"] = task if task in TASKS else TASK_BY_MODEL.get(row["model"], CLASSIFICATION)
+    row["status"] = status
+    row.update(_metric_cells(files, metrics, row["task"]))
+    row.update(_memory_cells(files, gpu_stats))
+    tail = result.get("log_tail")
+    row["log_tail"] = [str(line)[:LOG_LINE_CHARS] for line in tail[-LOG_TAIL_LINES:]] if isinstance(tail, list) else []
+    row["warnings"] = files.warnings
+    return row
+
+
+def _specs_from_matrix(results_dir: Path, warnings: list[str]) -> Optional[list[dict]]:
+    """The run specs of matrix.json; None when it is absent or unusable."""
+    path = results_dir / "matrix.json"
+    if not path.is_file():
+        return None
+    try:
+        matrix = read_json(path)
+    except UserError as exc:  # its message already names the path
+        warnings.append(f"{exc}; reading the run folders instead")
+        return None
+    runs = matrix.get("runs") if isinstance(matrix, dict) else None
+    if not isinstance(runs, list):
+        warnings.append(f"{path}: no 'runs' list; reading the run folders instead")
+        return None
+    specs = [spec for spec in runs if isinstance(spec, dict) and spec.get("run_id") is not None]
+    if len(specs) < len(runs):
+        warnings.append(f"{path}: {len(runs) - len(specs)} run(s) without a run_id ignored")
+    return [spec for spec in specs if _safe_run_id(spec["run_id"], path, warnings)]
+
+
+def _safe_run_id(run_id: object, where: Path, warnings: list[str]) -> bool:
+    """Whether `run_id` may name a folder to read; a warning when it may not."""
+    problem = name_problem(run_id, "run_id")
+    if problem:
+        warnings.append(f"{where}: {problem}; entry skipped")
+    return problem is None
+
+
+def _specs_from_run_folders(results_dir: Path, warnings: list[str]) -> list[dict]:
+    """Specs of the folders holding run.json or result.json, when there is no matrix."""
+    specs = []
+    for run_dir in sorted(p for p in results_dir.iterdir() if p.is_dir()):
+        if not ((run_dir / "run.json").is_file() or (run_dir / "result.json").exists()):
+            continue
+        if not _safe_run_id(run_dir.name, run_dir, warnings):
+            continue
+        spec = RunFiles(run_dir, warnings).load("run.json", expected=True).get("spec")
+        spec = dict(spec) if isinstance(spec, dict) else {}
+        spec["run_id"] = run_dir.name  # the folder name is what the runner used
+        specs.append(spec)
+    return specs
+
+
+def read_own_layout(results_dir: Path, warnings: list[str]) -> Optional[list[Row]]:
+    """Rows of a directory written by this framework (docs/results-format.md);
+    [] for a matrix.json listing no readable run, None when not this layout."""
+    specs = _specs_from_matrix(results_dir, warnings)
+    if specs is None:
+        specs = _specs_from_run_folders(results_dir, warnings)
+        if not specs:
+            return None
+    seen: set[str] = set()
+    rows = []
+    for spec in specs:
+        if spec["run_id"] not in seen:
+            seen.add(spec["run_id"])
+            rows.append(read_run(results_dir / spec["run_id"], spec, warnings))
+    return rows
+
+
+# Layout name -> reader, tried in order; the first that recognises the directory wins.
+READERS: dict[str, Reader] = {"own": read_own_layout, "upstream": read_upstream_layout}
+
+
+def _to_frame(rows: list[Row]) -> pd.DataFrame:
+    columns = list(ROW_FIELDS) + list(EXTRA_FIELDS)
+    if any(row.get("task") == LANGUAGE_MODELING for row in rows):
+        columns += list(LM_FIELDS)
+    table = pd.DataFrame(rows, columns=columns)
+    for field in NUMERIC_FIELDS:
+        if field in table:
+            table[field] = table[field].astype(float)
+    table["seed"] = table["seed"].astype("Int64")  # integer, but may be unknown
+    # Text and list cells hold None, never NaN, when unknown: pandas would
+    # give a text column its string dtype (NaN for missing) and a column no
+    # reader filled float NaN.
+    text = [c for c in table.columns if c not in NUMERIC_FIELDS and c != "seed"]
+    table[text] = table[text].astype(object).where(table[text].notna(), None)
+    table["log_tail"] = [cell or [] for cell in table["log_tail"]]
+    table["warnings"] = [cell or [] for cell in table["warnings"]]
+    return table
+
+
+def _safe_rows(rows: list[Row], results_dir: Path, warnings: list[str]) -> list[Row]:
+    """The rows whose names may become paths (graph files, run folders); a warning for each other."""
+    kept = []
+    for row in rows:
+        problem = row_name_problem(row)
+        if problem:
+            warnings.append(f"{results_dir}: run {str(row.get('run_id'))[:60]!r}: {problem}; run skipped")
+        else:
+            kept.append(row)
+    return kept
+
+
+def print_warnings(warnings: list[str]) -> None:
+    """Print each warning once to stderr as `warning: <path>: <what>`."""
+    for message in dict.fromkeys(warnings):
+        print(f"warning: {message}", file=sys.stderr)
+
+
+def load_results(results_dir: Path) -> pd.DataFrame:
+    """The table of all runs of `results_dir`: ROW_FIELDS + EXTRA_FIELDS (+ LM_FIELDS).
+
+    Unmeasured figures are NaN, unknown text None; runs listed in matrix.json
+    without a result have status "missing". `table.attrs["layout"]` names the
+    reader that recognised the directory ("own" or "upstream"); `table.attrs["provenance"]`
+    its config text, git commit, package versions and host (lib/provenance). Raises
+    UserError when the directory does not exist or no reader recognises it.
+    """
+    results_dir = Path(results_dir)
+    if not results_dir.is_dir():
+        raise UserError(f"{results_dir}: no such result directory "
+                        "(give a test_matrix_results/<timestamp> folder)")
+    warnings: list[str] = []
+    for layout, reader in READERS.items():
+        rows = reader(results_dir, warnings)
+        if rows is not None:
+            table = _to_frame(_safe_rows(rows, results_dir, warnings))
+            # after _safe_rows: the run IDs it reads run.json under have passed lib/names
+            table.attrs["provenance"] = directory_provenance(results_dir, list(table["run_id"]), layout, warnings)
+            print_warnings(warnings)
+            table.attrs["layout"] = layout
+            return table
+    print_warnings(warnings)
+    raise UserError(f"{results_dir}: not a result directory this version can read (expected matrix.json or "
+                    "run folders with result.json, or an upstream all_results.json list or "
+                    "<model>_* run folders)")

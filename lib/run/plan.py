@@ -1,0 +1,148 @@
+"""What `make test-matrix-dry-run` says before anything runs: how many runs go
+at once on which slots, and how long the matrix should take, estimated from
+past successful runs of the same model under RESULTS_ROOT.
+
+A past run of exactly the same spec gives its mean duration; otherwise the
+median per-epoch duration of that model's past runs times this run's epochs;
+a model with no past runs has no estimate (and the output says so). The
+matrix time replays the runs in order on the slots, as the local executor
+starts them.
+"""
+from __future__ import annotations
+
+import heapq
+import json
+import statistics
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from lib.config import RunnerSettings
+from lib.errors import UserError
+from lib.jsonio import read_json
+from lib.matrix import RunSpec
+from lib.optim.lr_schedules import peak_lr, schedule_label
+from lib.pruning.schedules import curve_for
+from lib.run.launch import gpus_per_run
+from lib.run.slots import SlotPool, visible_gpus
+from lib.variant_budgets import budget_label
+
+
+@dataclass
+class PastRuns:
+    """Durations of successful past runs: by exact spec and per epoch by model."""
+
+    exact: dict[str, list[float]] = field(default_factory=dict)
+    per_epoch: dict[str, list[float]] = field(default_factory=dict)
+    count: int = 0
+
+
+def _key(spec: RunSpec) -> str:
+    # through JSON, so a spec read back from run.json (lists) matches a fresh one (tuples)
+    return json.dumps(spec.to_json(), sort_keys=True, default=str)
+
+
+def _epochs(spec: RunSpec) -> int:
+    return int(spec.hyperparams.get("training", {}).get("epochs") or 0)
+
+
+def find_past_runs(root: Path, models: set[str]) -> PastRuns:
+    past = PastRuns()
+    for result_path in sorted(root.glob("*/*/result.json")) if root.is_dir() else []:
+        if not result_path.parent.name.startswith(tuple(f"{m}_" for m in models)):
+            continue
+        try:
+            result = read_json(result_path)
+            spec = RunSpec.from_json(read_json(result_path.parent / "run.json")["spec"])
+        except (UserError, KeyError, TypeError):
+            continue
+        if not isinstance(result, dict) or result.get("status") != "success" or not result.get("duration_s"):
+            continue
+        past.count += 1
+        past.exact.setdefault(_key(spec), []).append(float(result["duration_s"]))
+        if _epochs(spec):
+            past.per_epoch.setdefault(spec.model, []).append(float(result["duration_s"]) / _epochs(spec))
+    return past
+
+
+def estimate_run_s(spec: RunSpec, past: PastRuns) -> float | None:
+    exact = past.exact.get(_key(spec))
+    if exact:
+        return sum(exact) / len(exact)
+    per_epoch = past.per_epoch.get(spec.model)
+    if per_epoch and _epochs(spec):
+        return statistics.median(per_epoch) * _epochs(spec)
+    return None
+
+
+def makespan_s(durations: list[tuple[float, int]], slots: int) -> float:
+    """Wall time of running (duration, slots taken) in order, each starting when enough slots are free."""
+    free_at = [0.0] * max(slots, 1)
+    heapq.heapify(free_at)
+    end = 0.0
+    for duration, width in durations:
+        taken = [heapq.heappop(free_at) for _ in range(min(width, len(free_at)))]
+        start = max(taken)
+        for _ in taken:
+            heapq.heappush(free_at, start + duration)
+        end = max(end, start + duration)
+    return end
+
+
+def estimate_lines(runs: list[RunSpec], root: Path, slots: int, width_of=lambda spec: 1) -> list[str]:
+    """The dry run's time estimate, as lines."""
+    from lib.run.progress import hms
+
+    past = find_past_runs(root, {spec.model for spec in runs})
+    estimates = [estimate_run_s(spec, past) for spec in runs]
+    known = [e for e in estimates if e is not None]
+    if not known:
+        return [f"Estimated time: unknown (no past runs of {', '.join(sorted({s.model for s in runs}))} "
+                f"under {root})"]
+    mean_known = sum(known) / len(known)
+    filled = [(e if e is not None else mean_known, width_of(spec)) for e, spec in zip(estimates, runs)]
+    exact = sum(1 for spec in runs if past.exact.get(_key(spec)))
+    lines = [f"Estimated time: {hms(makespan_s(filled, slots))} with {slots} run(s) at once "
+             f"(serial {hms(sum(d for d, _ in filled))}); from {past.count} past run(s) under {root}, "
+             f"{exact} of {len(runs)} runs with an identical past run"]
+    if len(known) < len(runs):
+        lines.append(f"  {len(runs) - len(known)} run(s) have no past run of their model: counted at the mean")
+    return lines
+
+
+def first_wave(pool: SlotPool, runs: list[RunSpec]) -> list[str]:
+    """Where the runs that start at once go; later ones start as slots free up."""
+    labels, blocked = [], False
+    for spec in runs:
+        placement = None if blocked else pool.acquire(gpus_per_run(spec))
+        blocked = blocked or placement is None
+        labels.append(f"  [{placement.describe()}]" if placement else "")
+    return labels
+
+
+def recipe(spec: RunSpec) -> str:
+    """What differs between runs beyond their name: peak learning rate, its decay, the sparsity curve,
+    a variant's extended training budget."""
+    hp = spec.hyperparams
+    text = (f"lr {peak_lr(hp['optimizer'], hp['training']):g} "
+            f"{schedule_label(spec.optimizer, hp['optimizer'], hp['training'], spec.model)}")
+    if spec.pruning != "none":
+        text += f", {curve_for(hp['pruning']['schedule'], spec.pruning)} ramp"
+    budget = budget_label(hp)
+    return f"{text}, {budget}" if budget else text
+
+
+def plan_lines(settings: RunnerSettings, runs: list[RunSpec], root: Path) -> list[str]:
+    """The dry run: the slots, the numbered runs (the first wave with its placement), the time estimate."""
+    if settings.executor == "slurm":
+        from lib.run.slurm_executor import SlurmExecutor
+
+        slots, where = settings.slurm_array_parallelism or len(runs), [""] * len(runs)
+        lines = [f"Executor: {SlurmExecutor(root, settings).describe()}"]
+    else:
+        pool = SlotPool(jobs_per_gpu=settings.parallel_jobs, gpus=visible_gpus(),
+                        min_free_mib=settings.min_free_gpu_mib)
+        slots, where = pool.capacity, first_wave(pool, runs)
+        lines = [f"Slots: {pool.describe()}"]
+    lines += [f"  {number}. {spec.run_id}  ({recipe(spec)}){placed}"
+              for number, (spec, placed) in enumerate(zip(runs, where), 1)]
+    return lines + estimate_lines(runs, root, slots, gpus_per_run)

@@ -1,0 +1,142 @@
+"""One run's training process on this machine: its own process group, the
+memory sampler beside it, the per-attempt time limit and the retries.
+
+It owns starting, watching and stopping processes. It never decides what to
+run (runner.py), where (executors.py, slot_pool.py), and never writes
+result.json (run_task.py).
+"""
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import threading
+import time
+from dataclasses import dataclass
+from datetime import datetime
+from pathlib import Path
+from typing import Mapping
+
+from lib import ROOT
+from lib.gpu_monitor.sampler import start_sampler, stop_sampler
+from lib.lifeline import with_parent_death_signal
+
+KILL_GRACE_S = 5.0  # SIGTERM first so a trainer may flush its log; SIGKILL after this
+POLL_S = 0.2  # how often a waiting attempt looks at its stop flag
+
+
+@dataclass(frozen=True)
+class RunOutcome:
+    status: str  # success | failed | timeout
+    exit_code: int | None
+    attempts: int
+    started_at: str
+    finished_at: str
+    duration_s: float
+
+
+class Stopped(Exception):
+    """The run was stopped from outside (Ctrl-C, SIGTERM, an executor's stop): nothing is recorded."""
+
+
+# Process groups of attempts in flight, so a second Ctrl-C can SIGKILL them all at once.
+_LIVE: set[int] = set()
+_LIVE_LOCK = threading.Lock()
+
+
+def kill_all_now() -> None:
+    """SIGKILL every run process group still alive (last resort: no grace period)."""
+    with _LIVE_LOCK:
+        groups = list(_LIVE)
+    for pgid in groups:
+        try:
+            os.killpg(pgid, signal.SIGKILL)
+        except (ProcessLookupError, PermissionError):
+            pass
+
+
+def now_iso() -> str:
+    return datetime.now().isoformat(timespec="seconds")
+
+
+def kill_group(proc: subprocess.Popen, grace_s: float = KILL_GRACE_S) -> None:
+    """SIGTERM the run's process group, then SIGKILL what is left after `grace_s`."""
+    for sig in (signal.SIGTERM, signal.SIGKILL):
+        try:
+            os.killpg(proc.pid, sig)
+        except ProcessLookupError:
+            break
+        try:
+            proc.wait(timeout=grace_s)
+            break
+        except subprocess.TimeoutExpired:
+            continue
+    try:
+        os.killpg(proc.pid, signal.SIGKILL)  # children that ignored SIGTERM after the leader exited
+    except (ProcessLookupError, PermissionError):
+        pass
+
+
+def _wait(proc: subprocess.Popen, timeout_s: float, stop: threading.Event | None) -> int | None:
+    """The exit code, or None when the attempt ran past `timeout_s`; raises Stopped when `stop` is set."""
+    deadline = time.monotonic() + timeout_s if timeout_s else None
+    while True:
+        left = None if deadline is None else max(deadline - time.monotonic(), 0.0)
+        step = left if stop is None else min(POLL_S, POLL_S if left is None else left)
+        try:
+            return proc.wait(timeout=step)
+        except subprocess.TimeoutExpired:
+            if stop is not None and stop.is_set():
+                raise Stopped()
+            if deadline is not None and time.monotonic() >= deadline:
+                return None
+
+
+def run_attempt(command: list[str], run_dir: Path, attempt: int = 1, *, env: Mapping[str, str] | None = None,
+                timeout_s: float = 0, sample_interval_s: float = 0.1,
+                stop: threading.Event | None = None) -> tuple[str, int | None]:
+    """Run `command` once with output appended to run_dir/output.log; return (status, exit code)."""
+    full_env = None if env is None else {**os.environ, **env}
+    with open(run_dir / "output.log", "a") as log:
+        if attempt > 1:
+            log.write(f"\n===== attempt {attempt} =====\n")
+            log.flush()
+        # A new session gives the run its own process group, so Ctrl-C and
+        # timeouts can stop the trainer and every child it started; the
+        # parent-death signal kills it if the runner dies (lib/lifeline).
+        proc = subprocess.Popen(with_parent_death_signal(command), cwd=ROOT, stdout=log, stderr=subprocess.STDOUT,
+                                env=full_env, stdin=subprocess.DEVNULL, start_new_session=True)
+    with _LIVE_LOCK:
+        _LIVE.add(proc.pid)
+    sampler = None
+    try:
+        # inside the try: a sampler that cannot start (disk full) must not leave the trainer running
+        sampler = start_sampler(proc.pid, run_dir / "gpu_stats.json", sample_interval_s, env=full_env)
+        exit_code = _wait(proc, timeout_s, stop)
+        if exit_code is None:
+            kill_group(proc)
+            return "timeout", proc.returncode
+        return ("success" if exit_code == 0 else "failed"), exit_code
+    except BaseException:
+        kill_group(proc)
+        raise
+    finally:
+        if sampler is not None:
+            stop_sampler(sampler)
+        with _LIVE_LOCK:
+            _LIVE.discard(proc.pid)
+
+
+def run_attempts(command: list[str], run_dir: Path, *, env: Mapping[str, str] | None = None, timeout_s: float = 0,
+                 retries: int = 0, sample_interval_s: float = 0.1,
+                 stop: threading.Event | None = None) -> RunOutcome:
+    """Up to 1 + `retries` attempts until one succeeds; `timeout_s` applies to each."""
+    started_at, start = now_iso(), time.monotonic()
+    attempt, status, exit_code = 0, "failed", None
+    while attempt <= retries:
+        attempt += 1
+        status, exit_code = run_attempt(command, run_dir, attempt, env=env, timeout_s=timeout_s,
+                                        sample_interval_s=sample_interval_s, stop=stop)
+        if status == "success":
+            break
+    return RunOutcome(status, exit_code, attempt, started_at, now_iso(), time.monotonic() - start)

@@ -1,0 +1,216 @@
+"""Run a matrix: what to run, in which folder, and what to record about the whole.
+
+The runner owns the result directory: config.txt and matrix.json at the
+start, then one task per run not yet done, handed to an executor
+(executors.py: this machine's slot pool, or Slurm). Each run's folder,
+run.json and result.json are written by run_task.execute_run wherever the run
+lands; result.json is written last and atomically, and its presence with
+status "success" is what "done" means, so resuming needs nothing but files.
+"""
+from __future__ import annotations
+
+import dataclasses
+from datetime import datetime
+from pathlib import Path
+from typing import Callable, Iterable
+
+from lib.config import RunnerSettings, load_kconfig
+from lib.errors import UserError, WriteError
+from lib.jsonio import SCHEMA_VERSION, read_json, write_bytes_atomic, write_json_atomic
+from lib.matrix import RunSpec, spec_from_entry
+from lib.names import check_no_links
+from lib.provenance import git_commit
+from lib.run.dir_lock import locked
+from lib.run.executor import Executor
+from lib.run.launch import gpus_per_run, prepare_data, trainer_command
+from lib.run.local_executor import LocalExecutor
+from lib.run.progress import Progress
+from lib.run.slots import SlotPool, visible_gpus
+from lib.run.task import RunPolicy, RunTask
+from lib.trackers.settings import TrackerSettings
+
+POLL_S = 1.0  # how often the progress display refreshes while nothing happens
+
+
+def check_device(device: object) -> None:
+    """Fail before any run starts when DEVICE names a device this machine lacks:
+    every run would fail (or silently train on the CPU) otherwise."""
+    import torch
+
+    if not isinstance(device, str) or device in ("auto", "cpu"):
+        return
+    if device == "mps" and not torch.backends.mps.is_available():
+        raise UserError('CONFIG_DEVICE="mps" but this machine has no MPS device (Apple GPUs only); '
+                        'set DEVICE to auto, cpu or cuda')
+    count = torch.cuda.device_count() if device.startswith("cuda") else 0
+    index = int(device[5:]) if device.startswith("cuda:") and device[5:].isdigit() else 0
+    if device.startswith("cuda") and index >= count:
+        have = f"{count} CUDA device(s) (cuda:0..cuda:{count - 1})" if count else "no CUDA device"
+        raise UserError(f'CONFIG_DEVICE="{device}" but this machine has {have}; set DEVICE to auto or cpu')
+
+
+def check_devices(runs: Iterable[RunSpec]) -> None:
+    """check_device for every run that will train on this machine."""
+    for spec in runs:
+        check_device(spec.hyperparams.get("training", {}).get("device"))
+
+
+def check_runnable(runs: Iterable[RunSpec]) -> None:
+    """Fail before any run starts if a run asks for a model, optimizer or method we lack."""
+    from lib.optim import OPTIMIZERS
+    from lib.pruning import SCORES
+    from lib.pruning.scores import score_name
+
+    for spec in runs:
+        trainer_command(spec, Path("."))
+        if spec.optimizer not in OPTIMIZERS:
+            raise UserError(f"{spec.run_id}: optimizer {spec.optimizer!r} is not available in this version "
+                            f"(have: {', '.join(OPTIMIZERS)})")
+        score = score_name(spec.pruning, spec.variant, spec.hyperparams.get("optimizer", {}).get("state_score", ""))
+        if spec.pruning != "none" and score not in SCORES:
+            raise UserError(f"{spec.run_id}: pruning score {score!r} is not available in this version "
+                            f"(have: none, state, {', '.join(SCORES)})")
+
+
+def new_timestamped_dir(root: Path) -> Path:
+    """Create root/<YYYYMMDD_HHMMSS>[_N]: os.mkdir either creates it or fails,
+    so two runners started in the same second never share a directory."""
+    stamp = datetime.now().strftime("%Y%m%d_%H%M%S")
+    try:
+        root.mkdir(parents=True, exist_ok=True)
+        for suffix in range(1, 1000):
+            results_dir = root / (stamp if suffix == 1 else f"{stamp}_{suffix}")
+            try:
+                results_dir.mkdir()
+                return results_dir
+            except FileExistsError:
+                continue
+    except OSError as exc:
+        raise WriteError(exc.errno, f"{root}: cannot create a result directory ({exc.strerror})") from None
+    raise UserError(f"{root}: 999 result directories named {stamp}_N already exist")
+
+
+def create_results_dir(root: Path, config_path: Path, config_name: str | None, runs: list[RunSpec]) -> Path:
+    """A new timestamped directory holding config.txt and matrix.json."""
+    results_dir = new_timestamped_dir(root)
+    write_bytes_atomic(results_dir / "config.txt", config_path.read_bytes())
+    # matrix.json last: a directory without it is not offered to `make continue`
+    write_json_atomic(results_dir / "matrix.json", {
+        "schema_version": SCHEMA_VERSION, "created_at": datetime.now().isoformat(timespec="seconds"),
+        "config_name": config_name, "runs": [r.to_json() for r in runs]})
+    return results_dir
+
+
+def load_matrix(results_dir: Path) -> list[RunSpec]:
+    """The runs of matrix.json, each checked (lib/matrix.spec_from_entry): it may come from anyone."""
+    path = results_dir / "matrix.json"
+    if not path.is_file():
+        raise UserError(f"{results_dir}: not a result directory of this framework (no matrix.json)")
+    data = read_json(path)
+    entries = data.get("runs") if isinstance(data, dict) else None
+    if not isinstance(entries, list) or not entries:
+        raise UserError(f"{path}: no 'runs' list")
+    runs = [spec_from_entry(entry, f"{path}: run {i + 1}") for i, entry in enumerate(entries)]
+    seen: set[str] = set()
+    for spec in runs:
+        if spec.run_id in seen:  # two runs in one folder would overwrite each other
+            raise UserError(f"{path}: run_id {spec.run_id!r} appears twice")
+        seen.add(spec.run_id)
+    return runs
+
+
+def is_done(run_dir: Path) -> bool:
+    """True when result.json is valid JSON saying the run succeeded."""
+    try:
+        return read_json(run_dir / "result.json").get("status") == "success"
+    except (UserError, AttributeError):
+        return False
+
+
+def pending(results_dir: Path, runs: list[RunSpec]) -> list[RunSpec]:
+    return [spec for spec in runs if not is_done(results_dir / spec.run_id)]
+
+
+def config_changes(current: Path, recorded: Path, limit: int = 8) -> list[str]:
+    """Symbols whose values differ between two configuration files, as `NAME: old -> new`."""
+    old, new = load_kconfig(recorded).kconf, load_kconfig(current).kconf
+    changed = [f"{name}: {sym.str_value or 'n'} -> {new.syms[name].str_value or 'n'}"
+               for name, sym in old.syms.items()
+               if name in new.syms and sym.str_value != new.syms[name].str_value]
+    return changed[:limit] + ([f"... and {len(changed) - limit} more"] if len(changed) > limit else [])
+
+
+def continue_settings(recorded: RunnerSettings, here: RunnerSettings | None,
+                      executor: str | None = None) -> RunnerSettings:
+    """Settings to finish a directory with: the recorded timeout and retries (part of the
+    experiment), this machine's executor and slots (where it runs), `executor` if given."""
+    settings = dataclasses.replace(here or recorded, timeout_s=recorded.timeout_s, retries=recorded.retries)
+    return dataclasses.replace(settings, executor=executor) if executor else settings
+
+
+def make_tasks(results_dir: Path, todo: list[RunSpec], policy: RunPolicy,
+               tracking: TrackerSettings = TrackerSettings()) -> list[RunTask]:
+    commit = git_commit()
+    return [RunTask(results_dir, spec, tuple(trainer_command(spec, results_dir / spec.run_id)), policy,
+                    gpus_per_run(spec), commit, tracking) for spec in todo]
+
+
+def run_matrix(results_dir: Path, runs: list[RunSpec], settings: RunnerSettings = RunnerSettings(),
+               executor: Executor | None = None, out: Callable[[str], None] = print,
+               bar: bool = False, data_ready: bool = False) -> dict[str, int]:
+    """Run every spec of `runs` not yet done in `results_dir`; return counts by status.
+
+    Interrupted (KeyboardInterrupt, or SIGTERM turned into one by the caller),
+    it stops every run in flight before re-raising; their folders have no
+    result.json, so `make continue` reruns exactly them. Holds the directory's
+    lock throughout (lib/dir_lock): a second runner on it stops at once.
+    """
+    check_no_links(results_dir, [".resume", ".superseded", *(spec.run_id for spec in runs)])
+    with locked(results_dir):
+        return _run_locked(results_dir, runs, settings, executor, out, bar, data_ready)
+
+
+def _run_locked(results_dir: Path, runs: list[RunSpec], settings: RunnerSettings, executor: Executor | None,
+                out: Callable[[str], None], bar: bool, data_ready: bool) -> dict[str, int]:
+    todo = pending(results_dir, runs)
+    executor = executor or make_executor(settings, results_dir, out)
+    check_runnable(todo)
+    if executor.name == "local":
+        check_devices(todo)
+    skipped = len(runs) - len(todo)
+    out(f"{results_dir}: {len(runs)} runs, {skipped} already done, {len(todo)} to run")
+    if not todo:
+        return {"success": skipped, "failed": 0}
+    out(f"executor {executor.name}: {executor.describe()}")
+    if not data_ready:
+        prepare_data(todo, out)
+    tasks = make_tasks(results_dir, todo, RunPolicy(settings.timeout_s, settings.retries,
+                                                     settings.sample_interval_ms / 1000), settings.tracking)
+    progress = Progress(len(tasks), executor.slots, out, bar)
+    try:
+        executor.launch(tasks)
+        while progress.remaining:
+            for event in executor.poll(POLL_S):
+                if event.kind == "started":
+                    progress.started(event.task, event.placement)
+                else:
+                    progress.finished(event.task, event.result)
+            progress.refresh()
+    except BaseException:
+        executor.stop()
+        raise
+    finally:
+        progress.close()
+    return {"success": skipped + progress.done, "failed": progress.failed}
+
+
+def make_executor(settings: RunnerSettings, results_dir: Path, note: Callable[[str], None] = print,
+                  name: str | None = None) -> Executor:
+    """The executor named by EXECUTOR (or `name`), configured from the runner settings."""
+    name = name or settings.executor
+    if name == "slurm":
+        from lib.run.slurm_executor import SlurmExecutor
+
+        return SlurmExecutor(results_dir, settings, note=note)
+    pool = SlotPool(jobs_per_gpu=settings.parallel_jobs, gpus=visible_gpus(), min_free_mib=settings.min_free_gpu_mib)
+    return LocalExecutor(pool, note=note)

@@ -17,7 +17,7 @@ import pytest
 from lib.gpu_monitor import sampler as gpu_monitor
 from lib.gpu_monitor.backends import MIB, RssBackend, detect_backend
 from lib.gpu_monitor.sampler import MAX_SAMPLES, Sampler, SampleStore, StopFlag
-from lib.gpu_monitor.sampler import backends as memory_backends
+from lib.gpu_monitor import backends as memory_backends
 from lib.gpu_monitor.sampler import percentile, read_summary, start_sampler, stop_sampler
 
 ALLOCATE_200MB = "x = bytearray(200_000_000); import time; time.sleep(2)"

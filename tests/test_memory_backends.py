@@ -12,7 +12,7 @@ import pytest
 
 from lib.gpu_monitor.backends import MIB, Attribution, parse_nvidia_smi, parse_rocm_smi
 from lib.gpu_monitor.sampler import Sampler
-from lib.gpu_monitor.sampler import backends as memory_backends
+from lib.gpu_monitor import backends as memory_backends
 
 # nvidia-smi --query-compute-apps=pid,used_memory / --query-gpu=... with
 # --format=csv,noheader,nounits, two GPUs; a WDDM driver prints [N/A] for

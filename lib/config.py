@@ -20,10 +20,10 @@ import kconfiglib
 
 from lib import ROOT
 from lib.errors import UserError
+from lib.models import ModelParam, model_entry, model_names
 from lib.trackers.settings import TrackerSettings, tracker_settings
-from lib.upstream_aliases import apply_upstream_aliases, gpt2_size_symbols, is_upstream_file
+from lib.upstream_aliases import apply_upstream_aliases, choice_entries_by_prompt, is_upstream_file
 
-MODELS = ("lenet5", "resnet18", "resnet50", "gpt2")
 OPTIMIZERS = ("sgd", "adam", "adamw", "adamwadv", "adamwspam", "adamwprune")
 PRUNING_METHODS = ("none", "magnitude", "movement", "movement-upstream", "state")
 SPARSITY_LEVELS = (50, 70, 90, 95, 99)
@@ -400,46 +400,58 @@ def _check_combinations(kconf: kconfiglib.Kconfig, optimizers: tuple[str, ...]) 
 
 
 def _model_params(kconf: kconfiglib.Kconfig, n: dict[str, float]) -> dict[str, dict[str, Any]]:
-    gpt2_dataset = _choice_name(kconf, {f"GPT2_DATASET_{d.upper()}": d
-                                        for d in ("finewebedu", "shakespeare", "tinystories", "local")}, "finewebedu")
-    gpt2_path = kconf.syms["GPT2_DATA_PATH"].str_value.strip()
-    if gpt2_dataset == "local" and _y(kconf, "MODEL_GPT2") and not gpt2_path:
+    """Each model's parameters, as its registry entry (lib/models.py) declares them."""
+    return {name: {param.name: _model_param(kconf, param, n) for param in model_entry(name).params}
+            for name in _kconfig_models(kconf)}
+
+
+def _model_param(kconf: kconfiglib.Kconfig, param: ModelParam, n: dict[str, float]) -> Any:
+    if param.kind == "choice":
+        entries = ({symbol: value for value, symbol in param.choices} if param.choices
+                   else {symbol: value for value, symbol in choice_entries_by_prompt(kconf, param.symbol).items()})
+        return _selected(kconf, entries)
+    if param.kind == "bool":
+        return _y(kconf, param.symbol)
+    if param.kind == "number":
+        return n[param.symbol]
+    if param.kind == "string":
+        return kconf.syms[param.symbol].str_value.strip()
+    return _int(kconf, param.symbol)
+
+
+def _selected(kconf: kconfiglib.Kconfig, entries: dict[str, str]) -> str:
+    """The value whose choice entry is selected; in a switched-off menu, the one the choice's
+    Kconfig default names (orig_defaults: without the menu's dependency)."""
+    chosen = next((value for symbol, value in entries.items() if _y(kconf, symbol)), None)
+    if chosen is not None:
+        return chosen
+    choice = kconf.syms[next(iter(entries))].choice
+    default = next((sym.name for sym, cond in choice.orig_defaults if kconfiglib.expr_value(cond)),
+                   choice.syms[0].name)
+    return entries[default]
+
+
+def _kconfig_models(kconf: kconfiglib.Kconfig) -> tuple[str, ...]:
+    """Registered models that this Kconfig tree offers (a model registered at run time by a test has no menu)."""
+    return tuple(name for name in model_names() if f"MODEL_{symbol_suffix(name)}" in kconf.syms)
+
+
+def _check_gpt2_symbols(kconf: kconfiglib.Kconfig) -> None:
+    if _y(kconf, "GPT2_DATASET_LOCAL") and _y(kconf, "MODEL_GPT2") and not kconf.syms["GPT2_DATA_PATH"].str_value.strip():
         raise UserError("CONFIG_GPT2_DATASET_LOCAL=y needs CONFIG_GPT2_DATA_PATH=\"<text file or folder>\" (make menuconfig)")
-    size = _choice_name(kconf, {symbol: name for name, symbol in gpt2_size_symbols(kconf).items()}, "124M")
-    return {
-        "lenet5": {"train_limit": _int(kconf, "LENET5_TRAIN_LIMIT"), "test_limit": _int(kconf, "LENET5_TEST_LIMIT"),
-                   "augment": _y(kconf, "LENET5_AUGMENT")},
-        "resnet18": {"train_limit": _int(kconf, "RESNET18_TRAIN_LIMIT"), "test_limit": _int(kconf, "RESNET18_TEST_LIMIT"),
-                     "augment": _y(kconf, "RESNET18_AUGMENT")},
-        "resnet50": {"train_limit": _int(kconf, "RESNET50_TRAIN_LIMIT"), "test_limit": _int(kconf, "RESNET50_TEST_LIMIT"),
-                     "augment": _y(kconf, "RESNET50_AUGMENT"),
-                     "dataset": "imagenet" if _y(kconf, "RESNET50_DATASET_IMAGENET") else "cifar100",
-                     "stem": "imagenet" if _y(kconf, "RESNET50_STEM_IMAGENET") else "cifar",
-                     "image_size": _int(kconf, "RESNET50_IMAGE_SIZE") or 224},
-        "gpt2": {"model_size": size, "dataset": gpt2_dataset, "data_path": gpt2_path,
-                 "token_cap": _int(kconf, "GPT2_TOKEN_CAP"), "gpus_per_run": _int(kconf, "GPT2_GPUS_PER_RUN") or 1,
-                 "block_size": _int(kconf, "GPT2_BLOCK_SIZE"), "max_time_s": _int(kconf, "GPT2_MAX_TIME"),
-                 "max_iters": _int(kconf, "GPT2_MAX_ITERS"), "eval_interval": _int(kconf, "GPT2_EVAL_INTERVAL"),
-                 "eval_samples": _int(kconf, "GPT2_EVAL_SAMPLES"), "warmup_steps": _int(kconf, "GPT2_WARMUP_STEPS"),
-                 "min_lr": n["GPT2_MIN_LR"], "dropout": n["GPT2_DROPOUT"], "bias": _y(kconf, "GPT2_BIAS"),
-                 "lr_decay_iters": _gpt2_lr_decay_iters(kconf), "variant_budgets": _y(kconf, "GPT2_VARIANT_BUDGETS")},
-    }
-
-
-def _gpt2_lr_decay_iters(kconf: kconfiglib.Kconfig) -> int:
     decay, warmup = _int(kconf, "GPT2_LR_DECAY_ITERS"), _int(kconf, "GPT2_WARMUP_STEPS")
     if decay and decay <= warmup:
         raise UserError(f"CONFIG_GPT2_LR_DECAY_ITERS={decay} is not after the warm-up "
                         f"(CONFIG_GPT2_WARMUP_STEPS={warmup}); allowed: 0 (the last step) or more than the warm-up")
-    return decay
 
 
 def settings_from_kconfig(kconf: kconfiglib.Kconfig) -> Settings:
     """Turn a loaded Kconfig into Settings; the first invalid value raises UserError."""
     numbers = validate_numbers(kconf)
     seeds = parse_seeds(kconf.syms["SEEDS"].str_value)
-    models = (_enabled(kconf, "MODEL_SELECT_", MODELS) if _y(kconf, "MODEL_MODE_SINGLE")
-              else _enabled(kconf, "MODEL_ENABLE_", MODELS))
+    offered = _kconfig_models(kconf)
+    models = (_enabled(kconf, "MODEL_SELECT_", offered) if _y(kconf, "MODEL_MODE_SINGLE")
+              else _enabled(kconf, "MODEL_ENABLE_", offered))
     optimizers = (_enabled(kconf, "OPTIMIZER_SELECT_", OPTIMIZERS) if _y(kconf, "OPTIMIZER_MODE_SINGLE")
                   else _enabled(kconf, "OPTIMIZER_ENABLE_", OPTIMIZERS))
     if not models:
@@ -447,6 +459,7 @@ def settings_from_kconfig(kconf: kconfiglib.Kconfig) -> Settings:
     if not optimizers:
         raise UserError("no optimizer is enabled; set OPTIMIZER_SELECT_<O> or OPTIMIZER_ENABLE_<O> (make menuconfig)")
     _check_combinations(kconf, optimizers)
+    _check_gpt2_symbols(kconf)
     syms = kconf.syms
     training = TrainingSettings(
         batch_size=_int(kconf, "BATCH_SIZE"), epochs=_int(kconf, "NUM_EPOCHS"),

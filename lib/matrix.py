@@ -16,6 +16,7 @@ from typing import Any
 
 from lib.config import MAX_SEED, Settings
 from lib.errors import UserError
+from lib.models import model_entry
 from lib.names import check_name
 from lib.variant_budgets import with_variant_budget
 
@@ -102,7 +103,7 @@ def expand(settings: Settings) -> list[RunSpec]:
         for optimizer in settings.optimizers:
             hyperparams = _hyperparams(settings, model, optimizer)
             for method in _methods_for(optimizer, settings.pruning_methods, settings.upstream_semantics):
-                variants = settings.gpt2_variants if (method == "state" and model == "gpt2") else (None,)
+                variants = settings.gpt2_variants if (method == "state" and model_entry(model).bitter_variants) else (None,)
                 levels = ((0.0,) if method == "none" else
                           settings.adamwprune_sparsities_pct if method == "state" else settings.sparsities_pct)
                 for variant in variants:

@@ -43,16 +43,16 @@ def _user_set(kconf: kconfiglib.Kconfig, *names: str) -> bool:
     return any(kconf.syms[n].user_value is not None for n in names if n in kconf.syms)
 
 
-def gpt2_size_symbols(kconf: kconfiglib.Kconfig) -> dict[str, str]:
-    """GPT-2 size name -> its choice entry, read from the Kconfig tree (gpt2/Kconfig): each
-    entry's prompt starts with the size name ("124M: 12 layers, ..."), so lib needs no model code."""
+def choice_entries_by_prompt(kconf: kconfiglib.Kconfig, prefix: str) -> dict[str, str]:
+    """Value -> choice entry for the entries named `prefix`*, whose prompts start with their value
+    ("124M: 12 layers, ..." in gpt2/Kconfig): the values come from the Kconfig tree, not model code."""
     return {sym.nodes[0].prompt[0].split(":")[0].strip(): sym.name for sym in kconf.unique_defined_syms
-            if sym.name.startswith("GPT2_SIZE_") and sym.choice is not None and sym.nodes[0].prompt}
+            if sym.name.startswith(prefix) and sym.choice is not None and sym.nodes[0].prompt}
 
 
 def _select_gpt2_size(kconf: kconfiglib.Kconfig, value: str) -> None:
     """Upstream names the size in a string or its own choice; here it is our choice."""
-    sizes = gpt2_size_symbols(kconf)
+    sizes = choice_entries_by_prompt(kconf, "GPT2_SIZE_")
     if value.strip() not in sizes:
         raise UserError(f"CONFIG_GPT2_MODEL_SIZE=\"{value}\" is not a GPT-2 size; allowed: {', '.join(sizes)}")
     if not _user_set(kconf, *sizes.values()):

@@ -3,7 +3,8 @@ from __future__ import annotations
 
 import pytest
 
-from lib.train.batch_plan import ACTIVATION_MIB_PER_SAMPLE, activation_mib, plan_batch
+from lib.models import model_entry
+from lib.train.batch_plan import activation_mib, plan_batch
 
 MANUAL = {"batch_size": 32, "grad_accum": 4, "hyper_param_auto": False, "target_effective_batch": 1024}
 AUTO = {**MANUAL, "hyper_param_auto": True}
@@ -39,7 +40,7 @@ def test_auto_mode_without_a_gpu_keeps_batch_size_and_says_so():
 
 def test_gpt2_estimate_scales_with_width_and_context():
     base = activation_mib("gpt2", {"block_size": 1024})
-    assert base == ACTIVATION_MIB_PER_SAMPLE["gpt2"]
+    assert base == model_entry("gpt2").activation_mib_per_sample
     assert activation_mib("gpt2", {"block_size": 512}) == pytest.approx(base / 2)
     assert activation_mib("gpt2", {"block_size": 1024}, n_layer=24, n_embd=1024) == pytest.approx(
         base * 24 * 1024 / (12 * 768))

@@ -18,6 +18,7 @@ from torch import nn
 
 from lib.config import load_settings
 from lib.errors import UserError
+from lib.models import model_entry
 from lib.optim import build_optimizer
 from lib.optim.adamwadv import AdamWAdv
 from lib.optim.lr_schedules import LRSchedule, lr_schedule_for
@@ -291,14 +292,14 @@ def test_default_lr_schedule_is_upstreams_for_the_model(tmp_path, model, kind):
     settings = settings_of(tmp_path, BASE_CONFIG + 'CONFIG_LEARNING_RATE="0.002"\n')
     training = dataclasses.asdict(settings.training)
     assert training["lr_schedule"] == "per-model"
-    schedule = lr_schedule_for("adamw", settings.optimizer_params["adamw"], training, 100, model=model)
+    schedule = lr_schedule_for("adamw", settings.optimizer_params["adamw"], training, 100, per_model=model_entry(model).lr_schedule)
     assert schedule.kind == kind
     cosine = 0.002 * (0.01 + 0.99 * 0.5 * (1 + math.cos(math.pi * 0.99)))  # 1% floor, step 99 of 100
     assert schedule.at(99) == pytest.approx(0.002 if kind == "constant" else cosine)
     (tmp_path / "explicit").mkdir()
     settings = settings_of(tmp_path / "explicit", BASE_CONFIG + "CONFIG_LR_SCHEDULE_COSINE=y\n")
     training = dataclasses.asdict(settings.training)
-    assert lr_schedule_for("adamw", settings.optimizer_params["adamw"], training, 100, model="lenet5").kind == "cosine"
+    assert lr_schedule_for("adamw", settings.optimizer_params["adamw"], training, 100, per_model=model_entry("lenet5").lr_schedule).kind == "cosine"
 
 
 def test_sgd_learning_rate_overrides_the_peak_for_sgd_only(tmp_path):

@@ -6,7 +6,8 @@ the decay horizon (lr_decay_iters; by default the last step) and stays there.
 
 The training loop asks `schedule.at(step)` before every optimizer step. The
 schedule of a run comes from lr_schedule_for(): the configured LR_SCHEDULE
-("per-model": upstream's choice for the model, MODEL_LR_SCHEDULE), except
+("per-model": upstream's choice for the model, its lr_schedule in the model
+registry, lib/models.py, which the caller passes in), except
 that AdamWAdv (alone or as AdamWPrune's base) anneals to its own
 ADV_COSINE_ETA_MIN when ADV_USE_COSINE_ANNEALING is set.
 """
@@ -17,10 +18,6 @@ from dataclasses import dataclass
 from typing import Any
 
 KINDS = ("constant", "cosine", "step")
-# Upstream AdamWPrune's recipe per model: LeNet-5's trainer steps a scheduler only for
-# AdamWAdv (constant otherwise), ResNet-18 sets RESNET18_USE_COSINE_SCHEDULE=y (ResNet-50
-# follows it), GPT-2 decays to GPT2_MIN_LR (GPT2_DECAY_LR=y).
-MODEL_LR_SCHEDULE = {"lenet5": "constant", "resnet18": "cosine", "resnet50": "cosine", "gpt2": "cosine"}
 
 
 @dataclass(frozen=True)
@@ -57,10 +54,10 @@ def peak_lr(optimizer_params: dict[str, Any], training: dict[str, Any]) -> float
     return optimizer_params.get("learning_rate") or training["learning_rate"]
 
 
-def schedule_kind(training: dict[str, Any], model: str) -> str:
-    """LR_SCHEDULE of a run, "per-model" resolved for `model` (cosine for a model upstream never had)."""
+def schedule_kind(training: dict[str, Any], per_model: str) -> str:
+    """LR_SCHEDULE of a run, "per-model" resolved to `per_model` (the model's, from the registry)."""
     configured = training.get("lr_schedule", "per-model")
-    return MODEL_LR_SCHEDULE.get(model, "cosine") if configured == "per-model" else configured
+    return per_model if configured == "per-model" else configured
 
 
 def uses_adv_annealing(optimizer: str, params: dict[str, Any]) -> bool:
@@ -68,21 +65,21 @@ def uses_adv_annealing(optimizer: str, params: dict[str, Any]) -> bool:
     return bool(adv.get("cosine_annealing"))
 
 
-def schedule_label(optimizer: str, optimizer_params: dict[str, Any], training: dict[str, Any], model: str) -> str:
+def schedule_label(optimizer: str, optimizer_params: dict[str, Any], training: dict[str, Any], per_model: str) -> str:
     """The decay a run gets (for the dry run): AdamWAdv's annealing or the resolved LR_SCHEDULE."""
-    return "cosine" if uses_adv_annealing(optimizer, optimizer_params) else schedule_kind(training, model)
+    return "cosine" if uses_adv_annealing(optimizer, optimizer_params) else schedule_kind(training, per_model)
 
 
 def lr_schedule_for(optimizer: str, optimizer_params: dict[str, Any], training: dict[str, Any], total_steps: int,
                     warmup_steps: int = 0, min_lr: float | None = None, decay_steps: int = 0,
-                    model: str = "") -> LRSchedule:
+                    per_model: str = "cosine") -> LRSchedule:
     """The schedule of one run: LR_SCHEDULE (cosine floors at 1% of the peak unless `min_lr`,
     and reaches its floor at `decay_steps`, 0 = the last step), or AdamWAdv's."""
     peak = peak_lr(optimizer_params, training)
     if uses_adv_annealing(optimizer, optimizer_params):
         adv = optimizer_params if optimizer == "adamwadv" else optimizer_params["adv"]
         return LRSchedule(peak, "cosine", total_steps, warmup_steps, min_lr=adv["eta_min"])
-    kind = schedule_kind(training, model)
+    kind = schedule_kind(training, per_model)
     return LRSchedule(peak, kind, total_steps, warmup_steps, min_lr=0.01 * peak if min_lr is None else min_lr,
                       step_every=training.get("lr_step_every", 0), gamma=training.get("lr_step_gamma", 0.1),
                       decay_steps=decay_steps)

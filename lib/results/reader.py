@@ -19,10 +19,10 @@ import pandas as pd
 from lib.errors import UserError
 from lib.jsonio import read_json
 from lib.matrix import MAX_SEED
+from lib.models import CLASSIFICATION, LANGUAGE_MODELING, TASKS, task_of
 from lib.names import name_problem, row_name_problem
 from lib.provenance import directory_provenance
-from lib.results.run_files import (CLASSIFICATION, LANGUAGE_MODELING, TASK_BY_MODEL, TASKS, Row, RunFiles, curve, shown,
-                                   thin, to_float)
+from lib.results.run_files import Row, RunFiles, curve, shown, thin, to_float
 from lib.results.upstream import read_upstream_layout
 
 __all__ = ["LANGUAGE_MODELING", "ROW_FIELDS", "EXTRA_FIELDS", "LM_FIELDS", "READERS", "load_results"]
@@ -143,7 +143,7 @@ def read_run(run_dir: Path, spec: dict, warnings: list[str]) -> Row:
     row = _spec_cells(spec)
     row["model"] = row["model"] or _text(metrics.get("model"))
     task = metrics.get("task")
-    row["task"] = task if task in TASKS else TASK_BY_MODEL.get(row["model"], CLASSIFICATION)
+    row["task"] = task if task in TASKS else (task_of(row["model"]) or CLASSIFICATION)
     row["status"] = status
     row.update(_metric_cells(files, metrics, row["task"]))
     row.update(_memory_cells(files, gpu_stats))

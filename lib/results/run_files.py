@@ -16,15 +16,11 @@ from typing import Any, Optional
 from lib.errors import UserError
 from lib.jsonio import read_json
 from lib.matrix import MAX_SEED
+from lib.models import model_names
 
-LANGUAGE_MODELING = "language_modeling"
-CLASSIFICATION = "classification"
-TASKS = (LANGUAGE_MODELING, CLASSIFICATION)
-# A run that never wrote metrics still needs a task, so that reports put it
-# with the right kind of runs; only GPT-2 is a language model.
-TASK_BY_MODEL = {"gpt2": LANGUAGE_MODELING}
-MODELS = ("lenet5", "resnet18", "resnet50", "gpt2")
-PRUNING_METHODS = ("none", "magnitude", "movement", "state")
+# A run that never wrote metrics still needs a task, so that reports put it with
+# the right kind of runs: the model registry's, classification for a model it lacks.
+PRUNING_METHODS = ("none", "magnitude", "movement", "movement-upstream", "state")
 # Graphs draw a memory timeline per run; a few hundred points per line is
 # what a figure can show, and keeps a 60-run table small.
 TIMELINE_POINTS = 400
@@ -124,7 +120,7 @@ def parse_run_id(run_id: str) -> Row:
     `model_optimizer[_variant]_pruning[_sparsity][_s<seed>]`; parts that do not
     fit the shape are None (an upstream `_0` after `none` is its sparsity)."""
     parts = run_id.split("_")
-    cells: Row = {"model": parts[0] if parts[0] in MODELS else None, "optimizer": None, "variant": None,
+    cells: Row = {"model": parts[0] if parts[0] in model_names() else None, "optimizer": None, "variant": None,
                   "pruning": None, "target_sparsity_pct": math.nan, "seed": None}
     if len(parts) > 2 and re.fullmatch(r"s\d{1,10}", parts[-1]) and int(parts[-1][1:]) <= MAX_SEED:
         cells["seed"] = int(parts.pop()[1:])

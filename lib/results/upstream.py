@@ -28,9 +28,9 @@ from typing import Any, Optional
 
 from lib.errors import UserError
 from lib.jsonio import read_json
+from lib.models import CLASSIFICATION, LANGUAGE_MODELING, model_names, task_of
 from lib.names import is_safe_name, name_problem
-from lib.results.run_files import (CLASSIFICATION, LANGUAGE_MODELING, MODELS, TASK_BY_MODEL, Row, RunFiles, curve,
-                                   parse_run_id, thin, to_float)
+from lib.results.run_files import Row, RunFiles, curve, parse_run_id, thin, to_float
 
 ALL_RESULTS = "all_results.json"
 LOG_LINE_CHARS = 500  # an upstream error message shown as a log line, cut to this length
@@ -69,7 +69,7 @@ def _entry_id(entry: dict) -> Optional[str]:
 
 
 def _is_run_folder(path: Path) -> bool:
-    return path.is_dir() and path.name.split("_")[0] in MODELS and is_safe_name(path.name)
+    return path.is_dir() and path.name.split("_")[0] in model_names() and is_safe_name(path.name)
 
 
 def _text(value: Any) -> Optional[str]:
@@ -235,7 +235,7 @@ def read_run(run_dir: Path, run_id: str, entry: dict, warnings: list[str]) -> Ro
     target = to_float(target)
     if math.isnan(row["target_sparsity_pct"]) and target is not None and math.isfinite(target):
         row["target_sparsity_pct"] = _pct(target)
-    lm = (TASK_BY_MODEL.get(row["model"]) == LANGUAGE_MODELING or fig.get("val_losses") is not None
+    lm = (task_of(row["model"]) == LANGUAGE_MODELING or fig.get("val_losses") is not None
           or fig.get("best_val_loss") is not None)
     row["task"] = LANGUAGE_MODELING if lm else CLASSIFICATION
     row.update(_lm_cells(fig) if lm else _classifier_cells(fig))

@@ -1,8 +1,9 @@
-"""Which module trains which model, the command that starts it, and its data step.
+"""The command that starts a run's trainer, and the data step before a matrix.
 
-The runner and every executor go through here; a trainer module is
-`<model>/train.py` with a `main()` (run as `python -m <model>.train --run-dir D`)
-and a `prepare_data(hyperparams) -> str` called once before a matrix.
+The runner and every executor go through here. The model registry
+(lib/models.py) names each model's trainer module, `<model>/train.py` with a
+`main()` (run as `python -m <model>.train --run-dir D`) and a
+`prepare_data(hyperparams) -> str` called once before a matrix.
 """
 from __future__ import annotations
 
@@ -11,11 +12,8 @@ import sys
 from pathlib import Path
 from typing import Callable, Iterable
 
-from lib.errors import UserError
 from lib.matrix import RunSpec
-
-TRAINERS = {"lenet5": "lenet5.train", "resnet18": "resnet18.train", "resnet50": "resnet50.train",
-            "gpt2": "gpt2.train"}
+from lib.models import model_entry
 
 
 def gpus_per_run(spec: RunSpec) -> int:
@@ -25,14 +23,13 @@ def gpus_per_run(spec: RunSpec) -> int:
 
 def trainer_command(spec: RunSpec, run_dir: Path, python: str = sys.executable) -> list[str]:
     """The argument list that trains one run (never a shell string)."""
-    if spec.model not in TRAINERS:
-        raise UserError(f"model {spec.model!r} has no trainer in this version (have: {', '.join(TRAINERS)})")
+    trainer = model_entry(spec.model).trainer  # a UserError for a model this version does not have
     # -u: unbuffered, so output.log shows progress live and nothing is lost on a kill.
     launcher = [python, "-u"]
     gpus = gpus_per_run(spec)
     if gpus > 1:
         launcher += ["-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={gpus}"]
-    return launcher + ["-m", TRAINERS[spec.model], "--run-dir", str(run_dir), "--no-download"]
+    return launcher + ["-m", trainer, "--run-dir", str(run_dir), "--no-download"]
 
 
 def prepare_data(runs: Iterable[RunSpec], out: Callable[[str], None] = print) -> None:
@@ -42,4 +39,4 @@ def prepare_data(runs: Iterable[RunSpec], out: Callable[[str], None] = print) ->
         key = repr((spec.model, spec.hyperparams["model"], spec.hyperparams["training"].get("data_dir")))
         if key not in seen:
             seen.add(key)
-            out(importlib.import_module(TRAINERS[spec.model]).prepare_data(spec.hyperparams))
+            out(importlib.import_module(model_entry(spec.model).trainer).prepare_data(spec.hyperparams))

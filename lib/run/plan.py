@@ -20,6 +20,7 @@ from lib.config import RunnerSettings
 from lib.errors import UserError
 from lib.jsonio import read_json
 from lib.matrix import RunSpec
+from lib.models import model_entry
 from lib.optim.lr_schedules import peak_lr, schedule_label
 from lib.pruning.schedules import curve_for
 from lib.run.launch import gpus_per_run
@@ -124,7 +125,7 @@ def recipe(spec: RunSpec) -> str:
     a variant's extended training budget."""
     hp = spec.hyperparams
     text = (f"lr {peak_lr(hp['optimizer'], hp['training']):g} "
-            f"{schedule_label(spec.optimizer, hp['optimizer'], hp['training'], spec.model)}")
+            f"{schedule_label(spec.optimizer, hp['optimizer'], hp['training'], model_entry(spec.model).lr_schedule)}")
     if spec.pruning != "none":
         text += f", {curve_for(hp['pruning']['schedule'], spec.pruning)} ramp"
     budget = budget_label(hp)

@@ -15,9 +15,9 @@ import math
 from dataclasses import asdict, dataclass
 from typing import Any, Optional
 
-# Activation memory per sample (MiB) in training; GPT-2: one 1024-token
-# sequence of the 124M model with bf16 autocast and flash attention.
-ACTIVATION_MIB_PER_SAMPLE = {"lenet5": 0.2, "resnet18": 12.0, "resnet50": 48.0, "gpt2": 850.0}
+from lib.models import model_entry
+
+# The per-sample activation figures are the model registry's (lib/models.py).
 GPT2_124M_WIDTH = 12 * 768  # n_layer x n_embd of the model the GPT-2 figure was measured on
 USABLE_FRACTION = 0.6
 STATE_BYTES_PER_PARAM = 16  # fp32 weight + gradient + two Adam moments
@@ -44,8 +44,8 @@ class BatchPlan:
 
 
 def activation_mib(model: str, model_params: dict[str, Any], n_layer: int = 12, n_embd: int = 768) -> float:
-    per_sample = ACTIVATION_MIB_PER_SAMPLE[model]
-    if model == "gpt2":
+    per_sample = model_entry(model).activation_mib_per_sample
+    if model_entry(model).activation_scales_with_width:
         per_sample *= (n_layer * n_embd / GPT2_124M_WIDTH) * (model_params.get("block_size", 1024) / 1024)
     return per_sample
 
@@ -61,7 +61,7 @@ def plan_batch(model: str, training: dict[str, Any], *, world_size: int = 1, fre
         micro = min(training["batch_size"], target)
         reason = "no GPU detected: BATCH_SIZE kept as the micro-batch"
     else:
-        per_sample = per_sample_mib if per_sample_mib is not None else ACTIVATION_MIB_PER_SAMPLE[model]
+        per_sample = per_sample_mib if per_sample_mib is not None else model_entry(model).activation_mib_per_sample
         budget = USABLE_FRACTION * (free_gpu_mib - num_params * STATE_BYTES_PER_PARAM / 2**20)
         fits = max(1, int(budget // per_sample)) if budget > 0 else 1
         per_process = max(1, target // world_size)

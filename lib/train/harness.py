@@ -23,6 +23,7 @@ from torch import nn
 from lib.gpu_monitor.sampler import read_summary
 from lib.jsonio import SCHEMA_VERSION, read_json, write_json_atomic
 from lib.matrix import RunSpec
+from lib.models import model_entry
 from lib.optim import state_bytes
 from lib.optim.lr_schedules import LRSchedule, lr_schedule_for
 from lib.pruning import GradualPruner
@@ -66,7 +67,7 @@ def start_run(description: str) -> RunContext:
     device, note = resolve_device(spec.hyperparams["training"]["device"])
     if note:
         print(f"note: {note}")
-    if device.type == "cuda" and spec.model == "gpt2":  # GPT2_TF32_ALLOWED, as upstream and nanoGPT
+    if device.type == "cuda" and model_entry(spec.model).tf32_setting:  # GPT2_TF32_ALLOWED, as upstream and nanoGPT
         allow = spec.hyperparams["training"].get("tf32", True)
         torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = allow
     return RunContext(run_dir, spec, download, device, note, started)
@@ -141,7 +142,7 @@ def schedule_for(spec: RunSpec, total_steps: int, warmup_steps: int | None = Non
     training = spec.hyperparams["training"]
     warmup = training.get("lr_warmup_steps", 0) if warmup_steps is None else warmup_steps
     return lr_schedule_for(spec.optimizer, spec.hyperparams["optimizer"], training, total_steps, warmup, min_lr,
-                           decay_steps, model=spec.model)
+                           decay_steps, per_model=model_entry(spec.model).lr_schedule)
 
 
 def memory_account(model: nn.Module, optimizer: torch.optim.Optimizer, pruner: GradualPruner | None) -> dict:
@@ -179,14 +180,10 @@ def resume_dir(run_dir: Path) -> Path:
     return run_dir.parent / ".resume" / run_dir.name
 
 
-# nanoGPT and upstream clip GPT-2's gradients at 1.0; the CNN recipes do not clip.
-DEFAULT_GRAD_CLIP = {"gpt2": 1.0}
-
-
 def grad_clip_norm(spec: RunSpec) -> float:
     """GRADIENT_CLIP_NORM, or the model's default when it is empty (0 = off)."""
     configured = spec.hyperparams["training"].get("grad_clip_norm")
-    return DEFAULT_GRAD_CLIP.get(spec.model, 0.0) if configured is None else configured
+    return model_entry(spec.model).grad_clip_norm if configured is None else configured
 
 
 def loop_config(spec: RunSpec, run_dir: Path, plan: BatchPlan, *, total_steps: int, eval_every: int,

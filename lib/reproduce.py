@@ -7,7 +7,7 @@ inside the original) and the verdict: on CPU with the same commit and
 versions the figures must be bit-identical (the loop is deterministic there:
 seeded weights, per-step data generators); on a GPU within TOLERANCE, since
 cuDNN and atomics reorder float sums. Memory and time are shown, never judged.
-The run itself goes through lib/runner like any other.
+The run itself goes through lib/run/runner like any other.
 """
 from __future__ import annotations
 

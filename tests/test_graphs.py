@@ -1,4 +1,4 @@
-"""lib/graphs: the figures of a result table, checked on the figure objects
+"""lib/report/graphs: the figures of a result table, checked on the figure objects
 (error bars, labels, units) and on the files written (PNG and SVG)."""
 from __future__ import annotations
 

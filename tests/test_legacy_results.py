@@ -1,4 +1,4 @@
-"""Upstream AdamWPrune result directories: lib/legacy_results reads them into the
+"""Upstream AdamWPrune result directories: lib/results/upstream reads them into the
 same table as ours, and `make report` regenerates their reports elsewhere.
 
 The fixture is a trimmed copy of ../shared/fixtures/legacy (see its README):

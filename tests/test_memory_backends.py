@@ -1,4 +1,4 @@
-"""lib/memory_backends without a GPU: the nvidia-smi and rocm-smi parsers on
+"""lib/gpu_monitor/backends without a GPU: the nvidia-smi and rocm-smi parsers on
 the text those tools print, the rocm-smi backend behind a stand-in
 subprocess.run, and the rule that decides process or device scope."""
 from __future__ import annotations

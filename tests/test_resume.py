@@ -5,7 +5,7 @@ of steps, and the same losses, as an uninterrupted one: batches depend only
 on (seed, step) and the checkpoint restores weights, optimizer state, masks
 and RNG states. The same holds for a classifier (LeNet-5, pruned, with
 augmentation). A checkpoint of another configuration is ignored. Every
-restart goes through lib/run_task.prepare_run_dir, which sets the unfinished
+restart goes through lib/run/task.prepare_run_dir, which sets the unfinished
 run folder aside as a retry or `make continue` does.
 """
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""lib/stats: mean ± std (n) per configuration and the within-noise rule."""
+"""lib/report/stats: mean ± std (n) per configuration and the within-noise rule."""
 from __future__ import annotations
 
 import math

@@ -1,7 +1,7 @@
 """The training entry points end to end: `python -m <model>.train --run-dir D`.
 
 Each trainer is started the way the runner starts it (run.json written
-first, then lib/trainers.trainer_command from the repository root) on tiny
+first, then lib/run/launch.trainer_command from the repository root) on tiny
 data in the real on-disk format (MNIST IDX files, CIFAR pickle batches, an
 image folder, a local text file), and its metrics.json is checked against
 docs/results-format.md. The classifiers and GPT-2 must also learn: the

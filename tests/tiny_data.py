@@ -4,8 +4,8 @@ Shared by tests/test_trainers.py and tests/test_resume.py. The images are
 easily separable (each class has its own bright patch or colour), so a few
 epochs of a small network make the training loss fall; the text is a short
 English-like corpus generated from a fixed seed. A run goes the way the
-runner starts it: run.json from lib/run_task.prepare_run_dir, then the
-command of lib/trainers.trainer_command, with the repository root as the
+runner starts it: run.json from lib/run/task.prepare_run_dir, then the
+command of lib/run/launch.trainer_command, with the repository root as the
 working directory.
 """
 from __future__ import annotations

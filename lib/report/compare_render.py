@@ -1,9 +1,9 @@
-"""compare.md, compare.txt and the delta graph of a Comparison (lib/compare).
+"""compare.md, compare.txt and the delta graph of a Comparison (lib/report/compare).
 
 Owns how a comparison reads: one row per configuration and metric with each
 side's figure (mean ± std and n with several seeds), the delta B - A, the
 Welch p-value and the verdict; then the runs of one side only. Markdown and
-text render the same blocks (lib/report_md's), so they cannot disagree. The
+text render the same blocks (lib/report/markdown's), so they cannot disagree. The
 graph draws each metric's deltas as bars, grey where within noise, with the
 Welch standard error as error bar. Nothing here reads files; write_compare
 writes the three outputs, atomically.

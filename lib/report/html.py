@@ -1,6 +1,6 @@
 """report.html: the report.md blocks as one self-contained HTML file.
 
-Owns only presentation: the tables and text of lib/report_md, and each graph
+Owns only presentation: the tables and text of lib/report/markdown, and each graph
 embedded in the page, as an inline <svg> element (sharp at any zoom, and
 smaller than a PNG of a tall figure) or, where a graph has no SVG, as a
 base64 PNG, so the file can be mailed or opened offline with nothing beside

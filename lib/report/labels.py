@@ -3,8 +3,8 @@ classifiers, perplexity for language models), what a memory figure measured
 (GPU memory or process RSS, never one called the other), run statuses, and
 the derived figures every report shares (efficiency score, dense baseline).
 
-Shared by lib/report (text), lib/report_md (Markdown and HTML) and
-lib/graphs, so the three always use the same words for the same figure.
+Shared by lib/report (text), lib/report/markdown (Markdown and HTML) and
+lib/report/graphs, so the three always use the same words for the same figure.
 """
 from __future__ import annotations
 

@@ -6,7 +6,7 @@ and the delta to the dense baseline of the same optimizer; the metric by
 target sparsity; a ranking that says which entries are within noise; the
 stability of the last evaluations; and training memory from measured bytes.
 With several seeds every figure is mean ± standard deviation with its n
-(lib/stats). The document is a list of small blocks so that the Markdown and
+(lib/report/stats). The document is a list of small blocks so that the Markdown and
 HTML renderers cannot disagree on content.
 """
 from __future__ import annotations

@@ -1,7 +1,7 @@
 """Read a result directory into one table, one row per run.
 
 Owns: recognising a directory's layout (READERS, tried in order: this
-framework's own, then the upstream AdamWPrune one of lib/legacy_results),
+framework's own, then the upstream AdamWPrune one of lib/results/upstream),
 reading each run of our own layout (result.json, metrics.json, gpu_stats.json)
 into the flat row of docs/results-format.md, and the table itself. A missing
 or corrupt file becomes empty cells plus a warning, so one bad run never

@@ -4,7 +4,7 @@ Owns: loading a run's JSON files so that a missing or corrupt file becomes a
 warning ("path: what") and empty cells instead of an error, turning values
 into floats, thinning long sample lists for graphs, and taking a run ID
 apart (`lenet5_adamwprune_bitter7_state_50_s2`). It decides nothing about a
-directory's layout: lib/results and lib/legacy_results do.
+directory's layout: lib/results and lib/results/upstream do.
 """
 from __future__ import annotations
 

@@ -163,7 +163,7 @@ def run_matrix(results_dir: Path, runs: list[RunSpec], settings: RunnerSettings 
     Interrupted (KeyboardInterrupt, or SIGTERM turned into one by the caller),
     it stops every run in flight before re-raising; their folders have no
     result.json, so `make continue` reruns exactly them. Holds the directory's
-    lock throughout (lib/dir_lock): a second runner on it stops at once.
+    lock throughout (lib/run/dir_lock): a second runner on it stops at once.
     """
     check_no_links(results_dir, [".resume", ".superseded", *(spec.run_id for spec in runs)])
     with locked(results_dir):

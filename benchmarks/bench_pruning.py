@@ -7,7 +7,10 @@
     the gradients, then torch's fused step), and the time to build its CPU
     kernel at first use; on CUDA also each step's achieved bytes/s (28 bytes
     per parameter, the fp32 AdamW floor) against the device's memory
-    bandwidth (from its memory clock and bus width, and a measured copy);
+    bandwidth (from its memory clock and bus width, and a measured copy),
+    and AdamWPrune on the AdamWSPAM base (its Triton step, clipping on)
+    beside AdamWSPAM's torch step after the masking pass (on CPU that base
+    is that two-pass step, so it is timed on CUDA only);
 (b) one full mask update (bitter7 scores, exact global threshold, masks,
     zeroing), bool and bits, over the same update done the upstream way
     (scores computed twice, all concatenated, kthvalue on a 2% sample, float
@@ -45,8 +48,12 @@ from lib.pruning.threshold import kth_smallest  # noqa: E402
 SPARSITY = 0.5
 ADAMW_BYTES_PER_PARAM = 28  # fp32 AdamW step: read w, g, m, v (16), write w, m, v (12)
 STEPS = ("adamw_fused", "adamw_foreach", "adamwprune_bool", "adamwprune_bits", "adamwprune_two_pass")
+SPAM_STEPS = ("adamwprune_spam_bool", "adamwprune_spam_bits", "adamwspam_two_pass")  # CUDA only
 ADAMWPRUNE = {"base": "adamw", "betas": (0.9, 0.999), "eps": 1e-8, "weight_decay": 0.1, "amsgrad": False,
               "adv": {}, "spam": {}}
+# SPAM's defaults, clipping from step 2 (the costlier step; no reset within the timed steps).
+SPAM = {"theta": 5000.0, "enable_clip": True, "periodic_reset": True, "interval": 500, "warmup": True,
+        "warmup_steps": 150, "clip_delay_steps": 2}
 
 
 def timed(fn: Callable[[], object], device: torch.device, repeats: int) -> float:
@@ -124,11 +131,38 @@ def bench_step(model: GPT, device: torch.device, repeats: int) -> dict[str, floa
          "adamwprune_two_pass": two_pass_step}, device, repeats)
     result["adamw_foreach"] = timed(foreach.step, device, repeats)
     result["fused_note"] = getattr(ours, "fallback_note", None) or "masking fused into the step"
+    if device.type == "cuda":
+        result.update(bench_spam_step(model, device, repeats, masks, bits))
     if device.type == "cpu":
         with tempfile.TemporaryDirectory() as cache:
             start = time.perf_counter()
             build_kernel(Path(cache))
             result["kernel_build_s"] = time.perf_counter() - start
+    return result
+
+
+def bench_spam_step(model: GPT, device: torch.device, repeats: int, masks: dict,
+                    bits: dict) -> dict[str, float | str]:
+    """AdamWPrune on AdamWSPAM (MaskedAdamWSPAM: one Triton pass) against masking then AdamWSPAM's own step."""
+    settings = {"betas": (0.9, 0.999), "eps": 1e-8, "weight_decay": 0.1, "amsgrad": False}
+    ours = build_optimizer("adamwprune", model, 1e-4, {**ADAMWPRUNE, "base": "adamwspam", "spam": SPAM})
+    spam = build_optimizer("adamwspam", model, 1e-4, {**settings, **SPAM})
+
+    def spam_bool() -> None:
+        ours.set_masks(masks)
+        ours.step()
+
+    def spam_bits() -> None:
+        ours.set_masks(bits)
+        ours.step()
+
+    def spam_two_pass() -> None:
+        zero_pruned_(((p.grad, keep) for p, keep in masks.items()))
+        spam.step()
+    result: dict[str, float | str] = timed_together(
+        {"adamwprune_spam_bool": spam_bool, "adamwprune_spam_bits": spam_bits, "adamwspam_two_pass": spam_two_pass},
+        device, repeats)
+    result["spam_note"] = getattr(ours, "fallback_note", None) or "masking fused into the step"
     return result
 
 
@@ -242,7 +276,7 @@ def memory_bandwidth(device: torch.device) -> dict[str, float]:
 def report_bandwidth(step: dict[str, float | str], n_params: int, device: torch.device) -> None:
     bandwidth = memory_bandwidth(device)
     print(f"  achieved bytes/s at {ADAMW_BYTES_PER_PARAM} bytes/param (fp32 AdamW floor):")
-    for name in STEPS:
+    for name in STEPS + tuple(name for name in SPAM_STEPS if name in step):
         achieved = ADAMW_BYTES_PER_PARAM * n_params / float(step[name])
         shares = "  ".join(f"{100 * achieved / value:.0f}% of {key.split('_')[0]}" for key, value in bandwidth.items())
         print(f"    {name:<20} {achieved / 1e9:8.1f} GB/s  {shares}")
@@ -275,6 +309,12 @@ def main() -> None:
     print(f"  AdamWPrune bits / AdamW fused = {step['adamwprune_bits'] / fused:.2f}  (goal <= 1.10)")
     print(f"  AdamWPrune bool / AdamW foreach = {step['adamwprune_bool'] / step['adamw_foreach']:.2f}")
     print(f"  two-pass step / AdamW fused = {step['adamwprune_two_pass'] / fused:.2f}  (before)")
+    if "adamwspam_two_pass" in step:
+        print(f"  on the AdamWSPAM base ({step['spam_note']}; clipping on):")
+        for name in SPAM_STEPS:
+            print(f"  {name:<20} {step[name]:8.4f} s")
+        print(f"  AdamWPrune on SPAM bool / two-pass SPAM = "
+              f"{step['adamwprune_spam_bool'] / step['adamwspam_two_pass']:.2f}")
     if device.type == "cuda":
         report_bandwidth(step, n_params, device)
     if "kernel_build_s" in step:

@@ -15,6 +15,7 @@ from torch import nn
 from lib.errors import UserError
 from lib.optim.adamwadv import AdamWAdv
 from lib.optim.fused_masked_adamw import MaskedAdamW
+from lib.optim.fused_masked_spam import MaskedAdamWSPAM
 from lib.optim.spam import AdamWSPAM
 
 OptimizerBuilder = Callable[[list[dict[str, Any]], float, dict[str, Any]], torch.optim.Optimizer]
@@ -55,14 +56,15 @@ def _adamwadv(groups: list[dict[str, Any]], lr: float, p: dict[str, Any]) -> tor
                     **_implementation(groups))
 
 
-def _adamwspam(groups: list[dict[str, Any]], lr: float, p: dict[str, Any]) -> torch.optim.Optimizer:
+def _adamwspam(groups: list[dict[str, Any]], lr: float, p: dict[str, Any],
+               cls: type[AdamWSPAM] = AdamWSPAM) -> torch.optim.Optimizer:
     if p.get("amsgrad"):
         raise UserError("AMSGrad is not part of SPAM: unset ADAMWPRUNE_AMSGRAD or pick another AdamWPrune base")
     # SPAM_INTERVAL=0 or SPAM_PERIODIC_RESET=n: no reset (so no warm-up); SPAM_WARMUP=n: warm-up length 0.
-    return AdamWSPAM(groups, lr, tuple(p["betas"]), p["eps"], theta=p["theta"], enable_clip=p["enable_clip"],
-                     reset_interval=p["interval"] if p["periodic_reset"] else 0,
-                     warmup_steps=p["warmup_steps"] if p["warmup"] else 0,
-                     clip_delay_steps=p.get("clip_delay_steps", 20))
+    return cls(groups, lr, tuple(p["betas"]), p["eps"], theta=p["theta"], enable_clip=p["enable_clip"],
+               reset_interval=p["interval"] if p["periodic_reset"] else 0,
+               warmup_steps=p["warmup_steps"] if p["warmup"] else 0,
+               clip_delay_steps=p.get("clip_delay_steps", 20))
 
 
 def adamwprune_base_params(p: dict[str, Any]) -> dict[str, Any]:
@@ -80,6 +82,8 @@ def _adamwprune(groups: list[dict[str, Any]], lr: float, p: dict[str, Any]) -> t
     base = adamwprune_base_params(p)
     if p["base"] == "adamw" and not base["amsgrad"]:
         return MaskedAdamW(groups, lr, betas=tuple(base["betas"]), eps=base["eps"], **_implementation(groups))
+    if p["base"] == "adamwspam":  # MaskedAdamWSPAM: AdamWSPAM, the masks in one Triton pass on CUDA
+        return _adamwspam(groups, lr, base, MaskedAdamWSPAM)
     return OPTIMIZERS[p["base"]](groups, lr, base)
 
 

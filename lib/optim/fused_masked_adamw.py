@@ -15,7 +15,8 @@ The kernel is compiled with the system C compiler at first use (about 0.3 s)
 into ~/.cache/adamwprune, keyed by the source, the compiler and the CPU, and
 loaded with ctypes: no torch headers, no ninja. The gradients are not
 modified. This module owns no pruning logic: which entries are pruned is the
-pruner's business (lib/pruning/masks.py).
+pruner's business (lib/pruning/masks.py). MaskedStep, set_masks() and the
+fallback with its note, is shared with MaskedAdamWSPAM (fused_masked_spam.py).
 """
 from __future__ import annotations
 
@@ -105,19 +106,23 @@ def kernel() -> tuple[Optional[Any], Optional[str]]:
     return _KERNEL["function"], _KERNEL["reason"]
 
 
-class MaskedAdamW(torch.optim.AdamW):
+class MaskedStep:
+    """set_masks() and a step() that runs the subclass's one-pass masked step, or says once why not.
+
+    Mixed in before a torch optimizer (MaskedAdamW here, MaskedAdamWSPAM in
+    fused_masked_spam.py). Without masks step() is the optimizer's own. With
+    masks it calls _fused_step(), which steps every tensor and returns None,
+    or returns why it cannot (having stepped nothing); then the pruned
+    gradients are zeroed in a separate pass (lib/pruning/mask_ops.py) and the
+    optimizer's own step runs, after one `note:` line per new reason.
+    fallback_note keeps the last reason, None while the step is fused.
+    """
+
     # Where the Triton kernel steps the tensors (tests add "cpu" to run it under TRITON_INTERPRET=1).
     TRITON_DEVICES: tuple[str, ...] = ("cuda",)
 
-    """torch.optim.AdamW whose step keeps the entries that set_masks() prunes at exactly zero.
-
-    Without masks it is torch's AdamW. Its state (step, exp_avg, exp_avg_sq)
-    and state_dict are torch's, so scores, checkpoints and state_bytes read it
-    unchanged.
-    """
-
-    def __init__(self, params: Any, lr: float, **kwargs: Any) -> None:
-        super().__init__(params, lr=lr, **kwargs)
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
         self.masks: dict[torch.Tensor, torch.Tensor] = {}
         self.fallback_note: Optional[str] = None  # why the last masked step was not fused, once printed
 
@@ -143,6 +148,19 @@ class MaskedAdamW(torch.optim.AdamW):
         zero_pruned_((p.grad, keep) for p, keep in self.masks.items() if p.grad is not None)
         super().step()
         return loss
+
+    def _fused_step(self) -> Optional[str]:
+        """Step every tensor in one masked pass and return None; or return why not, nothing stepped."""
+        raise NotImplementedError
+
+
+class MaskedAdamW(MaskedStep, torch.optim.AdamW):
+    """torch.optim.AdamW whose step keeps the entries that set_masks() prunes at exactly zero.
+
+    Without masks it is torch's AdamW. Its state (step, exp_avg, exp_avg_sq)
+    and state_dict are torch's, so scores, checkpoints and state_bytes read it
+    unchanged.
+    """
 
     def _fused_step(self) -> Optional[str]:
         """One masked pass over every tensor (Triton on CUDA, C on CPU); or why it cannot run, nothing stepped."""

@@ -91,27 +91,35 @@ class AdamWSPAM(torch.optim.Optimizer):
         if closure is not None:
             with torch.enable_grad():
                 loss = closure()
-        # One global count for all groups (a group added later joins it).
-        t = 1 + max(int(group.get("total_step", 0)) for group in self.param_groups)
-        for group in self.param_groups:
-            group["total_step"] = t
-        reset = self.reset_interval > 0 and t % self.reset_interval == 0
-        clip = self.enable_clip and clipping_active(t, self.reset_interval, self.clip_delay_steps)
-        scale = warmup_scale(t, self.reset_interval, self.warmup_steps)
+        reset, clip, scale = self._advance()
         for group in self.param_groups:
             for param in group["params"]:
                 if param.grad is not None:
                     self._update(param, group, reset, clip, scale)
         return loss
 
+    def _advance(self) -> tuple[bool, bool, float]:
+        """Count one global step t; (reset, clip, scale) at t, the same for every parameter."""
+        # One global count for all groups (a group added later joins it).
+        t = 1 + max(int(group.get("total_step", 0)) for group in self.param_groups)
+        for group in self.param_groups:
+            group["total_step"] = t
+        reset = self.reset_interval > 0 and t % self.reset_interval == 0
+        clip = self.enable_clip and clipping_active(t, self.reset_interval, self.clip_delay_steps)
+        return reset, clip, warmup_scale(t, self.reset_interval, self.warmup_steps)
+
+    def _state(self, param: torch.Tensor) -> dict[str, Any]:
+        state = self.state[param]
+        if not state:
+            state.update(step=0, exp_avg=torch.zeros_like(param), exp_avg_sq=torch.zeros_like(param))
+        return state
+
     def _update(self, param: torch.Tensor, group: dict[str, Any], reset: bool, clip: bool, scale: float) -> None:
         grad = param.grad
         if grad.is_sparse:
             raise RuntimeError("AdamWSPAM does not support sparse gradients")
         beta1, beta2 = group["betas"]
-        state = self.state[param]
-        if not state:
-            state.update(step=0, exp_avg=torch.zeros_like(param), exp_avg_sq=torch.zeros_like(param))
+        state = self._state(param)
         m, v = state["exp_avg"], state["exp_avg_sq"]
         if reset:
             m.zero_()

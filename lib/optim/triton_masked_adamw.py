@@ -1,4 +1,4 @@
-"""AdamWPrune's step on the AdamW base as one Triton kernel: the CUDA counterpart of masked_adamw.c.
+"""AdamWPrune's step on the AdamW and AdamWSPAM bases as one Triton kernel each: the CUDA counterpart of masked_adamw.c.
 
 One pass per tensor reads w, g, m, v and the keep mask (bool, or bit-packed:
 bit i of byte j keeps entry 8j + i, lib/pruning/bitmask.py) and writes w, m,
@@ -12,6 +12,18 @@ included) are computed in float64 by a few torch operations on the device
 from the step counts there, so no host sync is needed, and the kernel itself
 uses no float64.
 
+The AdamWSPAM kernel (_masked_spam, lib/optim/fused_masked_spam.py) is the
+same pass with SPAM's step (lib/optim/spam.py) in between: the momentum reset
+(m = v = 0 on a reset step), the spike-aware clipping against this step's v
+before its update (on clipping steps), both moments in the reference's order,
+the update with eps on the uncorrected sqrt(v) and the warm-up scale, then
+the decay with the un-warmed lr. Everything per entry is elementwise; what
+changes from step to step (reset and clipping flags, warm-up scale, bias
+corrections from the parameter's integer step count) is computed on the host
+in float64, as AdamWSPAM does, and passed as float32 kernel arguments: SPAM
+keeps its counts as Python ints, so there is no device count to read. Both
+kernels read the mask through one helper (keep_mask).
+
 Triton is optional (docs/performance.md): without it, or off CUDA, callers
 keep their other path. Tests run the kernel on CPU tensors under
 TRITON_INTERPRET=1 (set before this module is imported). Its speed on a GPU
@@ -19,6 +31,7 @@ is unmeasured until `make gpu-check` runs on one.
 """
 from __future__ import annotations
 
+import math
 from typing import Optional
 
 import torch
@@ -33,6 +46,8 @@ except ImportError as exc:  # optional dependency
 BLOCK = 1024  # entries per program: a multiple of 8, so a program's mask bytes are its own
 # A tensor's float32 scalars, one row per tensor, in the order the kernel reads them (offsets 0..6 there).
 COLUMNS = ("step_size", "decay", "one_minus_beta1", "beta2", "one_minus_beta2", "bias_correction2_sqrt", "eps")
+# The SPAM kernel's float32 arguments after n, in order (spam_scalars), then its reset and clip flags.
+SPAM_COLUMNS = ("neg_step_size", "neg_decay", "beta1", "one_minus_beta1", "beta2", "one_minus_beta2", "eps", "theta")
 
 
 def unavailable() -> Optional[str]:
@@ -41,6 +56,17 @@ def unavailable() -> Optional[str]:
 
 
 if triton is not None:
+    @triton.jit
+    def keep_mask(keep_ptr, offsets, inside, MASK_BITS: tl.constexpr):
+        # The keep mask at `offsets`, True = keep: one byte per entry (bool), or bits, little bit order
+        # (bit i of byte j keeps entry 8j + i, lib/pruning/bitmask.py). Shared by both kernels.
+        if MASK_BITS:
+            byte = tl.load(keep_ptr + offsets // 8, mask=inside, other=0)
+            keep = ((byte >> (offsets % 8).to(tl.uint8)) & 1) != 0
+        else:
+            keep = tl.load(keep_ptr + offsets, mask=inside, other=0) != 0
+        return keep
+
     @triton.jit
     def _masked_adamw(w_ptr, g_ptr, m_ptr, v_ptr, keep_ptr, scalars_ptr, n,
                       HAS_MASK: tl.constexpr, MASK_BITS: tl.constexpr, BLOCK: tl.constexpr):
@@ -59,11 +85,7 @@ if triton is not None:
         m = tl.load(m_ptr + offsets, mask=inside, other=0.0)
         v = tl.load(v_ptr + offsets, mask=inside, other=0.0)
         if HAS_MASK:
-            if MASK_BITS:
-                byte = tl.load(keep_ptr + offsets // 8, mask=inside, other=0)
-                keep = ((byte >> (offsets % 8).to(tl.uint8)) & 1) != 0
-            else:
-                keep = tl.load(keep_ptr + offsets, mask=inside, other=0) != 0
+            keep = keep_mask(keep_ptr, offsets, inside, MASK_BITS)
             g = tl.where(keep, g, 0.0)
         w = w * decay
         m = m + one_minus_beta1 * (g - m)  # torch's lerp for weights < 0.5
@@ -76,6 +98,46 @@ if triton is not None:
         tl.store(w_ptr + offsets, w, mask=inside)
         tl.store(m_ptr + offsets, m, mask=inside)
         tl.store(v_ptr + offsets, v, mask=inside)
+
+    @triton.jit(do_not_specialize=["reset", "clip"])  # flags: 0 and 1 share one compiled kernel
+    def _masked_spam(w_ptr, g_ptr, m_ptr, v_ptr, keep_ptr, n, neg_step_size, neg_decay, beta1, one_minus_beta1,
+                     beta2, one_minus_beta2, eps, theta, reset, clip,
+                     HAS_MASK: tl.constexpr, MASK_BITS: tl.constexpr, BLOCK: tl.constexpr):
+        # AdamWSPAM._update (lib/optim/spam.py), operation for operation, masked like _masked_adamw.
+        offsets = tl.program_id(0) * BLOCK + tl.arange(0, BLOCK)
+        inside = offsets < n
+        w = tl.load(w_ptr + offsets, mask=inside, other=0.0)
+        g = tl.load(g_ptr + offsets, mask=inside, other=0.0)
+        m = tl.load(m_ptr + offsets, mask=inside, other=0.0)
+        v = tl.load(v_ptr + offsets, mask=inside, other=0.0)
+        if HAS_MASK:
+            keep = keep_mask(keep_ptr, offsets, inside, MASK_BITS)
+            g = tl.where(keep, g, 0.0)
+        restart = reset != 0  # momentum reset: m = v = 0 (where, not a product: a non-finite m goes too)
+        m = tl.where(restart, 0.0, m)
+        v = tl.where(restart, 0.0, v)
+        limit = v * theta  # spike-aware clipping against this step's v before its update
+        root = tl.sqrt(limit)
+        spike = (g * g > limit) & (clip != 0)
+        g = tl.where(spike, tl.where(g < 0, -root, root), g)  # sign(g) * sqrt(theta * v); g != 0 there
+        m = m * beta1 + one_minus_beta1 * g
+        v = v * beta2 + one_minus_beta2 * g * g
+        w = w + neg_step_size * (m / (tl.sqrt(v) + eps))  # eps on the uncorrected sqrt(v); warm-up in the step
+        w = w + neg_decay * w  # decay after the update, with the un-warmed lr
+        if HAS_MASK:
+            w = tl.where(keep, w, 0.0)
+            m = tl.where(keep, m, 0.0)
+            v = tl.where(keep, v, 0.0)
+        tl.store(w_ptr + offsets, w, mask=inside)
+        tl.store(m_ptr + offsets, m, mask=inside)
+        tl.store(v_ptr + offsets, v, mask=inside)
+
+
+def _mask_argument(w: torch.Tensor, keep: Optional[torch.Tensor]) -> tuple[torch.Tensor, bool, bool]:
+    """(the tensor the kernel reads as its keep_ptr, HAS_MASK, MASK_BITS) for keep: None, bools or packed bytes."""
+    bits = keep is not None and keep.dtype == torch.uint8
+    keep_arg = w if keep is None else (keep if bits else keep.view(torch.uint8))  # unread when dense
+    return keep_arg, keep is not None, bits
 
 
 def tensor_scalars(steps: list[torch.Tensor], lr: float, betas: tuple[float, float], eps: float,
@@ -100,7 +162,28 @@ def step_tensor(w: torch.Tensor, g: torch.Tensor, m: torch.Tensor, v: torch.Tens
     keep: None (dense), a bool tensor of w's shape, or its ceil(n/8) packed bytes (uint8).
     """
     n = w.numel()
-    bits = keep is not None and keep.dtype == torch.uint8
-    keep_arg = w if keep is None else (keep if bits else keep.view(torch.uint8))  # unread when dense
+    keep_arg, has_mask, bits = _mask_argument(w, keep)
     _masked_adamw[(triton.cdiv(n, BLOCK),)](w, g, m, v, keep_arg, scalars, n,
-                                            HAS_MASK=keep is not None, MASK_BITS=bits, BLOCK=BLOCK)
+                                            HAS_MASK=has_mask, MASK_BITS=bits, BLOCK=BLOCK)
+
+
+def spam_scalars(step: int, lr: float, betas: tuple[float, float], eps: float, weight_decay: float, scale: float,
+                 theta: float) -> tuple[float, ...]:
+    """SPAM_COLUMNS for a parameter at its step count `step` (already advanced), in float64 as AdamWSPAM's."""
+    beta1, beta2 = betas
+    step_size = lr * math.sqrt(1.0 - beta2 ** step) / (1.0 - beta1 ** step)
+    neg_decay = -lr * weight_decay if weight_decay > 0 else 0.0
+    return (-step_size * scale, neg_decay, beta1, 1.0 - beta1, beta2, 1.0 - beta2, eps, theta)
+
+
+def spam_step_tensor(w: torch.Tensor, g: torch.Tensor, m: torch.Tensor, v: torch.Tensor, keep: Optional[torch.Tensor],
+                     scalars: tuple[float, ...], reset: bool, clip: bool) -> None:
+    """One masked AdamWSPAM step of contiguous float32 w (m, v updated in place); scalars from spam_scalars().
+
+    reset: zero m and v first (the step's t is a multiple of the interval); clip: spike-aware clipping is
+    active at this step. keep as for step_tensor.
+    """
+    n = w.numel()
+    keep_arg, has_mask, bits = _mask_argument(w, keep)
+    _masked_spam[(triton.cdiv(n, BLOCK),)](w, g, m, v, keep_arg, n, *scalars, int(reset), int(clip),
+                                           HAS_MASK=has_mask, MASK_BITS=bits, BLOCK=BLOCK)

@@ -17,9 +17,10 @@ the masks change, the weight and every same-shape optimizer state tensor
 before every optimizer step the gradient is zeroed there. Adam, AdamW, SGD
 and SPAM then leave those entries at zero (m and v stay 0, the update is
 0/(0+eps), decay of 0 is 0). An optimizer with set_masks() (AdamWPrune on
-AdamW: lib/optim/fused_masked_adamw.py) is handed the masks instead and
-zeroes those entries inside its own step, which saves that pass. Tests check
-it after training.
+AdamW: lib/optim/fused_masked_adamw.py; on AdamWSPAM:
+lib/optim/fused_masked_spam.py) is handed the masks instead and zeroes those
+entries inside its own step, which saves that pass where it has a one-pass
+step (and says when it has none). Tests check it after training.
 
 Masks are stored as bools (one byte per weight) or bits (eight per byte,
 lib/pruning/bitmask.py), as `mask_storage` says; the update writes them
@@ -223,7 +224,8 @@ class GradualPruner:
             self.masks = {name: bitmask.full(p, self.mask_storage) for name, p in self.params.items()}
             if not hasattr(self.optimizer, "set_masks") and not self.history:
                 print(f"note: {type(self.optimizer).__name__}: pruned gradients are zeroed in a separate pass before "
-                      "each step (fused into the step only for AdamWPrune on AdamW without AMSGrad)")
+                      "each step (fused into the step only for AdamWPrune on AdamW without AMSGrad, or on "
+                      "AdamWSPAM on CUDA)")
         # Bit masks are packed from one chunk of bools, reused: never a whole tensor's.
         scratch = (torch.empty(min(self.chunk_size, self.total), dtype=torch.bool,
                                device=next(iter(self.params.values())).device)

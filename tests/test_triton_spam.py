@@ -1,0 +1,214 @@
+"""AdamWPrune on the AdamWSPAM base: the Triton SPAM step (lib/optim/triton_masked_adamw.py, _masked_spam, driven
+by lib/optim/fused_masked_spam.py), run on CPU under TRITON_INTERPRET=1, and the path chosen without CUDA.
+
+Against AdamWSPAM (lib/optim/spam.py, itself checked against a transcription of the authors' code in
+tests/test_spam.py) stepping on masked gradients with masked weights: after every step, every tensor's w, m
+and v within 1e-6 of its largest entry (w: or of its largest starting weight; see tests/test_triton_step.py),
+pruned w, m, v exactly 0, for bool and bit-packed masks, sizes 1, 7, 1023 and 10001 plus an unmasked tensor, in
+two groups (with and without weight decay), over 7 steps that take in clipping before and after it starts,
+spikes clipped and passed, a momentum reset and the warm-up after it. On CPU AdamWPrune's SPAM base is
+AdamWSPAM plus the separate masking pass, bit for bit, and says so once. Skipped, with the reason, where Triton
+is not installed; the GPU speed is not tested.
+"""
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+
+import pytest
+import torch
+from torch import nn
+
+from lib.optim import build_optimizer
+from lib.optim.fused_masked_spam import MaskedAdamWSPAM
+from lib.optim.spam import AdamWSPAM, clipping_active, warmup_scale
+from lib.pruning import GradualPruner, bitmask
+from lib.pruning.mask_ops import zero_pruned_
+from tests.conftest import ROOT
+from tests.pruning_loop import train_steps
+from tests.test_triton_step import interpreted  # noqa: F401 (the fixture: the kernels built for the interpreter)
+
+SHAPES = [(1,), (7,), (1023,), (10001,), (3, 5)]  # the last one unmasked: the kernel's dense variant
+MASKED = 4
+BETAS, EPS = (0.9, 0.999), 1e-6
+# Global step t = 1..7: clipping from t = 2 (A = 2) but not on t = 4, 5 (reset at t = 4, A steps after it);
+# warm-up scale 0.01 on t = 4, rising on t = 5, 1 from t = 6 (N = 2).
+SPAM = dict(theta=5000.0, reset_interval=4, warmup_steps=2, clip_delay_steps=2)
+STEPS = 7
+SPIKE_STEPS = (3, 5, 7)  # clipped, passed (no clipping after the reset), clipped
+
+
+def tensors(seed=0):
+    gen = torch.Generator().manual_seed(seed)
+    return [torch.randn(shape, generator=gen).requires_grad_() for shape in SHAPES]
+
+
+def groups(params):
+    return [{"params": params[:2], "weight_decay": 0.0}, {"params": params[2:], "weight_decay": 0.1}]
+
+
+def masks_of(params, storage, seed=1):
+    gen = torch.Generator().manual_seed(seed)
+    keep = {p: torch.rand(p.shape, generator=gen) > 0.4 for p in params[:MASKED]}
+    return keep, {p: bitmask.convert(k, p, storage) for p, k in keep.items()}
+
+
+def gradients(seed=2):
+    """Per step, a gradient per tensor: Gaussian, every 97th entry times 100 on the spike steps."""
+    gen = torch.Generator().manual_seed(seed)
+    steps = []
+    for t in range(1, STEPS + 1):
+        grads = [torch.randn(shape, generator=gen) for shape in SHAPES]
+        if t in SPIKE_STEPS:
+            for g in grads:
+                g.view(-1)[::97] *= 100.0
+        steps.append(grads)
+    return steps
+
+
+def step_all(optimizer, params, grads, t, masks=None, two_pass=None):
+    for group in optimizer.param_groups:
+        group["lr"] = 1e-2 * (1 + t % 3) / 3
+    for p, g in zip(params, grads):
+        p.grad = g.clone()
+    if two_pass is not None:
+        zero_pruned_((p.grad, keep) for p, keep in two_pass.items())
+    if masks is not None:
+        optimizer.set_masks(masks)
+    optimizer.step()
+
+
+def test_the_scenario_has_resets_warmup_and_clipping_on_and_off():
+    interval, warmup, delay = SPAM["reset_interval"], SPAM["warmup_steps"], SPAM["clip_delay_steps"]
+    clip = [clipping_active(t, interval, delay) for t in range(1, STEPS + 1)]
+    scale = [warmup_scale(t, interval, warmup) for t in range(1, STEPS + 1)]
+    assert clip == [False, True, True, False, False, True, True]
+    assert scale[:3] == [1.0, 1.0, 1.0] and scale[3] == pytest.approx(0.01) and 0.01 < scale[4] < 1
+    assert scale[5:] == [1.0, 1.0]
+    # Clipping changes this run: AdamWSPAM without it ends elsewhere.
+    runs = []
+    for enable_clip in (True, False):
+        params = tensors()
+        optimizer = AdamWSPAM(groups(params), 1e-2, BETAS, EPS, **SPAM, enable_clip=enable_clip)
+        for t, grads in enumerate(gradients(), start=1):
+            step_all(optimizer, params, grads, t)
+        runs.append(params)
+    assert max((p - q).abs().max() for p, q in zip(*runs)) > 1e-3
+
+
+@pytest.mark.parametrize("storage", ["bool", "bits"])
+def test_kernel_matches_adamwspam_on_masked_gradients(interpreted, storage, monkeypatch):  # noqa: F811
+    monkeypatch.setattr(MaskedAdamWSPAM, "TRITON_DEVICES", ("cpu",))
+    params, expected = tensors(), tensors()
+    ours = MaskedAdamWSPAM(groups(params), 1e-2, BETAS, EPS, **SPAM)
+    reference = AdamWSPAM(groups(expected), 1e-2, BETAS, EPS, **SPAM)
+    keep, stored = masks_of(params, storage)
+    reference_keep = masks_of(expected, "bool")[0]
+    zero_pruned_([(p.data, k) for p, k in stored.items()])  # as the pruner does when masks change
+    zero_pruned_([(p.data, k) for p, k in reference_keep.items()])
+    starts = [p.detach().abs().max() for p in expected]
+    for t, grads in enumerate(gradients(), start=1):
+        step_all(ours, params, grads, t, masks=stored)
+        step_all(reference, expected, grads, t, two_pass=reference_keep)
+        assert ours.fallback_note is None
+        for p, q, start in zip(params, expected, starts):
+            where = (t, tuple(p.shape))
+            assert (p - q).abs().max() <= 1e-6 * max(q.abs().max(), start), where
+            for key in ("exp_avg", "exp_avg_sq"):
+                x, y = ours.state[p][key], reference.state[q][key]
+                assert (x - y).abs().max() <= 1e-6 * y.abs().max(), (where, key)
+            assert ours.state[p]["step"] == reference.state[q]["step"] == t
+        for p, k in keep.items():
+            for x in (p, ours.state[p]["exp_avg"], ours.state[p]["exp_avg_sq"]):
+                assert not x[~k].any(), (t, tuple(p.shape))
+    assert [g["total_step"] for g in ours.param_groups] == [STEPS, STEPS]
+
+
+def test_a_step_the_kernel_cannot_take_falls_back_before_counting(interpreted, monkeypatch, capsys):  # noqa: F811
+    """A float64 tensor: nothing stepped by the kernel, no count advanced twice, AdamWSPAM's step on masked grads."""
+    monkeypatch.setattr(MaskedAdamWSPAM, "TRITON_DEVICES", ("cpu",))
+    params = [p.detach().double().requires_grad_() for p in tensors()]
+    expected = [p.detach().clone().requires_grad_() for p in params]
+    ours = MaskedAdamWSPAM(groups(params), 1e-2, BETAS, EPS, **SPAM)
+    reference = AdamWSPAM(groups(expected), 1e-2, BETAS, EPS, **SPAM)
+    masks = masks_of(params, "bits")[1]
+    reference_masks = dict(zip(expected, masks.values()))
+    for t, grads in enumerate(gradients()[:2], start=1):
+        step_all(ours, params, [g.double() for g in grads], t, masks=masks)
+        step_all(reference, expected, [g.double() for g in grads], t, two_pass=reference_masks)
+    for p, q in zip(params, expected):
+        assert torch.equal(p, q)
+    assert ours.param_groups[0]["total_step"] == 2
+    assert capsys.readouterr().out.count("torch.float64 parameter") == 1
+
+
+# --- the path chosen without CUDA -------------------------------------------------------------
+
+SPAM_SETTINGS = {"theta": 50.0, "enable_clip": True, "periodic_reset": True, "interval": 20, "warmup": True,
+                 "warmup_steps": 5, "clip_delay_steps": 3}
+ADAMWPRUNE_SPAM = {"base": "adamwspam", "betas": (0.9, 0.999), "eps": 1e-8, "weight_decay": 0.1,
+                   "amsgrad": False, "adv": {}, "spam": SPAM_SETTINGS}
+
+
+def train_pruned(optimizer_of, steps=45):
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(16, 32), nn.ReLU(), nn.Linear(32, 4))
+    optimizer = optimizer_of(model)
+    pruner = GradualPruner(model, optimizer, "bitter7", 0.7, warmup_steps=5, ramp_end_step=30, frequency=5,
+                           mask_storage="bits")
+    train_steps(model, optimizer, pruner, steps, inputs=16, classes=4, batch=16)
+    return model, optimizer, pruner
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="the CPU choice; on CUDA the Triton step is taken")
+def test_on_cpu_adamwprune_on_spam_is_adamwspam_with_the_separate_pass_and_says_so(capsys):
+    """Through GradualPruner with mask updates and a reset: bit for bit AdamWSPAM after the pruner's masking."""
+    model, optimizer, pruner = train_pruned(lambda m: build_optimizer("adamwprune", m, 1e-2, ADAMWPRUNE_SPAM))
+    out = capsys.readouterr().out
+    spam = {key: ADAMWPRUNE_SPAM[key] for key in ("betas", "eps", "weight_decay", "amsgrad")}
+    reference, expected, reference_pruner = train_pruned(
+        lambda m: build_optimizer("adamwspam", m, 1e-2, {**spam, **SPAM_SETTINGS}))
+    assert type(optimizer) is MaskedAdamWSPAM and type(expected) is AdamWSPAM
+    assert "on CUDA with Triton; these parameters are on cpu" in optimizer.fallback_note
+    assert out.count("note: AdamWPrune masks pruned gradients in a separate pass") == 1
+    assert "on CUDA with Triton" in out
+    assert [h["measured_pct"] for h in pruner.history] == [h["measured_pct"] for h in reference_pruner.history]
+    assert pruner.history[-1]["measured_pct"] == pytest.approx(70.0, abs=0.5)
+    for p, q in zip(model.parameters(), reference.parameters()):
+        assert torch.equal(p, q)
+        for key in ("exp_avg", "exp_avg_sq", "step"):
+            assert torch.equal(torch.as_tensor(optimizer.state[p][key]), torch.as_tensor(expected.state[q][key]))
+    for name, keep in pruner.masks.items():
+        param, pruned = pruner.params[name], ~bitmask.unpack(keep, 0, pruner.params[name].numel())
+        assert not param.view(-1)[pruned].any()
+        assert not optimizer.state[param]["exp_avg_sq"].view(-1)[pruned].any()
+
+
+COMPILE = """
+import triton
+from triton.backends.compiler import GPUTarget
+from triton.compiler import ASTSource
+from lib.optim.triton_masked_adamw import _masked_spam
+signature = {name: "*fp32" for name in ("w_ptr", "g_ptr", "m_ptr", "v_ptr")}
+signature.update(keep_ptr="*u8", n="i32", HAS_MASK="constexpr", MASK_BITS="constexpr", BLOCK="constexpr")
+signature.update({name: "fp32" for name in ("neg_step_size", "neg_decay", "beta1", "one_minus_beta1", "beta2",
+                                            "one_minus_beta2", "eps", "theta")})
+signature.update(reset="i32", clip="i32")
+for has_mask, bits in [(True, True), (True, False), (False, False)]:
+    source = ASTSource(fn=_masked_spam, signature=signature,
+                       constexprs={"HAS_MASK": has_mask, "MASK_BITS": bits, "BLOCK": 1024})
+    assert triton.compile(source, target=GPUTarget("cuda", 90, 32)).asm["cubin"]
+"""
+
+
+def test_spam_kernel_compiles_for_an_sm90_gpu_without_one():
+    """As tests/test_triton_step.py does for the AdamW kernel: each variant to an sm_90 cubin, no GPU needed."""
+    pytest.importorskip("triton", reason="triton is not installed (optional: pip install triton)")
+    from triton.backends import backends
+    if "nvidia" not in backends:
+        pytest.skip("this triton has no NVIDIA backend")
+    env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
+    done = subprocess.run([sys.executable, "-c", COMPILE], capture_output=True, text=True, cwd=ROOT, env=env,
+                          timeout=300)
+    assert done.returncode == 0, done.stderr[-2000:]

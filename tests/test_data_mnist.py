@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 import torch
 
-from lib.data import DATA_SOURCES, ImageClassificationData
+from lib.data import ImageClassificationData
 from lib.data import mnist
 from lib.data.mnist import IDX_FILES, MNIST_MEAN, MNIST_STD, load_mnist
 from lib.errors import UserError
@@ -72,10 +72,6 @@ def test_idx_files_load_as_normalised_tensors(tmp_path, gz):
     assert data.info == {"name": "mnist", "source": "idx", "train_size": N_TRAIN,
                          "test_size": N_TEST, "split": data.info["split"],
                          "path": str(tmp_path / "mnist")}
-
-
-def test_registry_names_mnist():
-    assert DATA_SOURCES["mnist"] is load_mnist
 
 
 def test_wrong_magic_names_the_file(tmp_path):

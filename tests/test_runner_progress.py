@@ -8,7 +8,7 @@ import pytest
 
 from lib.matrix import RunSpec
 from lib.run.plan import estimate_lines, estimate_run_s, find_past_runs, makespan_s
-from lib.run.progress import Progress
+from lib.run.progress import MatrixProgress
 from lib.run.task import RunTask
 
 
@@ -25,7 +25,7 @@ def _result(seconds: float, status: str = "success") -> dict:
 
 def test_eta_divides_the_work_left_by_the_slots():
     lines: list[str] = []
-    progress = Progress(total=5, slots=2, out=lines.append)
+    progress = MatrixProgress(total=5, slots=2, out=lines.append)
     progress.started(_task(1), None)
     progress.started(_task(2), None)
     progress.finished(_task(1), _result(10.0))
@@ -38,7 +38,7 @@ def test_eta_divides_the_work_left_by_the_slots():
 
 def test_a_failed_run_says_where_its_log_is():
     lines: list[str] = []
-    progress = Progress(total=1, out=lines.append)
+    progress = MatrixProgress(total=1, out=lines.append)
     progress.started(_task(1), None)
     progress.finished(_task(1), _result(3.0, "timeout"))
     assert "TIMEOUT (exit 1); see lenet5_sgd_magnitude_1/output.log" in lines[-1]
@@ -46,7 +46,7 @@ def test_a_failed_run_says_where_its_log_is():
 
 
 def test_terminal_gets_a_live_bar_with_counts_and_eta(capsys):
-    progress = Progress(total=3, slots=2, out=lambda line: pytest.fail("no plain lines on a terminal"), bar=True)
+    progress = MatrixProgress(total=3, slots=2, out=lambda line: pytest.fail("no plain lines on a terminal"), bar=True)
     progress.started(_task(1), None)
     progress.finished(_task(1), _result(4.0))
     progress.close()

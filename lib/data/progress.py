@@ -8,7 +8,7 @@ from __future__ import annotations
 import time
 
 
-class Progress:
+class PreparationProgress:
     """Prints `label: done / total unit (pct%), rate` at most every `interval_s`."""
 
     def __init__(self, label: str, total: int | None, unit: str, interval_s: float = 5.0,

@@ -22,7 +22,7 @@ import tiktoken
 import torch
 
 from lib.data.download import temp_beside
-from lib.data.progress import Progress
+from lib.data.progress import PreparationProgress
 from lib.data.text_sources import TEXT_SOURCES, DocumentStream, SourceUnavailable, local_dir_name, text_files
 from lib.data.tokenizer import BPE_RANKS, BPE_RANKS_SHA256, EOT_TOKEN, VOCAB_SIZE, gpt2_encoding
 from lib.errors import UserError
@@ -71,7 +71,7 @@ def prepare_text(source: str, data_dir: str | Path, token_cap: int | None = None
     if old is not None and all(old.get(key) == value for key, value in wanted.items()):
         print(f"{source}: using {out_dir} ({old['train_tokens']:,} train / {old['val_tokens']:,} val tokens)")
         return out_dir
-    progress = Progress(f"tokenizing {source}", token_cap, "tokens", progress_interval_s)
+    progress = PreparationProgress(f"tokenizing {source}", token_cap, "tokens", progress_interval_s)
     try:
         stream = spec.open(data_dir, file)
         counts = _write_token_files(stream, out_dir, token_cap, progress)
@@ -124,7 +124,8 @@ def _complete_meta(out_dir: Path) -> dict | None:
     return meta if complete else None
 
 
-def _write_token_files(stream: DocumentStream, out_dir: Path, token_cap: int | None, progress: Progress) -> dict:
+def _write_token_files(stream: DocumentStream, out_dir: Path, token_cap: int | None,
+                       progress: PreparationProgress) -> dict:
     """Tokenize into temp files beside the targets, then rename: an interrupted
     run leaves the previous preparation (or nothing), never a half file."""
     temps = {split: temp_beside(out_dir / f"{split}.bin") for split in ("train", "val")}
@@ -152,7 +153,7 @@ def _write_token_files(stream: DocumentStream, out_dir: Path, token_cap: int | N
             close()  # stop a stream cut short by the cap
 
 
-def _tokenize(stream: DocumentStream, files: tuple, token_cap: int | None, progress: Progress) -> int | None:
+def _tokenize(stream: DocumentStream, files: tuple, token_cap: int | None, progress: PreparationProgress) -> int | None:
     """Write ids to files[0] (train) or files[1] (val); returns the number of
     documents, or None for a running text."""
     encoding = gpt2_encoding()

@@ -453,10 +453,3 @@ def open_backend() -> Backend:
 def _is_nvml_error(exc: BaseException) -> bool:
     nvml = sys.modules.get("pynvml")
     return isinstance(exc, OSError) or (nvml is not None and isinstance(exc, nvml.NVMLError))
-
-
-def detect_backend() -> str:
-    """Name of the backend a sampler would use here: "nvml", "nvidia-smi", "rocm-smi" or "rss"."""
-    backend = open_backend()
-    backend.close()
-    return backend.name

@@ -7,8 +7,8 @@ suffix), each metric of COMPARED gets the mean of each side over its
 successful runs, the delta B - A and, with two or more measured seeds on both
 sides, Welch's t-test p-value (unequal variances); a p-value of ALPHA or more
 marks the difference as within noise. Runs present on one side only are
-listed. The text and Markdown renderings are in lib/report/compare_render; nothing
-here reads or writes files.
+listed. The text and Markdown renderings are in
+lib/report/compare_render.py; nothing here reads or writes files.
 """
 from __future__ import annotations
 

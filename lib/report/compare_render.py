@@ -19,7 +19,7 @@ from matplotlib.figure import Figure
 from lib.jsonio import write_text_atomic
 from lib.names import check_no_links
 from lib.report.compare import ALPHA, LABELS, Comparison, ConfigComparison, MetricDelta
-from lib.report.graphs import Graph, _figure, _render
+from lib.report.graphs import Graph, new_figure, render_graph
 from lib.report.markdown import Block, Bullets, Heading, Paragraph, Table, render_markdown
 from lib.report.out_dirs import make_output_dir, stamped_name
 from lib.report.stats import NA, Estimate, fmt
@@ -123,7 +123,7 @@ def delta_figure(comparison: Comparison) -> Optional[Figure]:
     bars_per_panel = max(len(bars) for _, bars in panels)
     columns = min(3, len(panels))
     grid = math.ceil(len(panels) / columns)
-    figure = _figure(f"Δ B - A per configuration (grey: within noise, p >= {ALPHA:g}; bars ± Welch SE)",
+    figure = new_figure(f"Δ B - A per configuration (grey: within noise, p >= {ALPHA:g}; bars ± Welch SE)",
                      width=4.5 * columns, height=grid * (1.2 + 0.3 * bars_per_panel))
     axes = figure.subplots(grid, columns, squeeze=False).flatten()
     for ax in axes[len(panels):]:
@@ -144,7 +144,7 @@ def write_compare(comparison: Comparison, out_dir: Path) -> list[Path]:
     """Write compare.md, compare.txt and graphs/compare_deltas.png|svg into `out_dir`; return the paths."""
     check_no_links(out_dir, OUTPUTS)
     figure = delta_figure(comparison)
-    graph = _render(GRAPH, figure) if figure is not None else None
+    graph = render_graph(GRAPH, figure) if figure is not None else None
     blocks = compare_blocks(comparison, graph)
     paths = [out_dir / "compare.md", out_dir / "compare.txt"]
     write_text_atomic(paths[0], render_markdown(blocks))

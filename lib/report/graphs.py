@@ -29,13 +29,12 @@ from matplotlib.ticker import MaxNLocator
 
 from lib.jsonio import write_bytes_atomic, write_text_atomic
 from lib.names import is_safe_name
-from lib.report.labels import TRAINING_TERMS, MemoryLabels, Metric, memory_labels, short_label, table_metrics
+from lib.report.labels import (MEMORY_TERMS, TRAINING_TERMS, MemoryLabels, Metric, memory_labels, short_label,
+                               table_metrics)
 from lib.report.stats import Estimate, configurations, fmt, has_seeds, is_missing
 
 AXIS_LABELS = {"epoch": "Epoch", "step": "Training step (optimizer updates)", "eval": "Evaluation number"}
 MIB = 2 ** 20
-MEMORY_TERMS = (("weights_bytes", "weights"), ("gradients_bytes", "gradients"),
-                ("optimizer_state_bytes", "optimizer state"), ("mask_bytes", "masks"))
 BAR_ROW_IN = 0.22  # inches per bar row: 8 pt labels need about 0.15
 LEGEND_RUNS = 12  # above this many runs or configurations, line legends name optimizers
 
@@ -76,7 +75,8 @@ class Context:
         return "error bars: ± std over seeds" if self.seeds else "one seed per configuration, no error bars"
 
 
-def _render(name: str, figure: Figure) -> Graph:
+def render_graph(name: str, figure: Figure) -> Graph:
+    """`figure` as a Graph named `name`: PNG and SVG bytes, the same for the same figure."""
     png, svg = io.BytesIO(), io.BytesIO()
     figure.savefig(png, format="png", dpi=100)
     figure.set_layout_engine("none")  # laid out by the first save; a second layout pass costs a third
@@ -87,7 +87,8 @@ def _render(name: str, figure: Figure) -> Graph:
     return Graph(name, title, png.getvalue(), svg.getvalue().decode())
 
 
-def _figure(title: str, width: float = 10, height: float = 5.5) -> Figure:
+def new_figure(title: str, width: float = 10, height: float = 5.5) -> Figure:
+    """An empty figure with the reports' layout and its title (width and height in inches)."""
     figure = Figure(figsize=(width, height), layout="constrained")
     figure.suptitle(title, fontsize=12)
     return figure
@@ -144,7 +145,7 @@ def evolution(ctx: Context) -> Optional[Figure]:
     styles = _line_styles([cfg for cfg, _ in have]) if many else {}
     legend_in = 0.17 * math.ceil(most / 2) + 0.3 if many else 0.0  # two columns below each panel
     seeds = " (mean ± std over seeds)" if ctx.seeds else ""
-    figure = _figure(f"{ctx.model}: {ctx.metric.axis_label.split(' (')[0].lower()} per "
+    figure = new_figure(f"{ctx.model}: {ctx.metric.axis_label.split(' (')[0].lower()} per "
                      f"{AXIS_LABELS.get(axis, axis).split(' (')[0].lower()}, by optimizer{seeds}",
                      5.5 * ncols, (4.2 + legend_in) * nrows + 0.6)
     axes = list(figure.subplots(nrows, ncols, squeeze=False, sharey=True).flat)
@@ -195,7 +196,7 @@ def _measured(configs: pd.DataFrame, column: str) -> pd.DataFrame:
 def _bar_figure(title: str, configs: pd.DataFrame) -> Figure:
     """A figure tall enough for one readable row per bar and per group heading."""
     rows = len(configs) + configs["group"].nunique()
-    return _figure(title, 10, max(3.5, 1.4 + BAR_ROW_IN * rows))
+    return new_figure(title, 10, max(3.5, 1.4 + BAR_ROW_IN * rows))
 
 
 def _bars(ctx: Context, ax, configs: pd.DataFrame, column: str, digits: int,
@@ -287,7 +288,7 @@ def memory_timeline(ctx: Context) -> Optional[Figure]:
     runs = ctx.runs[[bool(t) for t in ctx.runs["memory_timeline"]]]
     if runs.empty:
         return None
-    figure = _figure(f"{ctx.model}: {ctx.memory.name} over time, per run")
+    figure = new_figure(f"{ctx.model}: {ctx.memory.name} over time, per run")
     ax = figure.subplots()
     per_run = len(runs) <= LEGEND_RUNS
     for _, run in runs.iterrows():
@@ -318,7 +319,7 @@ def memory_vs_metric(ctx: Context) -> Optional[Figure]:
     if configs.empty:
         return None
     memory, metric = list(configs["memory_mean_mib"]), list(configs[ctx.metric.best])
-    figure = _figure(f"{ctx.model}: {ctx.metric.title} vs mean {ctx.memory.name} ({ctx.error_note()})")
+    figure = new_figure(f"{ctx.model}: {ctx.metric.title} vs mean {ctx.memory.name} ({ctx.error_note()})")
     ax = figure.subplots()
     for m, a, optimizer in zip(memory, metric, configs["optimizer"]):
         ax.errorbar(m.mean, a.mean, xerr=m.std if m.n > 1 else None, yerr=a.std if a.n > 1 else None,
@@ -344,7 +345,7 @@ def sparsity_schedule(ctx: Context) -> Optional[Figure]:
     if not firsts:
         return None
     targets_known = any(not is_missing(p[1]) for _, s in firsts for p in s["points"])
-    figure = _figure(f"{ctx.model}: sparsity reached during training"
+    figure = new_figure(f"{ctx.model}: sparsity reached during training"
                      + (" (solid: measured, dashed: target)" if targets_known else " (measured)"))
     ax = figure.subplots()
     per_config = len(firsts) <= LEGEND_RUNS
@@ -373,7 +374,7 @@ def training_memory(ctx: Context) -> Optional[Figure]:
             rows.append((cfg, recorded[0]))  # bytes do not depend on the seed
     if not rows:
         return None
-    figure = _figure(f"{ctx.model}: training memory measured from tensors ({TRAINING_TERMS})",
+    figure = new_figure(f"{ctx.model}: training memory measured from tensors ({TRAINING_TERMS})",
                      10, 2.2 + 0.4 * len(rows))
     ax = figure.subplots()
     ys = range(len(rows))
@@ -413,7 +414,7 @@ def _build(task: tuple[str, str, Context]) -> Optional[Graph]:
     name, stem, ctx = task
     try:
         figure = BUILDERS[stem](ctx)
-        return None if figure is None else _render(name, figure)
+        return None if figure is None else render_graph(name, figure)
     except Exception as exc:  # noqa: BLE001 - figures drawn from others' files: one bad value costs one figure
         print(f"warning: graphs/{name}: not drawn ({type(exc).__name__}: {str(exc)[:200]})", file=sys.stderr)
         return None

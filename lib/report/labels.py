@@ -1,10 +1,12 @@
 """How reports name what they show: the metric of a task (accuracy for
 classifiers, perplexity for language models), what a memory figure measured
-(GPU memory or process RSS, never one called the other), run statuses, and
-the derived figures every report shares (efficiency score, dense baseline).
+(GPU memory or process RSS, never one called the other), the training-memory
+terms, run statuses, and the derived figures every report shares (efficiency
+score, dense baseline).
 
-Shared by lib/report (text), lib/report/markdown (Markdown and HTML) and
-lib/report/graphs, so the three always use the same words for the same figure.
+Shared by lib/report/summary.py (text), lib/report/markdown.py (Markdown and
+HTML) and lib/report/graphs.py, so the three always use the same words for
+the same figure.
 """
 from __future__ import annotations
 
@@ -14,11 +16,20 @@ from typing import Any
 import pandas as pd
 
 from lib.report.stats import fmt
-from lib.results.reader import LANGUAGE_MODELING
+from lib.results.reader import LANGUAGE_MODELING, MEMORY_TERMS as MEMORY_TERM_KEYS
+
+
+def _term_label(key: str) -> str:
+    words = key.removesuffix("_bytes").replace("_", " ")  # "optimizer_state_bytes" -> "optimizer state"
+    return "masks" if words == "mask" else words  # one per pruned tensor
+
 
 STATUS_LABELS = {"success": "✓ Success", "failed": "✗ Failed", "timeout": "✗ Timeout",
                  "interrupted": "✗ Interrupted", "missing": "… Missing"}
-TRAINING_TERMS = "weights + gradients + optimizer state + masks"
+# The training-memory terms a run records (metrics.json "memory"), in the
+# reader's order, with the words reports use for them.
+MEMORY_TERMS = tuple((key, _term_label(key)) for key in MEMORY_TERM_KEYS)
+TRAINING_TERMS = " + ".join(label for _, label in MEMORY_TERMS)  # "weights + gradients + ... + masks"
 EFFICIENCY_NOTE = "best accuracy (%) per 100 MiB of mean measured memory"
 
 

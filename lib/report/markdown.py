@@ -17,9 +17,9 @@ from typing import Sequence, Union
 
 import pandas as pd
 
-from lib.report.graphs import MEMORY_TERMS, MIB, Graph
-from lib.report.labels import (BEST_NOTE, EFFICIENCY_NOTE, PERPLEXITY, TRAINING_TERMS, MemoryLabels, Metric,
-                               efficiency_scores, memory_labels, status_counts, status_label, table_metrics)
+from lib.report.graphs import MIB, Graph
+from lib.report.labels import (BEST_NOTE, EFFICIENCY_NOTE, MEMORY_TERMS, PERPLEXITY, TRAINING_TERMS, MemoryLabels,
+                               Metric, efficiency_scores, memory_labels, status_counts, status_label, table_metrics)
 from lib.report.stats import NA, Estimate, configurations, fmt, has_seeds, is_missing
 
 STABILITY_WINDOW = 10  # last evaluations whose spread says how settled a run is (as seed 004)

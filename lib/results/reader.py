@@ -22,7 +22,7 @@ from lib.matrix import MAX_SEED
 from lib.models import CLASSIFICATION, LANGUAGE_MODELING, TASKS, task_of
 from lib.names import name_problem, row_name_problem
 from lib.provenance import directory_provenance
-from lib.results.run_files import Row, RunFiles, curve, shown, thin, to_float
+from lib.results.run_files import LOG_LINE_CHARS, Row, RunFiles, curve, shown, thin, to_float
 from lib.results.upstream import read_upstream_layout
 
 __all__ = ["LANGUAGE_MODELING", "ROW_FIELDS", "EXTRA_FIELDS", "LM_FIELDS", "READERS", "load_results"]
@@ -50,8 +50,9 @@ MEMORY_TERMS = ("weights_bytes", "gradients_bytes", "optimizer_state_bytes", "ma
 
 STATUSES = ("success", "failed", "timeout", "interrupted")
 MISSING = "missing"
-LOG_TAIL_LINES = 5
-LOG_LINE_CHARS = 500  # a log line longer than this is cut in reports
+# Of the log tail a failed run recorded (lib/run/task.LOG_TAIL_LINES), the
+# last lines that reports show.
+REPORT_LOG_LINES = 5
 
 # A reader recognises one directory layout: it returns the rows of the runs it
 # found (perhaps none), or None when the directory is not in its layout;
@@ -148,7 +149,8 @@ def read_run(run_dir: Path, spec: dict, warnings: list[str]) -> Row:
     row.update(_metric_cells(files, metrics, row["task"]))
     row.update(_memory_cells(files, gpu_stats))
     tail = result.get("log_tail")
-    row["log_tail"] = [str(line)[:LOG_LINE_CHARS] for line in tail[-LOG_TAIL_LINES:]] if isinstance(tail, list) else []
+    tail = tail[-REPORT_LOG_LINES:] if isinstance(tail, list) else []
+    row["log_tail"] = [str(line)[:LOG_LINE_CHARS] for line in tail]
     row["warnings"] = files.warnings
     return row
 

@@ -24,6 +24,7 @@ PRUNING_METHODS = ("none", "magnitude", "movement", "movement-upstream", "state"
 # Graphs draw a memory timeline per run; a few hundred points per line is
 # what a figure can show, and keeps a 60-run table small.
 TIMELINE_POINTS = 400
+LOG_LINE_CHARS = 500  # a log line (or an upstream error shown as one) longer than this is cut in reports
 
 Row = dict[str, Any]
 

@@ -30,10 +30,9 @@ from lib.errors import UserError
 from lib.jsonio import read_json
 from lib.models import CLASSIFICATION, LANGUAGE_MODELING, model_names, task_of
 from lib.names import is_safe_name, name_problem
-from lib.results.run_files import Row, RunFiles, curve, parse_run_id, thin, to_float
+from lib.results.run_files import LOG_LINE_CHARS, Row, RunFiles, curve, parse_run_id, thin, to_float
 
 ALL_RESULTS = "all_results.json"
-LOG_LINE_CHARS = 500  # an upstream error message shown as a log line, cut to this length
 METRICS = "training_metrics.json"
 # The "Memory Usage:" block of a gpu_stats summary: Average and Max(imum) with a unit.
 _SUMMARY_MEMORY = re.compile(r"Memory Usage:\s*\n\s*Average:\s*(\d+(?:\.\d+)?)\s*(%|MiB|MB)?\s*\n"

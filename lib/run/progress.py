@@ -1,7 +1,7 @@
 """What the person running a matrix sees: runs done, failed and running,
 elapsed time and an ETA.
 
-`Progress` keeps the counts and the ETA; it shows them as a live tqdm bar when
+`MatrixProgress` keeps the counts and the ETA; it shows them as a live tqdm bar when
 stdout is a terminal, or as one plain line per start and finish otherwise
 (CI logs, pipes), so logs stay greppable. The ETA is the mean duration of the
 finished runs times the work left, divided by the runs that go at once.
@@ -19,7 +19,7 @@ def hms(seconds: float) -> str:
     return f"{seconds // 3600}:{seconds % 3600 // 60:02d}:{seconds % 60:02d}"
 
 
-class Progress:
+class MatrixProgress:
     """Counts, durations and the ETA of one matrix invocation."""
 
     def __init__(self, total: int, slots: int = 1, out: Callable[[str], None] = print, bar: bool = False):

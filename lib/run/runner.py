@@ -24,7 +24,7 @@ from lib.run.dir_lock import locked
 from lib.run.executor import Executor
 from lib.run.launch import gpus_per_run, prepare_data, trainer_command
 from lib.run.local_executor import LocalExecutor
-from lib.run.progress import Progress
+from lib.run.progress import MatrixProgress
 from lib.run.slots import SlotPool, visible_gpus
 from lib.run.task import RunPolicy, RunTask
 from lib.trackers.settings import TrackerSettings
@@ -186,7 +186,7 @@ def _run_locked(results_dir: Path, runs: list[RunSpec], settings: RunnerSettings
         prepare_data(todo, out)
     tasks = make_tasks(results_dir, todo, RunPolicy(settings.timeout_s, settings.retries,
                                                      settings.sample_interval_ms / 1000), settings.tracking)
-    progress = Progress(len(tasks), executor.slots, out, bar)
+    progress = MatrixProgress(len(tasks), executor.slots, out, bar)
     try:
         executor.launch(tasks)
         while progress.remaining:

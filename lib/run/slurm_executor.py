@@ -39,11 +39,10 @@ from lib.jsonio import read_json, write_json_atomic
 from lib.run.executor import RunEvent
 from lib.run.process import RunOutcome, now_iso
 from lib.run.slots import THREAD_VARS, cpu_cores
-from lib.run.task import Placement, RunTask, execute_run, set_aside, write_result
+from lib.run.task import LOG_TAIL_LINES, Placement, RunTask, execute_run, set_aside, write_result
 
 LIVE_STATES = {"PENDING", "REQUEUED", "CONFIGURING", "RUNNING", "COMPLETING", "SUSPENDED", "RESIZING", "UNKNOWN"}
 RUNNING_STATES = {"RUNNING", "COMPLETING"}
-LOG_TAIL_LINES = 20
 
 
 class RunOnNode(submitit.helpers.Checkpointable):

@@ -30,13 +30,13 @@ import torch
 from lib.errors import UserError
 from lib.names import check_name, is_safe_name
 
-CHECKPOINT_DIR = "checkpoints"
 LAST, BEST = "last.pt", "best.pt"
 FORMAT_VERSION = 2  # 2: numpy RNG state as plain lists (loads weights-only)
 
 
 def checkpoint_dir(run_dir: Path) -> Path:
-    return run_dir / CHECKPOINT_DIR
+    """Where a finished run keeps best.pt (the one place lib names it)."""
+    return run_dir / "checkpoints"
 
 
 def rng_state() -> dict[str, Any]:

@@ -32,6 +32,7 @@ from lib.pruning.scores import score_name
 from lib.trackers.backends import Trackers, open_trackers
 from lib.trackers.settings import TrackerSettings
 from lib.train.batch_plan import BatchPlan
+from lib.train.checkpoint import checkpoint_dir
 from lib.train.distributed import Dist
 from lib.train.loop import LoopConfig, TrainingLoop, metrics_from
 
@@ -200,7 +201,7 @@ def loop_config(spec: RunSpec, run_dir: Path, plan: BatchPlan, *, total_steps: i
         total_steps=total_steps, eval_every=max(1, eval_every), grad_accum=plan.grad_accum, max_time_s=max_time_s,
         mixed_precision=training.get("mixed_precision", False), compile_model=training.get("compile_model", False),
         resume_dir=resume_dir(run_dir) if training.get("resume", True) else None,
-        best_dir=run_dir / "checkpoints" if training.get("save_checkpoint") else None,
+        best_dir=checkpoint_dir(run_dir) if training.get("save_checkpoint") else None,
         eval_at_start=eval_at_start, log_every=training.get("log_every", 0),
         grad_clip_norm=grad_clip_norm(spec), throughput_fields=throughput_fields, checkpoint_meta=meta,
         identity={"spec": spec.to_json(), "plan": plan.to_json()})

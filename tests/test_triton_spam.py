@@ -12,9 +12,6 @@ is not installed; the GPU speed is not tested.
 """
 from __future__ import annotations
 
-import os
-import subprocess
-import sys
 
 import pytest
 import torch
@@ -25,9 +22,11 @@ from lib.optim.fused_masked_spam import MaskedAdamWSPAM
 from lib.optim.spam import AdamWSPAM, clipping_active, warmup_scale
 from lib.pruning import GradualPruner, bitmask
 from lib.pruning.mask_ops import zero_pruned_
-from tests.conftest import ROOT
 from tests.pruning_loop import train_steps
+from tests.test_triton_step import compile_for_sm90, groups
 from tests.test_triton_step import interpreted  # noqa: F401 (the fixture: the kernels built for the interpreter)
+from tests.test_triton_step import masks_of as shared_masks_of
+from tests.test_triton_step import tensors as shared_tensors
 
 SHAPES = [(1,), (7,), (1023,), (10001,), (3, 5)]  # the last one unmasked: the kernel's dense variant
 MASKED = 4
@@ -40,18 +39,11 @@ SPIKE_STEPS = (3, 5, 7)  # clipped, passed (no clipping after the reset), clippe
 
 
 def tensors(seed=0):
-    gen = torch.Generator().manual_seed(seed)
-    return [torch.randn(shape, generator=gen).requires_grad_() for shape in SHAPES]
-
-
-def groups(params):
-    return [{"params": params[:2], "weight_decay": 0.0}, {"params": params[2:], "weight_decay": 0.1}]
+    return shared_tensors(seed, SHAPES)
 
 
 def masks_of(params, storage, seed=1):
-    gen = torch.Generator().manual_seed(seed)
-    keep = {p: torch.rand(p.shape, generator=gen) > 0.4 for p in params[:MASKED]}
-    return keep, {p: bitmask.convert(k, p, storage) for p, k in keep.items()}
+    return shared_masks_of(params, storage, seed, masked=MASKED)
 
 
 def gradients(seed=2):
@@ -204,11 +196,4 @@ for has_mask, bits in [(True, True), (True, False), (False, False)]:
 
 def test_spam_kernel_compiles_for_an_sm90_gpu_without_one():
     """As tests/test_triton_step.py does for the AdamW kernel: each variant to an sm_90 cubin, no GPU needed."""
-    pytest.importorskip("triton", reason="triton is not installed (optional: pip install triton)")
-    from triton.backends import backends
-    if "nvidia" not in backends:
-        pytest.skip("this triton has no NVIDIA backend")
-    env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
-    done = subprocess.run([sys.executable, "-c", COMPILE], capture_output=True, text=True, cwd=ROOT, env=env,
-                          timeout=300)
-    assert done.returncode == 0, done.stderr[-2000:]
+    compile_for_sm90(COMPILE)

@@ -39,18 +39,19 @@ def interpreted():
     importlib.reload(module)  # as compiled for the device again
 
 
-def tensors(seed=0):
+def tensors(seed=0, shapes=SHAPES):
     gen = torch.Generator().manual_seed(seed)
-    return [torch.randn(shape, generator=gen).requires_grad_() for shape in SHAPES]
+    return [torch.randn(shape, generator=gen).requires_grad_() for shape in shapes]
 
 
 def groups(params):
     return [{"params": params[:2], "weight_decay": 0.0}, {"params": params[2:], "weight_decay": 0.1}]
 
 
-def masks_of(params, storage, seed=1):
+def masks_of(params, storage, seed=1, masked=None):
+    """Keep masks of the first `masked` tensors (all by default): (bools, as stored in `storage`)."""
     gen = torch.Generator().manual_seed(seed)
-    keep = {p: torch.rand(p.shape, generator=gen) > 0.4 for p in params}
+    keep = {p: torch.rand(p.shape, generator=gen) > 0.4 for p in params[:masked]}
     return keep, {p: bitmask.convert(k, p, storage) for p, k in keep.items()}
 
 
@@ -142,11 +143,17 @@ for has_mask, bits in [(True, True), (True, False), (False, False)]:
 def test_kernel_compiles_for_an_sm90_gpu_without_one():
     """The interpreter accepts code the GPU compiler refuses (globals, float64 maths): compile each variant
     to a cubin for sm_90 with Triton's bundled ptxas, as `make gpu-check` on an H100/H200 would."""
+    compile_for_sm90(COMPILE)
+
+
+def compile_for_sm90(program: str) -> None:
+    """Run `program` (which compiles kernels with triton.compile) outside the interpreter; skip without
+    an NVIDIA backend in this triton."""
     pytest.importorskip("triton", reason="triton is not installed (optional: pip install triton)")
     from triton.backends import backends
     if "nvidia" not in backends:
         pytest.skip("this triton has no NVIDIA backend")
     env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
-    done = subprocess.run([sys.executable, "-c", COMPILE], capture_output=True, text=True, cwd=ROOT, env=env,
+    done = subprocess.run([sys.executable, "-c", program], capture_output=True, text=True, cwd=ROOT, env=env,
                           timeout=300)
     assert done.returncode == 0, done.stderr[-2000:]

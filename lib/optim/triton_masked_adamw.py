@@ -68,6 +68,32 @@ if triton is not None:
         return keep
 
     @triton.jit
+    def load_masked(w_ptr, g_ptr, m_ptr, v_ptr, keep_ptr, offsets, inside,
+                    HAS_MASK: tl.constexpr, MASK_BITS: tl.constexpr):
+        # Weight, gradient and moments at `offsets`, and the keep mask (all True without one);
+        # the gradient of pruned entries reads as 0.
+        w = tl.load(w_ptr + offsets, mask=inside, other=0.0)
+        g = tl.load(g_ptr + offsets, mask=inside, other=0.0)
+        m = tl.load(m_ptr + offsets, mask=inside, other=0.0)
+        v = tl.load(v_ptr + offsets, mask=inside, other=0.0)
+        keep = inside
+        if HAS_MASK:
+            keep = keep_mask(keep_ptr, offsets, inside, MASK_BITS)
+            g = tl.where(keep, g, 0.0)
+        return w, g, m, v, keep
+
+    @triton.jit
+    def store_masked(w_ptr, m_ptr, v_ptr, offsets, inside, w, m, v, keep, HAS_MASK: tl.constexpr):
+        # The new weight and moments, pruned entries written as 0 in the same pass.
+        if HAS_MASK:
+            w = tl.where(keep, w, 0.0)
+            m = tl.where(keep, m, 0.0)
+            v = tl.where(keep, v, 0.0)
+        tl.store(w_ptr + offsets, w, mask=inside)
+        tl.store(m_ptr + offsets, m, mask=inside)
+        tl.store(v_ptr + offsets, v, mask=inside)
+
+    @triton.jit
     def _masked_adamw(w_ptr, g_ptr, m_ptr, v_ptr, keep_ptr, scalars_ptr, n,
                       HAS_MASK: tl.constexpr, MASK_BITS: tl.constexpr, BLOCK: tl.constexpr):
         offsets = tl.program_id(0) * BLOCK + tl.arange(0, BLOCK)
@@ -80,24 +106,12 @@ if triton is not None:
         bias_correction2_sqrt = tl.load(scalars_ptr + 5)
         eps = tl.load(scalars_ptr + 6)
 
-        w = tl.load(w_ptr + offsets, mask=inside, other=0.0)
-        g = tl.load(g_ptr + offsets, mask=inside, other=0.0)
-        m = tl.load(m_ptr + offsets, mask=inside, other=0.0)
-        v = tl.load(v_ptr + offsets, mask=inside, other=0.0)
-        if HAS_MASK:
-            keep = keep_mask(keep_ptr, offsets, inside, MASK_BITS)
-            g = tl.where(keep, g, 0.0)
+        w, g, m, v, keep = load_masked(w_ptr, g_ptr, m_ptr, v_ptr, keep_ptr, offsets, inside, HAS_MASK, MASK_BITS)
         w = w * decay
         m = m + one_minus_beta1 * (g - m)  # torch's lerp for weights < 0.5
         v = v * beta2 + one_minus_beta2 * g * g
         w = w - step_size * m / (tl.sqrt(v) / bias_correction2_sqrt + eps)
-        if HAS_MASK:
-            w = tl.where(keep, w, 0.0)
-            m = tl.where(keep, m, 0.0)
-            v = tl.where(keep, v, 0.0)
-        tl.store(w_ptr + offsets, w, mask=inside)
-        tl.store(m_ptr + offsets, m, mask=inside)
-        tl.store(v_ptr + offsets, v, mask=inside)
+        store_masked(w_ptr, m_ptr, v_ptr, offsets, inside, w, m, v, keep, HAS_MASK)
 
     @triton.jit(do_not_specialize=["reset", "clip"])  # flags: 0 and 1 share one compiled kernel
     def _masked_spam(w_ptr, g_ptr, m_ptr, v_ptr, keep_ptr, n, neg_step_size, neg_decay, beta1, one_minus_beta1,
@@ -106,13 +120,7 @@ if triton is not None:
         # AdamWSPAM._update (lib/optim/spam.py), operation for operation, masked like _masked_adamw.
         offsets = tl.program_id(0) * BLOCK + tl.arange(0, BLOCK)
         inside = offsets < n
-        w = tl.load(w_ptr + offsets, mask=inside, other=0.0)
-        g = tl.load(g_ptr + offsets, mask=inside, other=0.0)
-        m = tl.load(m_ptr + offsets, mask=inside, other=0.0)
-        v = tl.load(v_ptr + offsets, mask=inside, other=0.0)
-        if HAS_MASK:
-            keep = keep_mask(keep_ptr, offsets, inside, MASK_BITS)
-            g = tl.where(keep, g, 0.0)
+        w, g, m, v, keep = load_masked(w_ptr, g_ptr, m_ptr, v_ptr, keep_ptr, offsets, inside, HAS_MASK, MASK_BITS)
         restart = reset != 0  # momentum reset: m = v = 0 (where, not a product: a non-finite m goes too)
         m = tl.where(restart, 0.0, m)
         v = tl.where(restart, 0.0, v)
@@ -124,13 +132,7 @@ if triton is not None:
         v = v * beta2 + one_minus_beta2 * g * g
         w = w + neg_step_size * (m / (tl.sqrt(v) + eps))  # eps on the uncorrected sqrt(v); warm-up in the step
         w = w + neg_decay * w  # decay after the update, with the un-warmed lr
-        if HAS_MASK:
-            w = tl.where(keep, w, 0.0)
-            m = tl.where(keep, m, 0.0)
-            v = tl.where(keep, v, 0.0)
-        tl.store(w_ptr + offsets, w, mask=inside)
-        tl.store(m_ptr + offsets, m, mask=inside)
-        tl.store(v_ptr + offsets, v, mask=inside)
+        store_masked(w_ptr, m_ptr, v_ptr, offsets, inside, w, m, v, keep, HAS_MASK)
 
 
 def _mask_argument(w: torch.Tensor, keep: Optional[torch.Tensor]) -> tuple[torch.Tensor, bool, bool]:

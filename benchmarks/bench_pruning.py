@@ -36,6 +36,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from gpt2.model import GPT, gpt2_config  # noqa: E402
 from lib.optim import build_optimizer  # noqa: E402
+from lib.spec import OptimizerParams  # noqa: E402
 from lib.optim.fused_masked_adamw import build_kernel  # noqa: E402
 from lib.pruning import GradualPruner, bitmask  # noqa: E402
 from lib.pruning.mask_ops import zero_pruned_  # noqa: E402
@@ -45,8 +46,7 @@ from lib.pruning.threshold import kth_smallest  # noqa: E402
 SPARSITY = 0.5
 ADAMW_BYTES_PER_PARAM = 28  # fp32 AdamW step: read w, g, m, v (16), write w, m, v (12)
 STEPS = ("adamw_fused", "adamw_foreach", "adamwprune_bool", "adamwprune_bits", "adamwprune_two_pass")
-ADAMWPRUNE = {"base": "adamw", "betas": (0.9, 0.999), "eps": 1e-8, "weight_decay": 0.1, "amsgrad": False,
-              "adv": {}, "spam": {}}
+ADAMWPRUNE = OptimizerParams(learning_rate=None, betas=(0.9, 0.999), eps=1e-8, weight_decay=0.1, base="adamw")
 
 
 def timed(fn: Callable[[], object], device: torch.device, repeats: int) -> float:

@@ -20,6 +20,7 @@ import kconfiglib
 
 from lib import ROOT
 from lib.errors import UserError
+from lib.spec import MAX_SEED, AdvParams, OptimizerParams, PruningSettings, SpamParams, TrainingSettings
 from lib.trackers.settings import TrackerSettings, tracker_settings
 from lib.upstream_aliases import apply_upstream_aliases, gpt2_size_symbols, is_upstream_file
 
@@ -73,39 +74,6 @@ NUMBER_SYMBOLS: dict[str, NumberRule] = {
 
 
 @dataclass(frozen=True)
-class TrainingSettings:
-    batch_size: int
-    epochs: int
-    learning_rate: float
-    lr_schedule: str
-    lr_warmup_steps: int
-    lr_step_every: int
-    lr_step_gamma: float
-    device: str
-    data_dir: str
-    compile_model: bool
-    mixed_precision: bool
-    save_checkpoint: bool
-    resume: bool
-    grad_accum: int
-    hyper_param_auto: bool
-    target_effective_batch: int
-    log_every: int
-    grad_clip_norm: float | None = None  # None: the model's default (GPT-2 1.0, others off); 0: off
-    tf32: bool = True  # CUDA matmuls may use TF32 (GPT2_TF32_ALLOWED)
-
-
-@dataclass(frozen=True)
-class PruningSettings:
-    warmup_steps: int
-    frequency: int
-    ramp_end_epoch: int
-    schedule: str  # a curve of lib/pruning/schedules.py, or "per-method" (upstream's)
-    ramp_fit: bool = False  # move a ramp that ends at/after the last step to 75% of the run
-    mask_storage: str = "bool"  # "bool" (a byte per weight) or "bits" (eight per byte): lib/pruning/bitmask.py
-
-
-@dataclass(frozen=True)
 class RunnerSettings:
     """How runs are held and placed (lib/run/Kconfig): not part of any run's result."""
 
@@ -141,12 +109,14 @@ class Settings:
     training: TrainingSettings
     pruning: PruningSettings
     runner: RunnerSettings
-    optimizer_params: dict[str, dict[str, Any]]
+    optimizer_params: dict[str, OptimizerParams]  # by optimizer name
     model_params: dict[str, dict[str, Any]]
     upstream_semantics: bool = False  # an upstream defconfig: AdamWPrune gets state runs only where enabled
 
     def to_json(self) -> dict[str, Any]:
-        return asdict(self)
+        """Plain data; each optimizer's block in its matrix.json layout."""
+        return {**asdict(self), "optimizer_params": {name: params.to_json(name)
+                                                     for name, params in self.optimizer_params.items()}}
 
 
 @dataclass(frozen=True)
@@ -261,13 +231,7 @@ def _int_range(sym: kconfiglib.Symbol) -> str:
 
 def parse_number(kconf: kconfiglib.Kconfig, name: str) -> float:
     """The float value of a string symbol, checked against NUMBER_SYMBOLS."""
-    sym = kconf.syms[name]
-    raw = sym.str_value.strip()
-    if not raw and not sym.visibility and sym.orig_defaults:
-        # Settings of a menu that is switched off still get their documented default:
-        # the first whose own condition holds (orig_: without the menu's dependency).
-        raw = next((value.str_value for value, cond in sym.orig_defaults if kconfiglib.expr_value(cond)),
-                   sym.orig_defaults[-1][0].str_value)
+    raw = _value(kconf, name).strip()
     rule = NUMBER_SYMBOLS[name]
     try:
         value = float(raw)
@@ -281,9 +245,6 @@ def parse_number(kconf: kconfiglib.Kconfig, name: str) -> float:
 def validate_numbers(kconf: kconfiglib.Kconfig) -> dict[str, float]:
     """Check every number-holding string symbol; first bad one stops with one line."""
     return {name: parse_number(kconf, name) for name in NUMBER_SYMBOLS if name in kconf.syms}
-
-
-MAX_SEED = 2**32 - 1  # numpy's seed range; every run seeds random, numpy and torch alike
 
 
 def parse_seeds(raw: str) -> tuple[int, ...]:
@@ -310,8 +271,34 @@ def _y(kconf: kconfiglib.Kconfig, name: str) -> bool:
     return kconf.syms[name].tri_value == 2
 
 
+def _kconfig_default(sym: kconfiglib.Symbol) -> str:
+    """The default Kconfig gives `sym` as if its menu were on: the first whose own condition
+    holds (orig_: without the menu's dependency), else the last; "" when it has none."""
+    if not sym.orig_defaults:
+        return ""
+    return next((value.str_value for value, cond in sym.orig_defaults if kconfiglib.expr_value(cond)),
+                sym.orig_defaults[-1][0].str_value)
+
+
+def _value(kconf: kconfiglib.Kconfig, name: str) -> str:
+    """A symbol's value. One in a menu that is switched off (a `depends on` that is false)
+    has none in Kconfig; it reads as its Kconfig default, so that no default is written
+    twice (here and in Kconfig) and a setting keeps its documented value while unused."""
+    sym = kconf.syms[name]
+    return sym.str_value if sym.str_value or sym.visibility else _kconfig_default(sym)
+
+
 def _int(kconf: kconfiglib.Kconfig, name: str) -> int:
-    return int(kconf.syms[name].str_value or 0)
+    """An int symbol's value (its Kconfig default while its menu is switched off)."""
+    return int(_value(kconf, name))
+
+
+def _text(kconf: kconfiglib.Kconfig, name: str, allowed: str) -> str:
+    """A string symbol that may not be empty (its Kconfig default while its menu is switched off)."""
+    raw = _value(kconf, name)
+    if not raw.strip():
+        raise UserError(f'CONFIG_{name}="{raw}" is not valid; allowed: {allowed}')
+    return raw
 
 
 def _pruning_methods(kconf: kconfiglib.Kconfig) -> tuple[str, ...]:
@@ -348,46 +335,52 @@ _LR_SCHEDULES = {"LR_SCHEDULE_PER_MODEL": "per-model", "LR_SCHEDULE_CONSTANT": "
 _SCHEDULES = {"PRUNING_SCHEDULE_UPSTREAM": "per-method", "PRUNING_SCHEDULE_CUBIC": "cubic",
               "PRUNING_SCHEDULE_LINEAR": "linear",
               "PRUNING_SCHEDULE_UPSTREAM_P3": "upstream-p3"}
+_MASK_STORAGE = {"PRUNING_MASK_STORAGE_BOOL": "bool", "PRUNING_MASK_STORAGE_BITS": "bits"}
 
 
-def _choice_name(kconf: kconfiglib.Kconfig, names: dict[str, str], default: str) -> str:
-    return next((value for sym, value in names.items() if _y(kconf, sym)), default)
+def _choice_name(kconf: kconfiglib.Kconfig, names: dict[str, str]) -> str:
+    """The name (in `names`, by symbol) of the option chosen in a choice; a choice whose menu is
+    switched off reads as its Kconfig default (the first default whose condition holds, else its
+    first option, as Kconfig picks)."""
+    choice = kconf.syms[next(iter(names))].choice
+    chosen = choice.selection or next((sym for sym, cond in choice.orig_defaults if kconfiglib.expr_value(cond)),
+                                      choice.syms[0])
+    return names[chosen.name]
 
 
-def _optimizer_params(kconf: kconfiglib.Kconfig, n: dict[str, float]) -> dict[str, dict[str, Any]]:
-    base = _choice_name(kconf, {f"ADAMWPRUNE_BASE_{b.upper()}": b for b in ("adam", "adamw", "adamwadv", "adamwspam")},
-                        "adamw")
-    spam = {"theta": n["SPAM_THETA"], "enable_clip": _y(kconf, "SPAM_ENABLE_CLIP"),
-            "periodic_reset": _y(kconf, "SPAM_PERIODIC_RESET"), "interval": _int(kconf, "SPAM_INTERVAL"),
-            "warmup": _y(kconf, "SPAM_WARMUP"), "warmup_steps": _int(kconf, "SPAM_WARMUP_STEPS"),
-            "clip_delay_steps": _int(kconf, "SPAM_CLIP_DELAY_STEPS")}
-    adv = {"amsgrad": _y(kconf, "ADV_USE_AMSGRAD"), "weight_decay": n["ADV_WEIGHT_DECAY"],
-           "cosine_annealing": _y(kconf, "ADV_USE_COSINE_ANNEALING"), "eta_min": n["ADV_COSINE_ETA_MIN"],
-           "grad_clip": n["ADV_GRAD_CLIP"]}
+def _optimizer_params(kconf: kconfiglib.Kconfig, n: dict[str, float]) -> dict[str, OptimizerParams]:
+    """Every optimizer's settings; a learning rate of 0 means the shared LEARNING_RATE (None)."""
+    base = _choice_name(kconf, {f"ADAMWPRUNE_BASE_{b.upper()}": b for b in ("adam", "adamw", "adamwadv", "adamwspam")})
+    spam = SpamParams(theta=n["SPAM_THETA"], enable_clip=_y(kconf, "SPAM_ENABLE_CLIP"),
+                      periodic_reset=_y(kconf, "SPAM_PERIODIC_RESET"), interval=_int(kconf, "SPAM_INTERVAL"),
+                      warmup=_y(kconf, "SPAM_WARMUP"), warmup_steps=_int(kconf, "SPAM_WARMUP_STEPS"),
+                      clip_delay_steps=_int(kconf, "SPAM_CLIP_DELAY_STEPS"))
+    adv = AdvParams(amsgrad=_y(kconf, "ADV_USE_AMSGRAD"), weight_decay=n["ADV_WEIGHT_DECAY"],
+                    cosine_annealing=_y(kconf, "ADV_USE_COSINE_ANNEALING"), eta_min=n["ADV_COSINE_ETA_MIN"],
+                    grad_clip=n["ADV_GRAD_CLIP"])
+    adamw_betas, adamw_eps = (n["ADAMW_BETA1"], n["ADAMW_BETA2"]), n["ADAMW_EPSILON"]
     return {
-        "sgd": {"momentum": n["SGD_MOMENTUM"], "weight_decay": n["SGD_WEIGHT_DECAY"],
-                "learning_rate": n["SGD_LEARNING_RATE"] or None},
-        "adam": {"betas": (n["ADAM_BETA1"], n["ADAM_BETA2"]), "eps": n["ADAM_EPSILON"],
-                 "weight_decay": n["ADAM_WEIGHT_DECAY"], "learning_rate": n["ADAM_LEARNING_RATE"] or None},
-        "adamw": {"betas": (n["ADAMW_BETA1"], n["ADAMW_BETA2"]), "eps": n["ADAMW_EPSILON"],
-                  "weight_decay": n["ADAMW_WEIGHT_DECAY"], "learning_rate": n["ADAMW_LEARNING_RATE"] or None},
-        "adamwadv": {"betas": (n["ADAMW_BETA1"], n["ADAMW_BETA2"]), "eps": n["ADAMW_EPSILON"], **adv,
-                     "learning_rate": n["ADV_LEARNING_RATE"] or None},
-        "adamwspam": {"betas": (n["ADAMW_BETA1"], n["ADAMW_BETA2"]), "eps": n["ADAMW_EPSILON"],
-                      "weight_decay": n["ADAMW_WEIGHT_DECAY"], **spam,
-                      "learning_rate": n["SPAM_LEARNING_RATE"] or None},
-        "adamwprune": {"base": base, "learning_rate": n["ADAMWPRUNE_LEARNING_RATE"] or None,
-                       "betas": (n["ADAMWPRUNE_BETA1"], n["ADAMWPRUNE_BETA2"]),
-                       "eps": n["ADAMW_EPSILON"], "weight_decay": n["ADAMWPRUNE_WEIGHT_DECAY"],
-                       "amsgrad": _y(kconf, "ADAMWPRUNE_AMSGRAD"), "state_score": _state_score(kconf),
-                       "warmup_steps": _int(kconf, "ADAMWPRUNE_WARMUP_STEPS"),
-                       "frequency": _int(kconf, "ADAMWPRUNE_FREQUENCY"),
-                       "ramp_end_step": _int(kconf, "ADAMWPRUNE_RAMP_END_STEP"), "spam": spam, "adv": adv},
+        "sgd": OptimizerParams(learning_rate=n["SGD_LEARNING_RATE"] or None, momentum=n["SGD_MOMENTUM"],
+                               weight_decay=n["SGD_WEIGHT_DECAY"]),
+        "adam": OptimizerParams(learning_rate=n["ADAM_LEARNING_RATE"] or None, betas=(n["ADAM_BETA1"], n["ADAM_BETA2"]),
+                                eps=n["ADAM_EPSILON"], weight_decay=n["ADAM_WEIGHT_DECAY"]),
+        "adamw": OptimizerParams(learning_rate=n["ADAMW_LEARNING_RATE"] or None, betas=adamw_betas, eps=adamw_eps,
+                                 weight_decay=n["ADAMW_WEIGHT_DECAY"]),
+        "adamwadv": OptimizerParams(learning_rate=n["ADV_LEARNING_RATE"] or None, betas=adamw_betas, eps=adamw_eps,
+                                    weight_decay=adv.weight_decay, amsgrad=adv.amsgrad, adv=adv),
+        "adamwspam": OptimizerParams(learning_rate=n["SPAM_LEARNING_RATE"] or None, betas=adamw_betas, eps=adamw_eps,
+                                     weight_decay=n["ADAMW_WEIGHT_DECAY"], spam=spam),
+        "adamwprune": OptimizerParams(
+            learning_rate=n["ADAMWPRUNE_LEARNING_RATE"] or None, betas=(n["ADAMWPRUNE_BETA1"], n["ADAMWPRUNE_BETA2"]),
+            eps=adamw_eps, weight_decay=n["ADAMWPRUNE_WEIGHT_DECAY"], amsgrad=_y(kconf, "ADAMWPRUNE_AMSGRAD"),
+            base=base, state_score=_state_score(kconf), warmup_steps=_int(kconf, "ADAMWPRUNE_WARMUP_STEPS"),
+            frequency=_int(kconf, "ADAMWPRUNE_FREQUENCY"), ramp_end_step=_int(kconf, "ADAMWPRUNE_RAMP_END_STEP"),
+            spam=spam, adv=adv),
     }
 
 
 def _state_score(kconf: kconfiglib.Kconfig) -> str:
-    raw = kconf.syms["ADAMWPRUNE_STATE_SCORE"].str_value.strip() or "bitter0"
+    raw = _value(kconf, "ADAMWPRUNE_STATE_SCORE").strip()
     if raw not in BITTER_VARIANTS:
         raise UserError(f"CONFIG_ADAMWPRUNE_STATE_SCORE=\"{raw}\" is not valid; allowed: {', '.join(BITTER_VARIANTS)}")
     return raw
@@ -401,11 +394,11 @@ def _check_combinations(kconf: kconfiglib.Kconfig, optimizers: tuple[str, ...]) 
 
 def _model_params(kconf: kconfiglib.Kconfig, n: dict[str, float]) -> dict[str, dict[str, Any]]:
     gpt2_dataset = _choice_name(kconf, {f"GPT2_DATASET_{d.upper()}": d
-                                        for d in ("finewebedu", "shakespeare", "tinystories", "local")}, "finewebedu")
+                                        for d in ("finewebedu", "shakespeare", "tinystories", "local")})
     gpt2_path = kconf.syms["GPT2_DATA_PATH"].str_value.strip()
     if gpt2_dataset == "local" and _y(kconf, "MODEL_GPT2") and not gpt2_path:
         raise UserError("CONFIG_GPT2_DATASET_LOCAL=y needs CONFIG_GPT2_DATA_PATH=\"<text file or folder>\" (make menuconfig)")
-    size = _choice_name(kconf, {symbol: name for name, symbol in gpt2_size_symbols(kconf).items()}, "124M")
+    size = _choice_name(kconf, {symbol: name for name, symbol in gpt2_size_symbols(kconf).items()})
     return {
         "lenet5": {"train_limit": _int(kconf, "LENET5_TRAIN_LIMIT"), "test_limit": _int(kconf, "LENET5_TEST_LIMIT"),
                    "augment": _y(kconf, "LENET5_AUGMENT")},
@@ -415,9 +408,9 @@ def _model_params(kconf: kconfiglib.Kconfig, n: dict[str, float]) -> dict[str, d
                      "augment": _y(kconf, "RESNET50_AUGMENT"),
                      "dataset": "imagenet" if _y(kconf, "RESNET50_DATASET_IMAGENET") else "cifar100",
                      "stem": "imagenet" if _y(kconf, "RESNET50_STEM_IMAGENET") else "cifar",
-                     "image_size": _int(kconf, "RESNET50_IMAGE_SIZE") or 224},
+                     "image_size": _int(kconf, "RESNET50_IMAGE_SIZE")},
         "gpt2": {"model_size": size, "dataset": gpt2_dataset, "data_path": gpt2_path,
-                 "token_cap": _int(kconf, "GPT2_TOKEN_CAP"), "gpus_per_run": _int(kconf, "GPT2_GPUS_PER_RUN") or 1,
+                 "token_cap": _int(kconf, "GPT2_TOKEN_CAP"), "gpus_per_run": _int(kconf, "GPT2_GPUS_PER_RUN"),
                  "block_size": _int(kconf, "GPT2_BLOCK_SIZE"), "max_time_s": _int(kconf, "GPT2_MAX_TIME"),
                  "max_iters": _int(kconf, "GPT2_MAX_ITERS"), "eval_interval": _int(kconf, "GPT2_EVAL_INTERVAL"),
                  "eval_samples": _int(kconf, "GPT2_EVAL_SAMPLES"), "warmup_steps": _int(kconf, "GPT2_WARMUP_STEPS"),
@@ -447,40 +440,39 @@ def settings_from_kconfig(kconf: kconfiglib.Kconfig) -> Settings:
     if not optimizers:
         raise UserError("no optimizer is enabled; set OPTIMIZER_SELECT_<O> or OPTIMIZER_ENABLE_<O> (make menuconfig)")
     _check_combinations(kconf, optimizers)
-    syms = kconf.syms
+    lr_schedule = _choice_name(kconf, _LR_SCHEDULES)
     training = TrainingSettings(
         batch_size=_int(kconf, "BATCH_SIZE"), epochs=_int(kconf, "NUM_EPOCHS"),
-        learning_rate=numbers["LEARNING_RATE"],
-        lr_schedule=_choice_name(kconf, _LR_SCHEDULES, "per-model"), lr_warmup_steps=_int(kconf, "LR_WARMUP_STEPS"),
-        lr_step_every=_int(kconf, "LR_STEP_EVERY"), lr_step_gamma=numbers["LR_STEP_GAMMA"],
-        device=_device(syms["DEVICE"].str_value),
+        learning_rate=numbers["LEARNING_RATE"], lr_schedule=lr_schedule, lr_warmup_steps=_int(kconf, "LR_WARMUP_STEPS"),
+        # 0 outside the step schedule, as every matrix.json has recorded it
+        lr_step_every=_int(kconf, "LR_STEP_EVERY") if lr_schedule == "step" else 0,
+        lr_step_gamma=numbers["LR_STEP_GAMMA"], device=_device(_value(kconf, "DEVICE")),
         # expanded here: a path with "~" would otherwise make a folder named "~"
-        data_dir=os.path.expanduser(syms["DATA_DIR"].str_value or "./data"),
+        data_dir=os.path.expanduser(_text(kconf, "DATA_DIR", "a folder")),
         compile_model=_y(kconf, "COMPILE_MODEL"), mixed_precision=_y(kconf, "MIXED_PRECISION"),
         save_checkpoint=_y(kconf, "SAVE_CHECKPOINT"), resume=_y(kconf, "RESUME_FROM_CHECKPOINT"),
-        grad_accum=_int(kconf, "GRADIENT_ACCUMULATION") or 1, hyper_param_auto=_y(kconf, "HYPER_PARAM_AUTO"),
-        target_effective_batch=_int(kconf, "TARGET_EFFECTIVE_BATCH") or 1024, log_every=_int(kconf, "LOG_EVERY"),
+        grad_accum=_int(kconf, "GRADIENT_ACCUMULATION"), hyper_param_auto=_y(kconf, "HYPER_PARAM_AUTO"),
+        target_effective_batch=_int(kconf, "TARGET_EFFECTIVE_BATCH"), log_every=_int(kconf, "LOG_EVERY"),
         grad_clip_norm=_grad_clip_norm(kconf), tf32=_y(kconf, "GPT2_TF32_ALLOWED"))
     pruning = PruningSettings(
-        warmup_steps=_int(kconf, "PRUNING_WARMUP"), frequency=_int(kconf, "PRUNING_FREQUENCY") or 1,
-        ramp_end_epoch=_int(kconf, "PRUNING_RAMP_END_EPOCH") or training.epochs,
-        schedule=_choice_name(kconf, _SCHEDULES, "per-method"), ramp_fit=_y(kconf, "PRUNING_RAMP_FIT"),
-        mask_storage="bits" if _y(kconf, "PRUNING_MASK_STORAGE_BITS") else "bool")
+        warmup_steps=_int(kconf, "PRUNING_WARMUP"), frequency=_int(kconf, "PRUNING_FREQUENCY"),
+        ramp_end_epoch=_int(kconf, "PRUNING_RAMP_END_EPOCH"), schedule=_choice_name(kconf, _SCHEDULES),
+        ramp_fit=_y(kconf, "PRUNING_RAMP_FIT"), mask_storage=_choice_name(kconf, _MASK_STORAGE))
     methods = _pruning_methods(kconf)
     if any(m != "none" for m in methods):
         check_ramp(training, pruning, methods, optimizers, _optimizer_params(kconf, numbers)["adamwprune"],
                    models, _model_params(kconf, numbers)["gpt2"])
     runner = RunnerSettings(
-        parallel_jobs=_int(kconf, "PARALLEL_JOBS") or 1, timeout_s=_int(kconf, "RUN_TIMEOUT"),
+        parallel_jobs=_int(kconf, "PARALLEL_JOBS"), timeout_s=_int(kconf, "RUN_TIMEOUT"),
         retries=_int(kconf, "RUN_RETRIES"), executor="slurm" if _y(kconf, "EXECUTOR_SLURM") else "local",
-        results_root=syms["RESULTS_ROOT"].str_value or "test_matrix_results",
-        min_free_gpu_mib=_int(kconf, "GPU_MIN_FREE_MIB"), sample_interval_ms=_int(kconf, "GPU_SAMPLE_INTERVAL_MS") or 100, slurm_partition=syms["SLURM_PARTITION"].str_value,
-        slurm_time_min=_int(kconf, "SLURM_TIME_MINUTES") or 60,
-        slurm_gpus_per_task=_int(kconf, "SLURM_GPUS_PER_TASK") if _y(kconf, "EXECUTOR_SLURM") else 1,
-        slurm_cpus_per_task=_int(kconf, "SLURM_CPUS_PER_TASK") or 4, slurm_mem_gb=_int(kconf, "SLURM_MEM_GB"),
-        slurm_array_parallelism=_int(kconf, "SLURM_ARRAY_PARALLELISM"),
-        slurm_extra=_checked(parse_slurm_extra, syms["SLURM_EXTRA"].str_value),
-        slurm_cluster=syms["SLURM_CLUSTER"].str_value or "slurm", tracking=tracker_settings(kconf, models, ROOT))
+        results_root=_text(kconf, "RESULTS_ROOT", "a folder"),
+        min_free_gpu_mib=_int(kconf, "GPU_MIN_FREE_MIB"), sample_interval_ms=_int(kconf, "GPU_SAMPLE_INTERVAL_MS"),
+        slurm_partition=_value(kconf, "SLURM_PARTITION"), slurm_time_min=_int(kconf, "SLURM_TIME_MINUTES"),
+        slurm_gpus_per_task=_int(kconf, "SLURM_GPUS_PER_TASK"), slurm_cpus_per_task=_int(kconf, "SLURM_CPUS_PER_TASK"),
+        slurm_mem_gb=_int(kconf, "SLURM_MEM_GB"), slurm_array_parallelism=_int(kconf, "SLURM_ARRAY_PARALLELISM"),
+        slurm_extra=_checked(parse_slurm_extra, _value(kconf, "SLURM_EXTRA")),
+        slurm_cluster=_text(kconf, "SLURM_CLUSTER", "a submitit cluster: slurm or local"),
+        tracking=tracker_settings(kconf, models, ROOT))
     return Settings(
         models=models, optimizers=optimizers, pruning_methods=methods,
         sparsities_pct=_sparsities(kconf, numbers, "TARGET_SPARSITY", optimizers),
@@ -506,7 +498,7 @@ def _grad_clip_norm(kconf: kconfiglib.Kconfig) -> float | None:
 
 
 def check_ramp(training: TrainingSettings, pruning: PruningSettings, methods: tuple[str, ...],
-               optimizers: tuple[str, ...], adamwprune: dict[str, Any], models: tuple[str, ...],
+               optimizers: tuple[str, ...], adamwprune: OptimizerParams, models: tuple[str, ...],
                gpt2: dict[str, Any]) -> None:
     """Refuse, at validation, a pruning ramp that ends at or after the last training step.
 
@@ -517,13 +509,13 @@ def check_ramp(training: TrainingSettings, pruning: PruningSettings, methods: tu
     if pruning.ramp_fit:
         return
     fix = "lower it, raise CONFIG_NUM_EPOCHS, or set CONFIG_PRUNING_RAMP_FIT=y"
-    state_by_epoch = "state" in methods and "adamwprune" in optimizers and not adamwprune["ramp_end_step"]
+    state_by_epoch = "state" in methods and "adamwprune" in optimizers and not adamwprune.ramp_end_step
     epoch_based = state_by_epoch or any(m not in ("none", "state") for m in methods)
     if epoch_based and pruning.ramp_end_epoch >= training.epochs:
         raise UserError(f"CONFIG_PRUNING_RAMP_END_EPOCH={pruning.ramp_end_epoch} is not before the last epoch "
                         f"(CONFIG_NUM_EPOCHS={training.epochs}): the target sparsity would be reached at the last "
                         f"step or never, with no steps left to recover; {fix}")
-    ramp_end, max_iters = adamwprune["ramp_end_step"], gpt2["max_iters"]
+    ramp_end, max_iters = adamwprune.ramp_end_step, gpt2["max_iters"]
     if "gpt2" in models and "adamwprune" in optimizers and ramp_end and max_iters and ramp_end >= max_iters:
         raise UserError(f"CONFIG_ADAMWPRUNE_RAMP_END_STEP={ramp_end} is not before the last step "
                         f"(CONFIG_GPT2_MAX_ITERS={max_iters}): the target sparsity would be reached at the last step "
@@ -552,7 +544,7 @@ def _checked(parse: Callable[[str], Any], raw: str) -> str:
 
 
 def _device(raw: str) -> str:
-    value = raw.strip() or "auto"
+    value = raw.strip()
     if value in ("auto", "cpu", "cuda", "mps") or (value.startswith("cuda:") and value[5:].isdigit()):
         return value
     raise UserError(f"CONFIG_DEVICE=\"{raw}\" is not valid; allowed: auto, cpu, cuda, cuda:N or mps")

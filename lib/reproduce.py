@@ -21,13 +21,14 @@ from typing import Any, Callable, Optional
 from lib.config import RunnerSettings
 from lib.errors import UserError
 from lib.jsonio import SCHEMA_VERSION, read_json, write_bytes_atomic, write_json_atomic
-from lib.matrix import RunSpec, spec_from_entry
+from lib.matrix import spec_from_entry
 from lib.names import check_name
 from lib.provenance import git_commit, git_dirty, package_versions, recorded
 from lib.report.out_dirs import make_output_dir, stamped_name
 from lib.results.reader import load_results
 from lib.run.runner import run_matrix
 from lib.run.slots import THREAD_VARS
+from lib.spec import RunSpec
 
 # Figures that must match, with the GPU tolerance: (field, digits shown, absolute, relative).
 JUDGED: tuple[tuple[str, int, float, float], ...] = (

@@ -86,7 +86,7 @@ def test_upstream_gpt2_defconfig_lists_its_unknown_symbols():
                                                                                 ("state",))
     assert settings.gpt2_variants == ("bitter7",)
     assert settings.training.learning_rate == pytest.approx(6e-4)
-    assert settings.optimizer_params["adamwprune"]["base"] == "adamwspam"
+    assert settings.optimizer_params["adamwprune"].base == "adamwspam"
     assert settings.model_params["gpt2"]["max_time_s"] == 7200
     assert settings.model_params["gpt2"]["model_size"] == "124M"  # upstream's string, onto our choice
 
@@ -161,13 +161,13 @@ def test_int_symbol_that_is_not_a_number_names_the_symbol(tmp_path, symbol):
 def test_valid_numbers_become_floats(tmp_path):
     settings = settings_of(tmp_path, BASE + 'CONFIG_LEARNING_RATE="2e-3"\nCONFIG_ADAM_BETA2="0.98"\n')
     assert settings.training.learning_rate == 2e-3
-    assert settings.optimizer_params["adam"]["betas"] == (0.9, 0.98)
+    assert settings.optimizer_params["adam"].betas == (0.9, 0.98)
 
 
 @pytest.mark.parametrize("optimizer", ["ADAMWADV", "ADAMWSPAM"])
 def test_adamw_betas_reach_adamw_family_optimizers(tmp_path, optimizer):
     settings = settings_of(tmp_path, f'CONFIG_OPTIMIZER_SELECT_{optimizer}=y\nCONFIG_ADAMW_BETA1="0.8"\n')
-    assert settings.optimizer_params[optimizer.lower()]["betas"] == (0.8, 0.999)
+    assert settings.optimizer_params[optimizer.lower()].betas == (0.8, 0.999)
 
 
 @pytest.mark.parametrize("optimizer", ["ADAMWADV", "ADAMWSPAM"])
@@ -236,7 +236,7 @@ def test_upstream_file_takes_upstreams_defaults_for_what_it_does_not_mention(tmp
     assert upstream.optimizers == ("sgd", "adam", "adamw", "adamwadv", "adamwspam", "adamwprune")
     assert upstream.pruning_methods == ("none", "magnitude", "movement", "state")
     assert upstream.sparsities_pct == (50.0, 70.0, 90.0)
-    assert upstream.optimizer_params["adamwspam"]["theta"] == 50.0
+    assert upstream.optimizer_params["adamwspam"].spam.theta == 50.0
     assert upstream.upstream_semantics
     assert len(expand(upstream)) == 5 * (1 + 2 * 3) + (1 + 3)  # adamwprune: none + state at each level
     (tmp_path / "ours").mkdir()
@@ -257,7 +257,7 @@ def test_upstream_value_upstreams_kconfig_ignores_warns_and_keeps_the_default(tm
     path = write_config(tmp_path, UPSTREAM_MARK + BASE + "CONFIG_SPAM_INTERVAL=0\nCONFIG_LEARNING_RATE=0.1\n"
                         "CONFIG_BATCH_SIZE=64  # for 24GB GPUs\n")
     settings = load_settings(path, warn=messages.append)
-    assert settings.optimizer_params["adamwspam"]["interval"] == 1000
+    assert settings.optimizer_params["adamwspam"].spam.interval == 1000
     assert settings.training.learning_rate == 0.001 and settings.training.batch_size == 128
     assert any("CONFIG_SPAM_INTERVAL=0 is outside upstream's range [100, 10000]" in m
                and "using the default '1000'" in m for m in messages)

@@ -11,7 +11,7 @@ import pytest
 from conftest import ROOT
 from result_dirs import seeded_matrix
 
-from lib.matrix import RunSpec
+from tests.specs import make_spec
 from lib.provenance import PACKAGES, package_versions
 from lib.report.summary import write_reports
 from lib.results.reader import load_results
@@ -74,7 +74,7 @@ def test_a_directory_with_our_new_all_results_json_still_reads(tmp_path):
 
 
 def test_run_json_records_packages_commit_state_and_host(tmp_path):
-    spec = RunSpec("lenet5_sgd_none", "lenet5", "sgd", "none", None, 0.0, 1, {"model": {}})
+    spec = make_spec("lenet5_sgd_none")
     prepare_run_dir(tmp_path / "run", spec, ["python"], commit="b" * 40)
     run = json.loads((tmp_path / "run" / "run.json").read_text())
     assert run["git_commit"] == "b" * 40 and run["packages"] == package_versions()

@@ -13,7 +13,8 @@ from conftest import ROOT, run_script
 from fixtures.summary_rows import rows as summary_rows
 from runner_matrix import MATRIX, RUNS, comparable_rows, reference_run, runner_config
 
-from lib.matrix import RunSpec
+from lib.spec import RunSpec
+from tests.specs import make_spec
 from lib.run import runner
 from lib.run.process import run_attempts
 from lib.run.slots import SlotPool, visible_gpus
@@ -86,7 +87,7 @@ def _fake_trainer(code: str) -> list[str]:
 
 
 def _spec(run_id: str) -> RunSpec:
-    return RunSpec(run_id, "lenet5", "sgd", "magnitude", None, 50.0, 1, {"model": {}})
+    return make_spec(run_id, pruning="magnitude", target=50.0)
 
 
 def test_failing_run_is_recorded_and_the_matrix_goes_on(tmp_path, monkeypatch):

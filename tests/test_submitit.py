@@ -15,7 +15,7 @@ from runner_matrix import MATRIX, RUNS, comparable_rows, reference_run, runner_c
 
 from lib.config import RunnerSettings
 from lib.config import parse_slurm_extra as parse_extra
-from lib.matrix import RunSpec
+from tests.specs import make_spec
 from lib.run.slots import cpu_cores
 from lib.run.slurm_executor import RunOnNode, SlurmExecutor
 from lib.run.task import RunPolicy, RunTask
@@ -71,7 +71,7 @@ def test_continue_finishes_a_local_directory_on_slurm(tmp_path_factory, tmp_path
 
 
 def _task(tmp_path: Path, code: str, run_id: str = "lenet5_sgd_none") -> RunTask:
-    spec = RunSpec(run_id, "lenet5", "sgd", "none", None, 0.0, 1, {"model": {}})
+    spec = make_spec(run_id)
     return RunTask(tmp_path, spec, (sys.executable, "-c", code), RunPolicy(retries=2))
 
 
@@ -105,7 +105,7 @@ def test_preempted_task_is_requeued_and_finishes(tmp_path):
     code = (f"import json, pathlib, sys, time; m = pathlib.Path({str(marker)!r}); d = pathlib.Path(sys.argv[1]); "
             "first = not m.exists(); m.touch(); "
             "time.sleep(60) if first else (d / 'metrics.json').write_text(json.dumps({'best_accuracy_pct': 1.0}))")
-    spec = RunSpec("lenet5_sgd_none", "lenet5", "sgd", "none", None, 0.0, 1, {"model": {}})
+    spec = make_spec("lenet5_sgd_none")
     task = RunTask(tmp_path, spec, (sys.executable, "-c", code, str(tmp_path / spec.run_id)))
     executor = submitit.LocalExecutor(folder=tmp_path / ".submitit")
     executor.update_parameters(timeout_min=0.2, signal_delay_s=6)  # the signal comes 6 s before the limit

@@ -18,7 +18,7 @@ import pandas as pd
 
 from lib.errors import UserError
 from lib.jsonio import read_json
-from lib.matrix import MAX_SEED
+from lib.spec import MAX_SEED
 from lib.names import name_problem, row_name_problem
 from lib.provenance import directory_provenance
 from lib.results.run_files import (CLASSIFICATION, LANGUAGE_MODELING, TASK_BY_MODEL, TASKS, Row, RunFiles, curve, shown,

@@ -15,7 +15,7 @@ from typing import Any, Optional
 
 from lib.errors import UserError
 from lib.jsonio import read_json
-from lib.matrix import MAX_SEED
+from lib.spec import MAX_SEED
 
 LANGUAGE_MODELING = "language_modeling"
 CLASSIFICATION = "classification"

@@ -2,7 +2,7 @@
 
 The runner and every executor go through here; a trainer module is
 `<model>/train.py` with a `main()` (run as `python -m <model>.train --run-dir D`)
-and a `prepare_data(hyperparams) -> str` called once before a matrix.
+and a `prepare_data(spec) -> str` called once per model and data setting before a matrix.
 """
 from __future__ import annotations
 
@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import Callable, Iterable
 
 from lib.errors import UserError
-from lib.matrix import RunSpec
+from lib.spec import RunSpec
 
 TRAINERS = {"lenet5": "lenet5.train", "resnet18": "resnet18.train", "resnet50": "resnet50.train",
             "gpt2": "gpt2.train"}
@@ -20,7 +20,7 @@ TRAINERS = {"lenet5": "lenet5.train", "resnet18": "resnet18.train", "resnet50": 
 
 def gpus_per_run(spec: RunSpec) -> int:
     """GPUs a run asks for (more than one means DDP through torchrun)."""
-    return max(1, int(spec.hyperparams["model"].get("gpus_per_run", 1) or 1))
+    return spec.gpus
 
 
 def trainer_command(spec: RunSpec, run_dir: Path, python: str = sys.executable) -> list[str]:
@@ -39,7 +39,7 @@ def prepare_data(runs: Iterable[RunSpec], out: Callable[[str], None] = print) ->
     """Fetch or locate each model's data once, before any run starts."""
     seen: set[str] = set()
     for spec in runs:
-        key = repr((spec.model, spec.hyperparams["model"], spec.hyperparams["training"].get("data_dir")))
+        key = repr((spec.model, dict(spec.model_params), spec.training.data_dir))
         if key not in seen:
             seen.add(key)
-            out(importlib.import_module(TRAINERS[spec.model]).prepare_data(spec.hyperparams))
+            out(importlib.import_module(TRAINERS[spec.model]).prepare_data(spec))

@@ -17,7 +17,7 @@ from typing import Callable, Iterable
 from lib.config import RunnerSettings, load_kconfig
 from lib.errors import UserError, WriteError
 from lib.jsonio import SCHEMA_VERSION, read_json, write_bytes_atomic, write_json_atomic
-from lib.matrix import RunSpec, spec_from_entry
+from lib.matrix import spec_from_entry
 from lib.names import check_no_links
 from lib.provenance import git_commit
 from lib.run.dir_lock import locked
@@ -27,6 +27,7 @@ from lib.run.local_executor import LocalExecutor
 from lib.run.progress import Progress
 from lib.run.slots import SlotPool, visible_gpus
 from lib.run.task import RunPolicy, RunTask
+from lib.spec import RunSpec
 from lib.trackers.settings import TrackerSettings
 
 POLL_S = 1.0  # how often the progress display refreshes while nothing happens
@@ -52,7 +53,7 @@ def check_device(device: object) -> None:
 def check_devices(runs: Iterable[RunSpec]) -> None:
     """check_device for every run that will train on this machine."""
     for spec in runs:
-        check_device(spec.hyperparams.get("training", {}).get("device"))
+        check_device(spec.training.device)
 
 
 def check_runnable(runs: Iterable[RunSpec]) -> None:
@@ -66,7 +67,7 @@ def check_runnable(runs: Iterable[RunSpec]) -> None:
         if spec.optimizer not in OPTIMIZERS:
             raise UserError(f"{spec.run_id}: optimizer {spec.optimizer!r} is not available in this version "
                             f"(have: {', '.join(OPTIMIZERS)})")
-        score = score_name(spec.pruning, spec.variant, spec.hyperparams.get("optimizer", {}).get("state_score", ""))
+        score = score_name(spec.pruning, spec.variant, spec.optimizer_params.state_score or "")
         if spec.pruning != "none" and score not in SCORES:
             raise UserError(f"{spec.run_id}: pruning score {score!r} is not available in this version "
                             f"(have: none, state, {', '.join(SCORES)})")

@@ -8,6 +8,7 @@ below it reads `.config` or the environment.
 """
 from __future__ import annotations
 
+import functools
 import math
 import os
 import re
@@ -75,24 +76,25 @@ NUMBER_SYMBOLS: dict[str, NumberRule] = {
 
 @dataclass(frozen=True)
 class RunnerSettings:
-    """How runs are held and placed (lib/run/Kconfig): not part of any run's result."""
+    """How runs are held and placed (lib/run/Kconfig): not part of any run's result.
+    No field has a default here: Kconfig's are `default_runner()`."""
 
-    parallel_jobs: int = 1  # per GPU, or on CPU-only machines in all
-    timeout_s: int = 0
-    retries: int = 0
-    executor: str = "local"  # local | slurm
-    results_root: str = "test_matrix_results"
-    min_free_gpu_mib: int = 0  # a GPU takes a new run only with this much free (NVML)
-    sample_interval_ms: int = 100  # the memory sampler's period
-    slurm_partition: str = ""  # "" = the cluster's default partition
-    slurm_time_min: int = 60
-    slurm_gpus_per_task: int = 1  # at least this many, more if the run asks (DDP); 0 = CPU-only tasks
-    slurm_cpus_per_task: int = 4
-    slurm_mem_gb: int = 0  # 0 = the partition's default
-    slurm_array_parallelism: int = 0  # 0 = no limit beyond the cluster's
-    slurm_extra: str = ""  # "key=value ..." passed to sbatch as --key=value
-    slurm_cluster: str = "slurm"  # submitit backend: slurm, or local to rehearse without a cluster
-    tracking: TrackerSettings = TrackerSettings()  # W&B / Trackio (lib/trackers/Kconfig)
+    parallel_jobs: int  # per GPU, or on CPU-only machines in all
+    timeout_s: int
+    retries: int
+    executor: str  # local | slurm
+    results_root: str
+    min_free_gpu_mib: int  # a GPU takes a new run only with this much free (NVML)
+    sample_interval_ms: int  # the memory sampler's period
+    slurm_partition: str  # "" = the cluster's default partition
+    slurm_time_min: int
+    slurm_gpus_per_task: int  # at least this many, more if the run asks (DDP); 0 = CPU-only tasks
+    slurm_cpus_per_task: int
+    slurm_mem_gb: int  # 0 = the partition's default
+    slurm_array_parallelism: int  # 0 = no limit beyond the cluster's
+    slurm_extra: str  # "key=value ..." passed to sbatch as --key=value
+    slurm_cluster: str  # submitit backend: slurm, or local to rehearse without a cluster
+    tracking: TrackerSettings  # W&B / Trackio (lib/trackers/Kconfig)
 
 
 @dataclass(frozen=True)
@@ -548,6 +550,17 @@ def _device(raw: str) -> str:
     if value in ("auto", "cpu", "cuda", "mps") or (value.startswith("cuda:") and value[5:].isdigit()):
         return value
     raise UserError(f"CONFIG_DEVICE=\"{raw}\" is not valid; allowed: auto, cpu, cuda, cuda:N or mps")
+
+
+@functools.lru_cache(maxsize=1)
+def default_settings() -> Settings:
+    """The Settings of a configuration that sets nothing: every value Kconfig's default."""
+    return settings_from_kconfig(new_kconfig())
+
+
+def default_runner() -> RunnerSettings:
+    """Kconfig's runner settings, for a run outside any configuration (`make reproduce`, tests)."""
+    return default_settings().runner
 
 
 def load_settings(path: str | os.PathLike, warn: Callable[[str], None] | None = None) -> Settings:

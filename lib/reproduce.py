@@ -11,6 +11,7 @@ The run itself goes through lib/runner like any other.
 """
 from __future__ import annotations
 
+import dataclasses
 import math
 import os
 from dataclasses import dataclass
@@ -18,7 +19,7 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any, Callable, Optional
 
-from lib.config import RunnerSettings
+from lib.config import default_runner
 from lib.errors import UserError
 from lib.jsonio import SCHEMA_VERSION, read_json, write_bytes_atomic, write_json_atomic
 from lib.matrix import spec_from_entry
@@ -170,7 +171,7 @@ def reproduce(results_dir: Path, run_id: str, out: Optional[Path], results_root:
     prepare(results_dir, run, new_dir)
     if run.threads:  # the recorded thread count: float sums on CPU depend on it
         os.environ.update({name: str(run.threads) for name in THREAD_VARS})
-    counts = run_matrix(new_dir, [run.spec], RunnerSettings(parallel_jobs=1), out=say)
+    counts = run_matrix(new_dir, [run.spec], dataclasses.replace(default_runner(), parallel_jobs=1), out=say)
     rerun = _row(new_dir, run_id)
     on_gpu = (run.device or "").startswith("cuda") or rerun.get("memory_device") == "cuda"
     lines, same = side_by_side(_row(results_dir, run_id), rerun, on_gpu)

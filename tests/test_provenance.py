@@ -11,11 +11,11 @@ import pytest
 from conftest import ROOT
 from result_dirs import seeded_matrix
 
-from tests.specs import make_spec
 from lib.provenance import PACKAGES, package_versions
 from lib.report.summary import write_reports
 from lib.results.reader import load_results
 from lib.run.task import prepare_run_dir
+from tests.specs import make_spec
 
 LEGACY = ROOT / "tests" / "fixtures" / "legacy" / "test_matrix_results_20250903_180836"
 CONFIG = "CONFIG_MODEL_SELECT_LENET5=y\nCONFIG_SEEDS=\"1 2 3\"\n"

@@ -6,10 +6,10 @@ from pathlib import Path
 
 import pytest
 
-from tests.specs import make_spec
 from lib.run.plan import estimate_lines, estimate_run_s, find_past_runs, makespan_s
 from lib.run.progress import Progress
 from lib.run.task import RunTask
+from tests.specs import make_spec
 
 
 def _task(n: int, epochs: int = 2) -> RunTask:

@@ -10,13 +10,13 @@ import psutil
 import pytest
 
 from lib.errors import UserError
-from lib.spec import RunSpec
-from tests.specs import make_spec
 from lib.run import runner
 from lib.run import slots as slot_pool
 from lib.run.local_executor import LocalExecutor
 from lib.run.slots import SlotPool
 from lib.run.task import RunTask
+from lib.spec import RunSpec
+from tests.specs import make_spec
 
 
 def test_cpu_only_runs_parallel_jobs_with_the_cores_divided():

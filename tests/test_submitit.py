@@ -3,6 +3,7 @@ the matrix reports as the local executor's does, `make continue` crosses
 executors, a task killed on its node is recorded, a preempted task is requeued."""
 from __future__ import annotations
 
+import dataclasses
 import json
 import shutil
 import sys
@@ -13,12 +14,12 @@ import pytest
 from conftest import run_script
 from runner_matrix import MATRIX, RUNS, comparable_rows, reference_run, runner_config, statuses
 
-from lib.config import RunnerSettings
+from lib.config import default_runner
 from lib.config import parse_slurm_extra as parse_extra
-from tests.specs import make_spec
 from lib.run.slots import cpu_cores
 from lib.run.slurm_executor import RunOnNode, SlurmExecutor
 from lib.run.task import RunPolicy, RunTask
+from tests.specs import make_spec
 
 SLURM_LOCAL = dict(EXECUTOR_SLURM="y", SLURM_CLUSTER='"local"', SLURM_GPUS_PER_TASK="0", SLURM_CPUS_PER_TASK="1",
                    SLURM_ARRAY_PARALLELISM="2")
@@ -85,7 +86,8 @@ def _follow(executor: SlurmExecutor, timeout_s: float = 120) -> list:
 def test_task_killed_on_its_node_is_recorded_as_interrupted(tmp_path):
     # The trainer SIGKILLs the task process that runs it: the task never writes result.json.
     task = _task(tmp_path, "import os, signal; print('going down'); os.kill(os.getppid(), signal.SIGKILL)")
-    executor = SlurmExecutor(tmp_path, RunnerSettings(executor="slurm", slurm_cluster="local", slurm_gpus_per_task=0))
+    executor = SlurmExecutor(tmp_path, dataclasses.replace(default_runner(), executor="slurm", slurm_cluster="local",
+                                                               slurm_gpus_per_task=0))
     executor.launch([task])
     events = _follow(executor)
     assert [e.kind for e in events] == ["started", "finished"]

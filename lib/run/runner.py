@@ -14,7 +14,7 @@ from datetime import datetime
 from pathlib import Path
 from typing import Callable, Iterable
 
-from lib.config import RunnerSettings, load_kconfig
+from lib.config import RunnerSettings, default_runner, load_kconfig
 from lib.errors import UserError, WriteError
 from lib.jsonio import SCHEMA_VERSION, read_json, write_bytes_atomic, write_json_atomic
 from lib.matrix import spec_from_entry
@@ -156,7 +156,7 @@ def make_tasks(results_dir: Path, todo: list[RunSpec], policy: RunPolicy,
                     gpus_per_run(spec), commit, tracking) for spec in todo]
 
 
-def run_matrix(results_dir: Path, runs: list[RunSpec], settings: RunnerSettings = RunnerSettings(),
+def run_matrix(results_dir: Path, runs: list[RunSpec], settings: RunnerSettings | None = None,
                executor: Executor | None = None, out: Callable[[str], None] = print,
                bar: bool = False, data_ready: bool = False) -> dict[str, int]:
     """Run every spec of `runs` not yet done in `results_dir`; return counts by status.
@@ -165,7 +165,9 @@ def run_matrix(results_dir: Path, runs: list[RunSpec], settings: RunnerSettings 
     it stops every run in flight before re-raising; their folders have no
     result.json, so `make continue` reruns exactly them. Holds the directory's
     lock throughout (lib/dir_lock): a second runner on it stops at once.
+    `settings` None: Kconfig's defaults.
     """
+    settings = settings or default_runner()
     check_no_links(results_dir, [".resume", ".superseded", *(spec.run_id for spec in runs)])
     with locked(results_dir):
         return _run_locked(results_dir, runs, settings, executor, out, bar, data_ready)

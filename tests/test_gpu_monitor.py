@@ -14,6 +14,7 @@ from types import SimpleNamespace
 
 import pytest
 
+from lib import ROOT
 from lib.gpu_monitor import sampler as gpu_monitor
 from lib.gpu_monitor.backends import MIB, RssBackend, detect_backend
 from lib.gpu_monitor.sampler import MAX_SAMPLES, Sampler, SampleStore, StopFlag
@@ -151,7 +152,7 @@ def test_stop_sampler_returns_none_without_file(tmp_path):
 def test_cli_rejects_bad_arguments(tmp_path):
     result = subprocess.run([sys.executable, "-m", "lib.gpu_monitor.sampler", "--pid", "1", "--out",
                              str(tmp_path / "x.json"), "--interval", "0"],
-                            cwd=gpu_monitor.PROJECT_ROOT, capture_output=True, text=True)
+                            cwd=ROOT, capture_output=True, text=True)
     assert result.returncode == 2
     assert result.stderr.startswith("error:") and "Traceback" not in result.stderr
 

@@ -126,10 +126,12 @@ class AdvParams:
 class OptimizerParams:
     """The settings of a run's optimizer (lib/optim builds it from them).
 
-    Which fields an optimizer has is its JSON layout (OPTIMIZER_LAYOUTS); a
-    field it lacks is None (amsgrad: False, the only Adam without an AMSGrad
-    setting). AdamWAdv's and AdamWSPAM's own settings sit in `adv` and `spam`
-    (flat in their JSON); AdamWPrune carries both for its base (`base`).
+    Which fields an optimizer has is its JSON layout (OPTIMIZER_LAYOUTS). A
+    field the optimizer does not have is None, and `amsgrad` False for SGD,
+    Adam and AdamW, which have no AMSGrad setting: absent, not a default value.
+    AdamWAdv's and AdamWSPAM's own settings sit in `adv` and `spam` (flat in
+    their JSON; AdamWAdv's `amsgrad` and `weight_decay` are also the fields
+    here); AdamWPrune carries both for its base (`base`).
     """
 
     learning_rate: Optional[float]  # None: the shared LEARNING_RATE
@@ -152,6 +154,8 @@ class OptimizerParams:
         out: dict[str, Any] = {}
         for key in _layout(optimizer, "optimizer"):
             if key in ("*adv", "*spam"):
+                if key == "*adv" and (self.amsgrad, self.weight_decay) != (self.adv.amsgrad, self.adv.weight_decay):
+                    raise ValueError("AdamWAdv's amsgrad and weight_decay differ from its adv settings")
                 out.update(getattr(self, key[1:]).to_json())
             elif key in ("adv", "spam"):
                 out[key] = getattr(self, key).to_json()

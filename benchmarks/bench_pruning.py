@@ -24,6 +24,7 @@ Results of past runs: docs/performance.md.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import os
 import platform
 import statistics
@@ -39,6 +40,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from gpt2.model import GPT, gpt2_config  # noqa: E402
 from lib.optim import build_optimizer  # noqa: E402
+from lib.spec import OptimizerParams, SpamParams  # noqa: E402
 from lib.optim.fused_masked_adamw import build_kernel  # noqa: E402
 from lib.pruning import GradualPruner, bitmask  # noqa: E402
 from lib.pruning.mask_ops import zero_pruned_  # noqa: E402
@@ -49,11 +51,10 @@ SPARSITY = 0.5
 ADAMW_BYTES_PER_PARAM = 28  # fp32 AdamW step: read w, g, m, v (16), write w, m, v (12)
 STEPS = ("adamw_fused", "adamw_foreach", "adamwprune_bool", "adamwprune_bits", "adamwprune_two_pass")
 SPAM_STEPS = ("adamwprune_spam_bool", "adamwprune_spam_bits", "adamwspam_two_pass")  # CUDA only
-ADAMWPRUNE = {"base": "adamw", "betas": (0.9, 0.999), "eps": 1e-8, "weight_decay": 0.1, "amsgrad": False,
-              "adv": {}, "spam": {}}
+ADAMWPRUNE = OptimizerParams(learning_rate=None, betas=(0.9, 0.999), eps=1e-8, weight_decay=0.1, base="adamw")
 # SPAM's defaults, clipping from step 2 (the costlier step; no reset within the timed steps).
-SPAM = {"theta": 5000.0, "enable_clip": True, "periodic_reset": True, "interval": 500, "warmup": True,
-        "warmup_steps": 150, "clip_delay_steps": 2}
+SPAM = SpamParams(theta=5000.0, enable_clip=True, periodic_reset=True, interval=500, warmup=True,
+                  warmup_steps=150, clip_delay_steps=2)
 
 
 def timed(fn: Callable[[], object], device: torch.device, repeats: int) -> float:
@@ -144,9 +145,9 @@ def bench_step(model: GPT, device: torch.device, repeats: int) -> dict[str, floa
 def bench_spam_step(model: GPT, device: torch.device, repeats: int, masks: dict,
                     bits: dict) -> dict[str, float | str]:
     """AdamWPrune on AdamWSPAM (MaskedAdamWSPAM: one Triton pass) against masking then AdamWSPAM's own step."""
-    settings = {"betas": (0.9, 0.999), "eps": 1e-8, "weight_decay": 0.1, "amsgrad": False}
-    ours = build_optimizer("adamwprune", model, 1e-4, {**ADAMWPRUNE, "base": "adamwspam", "spam": SPAM})
-    spam = build_optimizer("adamwspam", model, 1e-4, {**settings, **SPAM})
+    ours = build_optimizer("adamwprune", model, 1e-4, dataclasses.replace(ADAMWPRUNE, base="adamwspam", spam=SPAM))
+    spam = build_optimizer("adamwspam", model, 1e-4, OptimizerParams(
+        learning_rate=None, betas=(0.9, 0.999), eps=1e-8, weight_decay=0.1, spam=SPAM))
 
     def spam_bool() -> None:
         ours.set_masks(masks)

@@ -17,6 +17,7 @@ from lib.data.text import TokenData, load_tokens, prepare_text, prepared_dir
 from lib.data.tokenizer import VOCAB_SIZE
 from lib.errors import run_cli
 from lib.optim import build_optimizer
+from lib.spec import RunSpec
 from lib.train.batch_plan import activation_mib, free_gpu_mib, plan_batch
 from lib.train.distributed import init_distributed, shutdown
 from lib.train.harness import build_pruner, loop_config, schedule_for, start_run, train_and_record
@@ -27,21 +28,20 @@ from lib.train.tasks import LanguageModelTask
 PADDED_VOCAB = 50304  # GPT-2's 50257 rounded up to a multiple of 64 (nanoGPT): faster matmuls
 
 
-def _text_source(hyperparams: dict) -> tuple[str, Path, int | None, str | None]:
-    model = hyperparams["model"]
-    return (model["dataset"], Path(hyperparams["training"]["data_dir"]), model["token_cap"] or None,
-            model["data_path"] or None)
+def _text_source(spec: RunSpec) -> tuple[str, Path, int | None, str | None]:
+    m = spec.model_params
+    return m["dataset"], Path(spec.training.data_dir), m["token_cap"] or None, m["data_path"] or None
 
 
-def prepare_data(hyperparams: dict) -> str:
+def prepare_data(spec: RunSpec) -> str:
     """Tokenize the run's corpus once before a matrix (reused when already prepared)."""
-    source, data_dir, cap, path = _text_source(hyperparams)
+    source, data_dir, cap, path = _text_source(spec)
     tokens = load_tokens(prepare_text(source, data_dir, cap, path))
     return f"gpt2 text: {source} {tokens.meta['train_tokens']:,} train / {tokens.meta['val_tokens']:,} val tokens"
 
 
-def _load(hyperparams: dict, download: bool) -> TokenData:
-    source, data_dir, cap, path = _text_source(hyperparams)
+def _load(spec: RunSpec, download: bool) -> TokenData:
+    source, data_dir, cap, path = _text_source(spec)
     return load_tokens(prepare_text(source, data_dir, cap, path) if download else prepared_dir(source, data_dir, path))
 
 
@@ -51,17 +51,19 @@ def _dataset_info(tokens: TokenData) -> dict[str, Any]:
             "test_size": meta["val_tokens"], "unit": "tokens", "split": meta.get("split"), "path": str(tokens.path)}
 
 
-def _budget(m: dict, total_steps: int) -> dict[str, Any]:
+def _budget(spec: RunSpec, total_steps: int) -> dict[str, Any]:
     """The steps this run was given and why (upstream's per-variant budget, lib/variant_budgets)."""
-    return {"max_iters": total_steps, **m.get("budget", {"base_max_iters": m["max_iters"], "extra_pct": 0})}
+    budget = spec.variant_budget
+    return {"max_iters": total_steps, **(budget.to_json() if budget else
+                                         {"base_max_iters": spec.model_params["max_iters"], "extra_pct": 0})}
 
 
 def main() -> None:
     run = start_run(__doc__.splitlines()[0])
     dist, device = init_distributed(run.device)
-    spec, hp = run.spec, run.spec.hyperparams
-    m, training = hp["model"], hp["training"]
-    tokens = _load(hp, run.download)
+    spec = run.spec
+    m, training = spec.model_params, spec.training
+    tokens = _load(spec, run.download)
     if dist.is_main:
         print(f"data: {tokens.path} {tokens.meta['train_tokens']:,} train / {tokens.meta['val_tokens']:,} val tokens")
     config = gpt2_config(m["model_size"], m["block_size"], PADDED_VOCAB, m.get("dropout", 0.0), m.get("bias", True))
@@ -75,16 +77,16 @@ def main() -> None:
         print(f"model: GPT-2 {m['model_size']} ({num_params:,} parameters), "
               f"block {config.block_size}; {plan.describe()}")
     tokens_per_step = plan.effective_batch * config.block_size
-    total_steps = m["max_iters"] or training["epochs"] * math.ceil(len(tokens.train) / tokens_per_step)
+    total_steps = m["max_iters"] or training.epochs * math.ceil(len(tokens.train) / tokens_per_step)
     schedule = schedule_for(spec, total_steps, warmup_steps=min(m["warmup_steps"], total_steps),
                             min_lr=m["min_lr"], decay_steps=m.get("lr_decay_iters", 0))
-    optimizer = build_optimizer(spec.optimizer, model, schedule.peak, hp["optimizer"])
-    pruner = build_pruner(spec, model, optimizer, total_steps, math.ceil(total_steps / training["epochs"]))
+    optimizer = build_optimizer(spec.optimizer, model, schedule.peak, spec.optimizer_params)
+    pruner = build_pruner(spec, model, optimizer, total_steps, math.ceil(total_steps / training.epochs))
     task = LanguageModelTask(tokens, config.block_size, plan.micro_batch, spec.seed, m["eval_samples"], device,
                              rank=dist.rank)
     # MFU at each evaluation: the model's PaLM FLOPs count over the device's datasheet peak.
     mfu = MFUMeter.for_run(model.flops_per_token() * config.block_size, config.block_size, device,
-                           autocast_for(device, training["mixed_precision"])[1], training.get("tf32", True),
+                           autocast_for(device, training.mixed_precision)[1], training.tf32,
                            dist.world_size)
     loop_cfg = loop_config(spec, run.run_dir, plan, total_steps=total_steps, eval_every=m["eval_interval"],
                            max_time_s=m["max_time_s"], eval_at_start=True, throughput_fields=mfu.fields,
@@ -92,7 +94,7 @@ def main() -> None:
     loop = TrainingLoop(model, task, optimizer, pruner, schedule, loop_cfg, device=device, dist=dist)
     metrics = train_and_record(run.run_dir, spec, loop, started=run.started, note=run.device_note, plan=plan,
                                dataset=_dataset_info(tokens), dist=dist,
-                               extra={"mfu": mfu.to_json(), "training_budget": _budget(m, total_steps)})
+                               extra={"mfu": mfu.to_json(), "training_budget": _budget(spec, total_steps)})
     shutdown(dist)
     if dist.is_main:
         print(f"perplexity {metrics['initial_perplexity']:.2f} -> best {metrics['best_perplexity']:.2f}  "

@@ -8,6 +8,7 @@ below it reads `.config` or the environment.
 """
 from __future__ import annotations
 
+import functools
 import math
 import os
 import re
@@ -21,6 +22,7 @@ import kconfiglib
 from lib import ROOT
 from lib.errors import UserError
 from lib.models import ModelParam, model_entry, model_names
+from lib.spec import MAX_SEED, AdvParams, OptimizerParams, PruningSettings, SpamParams, TrainingSettings
 from lib.trackers.settings import TrackerSettings, tracker_settings
 from lib.upstream_aliases import apply_upstream_aliases, choice_entries_by_prompt, is_upstream_file
 
@@ -73,58 +75,26 @@ NUMBER_SYMBOLS: dict[str, NumberRule] = {
 
 
 @dataclass(frozen=True)
-class TrainingSettings:
-    batch_size: int
-    epochs: int
-    learning_rate: float
-    lr_schedule: str
-    lr_warmup_steps: int
-    lr_step_every: int
-    lr_step_gamma: float
-    device: str
-    data_dir: str
-    compile_model: bool
-    mixed_precision: bool
-    save_checkpoint: bool
-    resume: bool
-    grad_accum: int
-    hyper_param_auto: bool
-    target_effective_batch: int
-    log_every: int
-    grad_clip_norm: float | None = None  # None: the model's default (GPT-2 1.0, others off); 0: off
-    tf32: bool = True  # CUDA matmuls may use TF32 (GPT2_TF32_ALLOWED)
-
-
-@dataclass(frozen=True)
-class PruningSettings:
-    warmup_steps: int
-    frequency: int
-    ramp_end_epoch: int
-    schedule: str  # a curve of lib/pruning/schedules.py, or "per-method" (upstream's)
-    ramp_fit: bool = False  # move a ramp that ends at/after the last step to 75% of the run
-    mask_storage: str = "bool"  # "bool" (a byte per weight) or "bits" (eight per byte): lib/pruning/bitmask.py
-
-
-@dataclass(frozen=True)
 class RunnerSettings:
-    """How runs are held and placed (lib/run/Kconfig): not part of any run's result."""
+    """How runs are held and placed (lib/run/Kconfig): not part of any run's result.
+    No field has a default here: Kconfig's are `default_runner()`."""
 
-    parallel_jobs: int = 1  # per GPU, or on CPU-only machines in all
-    timeout_s: int = 0
-    retries: int = 0
-    executor: str = "local"  # local | slurm
-    results_root: str = "test_matrix_results"
-    min_free_gpu_mib: int = 0  # a GPU takes a new run only with this much free (NVML)
-    sample_interval_ms: int = 100  # the memory sampler's period
-    slurm_partition: str = ""  # "" = the cluster's default partition
-    slurm_time_min: int = 60
-    slurm_gpus_per_task: int = 1  # at least this many, more if the run asks (DDP); 0 = CPU-only tasks
-    slurm_cpus_per_task: int = 4
-    slurm_mem_gb: int = 0  # 0 = the partition's default
-    slurm_array_parallelism: int = 0  # 0 = no limit beyond the cluster's
-    slurm_extra: str = ""  # "key=value ..." passed to sbatch as --key=value
-    slurm_cluster: str = "slurm"  # submitit backend: slurm, or local to rehearse without a cluster
-    tracking: TrackerSettings = TrackerSettings()  # W&B / Trackio (lib/trackers/Kconfig)
+    parallel_jobs: int  # per GPU, or on CPU-only machines in all
+    timeout_s: int
+    retries: int
+    executor: str  # local | slurm
+    results_root: str
+    min_free_gpu_mib: int  # a GPU takes a new run only with this much free (NVML)
+    sample_interval_ms: int  # the memory sampler's period
+    slurm_partition: str  # "" = the cluster's default partition
+    slurm_time_min: int
+    slurm_gpus_per_task: int  # at least this many, more if the run asks (DDP); 0 = CPU-only tasks
+    slurm_cpus_per_task: int
+    slurm_mem_gb: int  # 0 = the partition's default
+    slurm_array_parallelism: int  # 0 = no limit beyond the cluster's
+    slurm_extra: str  # "key=value ..." passed to sbatch as --key=value
+    slurm_cluster: str  # submitit backend: slurm, or local to rehearse without a cluster
+    tracking: TrackerSettings  # W&B / Trackio (lib/trackers/Kconfig)
 
 
 @dataclass(frozen=True)
@@ -141,12 +111,14 @@ class Settings:
     training: TrainingSettings
     pruning: PruningSettings
     runner: RunnerSettings
-    optimizer_params: dict[str, dict[str, Any]]
+    optimizer_params: dict[str, OptimizerParams]  # by optimizer name
     model_params: dict[str, dict[str, Any]]
     upstream_semantics: bool = False  # an upstream defconfig: AdamWPrune gets state runs only where enabled
 
     def to_json(self) -> dict[str, Any]:
-        return asdict(self)
+        """Plain data; each optimizer's block in its matrix.json layout."""
+        return {**asdict(self), "optimizer_params": {name: params.to_json(name)
+                                                     for name, params in self.optimizer_params.items()}}
 
 
 @dataclass(frozen=True)
@@ -261,13 +233,7 @@ def _int_range(sym: kconfiglib.Symbol) -> str:
 
 def parse_number(kconf: kconfiglib.Kconfig, name: str) -> float:
     """The float value of a string symbol, checked against NUMBER_SYMBOLS."""
-    sym = kconf.syms[name]
-    raw = sym.str_value.strip()
-    if not raw and not sym.visibility and sym.orig_defaults:
-        # Settings of a menu that is switched off still get their documented default:
-        # the first whose own condition holds (orig_: without the menu's dependency).
-        raw = next((value.str_value for value, cond in sym.orig_defaults if kconfiglib.expr_value(cond)),
-                   sym.orig_defaults[-1][0].str_value)
+    raw = _value(kconf, name).strip()
     rule = NUMBER_SYMBOLS[name]
     try:
         value = float(raw)
@@ -281,9 +247,6 @@ def parse_number(kconf: kconfiglib.Kconfig, name: str) -> float:
 def validate_numbers(kconf: kconfiglib.Kconfig) -> dict[str, float]:
     """Check every number-holding string symbol; first bad one stops with one line."""
     return {name: parse_number(kconf, name) for name in NUMBER_SYMBOLS if name in kconf.syms}
-
-
-MAX_SEED = 2**32 - 1  # numpy's seed range; every run seeds random, numpy and torch alike
 
 
 def parse_seeds(raw: str) -> tuple[int, ...]:
@@ -310,8 +273,34 @@ def _y(kconf: kconfiglib.Kconfig, name: str) -> bool:
     return kconf.syms[name].tri_value == 2
 
 
+def _kconfig_default(sym: kconfiglib.Symbol) -> str:
+    """The default Kconfig gives `sym` as if its menu were on: the first whose own condition
+    holds (orig_: without the menu's dependency), else the last; "" when it has none."""
+    if not sym.orig_defaults:
+        return ""
+    return next((value.str_value for value, cond in sym.orig_defaults if kconfiglib.expr_value(cond)),
+                sym.orig_defaults[-1][0].str_value)
+
+
+def _value(kconf: kconfiglib.Kconfig, name: str) -> str:
+    """A symbol's value. One in a menu that is switched off (a `depends on` that is false)
+    has none in Kconfig; it reads as its Kconfig default, so that no default is written
+    twice (here and in Kconfig) and a setting keeps its documented value while unused."""
+    sym = kconf.syms[name]
+    return sym.str_value if sym.str_value or sym.visibility else _kconfig_default(sym)
+
+
 def _int(kconf: kconfiglib.Kconfig, name: str) -> int:
-    return int(kconf.syms[name].str_value or 0)
+    """An int symbol's value (its Kconfig default while its menu is switched off)."""
+    return int(_value(kconf, name))
+
+
+def _text(kconf: kconfiglib.Kconfig, name: str, allowed: str) -> str:
+    """A string symbol that may not be empty (its Kconfig default while its menu is switched off)."""
+    raw = _value(kconf, name)
+    if not raw.strip():
+        raise UserError(f'CONFIG_{name}="{raw}" is not valid; allowed: {allowed}')
+    return raw
 
 
 def _pruning_methods(kconf: kconfiglib.Kconfig) -> tuple[str, ...]:
@@ -348,46 +337,52 @@ _LR_SCHEDULES = {"LR_SCHEDULE_PER_MODEL": "per-model", "LR_SCHEDULE_CONSTANT": "
 _SCHEDULES = {"PRUNING_SCHEDULE_UPSTREAM": "per-method", "PRUNING_SCHEDULE_CUBIC": "cubic",
               "PRUNING_SCHEDULE_LINEAR": "linear",
               "PRUNING_SCHEDULE_UPSTREAM_P3": "upstream-p3"}
+_MASK_STORAGE = {"PRUNING_MASK_STORAGE_BOOL": "bool", "PRUNING_MASK_STORAGE_BITS": "bits"}
 
 
-def _choice_name(kconf: kconfiglib.Kconfig, names: dict[str, str], default: str) -> str:
-    return next((value for sym, value in names.items() if _y(kconf, sym)), default)
+def _choice_name(kconf: kconfiglib.Kconfig, names: dict[str, str]) -> str:
+    """The name (in `names`, by symbol) of the option chosen in a choice; a choice whose menu is
+    switched off reads as its Kconfig default (the first default whose condition holds, else its
+    first option, as Kconfig picks)."""
+    choice = kconf.syms[next(iter(names))].choice
+    chosen = choice.selection or next((sym for sym, cond in choice.orig_defaults if kconfiglib.expr_value(cond)),
+                                      choice.syms[0])
+    return names[chosen.name]
 
 
-def _optimizer_params(kconf: kconfiglib.Kconfig, n: dict[str, float]) -> dict[str, dict[str, Any]]:
-    base = _choice_name(kconf, {f"ADAMWPRUNE_BASE_{b.upper()}": b for b in ("adam", "adamw", "adamwadv", "adamwspam")},
-                        "adamw")
-    spam = {"theta": n["SPAM_THETA"], "enable_clip": _y(kconf, "SPAM_ENABLE_CLIP"),
-            "periodic_reset": _y(kconf, "SPAM_PERIODIC_RESET"), "interval": _int(kconf, "SPAM_INTERVAL"),
-            "warmup": _y(kconf, "SPAM_WARMUP"), "warmup_steps": _int(kconf, "SPAM_WARMUP_STEPS"),
-            "clip_delay_steps": _int(kconf, "SPAM_CLIP_DELAY_STEPS")}
-    adv = {"amsgrad": _y(kconf, "ADV_USE_AMSGRAD"), "weight_decay": n["ADV_WEIGHT_DECAY"],
-           "cosine_annealing": _y(kconf, "ADV_USE_COSINE_ANNEALING"), "eta_min": n["ADV_COSINE_ETA_MIN"],
-           "grad_clip": n["ADV_GRAD_CLIP"]}
+def _optimizer_params(kconf: kconfiglib.Kconfig, n: dict[str, float]) -> dict[str, OptimizerParams]:
+    """Every optimizer's settings; a learning rate of 0 means the shared LEARNING_RATE (None)."""
+    base = _choice_name(kconf, {f"ADAMWPRUNE_BASE_{b.upper()}": b for b in ("adam", "adamw", "adamwadv", "adamwspam")})
+    spam = SpamParams(theta=n["SPAM_THETA"], enable_clip=_y(kconf, "SPAM_ENABLE_CLIP"),
+                      periodic_reset=_y(kconf, "SPAM_PERIODIC_RESET"), interval=_int(kconf, "SPAM_INTERVAL"),
+                      warmup=_y(kconf, "SPAM_WARMUP"), warmup_steps=_int(kconf, "SPAM_WARMUP_STEPS"),
+                      clip_delay_steps=_int(kconf, "SPAM_CLIP_DELAY_STEPS"))
+    adv = AdvParams(amsgrad=_y(kconf, "ADV_USE_AMSGRAD"), weight_decay=n["ADV_WEIGHT_DECAY"],
+                    cosine_annealing=_y(kconf, "ADV_USE_COSINE_ANNEALING"), eta_min=n["ADV_COSINE_ETA_MIN"],
+                    grad_clip=n["ADV_GRAD_CLIP"])
+    adamw_betas, adamw_eps = (n["ADAMW_BETA1"], n["ADAMW_BETA2"]), n["ADAMW_EPSILON"]
     return {
-        "sgd": {"momentum": n["SGD_MOMENTUM"], "weight_decay": n["SGD_WEIGHT_DECAY"],
-                "learning_rate": n["SGD_LEARNING_RATE"] or None},
-        "adam": {"betas": (n["ADAM_BETA1"], n["ADAM_BETA2"]), "eps": n["ADAM_EPSILON"],
-                 "weight_decay": n["ADAM_WEIGHT_DECAY"], "learning_rate": n["ADAM_LEARNING_RATE"] or None},
-        "adamw": {"betas": (n["ADAMW_BETA1"], n["ADAMW_BETA2"]), "eps": n["ADAMW_EPSILON"],
-                  "weight_decay": n["ADAMW_WEIGHT_DECAY"], "learning_rate": n["ADAMW_LEARNING_RATE"] or None},
-        "adamwadv": {"betas": (n["ADAMW_BETA1"], n["ADAMW_BETA2"]), "eps": n["ADAMW_EPSILON"], **adv,
-                     "learning_rate": n["ADV_LEARNING_RATE"] or None},
-        "adamwspam": {"betas": (n["ADAMW_BETA1"], n["ADAMW_BETA2"]), "eps": n["ADAMW_EPSILON"],
-                      "weight_decay": n["ADAMW_WEIGHT_DECAY"], **spam,
-                      "learning_rate": n["SPAM_LEARNING_RATE"] or None},
-        "adamwprune": {"base": base, "learning_rate": n["ADAMWPRUNE_LEARNING_RATE"] or None,
-                       "betas": (n["ADAMWPRUNE_BETA1"], n["ADAMWPRUNE_BETA2"]),
-                       "eps": n["ADAMW_EPSILON"], "weight_decay": n["ADAMWPRUNE_WEIGHT_DECAY"],
-                       "amsgrad": _y(kconf, "ADAMWPRUNE_AMSGRAD"), "state_score": _state_score(kconf),
-                       "warmup_steps": _int(kconf, "ADAMWPRUNE_WARMUP_STEPS"),
-                       "frequency": _int(kconf, "ADAMWPRUNE_FREQUENCY"),
-                       "ramp_end_step": _int(kconf, "ADAMWPRUNE_RAMP_END_STEP"), "spam": spam, "adv": adv},
+        "sgd": OptimizerParams(learning_rate=n["SGD_LEARNING_RATE"] or None, momentum=n["SGD_MOMENTUM"],
+                               weight_decay=n["SGD_WEIGHT_DECAY"]),
+        "adam": OptimizerParams(learning_rate=n["ADAM_LEARNING_RATE"] or None, betas=(n["ADAM_BETA1"], n["ADAM_BETA2"]),
+                                eps=n["ADAM_EPSILON"], weight_decay=n["ADAM_WEIGHT_DECAY"]),
+        "adamw": OptimizerParams(learning_rate=n["ADAMW_LEARNING_RATE"] or None, betas=adamw_betas, eps=adamw_eps,
+                                 weight_decay=n["ADAMW_WEIGHT_DECAY"]),
+        "adamwadv": OptimizerParams(learning_rate=n["ADV_LEARNING_RATE"] or None, betas=adamw_betas, eps=adamw_eps,
+                                    weight_decay=adv.weight_decay, amsgrad=adv.amsgrad, adv=adv),
+        "adamwspam": OptimizerParams(learning_rate=n["SPAM_LEARNING_RATE"] or None, betas=adamw_betas, eps=adamw_eps,
+                                     weight_decay=n["ADAMW_WEIGHT_DECAY"], spam=spam),
+        "adamwprune": OptimizerParams(
+            learning_rate=n["ADAMWPRUNE_LEARNING_RATE"] or None, betas=(n["ADAMWPRUNE_BETA1"], n["ADAMWPRUNE_BETA2"]),
+            eps=adamw_eps, weight_decay=n["ADAMWPRUNE_WEIGHT_DECAY"], amsgrad=_y(kconf, "ADAMWPRUNE_AMSGRAD"),
+            base=base, state_score=_state_score(kconf), warmup_steps=_int(kconf, "ADAMWPRUNE_WARMUP_STEPS"),
+            frequency=_int(kconf, "ADAMWPRUNE_FREQUENCY"), ramp_end_step=_int(kconf, "ADAMWPRUNE_RAMP_END_STEP"),
+            spam=spam, adv=adv),
     }
 
 
 def _state_score(kconf: kconfiglib.Kconfig) -> str:
-    raw = kconf.syms["ADAMWPRUNE_STATE_SCORE"].str_value.strip() or "bitter0"
+    raw = _value(kconf, "ADAMWPRUNE_STATE_SCORE").strip()
     if raw not in BITTER_VARIANTS:
         raise UserError(f"CONFIG_ADAMWPRUNE_STATE_SCORE=\"{raw}\" is not valid; allowed: {', '.join(BITTER_VARIANTS)}")
     return raw
@@ -409,26 +404,14 @@ def _model_param(kconf: kconfiglib.Kconfig, param: ModelParam, n: dict[str, floa
     if param.kind == "choice":
         entries = ({symbol: value for value, symbol in param.choices} if param.choices
                    else {symbol: value for value, symbol in choice_entries_by_prompt(kconf, param.symbol).items()})
-        return _selected(kconf, entries)
+        return _choice_name(kconf, entries)
     if param.kind == "bool":
         return _y(kconf, param.symbol)
     if param.kind == "number":
         return n[param.symbol]
     if param.kind == "string":
-        return kconf.syms[param.symbol].str_value.strip()
+        return _value(kconf, param.symbol).strip()
     return _int(kconf, param.symbol)
-
-
-def _selected(kconf: kconfiglib.Kconfig, entries: dict[str, str]) -> str:
-    """The value whose choice entry is selected; in a switched-off menu, the one the choice's
-    Kconfig default names (orig_defaults: without the menu's dependency)."""
-    chosen = next((value for symbol, value in entries.items() if _y(kconf, symbol)), None)
-    if chosen is not None:
-        return chosen
-    choice = kconf.syms[next(iter(entries))].choice
-    default = next((sym.name for sym, cond in choice.orig_defaults if kconfiglib.expr_value(cond)),
-                   choice.syms[0].name)
-    return entries[default]
 
 
 def _kconfig_models(kconf: kconfiglib.Kconfig) -> tuple[str, ...]:
@@ -460,40 +443,39 @@ def settings_from_kconfig(kconf: kconfiglib.Kconfig) -> Settings:
         raise UserError("no optimizer is enabled; set OPTIMIZER_SELECT_<O> or OPTIMIZER_ENABLE_<O> (make menuconfig)")
     _check_combinations(kconf, optimizers)
     _check_gpt2_symbols(kconf)
-    syms = kconf.syms
+    lr_schedule = _choice_name(kconf, _LR_SCHEDULES)
     training = TrainingSettings(
         batch_size=_int(kconf, "BATCH_SIZE"), epochs=_int(kconf, "NUM_EPOCHS"),
-        learning_rate=numbers["LEARNING_RATE"],
-        lr_schedule=_choice_name(kconf, _LR_SCHEDULES, "per-model"), lr_warmup_steps=_int(kconf, "LR_WARMUP_STEPS"),
-        lr_step_every=_int(kconf, "LR_STEP_EVERY"), lr_step_gamma=numbers["LR_STEP_GAMMA"],
-        device=_device(syms["DEVICE"].str_value),
+        learning_rate=numbers["LEARNING_RATE"], lr_schedule=lr_schedule, lr_warmup_steps=_int(kconf, "LR_WARMUP_STEPS"),
+        # 0 outside the step schedule, as every matrix.json has recorded it
+        lr_step_every=_int(kconf, "LR_STEP_EVERY") if lr_schedule == "step" else 0,
+        lr_step_gamma=numbers["LR_STEP_GAMMA"], device=_device(_value(kconf, "DEVICE")),
         # expanded here: a path with "~" would otherwise make a folder named "~"
-        data_dir=os.path.expanduser(syms["DATA_DIR"].str_value or "./data"),
+        data_dir=os.path.expanduser(_text(kconf, "DATA_DIR", "a folder")),
         compile_model=_y(kconf, "COMPILE_MODEL"), mixed_precision=_y(kconf, "MIXED_PRECISION"),
         save_checkpoint=_y(kconf, "SAVE_CHECKPOINT"), resume=_y(kconf, "RESUME_FROM_CHECKPOINT"),
-        grad_accum=_int(kconf, "GRADIENT_ACCUMULATION") or 1, hyper_param_auto=_y(kconf, "HYPER_PARAM_AUTO"),
-        target_effective_batch=_int(kconf, "TARGET_EFFECTIVE_BATCH") or 1024, log_every=_int(kconf, "LOG_EVERY"),
+        grad_accum=_int(kconf, "GRADIENT_ACCUMULATION"), hyper_param_auto=_y(kconf, "HYPER_PARAM_AUTO"),
+        target_effective_batch=_int(kconf, "TARGET_EFFECTIVE_BATCH"), log_every=_int(kconf, "LOG_EVERY"),
         grad_clip_norm=_grad_clip_norm(kconf), tf32=_y(kconf, "GPT2_TF32_ALLOWED"))
     pruning = PruningSettings(
-        warmup_steps=_int(kconf, "PRUNING_WARMUP"), frequency=_int(kconf, "PRUNING_FREQUENCY") or 1,
-        ramp_end_epoch=_int(kconf, "PRUNING_RAMP_END_EPOCH") or training.epochs,
-        schedule=_choice_name(kconf, _SCHEDULES, "per-method"), ramp_fit=_y(kconf, "PRUNING_RAMP_FIT"),
-        mask_storage="bits" if _y(kconf, "PRUNING_MASK_STORAGE_BITS") else "bool")
+        warmup_steps=_int(kconf, "PRUNING_WARMUP"), frequency=_int(kconf, "PRUNING_FREQUENCY"),
+        ramp_end_epoch=_int(kconf, "PRUNING_RAMP_END_EPOCH"), schedule=_choice_name(kconf, _SCHEDULES),
+        ramp_fit=_y(kconf, "PRUNING_RAMP_FIT"), mask_storage=_choice_name(kconf, _MASK_STORAGE))
     methods = _pruning_methods(kconf)
     if any(m != "none" for m in methods):
         check_ramp(training, pruning, methods, optimizers, _optimizer_params(kconf, numbers)["adamwprune"],
                    models, _model_params(kconf, numbers)["gpt2"])
     runner = RunnerSettings(
-        parallel_jobs=_int(kconf, "PARALLEL_JOBS") or 1, timeout_s=_int(kconf, "RUN_TIMEOUT"),
+        parallel_jobs=_int(kconf, "PARALLEL_JOBS"), timeout_s=_int(kconf, "RUN_TIMEOUT"),
         retries=_int(kconf, "RUN_RETRIES"), executor="slurm" if _y(kconf, "EXECUTOR_SLURM") else "local",
-        results_root=syms["RESULTS_ROOT"].str_value or "test_matrix_results",
-        min_free_gpu_mib=_int(kconf, "GPU_MIN_FREE_MIB"), sample_interval_ms=_int(kconf, "GPU_SAMPLE_INTERVAL_MS") or 100, slurm_partition=syms["SLURM_PARTITION"].str_value,
-        slurm_time_min=_int(kconf, "SLURM_TIME_MINUTES") or 60,
-        slurm_gpus_per_task=_int(kconf, "SLURM_GPUS_PER_TASK") if _y(kconf, "EXECUTOR_SLURM") else 1,
-        slurm_cpus_per_task=_int(kconf, "SLURM_CPUS_PER_TASK") or 4, slurm_mem_gb=_int(kconf, "SLURM_MEM_GB"),
-        slurm_array_parallelism=_int(kconf, "SLURM_ARRAY_PARALLELISM"),
-        slurm_extra=_checked(parse_slurm_extra, syms["SLURM_EXTRA"].str_value),
-        slurm_cluster=syms["SLURM_CLUSTER"].str_value or "slurm", tracking=tracker_settings(kconf, models, ROOT))
+        results_root=_text(kconf, "RESULTS_ROOT", "a folder"),
+        min_free_gpu_mib=_int(kconf, "GPU_MIN_FREE_MIB"), sample_interval_ms=_int(kconf, "GPU_SAMPLE_INTERVAL_MS"),
+        slurm_partition=_value(kconf, "SLURM_PARTITION"), slurm_time_min=_int(kconf, "SLURM_TIME_MINUTES"),
+        slurm_gpus_per_task=_int(kconf, "SLURM_GPUS_PER_TASK"), slurm_cpus_per_task=_int(kconf, "SLURM_CPUS_PER_TASK"),
+        slurm_mem_gb=_int(kconf, "SLURM_MEM_GB"), slurm_array_parallelism=_int(kconf, "SLURM_ARRAY_PARALLELISM"),
+        slurm_extra=_checked(parse_slurm_extra, _value(kconf, "SLURM_EXTRA")),
+        slurm_cluster=_text(kconf, "SLURM_CLUSTER", "a submitit cluster: slurm or local"),
+        tracking=tracker_settings(kconf, models, ROOT))
     return Settings(
         models=models, optimizers=optimizers, pruning_methods=methods,
         sparsities_pct=_sparsities(kconf, numbers, "TARGET_SPARSITY", optimizers),
@@ -519,7 +501,7 @@ def _grad_clip_norm(kconf: kconfiglib.Kconfig) -> float | None:
 
 
 def check_ramp(training: TrainingSettings, pruning: PruningSettings, methods: tuple[str, ...],
-               optimizers: tuple[str, ...], adamwprune: dict[str, Any], models: tuple[str, ...],
+               optimizers: tuple[str, ...], adamwprune: OptimizerParams, models: tuple[str, ...],
                gpt2: dict[str, Any]) -> None:
     """Refuse, at validation, a pruning ramp that ends at or after the last training step.
 
@@ -530,13 +512,13 @@ def check_ramp(training: TrainingSettings, pruning: PruningSettings, methods: tu
     if pruning.ramp_fit:
         return
     fix = "lower it, raise CONFIG_NUM_EPOCHS, or set CONFIG_PRUNING_RAMP_FIT=y"
-    state_by_epoch = "state" in methods and "adamwprune" in optimizers and not adamwprune["ramp_end_step"]
+    state_by_epoch = "state" in methods and "adamwprune" in optimizers and not adamwprune.ramp_end_step
     epoch_based = state_by_epoch or any(m not in ("none", "state") for m in methods)
     if epoch_based and pruning.ramp_end_epoch >= training.epochs:
         raise UserError(f"CONFIG_PRUNING_RAMP_END_EPOCH={pruning.ramp_end_epoch} is not before the last epoch "
                         f"(CONFIG_NUM_EPOCHS={training.epochs}): the target sparsity would be reached at the last "
                         f"step or never, with no steps left to recover; {fix}")
-    ramp_end, max_iters = adamwprune["ramp_end_step"], gpt2["max_iters"]
+    ramp_end, max_iters = adamwprune.ramp_end_step, gpt2["max_iters"]
     if "gpt2" in models and "adamwprune" in optimizers and ramp_end and max_iters and ramp_end >= max_iters:
         raise UserError(f"CONFIG_ADAMWPRUNE_RAMP_END_STEP={ramp_end} is not before the last step "
                         f"(CONFIG_GPT2_MAX_ITERS={max_iters}): the target sparsity would be reached at the last step "
@@ -565,10 +547,21 @@ def _checked(parse: Callable[[str], Any], raw: str) -> str:
 
 
 def _device(raw: str) -> str:
-    value = raw.strip() or "auto"
+    value = raw.strip()
     if value in ("auto", "cpu", "cuda", "mps") or (value.startswith("cuda:") and value[5:].isdigit()):
         return value
     raise UserError(f"CONFIG_DEVICE=\"{raw}\" is not valid; allowed: auto, cpu, cuda, cuda:N or mps")
+
+
+@functools.lru_cache(maxsize=1)
+def default_settings() -> Settings:
+    """The Settings of a configuration that sets nothing: every value Kconfig's default."""
+    return settings_from_kconfig(new_kconfig())
+
+
+def default_runner() -> RunnerSettings:
+    """Kconfig's runner settings, for a run outside any configuration (`make reproduce`, tests)."""
+    return default_settings().runner
 
 
 def load_settings(path: str | os.PathLike, warn: Callable[[str], None] | None = None) -> Settings:

@@ -7,39 +7,22 @@ method is enabled, as upstream does); magnitude and movement pair with every
 other optimizer; GPT-2 state runs multiply by the enabled bitter variants (each with
 upstream's training budget for it, lib/variant_budgets);
 every run multiplies by the seeds. Run IDs keep the upstream shape.
+
+The RunSpec itself, its settings and its JSON live in lib/spec.py (a trainer
+reads them without this module); `spec_from_entry` checks a spec read from a
+file before it is used.
 """
 from __future__ import annotations
 
 import math
-from dataclasses import asdict, dataclass, field
 from typing import Any
 
-from lib.config import MAX_SEED, Settings
+from lib.config import Settings
 from lib.errors import UserError
 from lib.models import model_entry
 from lib.names import check_name
-from lib.variant_budgets import with_variant_budget
-
-
-@dataclass(frozen=True)
-class RunSpec:
-    """What to run: one cell of the test matrix with its resolved settings."""
-
-    run_id: str
-    model: str
-    optimizer: str
-    pruning: str
-    variant: str | None
-    target_sparsity_pct: float
-    seed: int
-    hyperparams: dict[str, Any] = field(default_factory=dict, compare=False)
-
-    def to_json(self) -> dict[str, Any]:
-        return asdict(self)
-
-    @classmethod
-    def from_json(cls, data: dict[str, Any]) -> "RunSpec":
-        return cls(**{name: data.get(name) for name in cls.__dataclass_fields__ if name in data})
+from lib.spec import MAX_SEED, RunSpec, SpecError
+from lib.variant_budgets import variant_budget
 
 
 def spec_from_entry(entry: Any, where: str) -> RunSpec:
@@ -63,7 +46,10 @@ def spec_from_entry(entry: Any, where: str) -> RunSpec:
     gpus = hyperparams["model"].get("gpus_per_run")
     if gpus is not None and (isinstance(gpus, bool) or not isinstance(gpus, int) or not 0 <= gpus <= 4096):
         raise UserError(f"{where}: gpus_per_run {gpus!r} is not a GPU count")
-    return RunSpec.from_json(entry)
+    try:
+        return RunSpec.from_json(entry)  # every setting typed (lib/spec.py); older files' missing keys filled
+    except SpecError as exc:
+        raise UserError(f"{where}: {exc}") from None
 
 
 def format_sparsity(pct: float) -> str:
@@ -90,30 +76,26 @@ def _methods_for(optimizer: str, enabled: tuple[str, ...], upstream: bool = Fals
     return [m for m in enabled if m != "state"]
 
 
-def _hyperparams(settings: Settings, model: str, optimizer: str) -> dict[str, Any]:
-    return {"training": asdict(settings.training), "pruning": asdict(settings.pruning),
-            "optimizer": settings.optimizer_params[optimizer], "model": settings.model_params[model]}
-
-
 def expand(settings: Settings) -> list[RunSpec]:
     """Every run of the matrix, in a stable order (model, optimizer, method, variant, sparsity, seed)."""
     runs: list[RunSpec] = []
     tag_seed = len(settings.seeds) > 1
     for model in settings.models:
         for optimizer in settings.optimizers:
-            hyperparams = _hyperparams(settings, model, optimizer)
             for method in _methods_for(optimizer, settings.pruning_methods, settings.upstream_semantics):
                 variants = settings.gpt2_variants if (method == "state" and model_entry(model).bitter_variants) else (None,)
                 levels = ((0.0,) if method == "none" else
                           settings.adamwprune_sparsities_pct if method == "state" else settings.sparsities_pct)
                 for variant in variants:
-                    run_hyperparams = with_variant_budget(hyperparams, variant)
+                    model_params, budget = variant_budget(settings.model_params[model], variant)
                     for level in levels:
                         for seed in settings.seeds:
                             run_id = make_run_id(model, optimizer, method, variant, level,
                                                  seed if tag_seed else None)
-                            runs.append(RunSpec(run_id, model, optimizer, method, variant, level, seed,
-                                                 run_hyperparams))
+                            runs.append(RunSpec(
+                                run_id, model, optimizer, method, variant, level, seed, training=settings.training,
+                                pruning_settings=settings.pruning, optimizer_params=settings.optimizer_params[optimizer],
+                                model_params=model_params, variant_budget=budget))
     if not runs:
         raise UserError("the configuration expands to no runs: enable a pruning method the selected optimizers "
                         "accept (state pruning needs AdamWPrune)")

@@ -11,6 +11,7 @@ The run itself goes through lib/run/runner like any other.
 """
 from __future__ import annotations
 
+import dataclasses
 import math
 import os
 from dataclasses import dataclass
@@ -18,16 +19,17 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any, Callable, Optional
 
-from lib.config import RunnerSettings
+from lib.config import default_runner
 from lib.errors import UserError
 from lib.jsonio import SCHEMA_VERSION, read_json, write_bytes_atomic, write_json_atomic
-from lib.matrix import RunSpec, spec_from_entry
+from lib.matrix import spec_from_entry
 from lib.names import check_name
 from lib.provenance import git_commit, git_dirty, package_versions, recorded
 from lib.report.out_dirs import make_output_dir, stamped_name
 from lib.results.reader import load_results
 from lib.run.runner import run_matrix
 from lib.run.slots import THREAD_VARS
+from lib.spec import RunSpec
 
 # Figures that must match, with the GPU tolerance: (field, digits shown, absolute, relative).
 JUDGED: tuple[tuple[str, int, float, float], ...] = (
@@ -169,7 +171,7 @@ def reproduce(results_dir: Path, run_id: str, out: Optional[Path], results_root:
     prepare(results_dir, run, new_dir)
     if run.threads:  # the recorded thread count: float sums on CPU depend on it
         os.environ.update({name: str(run.threads) for name in THREAD_VARS})
-    counts = run_matrix(new_dir, [run.spec], RunnerSettings(parallel_jobs=1), out=say)
+    counts = run_matrix(new_dir, [run.spec], dataclasses.replace(default_runner(), parallel_jobs=1), out=say)
     rerun = _row(new_dir, run_id)
     on_gpu = (run.device or "").startswith("cuda") or rerun.get("memory_device") == "cuda"
     lines, same = side_by_side(_row(results_dir, run_id), rerun, on_gpu)

@@ -14,7 +14,9 @@ short run keeps the variants' proportions. At 10,000 both agree.
 """
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Mapping, Optional
+
+from lib.spec import RunSpec, VariantBudget
 
 # Extra training steps in percent of the configured budget, by upstream variant name.
 EXTRA_PCT: dict[str, int] = {"bitter2": 21, "bitter3": 30, "bitter4": 30, "bitter5": 30, "bitter6": 30,
@@ -31,25 +33,25 @@ def budgeted_iters(max_iters: int, variant: str | None) -> int:
     return max_iters * (100 + extra_pct(variant)) // 100
 
 
-def with_variant_budget(hyperparams: dict[str, Any], variant: str | None) -> dict[str, Any]:
-    """The run's hyper-parameters with its variant's budget applied and recorded.
+def variant_budget(model_params: Mapping[str, Any],
+                   variant: Optional[str]) -> tuple[Mapping[str, Any], Optional[VariantBudget]]:
+    """The run's model parameters with its variant's budget applied (max_iters), and the budget.
 
-    Unchanged when the option is off, the variant has no extra budget, or the
-    run is bounded by epochs (max_iters 0). The ramp end (ADAMWPRUNE_RAMP_END_STEP)
-    stays where it was configured, as upstream set it before extending.
+    Unchanged (and no budget) when the option is off, the variant has no extra
+    budget, or the run is bounded by epochs (max_iters 0). The ramp end
+    (ADAMWPRUNE_RAMP_END_STEP) stays where it was configured, as upstream set it
+    before extending.
     """
-    model = hyperparams["model"]
-    base, pct = model.get("max_iters") or 0, extra_pct(variant)
-    if not (model.get("variant_budgets") and base and pct):
-        return hyperparams
-    budget = {"base_max_iters": base, "extra_pct": pct, "variant": variant}
-    return {**hyperparams, "model": {**model, "max_iters": budgeted_iters(base, variant), "budget": budget}}
+    base, pct = model_params.get("max_iters") or 0, extra_pct(variant)
+    if not (model_params.get("variant_budgets") and base and pct):
+        return model_params, None
+    return ({**model_params, "max_iters": budgeted_iters(base, variant)},
+            VariantBudget(base_max_iters=base, extra_pct=pct, variant=variant))
 
 
-def budget_label(hyperparams: dict[str, Any]) -> str | None:
+def budget_label(spec: RunSpec) -> str | None:
     """'12100 iters (bitter2 +21%)' for a budgeted run, else None (for the dry run)."""
-    model = hyperparams.get("model", {})
-    budget = model.get("budget")
-    if not budget:
+    budget = spec.variant_budget
+    if budget is None:
         return None
-    return f"{model['max_iters']} iters ({budget['variant']} +{budget['extra_pct']}%)"
+    return f"{spec.model_params['max_iters']} iters ({budget.variant} +{budget.extra_pct}%)"

@@ -11,11 +11,11 @@ from lib.train.image_classifier import ImageTrainer, crop_and_flip
 from resnet18.model import ResNet18, ResNet18Config
 
 TRAINER = ImageTrainer(
-    load=lambda hp, device, download: load_cifar10(hp["training"]["data_dir"], device, download=download,
-                                                   train_limit=hp["model"]["train_limit"] or None,
-                                                   test_limit=hp["model"]["test_limit"] or None),
-    build=lambda data, hp: ResNet18(ResNet18Config(num_classes=data.num_classes)),
-    augment=lambda hp: crop_and_flip() if hp["model"]["augment"] else None)
+    load=lambda spec, device, download: load_cifar10(spec.training.data_dir, device, download=download,
+                                                     train_limit=spec.model_params["train_limit"] or None,
+                                                     test_limit=spec.model_params["test_limit"] or None),
+    build=lambda data, spec: ResNet18(ResNet18Config(num_classes=data.num_classes)),
+    augment=lambda spec: crop_and_flip() if spec.model_params["augment"] else None)
 prepare_data = TRAINER.prepare_data
 
 if __name__ == "__main__":

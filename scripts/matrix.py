@@ -12,7 +12,7 @@ from pathlib import Path
 
 import _path  # noqa: F401
 from kconfig import defconfig_path, normalise
-from lib.config import ROOT, RunnerSettings, load_settings
+from lib.config import ROOT, RunnerSettings, default_settings, load_settings
 from lib.errors import UserError, run_cli
 from lib.matrix import RunSpec, expand
 from lib.report.summary import write_reports
@@ -101,8 +101,8 @@ def newest_results_dir(root: Path) -> Path:
 
 
 def results_root(config: Path) -> Path:
-    root = Path(load_settings(config, warn=lambda _: None).runner.results_root if config.exists()
-                else "test_matrix_results")
+    settings = load_settings(config, warn=lambda _: None) if config.exists() else default_settings()
+    root = Path(settings.runner.results_root)
     return root if root.is_absolute() else ROOT / root
 
 

@@ -1,13 +1,16 @@
 """Batch plans: manual as configured; auto keeps the effective batch and fits the GPU."""
 from __future__ import annotations
 
+from dataclasses import replace
+
 import pytest
 
 from lib.models import model_entry
 from lib.train.batch_plan import activation_mib, plan_batch
+from tests.specs import TRAINING
 
-MANUAL = {"batch_size": 32, "grad_accum": 4, "hyper_param_auto": False, "target_effective_batch": 1024}
-AUTO = {**MANUAL, "hyper_param_auto": True}
+MANUAL = replace(TRAINING, batch_size=32, grad_accum=4, hyper_param_auto=False, target_effective_batch=1024)
+AUTO = replace(MANUAL, hyper_param_auto=True)
 
 
 def test_manual_mode_is_what_was_configured():
@@ -28,7 +31,7 @@ def test_auto_mode_fits_the_gpu_and_keeps_the_effective_batch(free_mib, micro):
 
 
 def test_auto_mode_shares_the_target_between_gpus_and_never_exceeds_it():
-    plan = plan_batch("resnet18", {**AUTO, "target_effective_batch": 128}, world_size=4, free_gpu_mib=80_000)
+    plan = plan_batch("resnet18", replace(AUTO, target_effective_batch=128), world_size=4, free_gpu_mib=80_000)
     assert plan.micro_batch == 32 and plan.grad_accum == 1 and plan.effective_batch == 128
 
 

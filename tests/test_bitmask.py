@@ -14,14 +14,14 @@ import torch
 from torch import nn
 
 from lib.optim import build_optimizer
+from lib.spec import OptimizerParams
 from lib.pruning import GradualPruner, bitmask
 from lib.pruning.mask_ops import zero_pruned_
 from tests.pruning_loop import train_steps
 from tests.test_config import settings_of
 
 SIZES = [1, 7, 8, 9, 33, 1025]
-ADAMWPRUNE = {"base": "adamw", "betas": (0.9, 0.95), "eps": 1e-8, "weight_decay": 0.1, "amsgrad": False,
-              "adv": {}, "spam": {}}
+ADAMWPRUNE = OptimizerParams(learning_rate=None, betas=(0.9, 0.95), eps=1e-8, weight_decay=0.1, base="adamw")
 
 
 def random_keep(n: int, seed: int = 0) -> torch.Tensor:

@@ -86,7 +86,7 @@ def test_upstream_gpt2_defconfig_lists_its_unknown_symbols():
                                                                                 ("state",))
     assert settings.gpt2_variants == ("bitter7",)
     assert settings.training.learning_rate == pytest.approx(6e-4)
-    assert settings.optimizer_params["adamwprune"]["base"] == "adamwspam"
+    assert settings.optimizer_params["adamwprune"].base == "adamwspam"
     assert settings.model_params["gpt2"]["max_time_s"] == 7200
     assert settings.model_params["gpt2"]["model_size"] == "124M"  # upstream's string, onto our choice
 
@@ -161,13 +161,13 @@ def test_int_symbol_that_is_not_a_number_names_the_symbol(tmp_path, symbol):
 def test_valid_numbers_become_floats(tmp_path):
     settings = settings_of(tmp_path, BASE + 'CONFIG_LEARNING_RATE="2e-3"\nCONFIG_ADAM_BETA2="0.98"\n')
     assert settings.training.learning_rate == 2e-3
-    assert settings.optimizer_params["adam"]["betas"] == (0.9, 0.98)
+    assert settings.optimizer_params["adam"].betas == (0.9, 0.98)
 
 
 @pytest.mark.parametrize("optimizer", ["ADAMWADV", "ADAMWSPAM"])
 def test_adamw_betas_reach_adamw_family_optimizers(tmp_path, optimizer):
     settings = settings_of(tmp_path, f'CONFIG_OPTIMIZER_SELECT_{optimizer}=y\nCONFIG_ADAMW_BETA1="0.8"\n')
-    assert settings.optimizer_params[optimizer.lower()]["betas"] == (0.8, 0.999)
+    assert settings.optimizer_params[optimizer.lower()].betas == (0.8, 0.999)
 
 
 @pytest.mark.parametrize("optimizer", ["ADAMWADV", "ADAMWSPAM"])
@@ -236,7 +236,7 @@ def test_upstream_file_takes_upstreams_defaults_for_what_it_does_not_mention(tmp
     assert upstream.optimizers == ("sgd", "adam", "adamw", "adamwadv", "adamwspam", "adamwprune")
     assert upstream.pruning_methods == ("none", "magnitude", "movement", "state")
     assert upstream.sparsities_pct == (50.0, 70.0, 90.0)
-    assert upstream.optimizer_params["adamwspam"]["theta"] == 50.0
+    assert upstream.optimizer_params["adamwspam"].spam.theta == 50.0
     assert upstream.upstream_semantics
     assert len(expand(upstream)) == 5 * (1 + 2 * 3) + (1 + 3)  # adamwprune: none + state at each level
     (tmp_path / "ours").mkdir()
@@ -257,7 +257,7 @@ def test_upstream_value_upstreams_kconfig_ignores_warns_and_keeps_the_default(tm
     path = write_config(tmp_path, UPSTREAM_MARK + BASE + "CONFIG_SPAM_INTERVAL=0\nCONFIG_LEARNING_RATE=0.1\n"
                         "CONFIG_BATCH_SIZE=64  # for 24GB GPUs\n")
     settings = load_settings(path, warn=messages.append)
-    assert settings.optimizer_params["adamwspam"]["interval"] == 1000
+    assert settings.optimizer_params["adamwspam"].spam.interval == 1000
     assert settings.training.learning_rate == 0.001 and settings.training.batch_size == 128
     assert any("CONFIG_SPAM_INTERVAL=0 is outside upstream's range [100, 10000]" in m
                and "using the default '1000'" in m for m in messages)
@@ -292,6 +292,63 @@ def test_our_own_symbols_win_over_upstream_strings(tmp_path):
 
 
 # --- the Settings object -------------------------------------------------------------------
+
+
+# --- defaults come from Kconfig only -------------------------------------------------------
+
+DENSE = BASE.replace("CONFIG_PRUNING_MODE_SINGLE=y\nCONFIG_PRUNING_SELECT_MAGNITUDE=y\n", "CONFIG_PRUNING_MODE_NONE=y\n")
+
+
+def kconfig_default(name: str) -> str:
+    """What Kconfig itself says, read from the file (not from lib/config.py)."""
+    from lib.config import new_kconfig
+
+    sym = new_kconfig().syms[name]
+    return sym.orig_defaults[-1][0].str_value
+
+
+def test_settings_of_a_switched_off_menu_take_their_kconfig_default(tmp_path):
+    """No pruning method: the pruning menu is off and its ints read as Kconfig's defaults (not 0, 1 or
+    the epoch count); manual batch mode: TARGET_EFFECTIVE_BATCH is Kconfig's; AdamWPrune off: its base is
+    Kconfig's default choice; no Slurm: the Slurm settings are Kconfig's."""
+    settings = settings_of(tmp_path, DENSE + 'CONFIG_PRUNING_FREQUENCY=7\n')  # ignored: invisible
+    pruning = settings.pruning
+    assert (pruning.warmup_steps, pruning.frequency, pruning.ramp_end_epoch) == tuple(
+        int(kconfig_default(n)) for n in ("PRUNING_WARMUP", "PRUNING_FREQUENCY", "PRUNING_RAMP_END_EPOCH"))
+    assert (pruning.schedule, pruning.mask_storage) == ("per-method", "bool")
+    assert settings.training.target_effective_batch == int(kconfig_default("TARGET_EFFECTIVE_BATCH"))
+    assert settings.optimizer_params["adamwprune"].base == "adamw"
+    assert settings.optimizer_params["adamwprune"].warmup_steps == int(kconfig_default("ADAMWPRUNE_WARMUP_STEPS"))
+    runner = settings.runner
+    assert (runner.slurm_time_min, runner.slurm_cpus_per_task, runner.slurm_gpus_per_task, runner.slurm_cluster) == (
+        int(kconfig_default("SLURM_TIME_MINUTES")), int(kconfig_default("SLURM_CPUS_PER_TASK")),
+        int(kconfig_default("SLURM_GPUS_PER_TASK")), kconfig_default("SLURM_CLUSTER"))
+    assert settings.model_params["resnet50"]["image_size"] == int(kconfig_default("RESNET50_IMAGE_SIZE"))
+    assert settings.model_params["gpt2"]["gpus_per_run"] == int(kconfig_default("GPT2_GPUS_PER_RUN"))
+
+
+def test_auto_batch_mode_keeps_kconfigs_gradient_accumulation(tmp_path):
+    training = settings_of(tmp_path, BASE + "CONFIG_HYPER_PARAM_AUTO=y\n").training
+    assert training.hyper_param_auto and training.grad_accum == int(kconfig_default("GRADIENT_ACCUMULATION"))
+
+
+def test_lr_step_every_is_zero_outside_the_step_schedule(tmp_path):
+    assert settings_of(tmp_path, BASE).training.lr_step_every == 0
+    (tmp_path / "s").mkdir()
+    step = settings_of(tmp_path / "s", BASE + "CONFIG_LR_SCHEDULE_STEP=y\n").training
+    assert (step.lr_schedule, step.lr_step_every) == ("step", int(kconfig_default("LR_STEP_EVERY")))
+
+
+def test_lr_schedule_is_kconfigs_choice(tmp_path):
+    assert settings_of(tmp_path, BASE).training.lr_schedule == "per-model"  # Kconfig's default choice
+    (tmp_path / "c").mkdir()
+    assert settings_of(tmp_path / "c", BASE + "CONFIG_LR_SCHEDULE_COSINE=y\n").training.lr_schedule == "cosine"
+
+
+@pytest.mark.parametrize("symbol", ["DATA_DIR", "RESULTS_ROOT", "DEVICE"])
+def test_an_empty_path_or_device_is_an_error_not_a_default(tmp_path, symbol):
+    with pytest.raises(UserError, match=f'CONFIG_{symbol}="" is not valid'):
+        settings_of(tmp_path, BASE + f'CONFIG_{symbol}=""\n')
 
 
 def test_settings_are_frozen(tmp_path):

@@ -8,6 +8,8 @@ the kernel cannot run. Small tensors: the whole file takes a few seconds.
 """
 from __future__ import annotations
 
+import dataclasses
+
 import pytest
 import torch
 from torch import nn
@@ -16,10 +18,10 @@ from lib.optim import build_optimizer, fused_masked_adamw
 from lib.optim.fused_masked_adamw import MaskedAdamW, build_kernel, kernel
 from lib.pruning import GradualPruner, bitmask
 from lib.pruning.mask_ops import zero_pruned_
+from lib.spec import OptimizerParams
 from tests.pruning_loop import train_steps
 
-ADAMWPRUNE = {"base": "adamw", "betas": (0.9, 0.95), "eps": 1e-8, "weight_decay": 0.1, "amsgrad": False,
-              "adv": {}, "spam": {}}
+ADAMWPRUNE = OptimizerParams(learning_rate=None, betas=(0.9, 0.95), eps=1e-8, weight_decay=0.1, base="adamw")
 # Sizes that are and are not multiples of the 16-float vector, one over the kernel's 32768-entry work item.
 SHAPES = [(24, 16), (17, 5), (300, 130), (7,), (64,)]
 
@@ -181,7 +183,7 @@ def test_kernel_is_built_once_per_source_compiler_and_cpu(tmp_path):
 def test_adamwprune_on_adamw_is_masked_adamw_and_other_bases_are_not():
     model = nn.Linear(4, 4)
     assert type(build_optimizer("adamwprune", model, 1e-3, ADAMWPRUNE)) is MaskedAdamW
-    amsgrad = build_optimizer("adamwprune", model, 1e-3, {**ADAMWPRUNE, "amsgrad": True})
+    amsgrad = build_optimizer("adamwprune", model, 1e-3, dataclasses.replace(ADAMWPRUNE, amsgrad=True))
     assert type(amsgrad) is torch.optim.AdamW
     assert type(build_optimizer("adamw", model, 1e-3, ADAMWPRUNE)) is torch.optim.AdamW
 
@@ -203,7 +205,7 @@ def test_adamwprune_with_pruning_equals_the_two_pass_step():
     """AdamWPrune (base adamw) + GradualPruner over 100 steps, 6 mask updates: same as torch AdamW + masked grads."""
     model, optimizer, pruner = train_pruned(lambda m: build_optimizer("adamwprune", m, 1e-2, ADAMWPRUNE))
     reference, _, reference_pruner = train_pruned(lambda m: build_optimizer(
-        "adamw", m, 1e-2, {k: ADAMWPRUNE[k] for k in ("betas", "eps", "weight_decay", "amsgrad")}))
+        "adamw", m, 1e-2, dataclasses.replace(ADAMWPRUNE, base=None)))
     assert isinstance(optimizer, MaskedAdamW) and optimizer.fallback_note is None
     assert [h["measured_pct"] for h in pruner.history] == [h["measured_pct"] for h in reference_pruner.history]
     assert pruner.history[-1]["measured_pct"] == pytest.approx(70.0, abs=0.1)

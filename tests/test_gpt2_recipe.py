@@ -30,28 +30,28 @@ def gpt2_spec(tmp_path, **overrides):
 
 def test_gpt2_alone_takes_nanogpt_betas_and_weight_decay(tmp_path):
     """AdamW (0.9, 0.95) and decay 0.1; AdamWPrune decay 0.1 but upstream's beta2 0.999."""
-    adamw = gpt2_spec(tmp_path).hyperparams["optimizer"]
-    assert tuple(adamw["betas"]) == (0.9, 0.95) and adamw["weight_decay"] == 0.1
+    adamw = gpt2_spec(tmp_path).optimizer_params
+    assert adamw.betas == (0.9, 0.95) and adamw.weight_decay == 0.1
     (tmp_path / "p").mkdir()
     prune = gpt2_spec(tmp_path / "p", OPTIMIZER_SELECT_ADAMW=False, OPTIMIZER_SELECT_ADAMWPRUNE=True)
-    params = prune.hyperparams["optimizer"]
-    assert tuple(params["betas"]) == (0.9, 0.999) and params["weight_decay"] == 0.1
+    params = prune.optimizer_params
+    assert params.betas == (0.9, 0.999) and params.weight_decay == 0.1
 
 
 def test_other_models_keep_the_general_defaults_and_set_values_win(tmp_path):
     lenet = one_spec(tmp_path, MODEL_MODE_SINGLE=True, MODEL_SELECT_LENET5=True, OPTIMIZER_MODE_SINGLE=True,
-                     OPTIMIZER_SELECT_ADAMW=True).hyperparams["optimizer"]
-    assert tuple(lenet["betas"]) == (0.9, 0.999) and lenet["weight_decay"] == 0.0001
+                     OPTIMIZER_SELECT_ADAMW=True).optimizer_params
+    assert lenet.betas == (0.9, 0.999) and lenet.weight_decay == 0.0001
     (tmp_path / "s").mkdir()
-    set_ = gpt2_spec(tmp_path / "s", ADAMW_BETA2="0.99", ADAMW_WEIGHT_DECAY="0.05").hyperparams["optimizer"]
-    assert tuple(set_["betas"]) == (0.9, 0.99) and set_["weight_decay"] == 0.05
+    set_ = gpt2_spec(tmp_path / "s", ADAMW_BETA2="0.99", ADAMW_WEIGHT_DECAY="0.05").optimizer_params
+    assert set_.betas == (0.9, 0.99) and set_.weight_decay == 0.05
 
 
 def test_only_rank_two_tensors_decay_and_betas_reach_the_optimizer(tmp_path):
     """nanoGPT's configure_optimizers: matmul weights and embeddings decay; biases and LayerNorms do not."""
     spec = gpt2_spec(tmp_path)
     model = GPT(gpt2_config("tiny", 16, 128))
-    optimizer = build_optimizer("adamw", model, 1e-3, spec.hyperparams["optimizer"])
+    optimizer = build_optimizer("adamw", model, 1e-3, spec.optimizer_params)
     decay, no_decay = optimizer.param_groups
     names = {id(p): n for n, p in model.named_parameters()}
     assert decay["weight_decay"] == 0.1 and no_decay["weight_decay"] == 0.0
@@ -67,7 +67,7 @@ def test_only_rank_two_tensors_decay_and_betas_reach_the_optimizer(tmp_path):
 def test_learning_rate_follows_nanogpt_get_lr(tmp_path, decay_iters):
     spec = gpt2_spec(tmp_path, GPT2_WARMUP_STEPS=10, GPT2_LR_DECAY_ITERS=decay_iters, GPT2_MIN_LR="1e-4",
                      LEARNING_RATE="3e-3")
-    m = spec.hyperparams["model"]
+    m = spec.model_params
     total = 100
     schedule = schedule_for(spec, total, warmup_steps=m["warmup_steps"], min_lr=m["min_lr"],
                             decay_steps=m["lr_decay_iters"])
@@ -89,9 +89,9 @@ def test_bias_option_reaches_the_model(tmp_path):
     """GPT2_BIAS=n removes every Linear and LayerNorm bias: per block 2 LayerNorms
     (n_embd each), c_attn (3 n_embd), attn c_proj (n_embd), c_fc (4 n_embd), mlp c_proj
     (n_embd), plus ln_f."""
-    assert gpt2_spec(tmp_path).hyperparams["model"]["bias"] is True
+    assert gpt2_spec(tmp_path).model_params["bias"] is True
     (tmp_path / "n").mkdir()
-    m = gpt2_spec(tmp_path / "n", GPT2_BIAS=False).hyperparams["model"]
+    m = gpt2_spec(tmp_path / "n", GPT2_BIAS=False).model_params
     assert m["bias"] is False
     with_bias = GPT(gpt2_config("tiny", 16, 128))
     without = GPT(gpt2_config("tiny", 16, 128, bias=m["bias"]))

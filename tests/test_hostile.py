@@ -32,9 +32,11 @@ from lib.results.reader import load_results
 from lib.run.dir_lock import locked
 from lib.run.runner import check_device, new_timestamped_dir
 from lib.train.checkpoint import load_checkpoint, restore_rng_state, rng_state, save_checkpoint
+from tests.specs import make_spec
 
 REPORT = ROOT / "scripts" / "report.py"
 MATRIX = ROOT / "scripts" / "matrix.py"
+GOOD = json.loads(json.dumps(make_spec("lenet5_sgd_none").to_json()))  # a complete matrix.json entry
 
 
 def tree_digest(root: Path) -> dict[str, str]:
@@ -135,11 +137,17 @@ def test_upstream_test_id_with_dots_is_skipped(tmp_path, capsys):
     ({"variant": "a/b"}, "variant 'a/b' is not a safe name"),
     ({"seed": 10**30}, "seed 1000000000000000000000000000000 is not an integer"),
     ({"hyperparams": []}, "hyperparams lack"),
+    ({"hyperparams": {"model": {}, "training": {}}}, "hyperparams.training: lacks 'batch_size'"),
+    ({"optimizer": "lion"}, "hyperparams.optimizer: optimizer 'lion' is unknown"),
+    ({"hyperparams": {**GOOD["hyperparams"], "training": {**GOOD["hyperparams"]["training"], "epochs": "2"}}},
+     "hyperparams.training.epochs: '2' is not an integer"),
+    ({"hyperparams": {**GOOD["hyperparams"], "optimizer": {"momentum": 0.9}}},
+     "hyperparams.optimizer: lacks 'weight_decay'"),
 ])
 def test_continue_refuses_a_hostile_matrix_entry(entry, says):
-    good = {**spec("lenet5", "sgd", "none", 0), "hyperparams": {"model": {}, "training": {}}}
+    assert json.loads(json.dumps(spec_from_entry(GOOD, "matrix.json: run 1").to_json())) == GOOD
     with pytest.raises(UserError, match=says.replace("(", r"\(")):
-        spec_from_entry({**good, **entry}, "matrix.json: run 1")
+        spec_from_entry({**GOOD, **entry}, "matrix.json: run 1")
 
 
 def test_make_continue_on_a_hostile_matrix_is_one_error_line(tmp_path):
@@ -260,7 +268,7 @@ def test_sampler_without_the_owner_token_never_writes(tmp_path):
 
 def test_second_runner_on_a_locked_directory_exits_2_naming_the_holder(tmp_path):
     results = tmp_path / "results"
-    write_matrix(results, [{**spec("lenet5", "sgd", "none", 0), "hyperparams": {"model": {}, "training": {}}}])
+    write_matrix(results, [GOOD])
     write(results / "config.txt", "")
     with locked(results):
         proc = run_script(MATRIX, "continue", "--results", results, "--config", tmp_path / "absent.config")

@@ -187,8 +187,8 @@ def test_upstream_gpt2_bitter7_is_one_run():
     run = runs[0]
     assert (run.model, run.optimizer, run.pruning, run.variant, run.target_sparsity_pct) == (
         "gpt2", "adamwprune", "state", "bitter7", 50.0)
-    assert run.hyperparams["optimizer"]["base"] == "adamwspam"
-    assert run.hyperparams["model"]["dataset"] == "finewebedu"
+    assert run.optimizer_params.base == "adamwspam"
+    assert run.model_params["dataset"] == "finewebedu"
 
 
 def test_lenet5_quick_is_12_runs(base):
@@ -200,11 +200,11 @@ def test_lenet5_quick_is_12_runs(base):
 
 def test_runs_carry_the_resolved_hyperparameters(base):
     run = next(r for r in expand(base) if r.run_id == "lenet5_adam_magnitude_70")
-    assert run.hyperparams["training"]["batch_size"] == 64
-    assert run.hyperparams["training"]["learning_rate"] == 0.002
-    assert run.hyperparams["pruning"]["frequency"] == 20
-    assert run.hyperparams["optimizer"]["betas"] == (0.9, 0.999)
-    assert set(run.hyperparams) == {"training", "pruning", "optimizer", "model"}
+    assert run.training.batch_size == 64
+    assert run.training.learning_rate == 0.002
+    assert run.pruning_settings.frequency == 20
+    assert run.optimizer_params.betas == (0.9, 0.999)
+    assert set(run.to_json()["hyperparams"]) == {"training", "pruning", "optimizer", "model"}
 
 
 # --- RunSpec as data -----------------------------------------------------------------------
@@ -217,8 +217,8 @@ def test_runspec_json_round_trip(base):
         data = json.loads(json.dumps(run.to_json()))
         back = RunSpec.from_json(data)
         assert back == run
-        assert back.to_json() == data
-        assert back.hyperparams["training"] == run.hyperparams["training"]
+        assert json.loads(json.dumps(back.to_json())) == data
+        assert back.training == run.training and back.variant_budget == run.variant_budget
 
 
 def test_runspec_is_frozen(base):

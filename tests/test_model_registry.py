@@ -59,6 +59,9 @@ def test_a_toy_model_runs_through_dry_run_matrix_and_report(tmp_path, toy):
         sparsities_pct=(50.0,), adamwprune_sparsities_pct=(50.0,), seeds=(1,),
         training=dataclasses.replace(base.training, epochs=3, batch_size=64, device="cpu"),
         pruning=dataclasses.replace(base.pruning, ramp_end_epoch=2, warmup_steps=0, frequency=2),
+        # AdamWPrune prunes by its own warm-up and frequency (ADAMWPRUNE_*), not the Pruning menu's
+        optimizer_params={**base.optimizer_params, "adamwprune": dataclasses.replace(
+            base.optimizer_params["adamwprune"], warmup_steps=0, frequency=2, ramp_end_step=0)},
         model_params={**base.model_params, "toy": {}})
     runs = expand(settings)
     assert [run.run_id for run in runs] == ["toy_adamw_none", "toy_adamw_magnitude_50", "toy_adamwprune_none",

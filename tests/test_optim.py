@@ -9,7 +9,6 @@ Every configuration goes through a real .config and lib.config.load_settings.
 """
 from __future__ import annotations
 
-import dataclasses
 import math
 
 import pytest
@@ -112,7 +111,7 @@ def test_adamwprune_without_pruning_equals_its_base(tmp_path, base):
     lines, make_reference = BASES[base]
     settings = settings_of(tmp_path, ADAMWPRUNE + PRUNE_VALUES + lines)
     params = settings.optimizer_params["adamwprune"]
-    assert params["base"] == base
+    assert params.base == base
     model, reference = small_model(), small_model()
     optimizer = build_optimizer("adamwprune", model, LR, params)
     expected = make_reference(reference_groups(reference, DECAY))
@@ -262,7 +261,7 @@ def test_adamwadv_anneals_to_its_eta_min(tmp_path, optimizer, lines):
     """AdamWAdv (alone or as AdamWPrune's base) anneals by cosine to ADV_COSINE_ETA_MIN, not LR_SCHEDULE."""
     text = BASE_CONFIG + GENERAL + "CONFIG_OPTIMIZER_MODE_SINGLE=y\n" + lines + 'CONFIG_ADV_COSINE_ETA_MIN="0.0001"\n'
     settings = settings_of(tmp_path, text)
-    training = dataclasses.asdict(settings.training)
+    training = settings.training
     schedule = lr_schedule_for(optimizer, settings.optimizer_params[optimizer], training, total_steps=100)
     assert (schedule.kind, schedule.peak, schedule.min_lr) == ("cosine", 0.002, 0.0001)
     assert schedule.at(0) == pytest.approx(0.002)
@@ -277,7 +276,7 @@ def test_adamwadv_anneals_to_its_eta_min(tmp_path, optimizer, lines):
 def test_without_adv_annealing_lr_schedule_applies(tmp_path, optimizer, lines):
     """With annealing off (or another AdamWPrune base) the general LR_SCHEDULE applies."""
     settings = settings_of(tmp_path, BASE_CONFIG + GENERAL + "CONFIG_OPTIMIZER_MODE_SINGLE=y\n" + lines)
-    training = dataclasses.asdict(settings.training)
+    training = settings.training
     schedule = lr_schedule_for(optimizer, settings.optimizer_params[optimizer], training, total_steps=100)
     assert schedule.kind == "step"
     assert [schedule.at(s) for s in (0, 9, 10, 25)] == pytest.approx([0.002, 0.002, 0.001, 0.0005])
@@ -290,16 +289,18 @@ def test_default_lr_schedule_is_upstreams_for_the_model(tmp_path, model, kind):
     scheduler only for AdamWAdv), the ResNets with cosine (RESNET18_USE_COSINE_SCHEDULE=y), GPT-2 with
     cosine (GPT2_DECAY_LR=y). An explicit choice wins."""
     settings = settings_of(tmp_path, BASE_CONFIG + 'CONFIG_LEARNING_RATE="0.002"\n')
-    training = dataclasses.asdict(settings.training)
-    assert training["lr_schedule"] == "per-model"
-    schedule = lr_schedule_for("adamw", settings.optimizer_params["adamw"], training, 100, per_model=model_entry(model).lr_schedule)
+    training = settings.training
+    assert training.lr_schedule == "per-model"
+    schedule = lr_schedule_for("adamw", settings.optimizer_params["adamw"], training, 100,
+                               per_model=model_entry(model).lr_schedule)
     assert schedule.kind == kind
     cosine = 0.002 * (0.01 + 0.99 * 0.5 * (1 + math.cos(math.pi * 0.99)))  # 1% floor, step 99 of 100
     assert schedule.at(99) == pytest.approx(0.002 if kind == "constant" else cosine)
     (tmp_path / "explicit").mkdir()
     settings = settings_of(tmp_path / "explicit", BASE_CONFIG + "CONFIG_LR_SCHEDULE_COSINE=y\n")
-    training = dataclasses.asdict(settings.training)
-    assert lr_schedule_for("adamw", settings.optimizer_params["adamw"], training, 100, per_model=model_entry("lenet5").lr_schedule).kind == "cosine"
+    training = settings.training
+    assert lr_schedule_for("adamw", settings.optimizer_params["adamw"], training, 100,
+                           per_model=model_entry("lenet5").lr_schedule).kind == "cosine"
 
 
 def test_sgd_learning_rate_overrides_the_peak_for_sgd_only(tmp_path):
@@ -308,16 +309,16 @@ def test_sgd_learning_rate_overrides_the_peak_for_sgd_only(tmp_path):
                             OPTIMIZER_ENABLE_ADAMW="y", LEARNING_RATE='"0.002"')
     (tmp_path / "a").mkdir()
     settings = settings_of(tmp_path / "a", BASE_CONFIG + multiple + 'CONFIG_SGD_LEARNING_RATE="0.05"\n')
-    training = dataclasses.asdict(settings.training)
+    training = settings.training
     peaks = {name: lr_schedule_for(name, settings.optimizer_params[name], training, 100).peak
              for name in ("sgd", "adam", "adamw")}
     assert peaks == {"sgd": 0.05, "adam": 0.002, "adamw": 0.002}
     settings = settings_of(tmp_path, BASE_CONFIG + multiple)  # SGD's own default: 0.01, not Adam's rate
-    training = dataclasses.asdict(settings.training)
+    training = settings.training
     assert lr_schedule_for("sgd", settings.optimizer_params["sgd"], training, 100).peak == 0.01
     (tmp_path / "b").mkdir()
     settings = settings_of(tmp_path / "b", BASE_CONFIG + multiple + 'CONFIG_SGD_LEARNING_RATE="0"\n')
-    training = dataclasses.asdict(settings.training)
+    training = settings.training
     assert lr_schedule_for("sgd", settings.optimizer_params["sgd"], training, 100).peak == 0.002
 
 

@@ -11,11 +11,11 @@ import pytest
 from conftest import ROOT
 from result_dirs import seeded_matrix
 
-from lib.matrix import RunSpec
 from lib.provenance import PACKAGES, package_versions
 from lib.report.summary import write_reports
 from lib.results.reader import load_results
 from lib.run.task import prepare_run_dir
+from tests.specs import make_spec
 
 LEGACY = ROOT / "tests" / "fixtures" / "legacy" / "test_matrix_results_20250903_180836"
 CONFIG = "CONFIG_MODEL_SELECT_LENET5=y\nCONFIG_SEEDS=\"1 2 3\"\n"
@@ -74,7 +74,7 @@ def test_a_directory_with_our_new_all_results_json_still_reads(tmp_path):
 
 
 def test_run_json_records_packages_commit_state_and_host(tmp_path):
-    spec = RunSpec("lenet5_sgd_none", "lenet5", "sgd", "none", None, 0.0, 1, {"model": {}})
+    spec = make_spec("lenet5_sgd_none")
     prepare_run_dir(tmp_path / "run", spec, ["python"], commit="b" * 40)
     run = json.loads((tmp_path / "run" / "run.json").read_text())
     assert run["git_commit"] == "b" * 40 and run["packages"] == package_versions()

@@ -193,7 +193,7 @@ def test_checkpoint_of_another_configuration_is_ignored(lenet5_died, tmp_path):
     spec, _, copy, root = lenet5_died
     # Same run ID, another learning rate: the checkpoint must not be resumed.
     other = one_spec(tmp_path, **lenet5_symbols(LEARNING_RATE="0.002", DATA_DIR=str(root / "data")))
-    assert other.run_id == spec.run_id and other.hyperparams != spec.hyperparams
+    assert other.run_id == spec.run_id and other.training != spec.training
     results = tmp_path / "results"
     last = last_pt(results, other.run_id)
     last.parent.mkdir(parents=True)

@@ -1,6 +1,7 @@
 """The runner end to end: a real 12-run matrix, resume, failures, timeouts, retries, bad input."""
 from __future__ import annotations
 
+import dataclasses
 import json
 import shutil
 import subprocess
@@ -13,11 +14,12 @@ from conftest import ROOT, run_script
 from fixtures.summary_rows import rows as summary_rows
 from runner_matrix import MATRIX, RUNS, comparable_rows, reference_run, runner_config
 
-from lib.matrix import RunSpec
 from lib.run import runner
 from lib.run.process import run_attempts
 from lib.run.slots import SlotPool, visible_gpus
 from lib.run.task import write_result
+from lib.spec import RunSpec
+from tests.specs import make_spec
 
 
 @pytest.fixture(scope="module")
@@ -86,7 +88,7 @@ def _fake_trainer(code: str) -> list[str]:
 
 
 def _spec(run_id: str) -> RunSpec:
-    return RunSpec(run_id, "lenet5", "sgd", "magnitude", None, 50.0, 1, {"model": {}})
+    return make_spec(run_id, pruning="magnitude", target=50.0)
 
 
 def test_failing_run_is_recorded_and_the_matrix_goes_on(tmp_path, monkeypatch):
@@ -121,14 +123,14 @@ def test_exit_zero_without_metrics_is_not_success(tmp_path):
 
 
 def test_hanging_run_is_killed_at_the_timeout_and_marked_timeout(tmp_path, monkeypatch):
-    from lib.config import RunnerSettings
+    from lib.config import default_runner
 
     spec = _spec("lenet5_sgd_magnitude_50")
     monkeypatch.setattr(runner, "trainer_command", lambda s, d: _fake_trainer("import time; time.sleep(60)"))
     monkeypatch.setattr(runner, "prepare_data", lambda runs, out: None)
     monkeypatch.setattr(runner, "check_runnable", lambda runs: None)
     start = time.monotonic()
-    counts = runner.run_matrix(tmp_path, [spec], RunnerSettings(timeout_s=1, retries=1), out=lambda line: None)
+    counts = runner.run_matrix(tmp_path, [spec], dataclasses.replace(default_runner(), timeout_s=1, retries=1), out=lambda line: None)
     assert counts == {"success": 0, "failed": 1}
     result = json.loads((tmp_path / spec.run_id / "result.json").read_text())
     assert result["status"] == "timeout" and result["attempts"] == 2 and result["exit_code"] == -15

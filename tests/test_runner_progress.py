@@ -6,15 +6,14 @@ from pathlib import Path
 
 import pytest
 
-from lib.matrix import RunSpec
 from lib.run.plan import estimate_lines, estimate_run_s, find_past_runs, makespan_s
 from lib.run.progress import MatrixProgress
 from lib.run.task import RunTask
+from tests.specs import make_spec
 
 
 def _task(n: int, epochs: int = 2) -> RunTask:
-    spec = RunSpec(f"lenet5_sgd_magnitude_{n}", "lenet5", "sgd", "magnitude", None, float(n), 1,
-                   {"model": {}, "training": {"epochs": epochs}})
+    spec = make_spec(f"lenet5_sgd_magnitude_{n}", pruning="magnitude", target=n, epochs=epochs)
     return RunTask(Path("/nowhere"), spec, ("true",))
 
 

@@ -10,12 +10,13 @@ import psutil
 import pytest
 
 from lib.errors import UserError
-from lib.matrix import RunSpec
 from lib.run import runner
 from lib.run import slots as slot_pool
 from lib.run.local_executor import LocalExecutor
 from lib.run.slots import SlotPool
 from lib.run.task import RunTask
+from lib.spec import RunSpec
+from tests.specs import make_spec
 
 
 def test_cpu_only_runs_parallel_jobs_with_the_cores_divided():
@@ -91,8 +92,7 @@ def test_no_gpu_on_this_machine_means_cpu_slots(monkeypatch):
 
 
 def _spec(n: int, gpus: int = 1) -> RunSpec:
-    return RunSpec(f"lenet5_sgd_magnitude_{n}", "lenet5", "sgd", "magnitude", None, float(n), 1,
-                   {"model": {"gpus_per_run": gpus}})
+    return make_spec(f"lenet5_sgd_magnitude_{n}", pruning="magnitude", target=n, gpus_per_run=gpus)
 
 
 # Writes what the run saw into metrics.json, after sleeping a little so runs overlap.

@@ -11,6 +11,8 @@ optimizer moment where pruned.
 """
 from __future__ import annotations
 
+import dataclasses
+
 import numpy as np
 import pytest
 import torch
@@ -612,8 +614,8 @@ def test_bitter4_upstream_reaches_its_own_formula(mlp_setup, sparsity):
                                          ("adamwspam", "bitter8"), ("adamw", "bitter4")])
 def test_pruned_moments_stay_zero_for_every_adamwprune_base(mlp_setup, base, score):
     """With AMSGrad (max_exp_avg_sq) or another base, pruned moments stay exactly zero too."""
-    params = dict(mlp_setup[2], base=base, amsgrad=base != "adamwspam")
-    params["spam"] = dict(params["spam"], interval=3, warmup_steps=2, theta=50.0)
+    params = dataclasses.replace(mlp_setup[2], base=base, amsgrad=base != "adamwspam")
+    params = dataclasses.replace(params, spam=dataclasses.replace(params.spam, interval=3, warmup_steps=2, theta=50.0))
     check_pruned_run(*train_and_prune(mlp_setup, score, 0.9, params, sample_size=SAMPLE_SIZE), 0.9)
 
 

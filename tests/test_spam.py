@@ -417,7 +417,7 @@ def test_kconfig_defaults_reach_the_optimizer(tmp_path):
             optimizer.clip_delay_steps) == (5000.0, True, 1000, 100, 20)
     decayed, undecayed = optimizer.param_groups
     assert undecayed["weight_decay"] == 0.0 and all(p.dim() == 1 for p in undecayed["params"])
-    assert decayed["weight_decay"] == spam_params(tmp_path)["weight_decay"] > 0  # ADAMW_WEIGHT_DECAY
+    assert decayed["weight_decay"] == spam_params(tmp_path).weight_decay > 0  # ADAMW_WEIGHT_DECAY
 
 
 @pytest.mark.parametrize("lines, attribute, value", [
@@ -446,9 +446,9 @@ def test_kconfig_built_spam_equals_the_directly_built_one(tmp_path):
     optimizer = build_optimizer("adamwspam", model, 1e-2, params)
     decayed = [module.weight for module in reference if isinstance(module, nn.Linear)]
     rest = [p for p in reference.parameters() if all(p is not q for q in decayed)]
-    assert params["weight_decay"] == 0.1
+    assert params.weight_decay == 0.1
     expected = AdamWSPAM([{"params": decayed, "weight_decay": 0.1}, {"params": rest, "weight_decay": 0.0}], 1e-2,
-                         tuple(params["betas"]), params["eps"], theta=50.0, reset_interval=10, warmup_steps=4,
+                         params.betas, params.eps, theta=50.0, reset_interval=10, warmup_steps=4,
                          clip_delay_steps=3)
     gen = torch.Generator().manual_seed(3)
     for t in range(40):

@@ -3,6 +3,7 @@ the matrix reports as the local executor's does, `make continue` crosses
 executors, a task killed on its node is recorded, a preempted task is requeued."""
 from __future__ import annotations
 
+import dataclasses
 import json
 import shutil
 import sys
@@ -13,12 +14,12 @@ import pytest
 from conftest import run_script
 from runner_matrix import MATRIX, RUNS, comparable_rows, reference_run, runner_config, statuses
 
-from lib.config import RunnerSettings
+from lib.config import default_runner
 from lib.config import parse_slurm_extra as parse_extra
-from lib.matrix import RunSpec
 from lib.run.slots import cpu_cores
 from lib.run.slurm_executor import RunOnNode, SlurmExecutor
 from lib.run.task import RunPolicy, RunTask
+from tests.specs import make_spec
 
 SLURM_LOCAL = dict(EXECUTOR_SLURM="y", SLURM_CLUSTER='"local"', SLURM_GPUS_PER_TASK="0", SLURM_CPUS_PER_TASK="1",
                    SLURM_ARRAY_PARALLELISM="2")
@@ -71,7 +72,7 @@ def test_continue_finishes_a_local_directory_on_slurm(tmp_path_factory, tmp_path
 
 
 def _task(tmp_path: Path, code: str, run_id: str = "lenet5_sgd_none") -> RunTask:
-    spec = RunSpec(run_id, "lenet5", "sgd", "none", None, 0.0, 1, {"model": {}})
+    spec = make_spec(run_id)
     return RunTask(tmp_path, spec, (sys.executable, "-c", code), RunPolicy(retries=2))
 
 
@@ -85,7 +86,8 @@ def _follow(executor: SlurmExecutor, timeout_s: float = 120) -> list:
 def test_task_killed_on_its_node_is_recorded_as_interrupted(tmp_path):
     # The trainer SIGKILLs the task process that runs it: the task never writes result.json.
     task = _task(tmp_path, "import os, signal; print('going down'); os.kill(os.getppid(), signal.SIGKILL)")
-    executor = SlurmExecutor(tmp_path, RunnerSettings(executor="slurm", slurm_cluster="local", slurm_gpus_per_task=0))
+    executor = SlurmExecutor(tmp_path, dataclasses.replace(default_runner(), executor="slurm", slurm_cluster="local",
+                                                               slurm_gpus_per_task=0))
     executor.launch([task])
     events = _follow(executor)
     assert [e.kind for e in events] == ["started", "finished"]
@@ -105,7 +107,7 @@ def test_preempted_task_is_requeued_and_finishes(tmp_path):
     code = (f"import json, pathlib, sys, time; m = pathlib.Path({str(marker)!r}); d = pathlib.Path(sys.argv[1]); "
             "first = not m.exists(); m.touch(); "
             "time.sleep(60) if first else (d / 'metrics.json').write_text(json.dumps({'best_accuracy_pct': 1.0}))")
-    spec = RunSpec("lenet5_sgd_none", "lenet5", "sgd", "none", None, 0.0, 1, {"model": {}})
+    spec = make_spec("lenet5_sgd_none")
     task = RunTask(tmp_path, spec, (sys.executable, "-c", code, str(tmp_path / spec.run_id)))
     executor = submitit.LocalExecutor(folder=tmp_path / ".submitit")
     executor.update_parameters(timeout_min=0.2, signal_delay_s=6)  # the signal comes 6 s before the limit

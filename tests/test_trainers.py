@@ -62,7 +62,7 @@ def check_common(metrics: dict, spec, task: str) -> None:
     assert metrics["steps"] == metrics["planned_steps"] and metrics["stopped_by"] == "steps"
     assert metrics["resumed_from_step"] is None
     plan = metrics["batch_plan"]
-    assert plan["micro_batch"] == spec.hyperparams["training"]["batch_size"] and plan["grad_accum"] == 1
+    assert plan["micro_batch"] == spec.training.batch_size and plan["grad_accum"] == 1
     assert plan["effective_batch"] == plan["micro_batch"] * plan["grad_accum"] * plan["world_size"]
 
 
@@ -186,7 +186,7 @@ def test_resnet50_runs_and_records(tmp_path, variant):
         write_cifar100(tmp_path / "data", n_train=8, n_test=4)
     spec = one_spec(tmp_path, **{**CLASSIFIER, "MODEL_SELECT_RESNET50": True, "RESNET50_AUGMENT": False,
                                  "NUM_EPOCHS": 1, "BATCH_SIZE": 8, **symbols})
-    assert spec.hyperparams["model"]["dataset"] == dataset
+    assert spec.model_params["dataset"] == dataset
     _, metrics, output = train(tmp_path / "results", spec)
     check_classification(metrics, spec, 1)
     assert metrics["dataset"]["name"] == dataset

@@ -216,7 +216,7 @@ def test_config_refuses_a_ramp_past_the_epochs_in_one_line(tmp_path):
                                         r"\(CONFIG_NUM_EPOCHS=4\)"):
         specs_from(tmp_path, **symbols)
     runs = specs_from(tmp_path, name="fit", **symbols, PRUNING_RAMP_FIT=True)
-    assert runs and runs[0].hyperparams["pruning"]["ramp_fit"] is True
+    assert runs and runs[0].pruning_settings.ramp_fit is True
 
 
 # -- per-optimizer learning rates ------------------------------------------------
@@ -227,5 +227,5 @@ def test_each_optimizer_has_its_own_learning_rate(tmp_path):
                       LEARNING_RATE="0.001", ADAMW_LEARNING_RATE="0.003")
     from lib.optim.lr_schedules import peak_lr
 
-    rates = {r.optimizer: peak_lr(r.hyperparams["optimizer"], r.hyperparams["training"]) for r in runs}
+    rates = {r.optimizer: peak_lr(r.optimizer_params, r.training) for r in runs}
     assert rates == {"sgd": 0.01, "adam": 0.001, "adamw": 0.003}

@@ -17,6 +17,7 @@ from lib.config import load_settings
 from lib.errors import UserError
 from lib.matrix import RunSpec, expand
 from lib.run.plan import recipe
+from lib.spec import VariantBudget
 
 ROOT = Path(__file__).resolve().parent.parent
 UPSTREAM_ITERS_AT_10000 = {"bitter0": 10000, "bitter1": 10000, "bitter2": 12100, "bitter3": 13000,
@@ -41,7 +42,7 @@ def state_runs(settings) -> dict[str, RunSpec]:
 
 def test_each_variant_trains_upstreams_budget(tmp_path):
     runs = state_runs(gpt2_settings(tmp_path))
-    assert {v: spec.hyperparams["model"]["max_iters"] for v, spec in runs.items()} == UPSTREAM_ITERS_AT_10000
+    assert {v: spec.model_params["max_iters"] for v, spec in runs.items()} == UPSTREAM_ITERS_AT_10000
 
 
 def test_dry_run_names_the_budget_and_why(tmp_path):
@@ -53,21 +54,25 @@ def test_dry_run_names_the_budget_and_why(tmp_path):
 
 def test_the_run_spec_records_the_budget(tmp_path):
     spec = state_runs(gpt2_settings(tmp_path))["bitter2"]
-    model = RunSpec.from_json(json.loads(json.dumps(spec.to_json()))).hyperparams["model"]
-    assert model["max_iters"] == 12100
-    assert model["budget"] == {"base_max_iters": 10000, "extra_pct": 21, "variant": "bitter2"}
+    data = json.loads(json.dumps(spec.to_json()))
+    assert data["hyperparams"]["model"]["max_iters"] == 12100
+    assert data["hyperparams"]["model"]["budget"] == {"base_max_iters": 10000, "extra_pct": 21, "variant": "bitter2"}
+    back = RunSpec.from_json(data)
+    assert back.model_params["max_iters"] == 12100 and "budget" not in back.model_params
+    assert back.variant_budget == VariantBudget(base_max_iters=10000, extra_pct=21, variant="bitter2")
 
 
 def test_option_off_keeps_every_run_at_max_iters(tmp_path):
     runs = state_runs(gpt2_settings(tmp_path, "# CONFIG_GPT2_VARIANT_BUDGETS is not set"))
-    assert {spec.hyperparams["model"]["max_iters"] for spec in runs.values()} == {10000}
-    assert all("budget" not in spec.hyperparams["model"] for spec in runs.values())
+    assert {spec.model_params["max_iters"] for spec in runs.values()} == {10000}
+    assert all(spec.variant_budget is None for spec in runs.values())
+    assert all("budget" not in spec.to_json()["hyperparams"]["model"] for spec in runs.values())
 
 
 def test_other_budgets_scale_by_the_same_factor(tmp_path):
     runs = state_runs(gpt2_settings(tmp_path, "CONFIG_GPT2_MAX_ITERS=5000", "CONFIG_ADAMWPRUNE_RAMP_END_STEP=3000"))
-    assert runs["bitter2"].hyperparams["model"]["max_iters"] == 6050
-    assert runs["bitter8"].hyperparams["model"]["max_iters"] == 6500
+    assert runs["bitter2"].model_params["max_iters"] == 6050
+    assert runs["bitter8"].model_params["max_iters"] == 6500
 
 
 def test_dense_and_other_optimizers_are_not_extended(tmp_path):
@@ -75,7 +80,7 @@ def test_dense_and_other_optimizers_are_not_extended(tmp_path):
                              "CONFIG_PRUNING_ENABLE_NONE=y", "CONFIG_PRUNING_ENABLE_MAGNITUDE=y",
                              "CONFIG_PRUNING_ENABLE_STATE=y")
     others = [spec for spec in expand(settings) if spec.pruning != "state"]
-    assert others and {spec.hyperparams["model"]["max_iters"] for spec in others} == {10000}
+    assert others and {spec.model_params["max_iters"] for spec in others} == {10000}
 
 
 def test_ramp_check_still_uses_the_configured_budget(tmp_path):
@@ -84,4 +89,4 @@ def test_ramp_check_still_uses_the_configured_budget(tmp_path):
     with pytest.raises(UserError, match="ADAMWPRUNE_RAMP_END_STEP=10000"):
         gpt2_settings(tmp_path, "CONFIG_ADAMWPRUNE_RAMP_END_STEP=10000")
     spec = state_runs(gpt2_settings(tmp_path))["bitter2"]
-    assert spec.hyperparams["optimizer"]["ramp_end_step"] == 3000
+    assert spec.optimizer_params.ramp_end_step == 3000

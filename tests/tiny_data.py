@@ -234,4 +234,4 @@ def prepare_gpt2_text(spec: RunSpec) -> None:
     """Tokenize the run's text, as the runner does once before a matrix (trainers run --no-download)."""
     from gpt2.train import prepare_data
 
-    prepare_data(spec.hyperparams)
+    prepare_data(spec)

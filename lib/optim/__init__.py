@@ -1,7 +1,7 @@
 """Optimizer registry: name -> builder(param_groups, lr, params) -> torch optimizer.
 
-`params` is the optimizer's block of Settings.optimizer_params (Kconfig
-values, already checked). Parameter groups follow nanoGPT: tensors of rank
+`params` is the run's OptimizerParams (lib/spec.py: Kconfig values, already
+checked). Parameter groups follow nanoGPT: tensors of rank
 >= 2 (Linear and Conv2d weights, embeddings) get weight decay; biases and
 normalisation weights do not. Formulas and sources: docs/algorithms.md.
 """
@@ -17,8 +17,9 @@ from lib.optim.adamwadv import AdamWAdv
 from lib.optim.fused_masked_adamw import MaskedAdamW
 from lib.optim.fused_masked_spam import MaskedAdamWSPAM
 from lib.optim.spam import AdamWSPAM
+from lib.spec import OptimizerParams
 
-OptimizerBuilder = Callable[[list[dict[str, Any]], float, dict[str, Any]], torch.optim.Optimizer]
+OptimizerBuilder = Callable[[list[dict[str, Any]], float, OptimizerParams], torch.optim.Optimizer]
 
 
 def param_groups(model: nn.Module, weight_decay: float) -> list[dict[str, Any]]:
@@ -36,66 +37,65 @@ def _implementation(groups: list[dict[str, Any]]) -> dict[str, bool]:
     return {"fused": True} if fused else {"foreach": True}
 
 
-def _sgd(groups: list[dict[str, Any]], lr: float, p: dict[str, Any]) -> torch.optim.Optimizer:
-    return torch.optim.SGD(groups, lr=lr, momentum=p["momentum"], foreach=True)
+def _sgd(groups: list[dict[str, Any]], lr: float, p: OptimizerParams) -> torch.optim.Optimizer:
+    return torch.optim.SGD(groups, lr=lr, momentum=p.momentum, foreach=True)
 
 
-def _adam(groups: list[dict[str, Any]], lr: float, p: dict[str, Any]) -> torch.optim.Optimizer:
+def _adam(groups: list[dict[str, Any]], lr: float, p: OptimizerParams) -> torch.optim.Optimizer:
     # Adam adds weight decay to the gradient (coupled L2), per group as configured above.
-    return torch.optim.Adam(groups, lr=lr, betas=tuple(p["betas"]), eps=p["eps"], amsgrad=p.get("amsgrad", False),
-                            **_implementation(groups))
+    return torch.optim.Adam(groups, lr=lr, betas=p.betas, eps=p.eps, amsgrad=p.amsgrad, **_implementation(groups))
 
 
-def _adamw(groups: list[dict[str, Any]], lr: float, p: dict[str, Any]) -> torch.optim.Optimizer:
-    return torch.optim.AdamW(groups, lr=lr, betas=tuple(p["betas"]), eps=p["eps"], amsgrad=p.get("amsgrad", False),
-                             **_implementation(groups))
+def _adamw(groups: list[dict[str, Any]], lr: float, p: OptimizerParams) -> torch.optim.Optimizer:
+    return torch.optim.AdamW(groups, lr=lr, betas=p.betas, eps=p.eps, amsgrad=p.amsgrad, **_implementation(groups))
 
 
-def _adamwadv(groups: list[dict[str, Any]], lr: float, p: dict[str, Any]) -> torch.optim.Optimizer:
-    return AdamWAdv(groups, lr, betas=tuple(p["betas"]), eps=p["eps"], amsgrad=p["amsgrad"], grad_clip=p["grad_clip"],
+def _adamwadv(groups: list[dict[str, Any]], lr: float, p: OptimizerParams) -> torch.optim.Optimizer:
+    return AdamWAdv(groups, lr, betas=p.betas, eps=p.eps, amsgrad=p.amsgrad, grad_clip=p.adv.grad_clip,
                     **_implementation(groups))
 
 
-def _adamwspam(groups: list[dict[str, Any]], lr: float, p: dict[str, Any],
+def _adamwspam(groups: list[dict[str, Any]], lr: float, p: OptimizerParams,
                cls: type[AdamWSPAM] = AdamWSPAM) -> torch.optim.Optimizer:
-    if p.get("amsgrad"):
+    if p.amsgrad:
         raise UserError("AMSGrad is not part of SPAM: unset ADAMWPRUNE_AMSGRAD or pick another AdamWPrune base")
+    s = p.spam
     # SPAM_INTERVAL=0 or SPAM_PERIODIC_RESET=n: no reset (so no warm-up); SPAM_WARMUP=n: warm-up length 0.
-    return cls(groups, lr, tuple(p["betas"]), p["eps"], theta=p["theta"], enable_clip=p["enable_clip"],
-               reset_interval=p["interval"] if p["periodic_reset"] else 0,
-               warmup_steps=p["warmup_steps"] if p["warmup"] else 0,
-               clip_delay_steps=p.get("clip_delay_steps", 20))
+    return cls(groups, lr, p.betas, p.eps, theta=s.theta, enable_clip=s.enable_clip,
+               reset_interval=s.interval if s.periodic_reset else 0,
+               warmup_steps=s.warmup_steps if s.warmup else 0, clip_delay_steps=s.clip_delay_steps)
 
 
-def adamwprune_base_params(p: dict[str, Any]) -> dict[str, Any]:
-    """The base optimizer's settings with AdamWPrune's own betas, eps, decay and AMSGrad on top."""
-    extra = {"adamwadv": p["adv"], "adamwspam": p["spam"]}.get(p["base"], {})
-    return {**extra, "betas": p["betas"], "eps": p["eps"], "weight_decay": p["weight_decay"], "amsgrad": p["amsgrad"]}
+def adamwprune_base_params(p: OptimizerParams) -> OptimizerParams:
+    """The base optimizer's settings: AdamWPrune's own betas, eps, decay and AMSGrad, with the
+    base's own (AdamWAdv's clip, SPAM's settings) from their menus."""
+    return OptimizerParams(learning_rate=p.learning_rate, weight_decay=p.weight_decay, betas=p.betas, eps=p.eps,
+                           amsgrad=p.amsgrad, spam=p.spam, adv=p.adv)
 
 
-def _adamwprune(groups: list[dict[str, Any]], lr: float, p: dict[str, Any]) -> torch.optim.Optimizer:
+def _adamwprune(groups: list[dict[str, Any]], lr: float, p: OptimizerParams) -> torch.optim.Optimizer:
     # AdamWPrune is its base optimizer configured by AdamWPrune's Kconfig
     # values; its state pruning (lib/pruning, `state` runs) reads that
     # optimizer's own exp_avg / exp_avg_sq, so it adds no optimizer memory.
     # Base AdamW without AMSGrad is MaskedAdamW: the same AdamW, taking the
     # pruner's masks into its step (one pass instead of two on CPU).
     base = adamwprune_base_params(p)
-    if p["base"] == "adamw" and not base["amsgrad"]:
-        return MaskedAdamW(groups, lr, betas=tuple(base["betas"]), eps=base["eps"], **_implementation(groups))
-    if p["base"] == "adamwspam":  # MaskedAdamWSPAM: AdamWSPAM, the masks in one Triton pass on CUDA
+    if p.base == "adamw" and not base.amsgrad:
+        return MaskedAdamW(groups, lr, betas=base.betas, eps=base.eps, **_implementation(groups))
+    if p.base == "adamwspam":  # MaskedAdamWSPAM: AdamWSPAM, the masks in one Triton pass on CUDA
         return _adamwspam(groups, lr, base, MaskedAdamWSPAM)
-    return OPTIMIZERS[p["base"]](groups, lr, base)
+    return OPTIMIZERS[p.base](groups, lr, base)
 
 
 OPTIMIZERS: dict[str, OptimizerBuilder] = {"sgd": _sgd, "adam": _adam, "adamw": _adamw, "adamwadv": _adamwadv,
                                            "adamwspam": _adamwspam, "adamwprune": _adamwprune}
 
 
-def build_optimizer(name: str, model: nn.Module, lr: float, params: dict[str, Any]) -> torch.optim.Optimizer:
+def build_optimizer(name: str, model: nn.Module, lr: float, params: OptimizerParams) -> torch.optim.Optimizer:
     """Build the named optimizer with decay only on rank >= 2 tensors."""
     if name not in OPTIMIZERS:
         raise UserError(f"optimizer {name!r} is unknown (have: {', '.join(OPTIMIZERS)})")
-    return OPTIMIZERS[name](param_groups(model, params.get("weight_decay", 0.0)), lr, params)
+    return OPTIMIZERS[name](param_groups(model, params.weight_decay), lr, params)
 
 
 def state_bytes(optimizer: torch.optim.Optimizer) -> int:

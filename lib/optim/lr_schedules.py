@@ -15,7 +15,8 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import Any
+
+from lib.spec import AdvParams, OptimizerParams, TrainingSettings
 
 KINDS = ("constant", "cosine", "step")
 
@@ -34,6 +35,8 @@ class LRSchedule:
     def __post_init__(self) -> None:
         if self.kind not in KINDS:
             raise ValueError(f"unknown learning-rate schedule {self.kind!r} (have: {', '.join(KINDS)})")
+        if self.kind == "step" and self.step_every < 1:  # would silently stay constant
+            raise ValueError(f"a step schedule needs step_every >= 1, not {self.step_every}")
 
     def at(self, step: int) -> float:
         """Learning rate for optimizer step `step` (0-based)."""
@@ -44,42 +47,46 @@ class LRSchedule:
             span = max(1, (self.decay_steps or self.total_steps) - self.warmup_steps)
             progress = min(1.0, (step - self.warmup_steps) / span)
             return self.min_lr + 0.5 * (self.peak - self.min_lr) * (1.0 + math.cos(math.pi * progress))
-        if self.kind == "step" and self.step_every > 0:
+        if self.kind == "step":
             return self.peak * self.gamma ** ((step - self.warmup_steps) // self.step_every)
         return self.peak
 
 
-def peak_lr(optimizer_params: dict[str, Any], training: dict[str, Any]) -> float:
-    """The optimizer's own <OPT>_LEARNING_RATE, or the shared LEARNING_RATE when it is 0."""
-    return optimizer_params.get("learning_rate") or training["learning_rate"]
+def peak_lr(optimizer_params: OptimizerParams, training: TrainingSettings) -> float:
+    """The optimizer's own <OPT>_LEARNING_RATE, or the shared LEARNING_RATE when it is 0 (None)."""
+    return optimizer_params.learning_rate or training.learning_rate
 
 
-def schedule_kind(training: dict[str, Any], per_model: str) -> str:
+def schedule_kind(training: TrainingSettings, per_model: str) -> str:
     """LR_SCHEDULE of a run, "per-model" resolved to `per_model` (the model's, from the registry)."""
-    configured = training.get("lr_schedule", "per-model")
-    return per_model if configured == "per-model" else configured
+    return per_model if training.lr_schedule == "per-model" else training.lr_schedule
 
 
-def uses_adv_annealing(optimizer: str, params: dict[str, Any]) -> bool:
-    adv = params if optimizer == "adamwadv" else params.get("adv", {}) if params.get("base") == "adamwadv" else {}
-    return bool(adv.get("cosine_annealing"))
+def _adv(optimizer: str, params: OptimizerParams) -> AdvParams | None:
+    """AdamWAdv's settings when the run's optimizer is AdamWAdv, alone or as AdamWPrune's base."""
+    return params.adv if optimizer == "adamwadv" or (optimizer == "adamwprune" and params.base == "adamwadv") else None
 
 
-def schedule_label(optimizer: str, optimizer_params: dict[str, Any], training: dict[str, Any], per_model: str) -> str:
+def uses_adv_annealing(optimizer: str, params: OptimizerParams) -> bool:
+    adv = _adv(optimizer, params)
+    return adv is not None and adv.cosine_annealing
+
+
+def schedule_label(optimizer: str, optimizer_params: OptimizerParams, training: TrainingSettings, per_model: str) -> str:
     """The decay a run gets (for the dry run): AdamWAdv's annealing or the resolved LR_SCHEDULE."""
     return "cosine" if uses_adv_annealing(optimizer, optimizer_params) else schedule_kind(training, per_model)
 
 
-def lr_schedule_for(optimizer: str, optimizer_params: dict[str, Any], training: dict[str, Any], total_steps: int,
+def lr_schedule_for(optimizer: str, optimizer_params: OptimizerParams, training: TrainingSettings, total_steps: int,
                     warmup_steps: int = 0, min_lr: float | None = None, decay_steps: int = 0,
                     per_model: str = "cosine") -> LRSchedule:
     """The schedule of one run: LR_SCHEDULE (cosine floors at 1% of the peak unless `min_lr`,
     and reaches its floor at `decay_steps`, 0 = the last step), or AdamWAdv's."""
     peak = peak_lr(optimizer_params, training)
-    if uses_adv_annealing(optimizer, optimizer_params):
-        adv = optimizer_params if optimizer == "adamwadv" else optimizer_params["adv"]
-        return LRSchedule(peak, "cosine", total_steps, warmup_steps, min_lr=adv["eta_min"])
+    adv = _adv(optimizer, optimizer_params)
+    if adv is not None and adv.cosine_annealing:
+        return LRSchedule(peak, "cosine", total_steps, warmup_steps, min_lr=adv.eta_min)
     kind = schedule_kind(training, per_model)
     return LRSchedule(peak, kind, total_steps, warmup_steps, min_lr=0.01 * peak if min_lr is None else min_lr,
-                      step_every=training.get("lr_step_every", 0), gamma=training.get("lr_step_gamma", 0.1),
+                      step_every=training.lr_step_every, gamma=training.lr_step_gamma,
                       decay_steps=decay_steps)

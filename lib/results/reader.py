@@ -18,8 +18,8 @@ import pandas as pd
 
 from lib.errors import UserError
 from lib.jsonio import read_json
-from lib.matrix import MAX_SEED
 from lib.models import CLASSIFICATION, LANGUAGE_MODELING, TASKS, task_of
+from lib.spec import MAX_SEED
 from lib.names import name_problem, row_name_problem
 from lib.provenance import directory_provenance
 from lib.results.run_files import LOG_LINE_CHARS, Row, RunFiles, curve, shown, thin, to_float

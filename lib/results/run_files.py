@@ -15,8 +15,8 @@ from typing import Any, Optional
 
 from lib.errors import UserError
 from lib.jsonio import read_json
-from lib.matrix import MAX_SEED
 from lib.models import model_names
+from lib.spec import MAX_SEED
 
 # A run that never wrote metrics still needs a task, so that reports put it with
 # the right kind of runs: the model registry's, classification for a model it lacks.

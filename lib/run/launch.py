@@ -3,7 +3,7 @@
 The runner and every executor go through here. The model registry
 (lib/models.py) names each model's trainer module, `<model>/train.py` with a
 `main()` (run as `python -m <model>.train --run-dir D`) and a
-`prepare_data(hyperparams) -> str` called once before a matrix.
+`prepare_data(spec) -> str` called once per model and data setting before a matrix.
 """
 from __future__ import annotations
 
@@ -12,13 +12,13 @@ import sys
 from pathlib import Path
 from typing import Callable, Iterable
 
-from lib.matrix import RunSpec
 from lib.models import model_entry
+from lib.spec import RunSpec
 
 
 def gpus_per_run(spec: RunSpec) -> int:
     """GPUs a run asks for (more than one means DDP through torchrun)."""
-    return max(1, int(spec.hyperparams["model"].get("gpus_per_run", 1) or 1))
+    return spec.gpus
 
 
 def trainer_command(spec: RunSpec, run_dir: Path, python: str = sys.executable) -> list[str]:
@@ -36,7 +36,7 @@ def prepare_data(runs: Iterable[RunSpec], out: Callable[[str], None] = print) ->
     """Fetch or locate each model's data once, before any run starts."""
     seen: set[str] = set()
     for spec in runs:
-        key = repr((spec.model, spec.hyperparams["model"], spec.hyperparams["training"].get("data_dir")))
+        key = repr((spec.model, dict(spec.model_params), spec.training.data_dir))
         if key not in seen:
             seen.add(key)
-            out(importlib.import_module(model_entry(spec.model).trainer).prepare_data(spec.hyperparams))
+            out(importlib.import_module(model_entry(spec.model).trainer).prepare_data(spec))

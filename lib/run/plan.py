@@ -19,12 +19,12 @@ from pathlib import Path
 from lib.config import RunnerSettings
 from lib.errors import UserError
 from lib.jsonio import read_json
-from lib.matrix import RunSpec
 from lib.models import model_entry
 from lib.optim.lr_schedules import peak_lr, schedule_label
 from lib.pruning.schedules import curve_for
 from lib.run.launch import gpus_per_run
 from lib.run.slots import SlotPool, visible_gpus
+from lib.spec import RunSpec, SpecError
 from lib.variant_budgets import budget_label
 
 
@@ -43,7 +43,7 @@ def _key(spec: RunSpec) -> str:
 
 
 def _epochs(spec: RunSpec) -> int:
-    return int(spec.hyperparams.get("training", {}).get("epochs") or 0)
+    return spec.training.epochs
 
 
 def find_past_runs(root: Path, models: set[str]) -> PastRuns:
@@ -54,7 +54,7 @@ def find_past_runs(root: Path, models: set[str]) -> PastRuns:
         try:
             result = read_json(result_path)
             spec = RunSpec.from_json(read_json(result_path.parent / "run.json")["spec"])
-        except (UserError, KeyError, TypeError):
+        except (UserError, SpecError, KeyError, TypeError):
             continue
         if not isinstance(result, dict) or result.get("status") != "success" or not result.get("duration_s"):
             continue
@@ -123,12 +123,11 @@ def first_wave(pool: SlotPool, runs: list[RunSpec]) -> list[str]:
 def recipe(spec: RunSpec) -> str:
     """What differs between runs beyond their name: peak learning rate, its decay, the sparsity curve,
     a variant's extended training budget."""
-    hp = spec.hyperparams
-    text = (f"lr {peak_lr(hp['optimizer'], hp['training']):g} "
-            f"{schedule_label(spec.optimizer, hp['optimizer'], hp['training'], model_entry(spec.model).lr_schedule)}")
+    text = (f"lr {peak_lr(spec.optimizer_params, spec.training):g} "
+            f"{schedule_label(spec.optimizer, spec.optimizer_params, spec.training, model_entry(spec.model).lr_schedule)}")
     if spec.pruning != "none":
-        text += f", {curve_for(hp['pruning']['schedule'], spec.pruning)} ramp"
-    budget = budget_label(hp)
+        text += f", {curve_for(spec.pruning_settings.schedule, spec.pruning)} ramp"
+    budget = budget_label(spec)
     return f"{text}, {budget}" if budget else text
 
 

@@ -14,10 +14,10 @@ from datetime import datetime
 from pathlib import Path
 from typing import Callable, Iterable
 
-from lib.config import RunnerSettings, load_kconfig
+from lib.config import RunnerSettings, default_runner, load_kconfig
 from lib.errors import UserError, WriteError
 from lib.jsonio import SCHEMA_VERSION, read_json, write_bytes_atomic, write_json_atomic
-from lib.matrix import RunSpec, spec_from_entry
+from lib.matrix import spec_from_entry
 from lib.names import check_no_links
 from lib.provenance import git_commit
 from lib.run.dir_lock import locked
@@ -27,6 +27,7 @@ from lib.run.local_executor import LocalExecutor
 from lib.run.progress import MatrixProgress
 from lib.run.slots import SlotPool, visible_gpus
 from lib.run.task import RunPolicy, RunTask
+from lib.spec import RunSpec
 from lib.trackers.settings import TrackerSettings
 
 POLL_S = 1.0  # how often the progress display refreshes while nothing happens
@@ -52,7 +53,7 @@ def check_device(device: object) -> None:
 def check_devices(runs: Iterable[RunSpec]) -> None:
     """check_device for every run that will train on this machine."""
     for spec in runs:
-        check_device(spec.hyperparams.get("training", {}).get("device"))
+        check_device(spec.training.device)
 
 
 def check_runnable(runs: Iterable[RunSpec]) -> None:
@@ -66,7 +67,7 @@ def check_runnable(runs: Iterable[RunSpec]) -> None:
         if spec.optimizer not in OPTIMIZERS:
             raise UserError(f"{spec.run_id}: optimizer {spec.optimizer!r} is not available in this version "
                             f"(have: {', '.join(OPTIMIZERS)})")
-        score = score_name(spec.pruning, spec.variant, spec.hyperparams.get("optimizer", {}).get("state_score", ""))
+        score = score_name(spec.pruning, spec.variant, spec.optimizer_params.state_score or "")
         if spec.pruning != "none" and score not in SCORES:
             raise UserError(f"{spec.run_id}: pruning score {score!r} is not available in this version "
                             f"(have: none, state, {', '.join(SCORES)})")
@@ -155,7 +156,7 @@ def make_tasks(results_dir: Path, todo: list[RunSpec], policy: RunPolicy,
                     gpus_per_run(spec), commit, tracking) for spec in todo]
 
 
-def run_matrix(results_dir: Path, runs: list[RunSpec], settings: RunnerSettings = RunnerSettings(),
+def run_matrix(results_dir: Path, runs: list[RunSpec], settings: RunnerSettings | None = None,
                executor: Executor | None = None, out: Callable[[str], None] = print,
                bar: bool = False, data_ready: bool = False) -> dict[str, int]:
     """Run every spec of `runs` not yet done in `results_dir`; return counts by status.
@@ -164,7 +165,9 @@ def run_matrix(results_dir: Path, runs: list[RunSpec], settings: RunnerSettings 
     it stops every run in flight before re-raising; their folders have no
     result.json, so `make continue` reruns exactly them. Holds the directory's
     lock throughout (lib/run/dir_lock): a second runner on it stops at once.
+    `settings` None: Kconfig's defaults.
     """
+    settings = settings or default_runner()
     check_no_links(results_dir, [".resume", ".superseded", *(spec.run_id for spec in runs)])
     with locked(results_dir):
         return _run_locked(results_dir, runs, settings, executor, out, bar, data_ready)

@@ -19,7 +19,7 @@ from typing import Any, Mapping
 from lib.errors import UserError
 from lib.gpu_monitor.sampler import read_summary
 from lib.jsonio import SCHEMA_VERSION, read_json, write_json_atomic
-from lib.matrix import RunSpec
+from lib.spec import RunSpec
 from lib.provenance import run_record
 from lib.run.process import RunOutcome, run_attempts
 from lib.trackers.settings import TrackerSettings

@@ -12,11 +12,12 @@ import platform
 import re
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
-
-import kconfiglib
+from typing import TYPE_CHECKING, Any
 
 from lib.errors import UserError
+
+if TYPE_CHECKING:  # a trainer reads TrackerSettings from run.json without kconfiglib
+    import kconfiglib
 
 TRACKERS = {"wandb": "ENABLE_WANDB", "trackio": "ENABLE_TRACKIO"}
 

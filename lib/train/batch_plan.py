@@ -16,6 +16,7 @@ from dataclasses import asdict, dataclass
 from typing import Any, Optional
 
 from lib.models import model_entry
+from lib.spec import TrainingSettings
 
 # The per-sample activation figures are the model registry's (lib/models.py).
 GPT2_124M_WIDTH = 12 * 768  # n_layer x n_embd of the model the GPT-2 figure was measured on
@@ -50,15 +51,15 @@ def activation_mib(model: str, model_params: dict[str, Any], n_layer: int = 12, 
     return per_sample
 
 
-def plan_batch(model: str, training: dict[str, Any], *, world_size: int = 1, free_gpu_mib: Optional[float] = None,
+def plan_batch(model: str, training: TrainingSettings, *, world_size: int = 1, free_gpu_mib: Optional[float] = None,
                num_params: int = 0, per_sample_mib: Optional[float] = None) -> BatchPlan:
     """The run's batch plan; `free_gpu_mib` None means no GPU (auto mode then keeps BATCH_SIZE)."""
-    if not training.get("hyper_param_auto"):
-        return BatchPlan(training["batch_size"], training.get("grad_accum", 1), world_size, "manual",
+    if not training.hyper_param_auto:
+        return BatchPlan(training.batch_size, training.grad_accum, world_size, "manual",
                          "as configured (BATCH_SIZE, GRADIENT_ACCUMULATION)")
-    target = training["target_effective_batch"]
+    target = training.target_effective_batch
     if free_gpu_mib is None:
-        micro = min(training["batch_size"], target)
+        micro = min(training.batch_size, target)
         reason = "no GPU detected: BATCH_SIZE kept as the micro-batch"
     else:
         per_sample = per_sample_mib if per_sample_mib is not None else model_entry(model).activation_mib_per_sample

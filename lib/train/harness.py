@@ -20,15 +20,16 @@ import numpy as np
 import torch
 from torch import nn
 
+from lib.errors import UserError
 from lib.gpu_monitor.sampler import read_summary
 from lib.jsonio import SCHEMA_VERSION, read_json, write_json_atomic
-from lib.matrix import RunSpec
 from lib.models import model_entry
 from lib.optim import state_bytes
 from lib.optim.lr_schedules import LRSchedule, lr_schedule_for
 from lib.pruning import GradualPruner
 from lib.pruning.schedules import Ramp, curve_for, plan_ramp
 from lib.pruning.scores import score_name
+from lib.spec import RunSpec, SpecError
 from lib.trackers.backends import Trackers, open_trackers
 from lib.trackers.settings import TrackerSettings
 from lib.train.batch_plan import BatchPlan
@@ -65,17 +66,22 @@ def start_run(description: str) -> RunContext:
     run_dir, download = parse_run_dir(description)
     spec = load_spec(run_dir)
     seed_everything(spec.seed)
-    device, note = resolve_device(spec.hyperparams["training"]["device"])
+    device, note = resolve_device(spec.training.device)
     if note:
         print(f"note: {note}")
     if device.type == "cuda" and model_entry(spec.model).tf32_setting:  # GPT2_TF32_ALLOWED, as upstream and nanoGPT
-        allow = spec.hyperparams["training"].get("tf32", True)
-        torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = allow
+        torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = spec.training.tf32
     return RunContext(run_dir, spec, download, device, note, started)
 
 
 def load_spec(run_dir: Path) -> RunSpec:
-    return RunSpec.from_json(read_json(run_dir / "run.json")["spec"])
+    """The typed RunSpec of run.json (lib/spec.py: no configuration code, no kconfiglib)."""
+    path = run_dir / "run.json"
+    data = read_json(path)
+    try:
+        return RunSpec.from_json(data.get("spec") if isinstance(data, dict) else None)
+    except SpecError as exc:
+        raise UserError(f"{path}: spec: {exc}") from None
 
 
 def seed_everything(seed: int) -> None:
@@ -107,16 +113,15 @@ def pruning_ramp(spec: RunSpec, total_steps: int, steps_per_epoch: int) -> Ramp:
     State runs follow AdamWPrune's own warm-up and ramp-end settings (as
     upstream); magnitude and movement runs the general pruning ones.
     """
-    pruning, opt = spec.hyperparams["pruning"], spec.hyperparams["optimizer"]
-    warmup = pruning["warmup_steps"]
-    ramp_end = pruning["ramp_end_epoch"] * steps_per_epoch
-    symbols = (f"CONFIG_PRUNING_RAMP_END_EPOCH={pruning['ramp_end_epoch']} "
-               f"(x {steps_per_epoch} steps per epoch)")
+    pruning, opt = spec.pruning_settings, spec.optimizer_params
+    warmup = pruning.warmup_steps
+    ramp_end = pruning.ramp_end_epoch * steps_per_epoch
+    symbols = f"CONFIG_PRUNING_RAMP_END_EPOCH={pruning.ramp_end_epoch} (x {steps_per_epoch} steps per epoch)"
     if spec.pruning == "state":
-        warmup = opt["warmup_steps"]
-        if opt["ramp_end_step"]:
-            ramp_end, symbols = opt["ramp_end_step"], f"CONFIG_ADAMWPRUNE_RAMP_END_STEP={opt['ramp_end_step']}"
-    return plan_ramp(warmup, ramp_end, total_steps, fit=pruning.get("ramp_fit", False), symbols=symbols)
+        warmup = opt.warmup_steps
+        if opt.ramp_end_step:
+            ramp_end, symbols = opt.ramp_end_step, f"CONFIG_ADAMWPRUNE_RAMP_END_STEP={opt.ramp_end_step}"
+    return plan_ramp(warmup, ramp_end, total_steps, fit=pruning.ramp_fit, symbols=symbols)
 
 
 def build_pruner(spec: RunSpec, model: nn.Module, optimizer: torch.optim.Optimizer, total_steps: int,
@@ -124,15 +129,15 @@ def build_pruner(spec: RunSpec, model: nn.Module, optimizer: torch.optim.Optimiz
     """The run's pruner, or None for a dense run; prints its ramp."""
     if spec.pruning == "none":
         return None
-    pruning, opt = spec.hyperparams["pruning"], spec.hyperparams["optimizer"]
+    pruning, opt = spec.pruning_settings, spec.optimizer_params
     ramp = pruning_ramp(spec, total_steps, steps_per_epoch)
-    frequency = opt["frequency"] if spec.pruning == "state" else pruning["frequency"]
-    score = score_name(spec.pruning, spec.variant, opt.get("state_score", "bitter0"))
-    curve = curve_for(pruning["schedule"], spec.pruning)
+    frequency = opt.frequency if spec.pruning == "state" else pruning.frequency
+    score = score_name(spec.pruning, spec.variant, opt.state_score)
+    curve = curve_for(pruning.schedule, spec.pruning)
     print(f"{ramp.describe()}; curve {curve}, mask update every {frequency} steps")
     pruner = GradualPruner(model, optimizer, score, spec.target_sparsity_pct / 100.0,
                            warmup_steps=ramp.warmup_steps, ramp_end_step=ramp.ramp_end_step, frequency=frequency,
-                           schedule=curve, seed=spec.seed, mask_storage=pruning.get("mask_storage", "bool"))
+                           schedule=curve, seed=spec.seed, mask_storage=pruning.mask_storage)
     pruner.ramp = ramp
     return pruner
 
@@ -140,9 +145,8 @@ def build_pruner(spec: RunSpec, model: nn.Module, optimizer: torch.optim.Optimiz
 def schedule_for(spec: RunSpec, total_steps: int, warmup_steps: int | None = None,
                  min_lr: float | None = None, decay_steps: int = 0) -> LRSchedule:
     """The run's learning-rate schedule (lib/optim/lr_schedules.py)."""
-    training = spec.hyperparams["training"]
-    warmup = training.get("lr_warmup_steps", 0) if warmup_steps is None else warmup_steps
-    return lr_schedule_for(spec.optimizer, spec.hyperparams["optimizer"], training, total_steps, warmup, min_lr,
+    warmup = spec.training.lr_warmup_steps if warmup_steps is None else warmup_steps
+    return lr_schedule_for(spec.optimizer, spec.optimizer_params, spec.training, total_steps, warmup, min_lr,
                            decay_steps, per_model=model_entry(spec.model).lr_schedule)
 
 
@@ -183,7 +187,7 @@ def resume_dir(run_dir: Path) -> Path:
 
 def grad_clip_norm(spec: RunSpec) -> float:
     """GRADIENT_CLIP_NORM, or the model's default when it is empty (0 = off)."""
-    configured = spec.hyperparams["training"].get("grad_clip_norm")
+    configured = spec.training.grad_clip_norm
     return model_entry(spec.model).grad_clip_norm if configured is None else configured
 
 
@@ -193,16 +197,16 @@ def loop_config(spec: RunSpec, run_dir: Path, plan: BatchPlan, *, total_steps: i
                 model_args: Optional[dict[str, Any]] = None) -> LoopConfig:
     """The loop's settings for a run; checkpoints carry the run's spec as "config" (JSON
     types only, so torch.load(weights_only=True) reads them) and `model_args` when given."""
-    training = spec.hyperparams["training"]
+    training = spec.training
     meta: dict[str, Any] = {"config": json.loads(json.dumps(spec.to_json()))}
     if model_args is not None:
         meta["model_args"] = dict(model_args)
     return LoopConfig(
         total_steps=total_steps, eval_every=max(1, eval_every), grad_accum=plan.grad_accum, max_time_s=max_time_s,
-        mixed_precision=training.get("mixed_precision", False), compile_model=training.get("compile_model", False),
-        resume_dir=resume_dir(run_dir) if training.get("resume", True) else None,
-        best_dir=checkpoint_dir(run_dir) if training.get("save_checkpoint") else None,
-        eval_at_start=eval_at_start, log_every=training.get("log_every", 0),
+        mixed_precision=training.mixed_precision, compile_model=training.compile_model,
+        resume_dir=resume_dir(run_dir) if training.resume else None,
+        best_dir=checkpoint_dir(run_dir) if training.save_checkpoint else None,
+        eval_at_start=eval_at_start, log_every=training.log_every,
         grad_clip_norm=grad_clip_norm(spec), throughput_fields=throughput_fields, checkpoint_meta=meta,
         identity={"spec": spec.to_json(), "plan": plan.to_json()})
 

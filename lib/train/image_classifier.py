@@ -17,6 +17,7 @@ from lib.data.augment import random_crop, random_flip
 from lib.data.imagefolder import ImageFolderData
 from lib.data.mnist import ImageClassificationData
 from lib.optim import build_optimizer
+from lib.spec import RunSpec
 from lib.train.batch_plan import free_gpu_mib, plan_batch
 from lib.train.harness import RunContext, build_pruner, loop_config, schedule_for, start_run, train_and_record
 from lib.train.loop import TrainingLoop
@@ -34,8 +35,8 @@ def crop_and_flip(padding: int = 4) -> Augment:
 def train_image_classifier(run: RunContext, data: Data,
                            model: nn.Module, augment: Optional[Augment]) -> dict[str, Any]:
     """Train `model` on in-memory tensors or an image folder; write metrics.json."""
-    spec, training = run.spec, run.spec.hyperparams["training"]
-    plan = plan_batch(spec.model, training, free_gpu_mib=free_gpu_mib(run.device),
+    spec = run.spec
+    plan = plan_batch(spec.model, spec.training, free_gpu_mib=free_gpu_mib(run.device),
                       num_params=sum(p.numel() for p in model.parameters()))
     print(plan.describe())
     if isinstance(data, ImageFolderData):
@@ -46,9 +47,9 @@ def train_image_classifier(run: RunContext, data: Data,
                                   test_y=data.test_labels, batch_size=plan.micro_batch, seed=spec.seed, augment=augment,
                                   grad_accum=plan.grad_accum)
     steps_per_epoch = task.steps_per_epoch
-    total_steps = training["epochs"] * steps_per_epoch
+    total_steps = spec.training.epochs * steps_per_epoch
     schedule = schedule_for(spec, total_steps)
-    optimizer = build_optimizer(spec.optimizer, model, schedule.peak, spec.hyperparams["optimizer"])
+    optimizer = build_optimizer(spec.optimizer, model, schedule.peak, spec.optimizer_params)
     pruner = build_pruner(spec, model, optimizer, total_steps, steps_per_epoch)
     config = loop_config(spec, run.run_dir, plan, total_steps=total_steps, eval_every=steps_per_epoch)
     loop = TrainingLoop(model, task, optimizer, pruner, schedule, config, device=run.device)
@@ -63,20 +64,19 @@ def train_image_classifier(run: RunContext, data: Data,
 @dataclass(frozen=True)
 class ImageTrainer:
     """What a classifier's `<model>/train.py` supplies: how to load its data
-    (hyperparams, device, may download), build its network and augment."""
+    (run spec, device, may download), build its network and augment, each from the run spec."""
 
-    load: Callable[[dict, Any, bool], Data]
-    build: Callable[[Data, dict], nn.Module]
-    augment: Callable[[dict], Optional[Augment]]
+    load: Callable[[RunSpec, Any, bool], Data]
+    build: Callable[[Data, RunSpec], nn.Module]
+    augment: Callable[[RunSpec], Optional[Augment]]
 
-    def prepare_data(self, hyperparams: dict) -> str:
+    def prepare_data(self, spec: RunSpec) -> str:
         """Download or locate the data once, before a matrix; say what was found."""
-        data = self.load(hyperparams, "cpu", True)
+        data = self.load(spec, "cpu", True)
         return f"{data.info['name']}: {data.info['split']}"
 
     def main(self, description: str) -> None:
         run = start_run(description)
-        hp = run.spec.hyperparams
-        data = self.load(hp, run.device, run.download)
+        data = self.load(run.spec, run.device, run.download)
         print(f"data: {data.info['split']}")
-        train_image_classifier(run, data, self.build(data, hp).to(run.device), self.augment(hp))
+        train_image_classifier(run, data, self.build(data, run.spec).to(run.device), self.augment(run.spec))

@@ -12,6 +12,7 @@ is not installed; the GPU speed is not tested.
 """
 from __future__ import annotations
 
+import dataclasses
 
 import pytest
 import torch
@@ -22,6 +23,7 @@ from lib.optim.fused_masked_spam import MaskedAdamWSPAM
 from lib.optim.spam import AdamWSPAM, clipping_active, warmup_scale
 from lib.pruning import GradualPruner, bitmask
 from lib.pruning.mask_ops import zero_pruned_
+from lib.spec import OptimizerParams, SpamParams
 from tests.pruning_loop import train_steps
 from tests.test_triton_step import compile_for_sm90, groups
 from tests.test_triton_step import interpreted  # noqa: F401 (the fixture: the kernels built for the interpreter)
@@ -137,10 +139,10 @@ def test_a_step_the_kernel_cannot_take_falls_back_before_counting(interpreted, m
 
 # --- the path chosen without CUDA -------------------------------------------------------------
 
-SPAM_SETTINGS = {"theta": 50.0, "enable_clip": True, "periodic_reset": True, "interval": 20, "warmup": True,
-                 "warmup_steps": 5, "clip_delay_steps": 3}
-ADAMWPRUNE_SPAM = {"base": "adamwspam", "betas": (0.9, 0.999), "eps": 1e-8, "weight_decay": 0.1,
-                   "amsgrad": False, "adv": {}, "spam": SPAM_SETTINGS}
+SPAM_SETTINGS = SpamParams(theta=50.0, enable_clip=True, periodic_reset=True, interval=20, warmup=True,
+                           warmup_steps=5, clip_delay_steps=3)
+SPAM_ONLY = OptimizerParams(learning_rate=None, betas=(0.9, 0.999), eps=1e-8, weight_decay=0.1, spam=SPAM_SETTINGS)
+ADAMWPRUNE_SPAM = dataclasses.replace(SPAM_ONLY, base="adamwspam")
 
 
 def train_pruned(optimizer_of, steps=45):
@@ -158,9 +160,7 @@ def test_on_cpu_adamwprune_on_spam_is_adamwspam_with_the_separate_pass_and_says_
     """Through GradualPruner with mask updates and a reset: bit for bit AdamWSPAM after the pruner's masking."""
     model, optimizer, pruner = train_pruned(lambda m: build_optimizer("adamwprune", m, 1e-2, ADAMWPRUNE_SPAM))
     out = capsys.readouterr().out
-    spam = {key: ADAMWPRUNE_SPAM[key] for key in ("betas", "eps", "weight_decay", "amsgrad")}
-    reference, expected, reference_pruner = train_pruned(
-        lambda m: build_optimizer("adamwspam", m, 1e-2, {**spam, **SPAM_SETTINGS}))
+    reference, expected, reference_pruner = train_pruned(lambda m: build_optimizer("adamwspam", m, 1e-2, SPAM_ONLY))
     assert type(optimizer) is MaskedAdamWSPAM and type(expected) is AdamWSPAM
     assert "on CUDA with Triton; these parameters are on cpu" in optimizer.fallback_note
     assert out.count("note: AdamWPrune masks pruned gradients in a separate pass") == 1

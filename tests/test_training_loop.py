@@ -26,6 +26,8 @@ from lib.pruning import GradualPruner, measure_sparsity, prunable_parameters
 from lib.tasks import TaskReport, TrainWindow
 from lib.train_loop import LoopConfig, TrainingLoop, metrics_from
 
+pytestmark = pytest.mark.usefixtures("one_thread")  # tests/conftest.py: tiny tensors, fastest on one thread
+
 CPU = torch.device("cpu")
 FEATURES, CLASSES = 6, 3
 TEACHER = torch.randn(FEATURES, CLASSES, generator=torch.Generator().manual_seed(7))
@@ -187,7 +189,7 @@ def test_log_every_records_each_steps_own_loss():
 
 # -- gradient accumulation --------------------------------------------------------
 
-def test_gradient_accumulation_equals_one_batch_of_all_micro_batches(one_thread):
+def test_gradient_accumulation_equals_one_batch_of_all_micro_batches():
     """grad_accum 4 over micro-batches of 8 takes the steps of one 32-sample batch: the loss of each
     micro-batch divided by 4, one optimizer step after the fourth."""
     accumulated, whole = FakeTask(micro_batch=8), FakeTask(micro_batch=32)
@@ -292,7 +294,7 @@ def without_timing(history: list[dict]) -> list[dict]:
     return [{k: v for k, v in r.items() if k != "elapsed_s"} for r in history]
 
 
-def test_a_killed_run_resumes_from_last_pt_and_ends_as_an_uninterrupted_one(tmp_path, one_thread):
+def test_a_killed_run_resumes_from_last_pt_and_ends_as_an_uninterrupted_one(tmp_path):
     torch.manual_seed(5)
     whole = pruned_run(tmp_path / "whole", FakeTask())
     whole.run()

@@ -19,7 +19,7 @@ export $(USER_VARS)
 
 .DEFAULT_GOAL := all
 .PHONY: all help menuconfig olddefconfig savedefconfig listdefconfigs test-matrix-dry-run gpu-check \
-	continue report compare reproduce sample data test ci bench clean mrproper venv trackers
+	continue report compare reproduce sample data test test-fast ci bench clean mrproper venv trackers
 
 $(STAMP): requirements.txt
 	@echo "Setting up $(VENV) (first run only; a few minutes)..."
@@ -68,7 +68,9 @@ help:
 	@echo "  make sample RESULTS=d RUN=id [PROMPT=..] [NUM_SAMPLES=n] [MAX_NEW_TOKENS=n] [TEMPERATURE=t] [TOP_K=k]"
 	@echo "                             text from a GPT-2 run's checkpoint (or CKPT=file, nanoGPT's ckpt.pt too)"
 	@echo "Development:"
-	@echo "  make test                  run the test suite"
+	@echo "  make test                  run the test suite (everything; what CI runs)"
+	@echo "  make test-fast             the unit and small integration tests only: no trainer runs, matrices"
+	@echo "                             or make calls (those are marked slow); about 1.5 min on 2 cores"
 	@echo "  make ci                    run every ci-* defconfig end to end"
 	@echo "  make bench [DEVICE=cuda]   AdamWPrune step, mask update, threshold and memory vs torch baselines"
 	@echo "  make gpu-check             GPU figures (NVML, bench on cuda, GPT-2 124M, ResNet-18) into JSON + docs"
@@ -114,6 +116,10 @@ sample: $(STAMP)
 
 test: $(STAMP) $(TRACKER_STAMP)
 	@$(PY) -m pytest -q
+
+# The tests not marked slow (pytest.ini): no end-to-end trainer runs, matrices or make invocations.
+test-fast: $(STAMP)
+	@$(PY) -m pytest -q -m "not slow"
 
 bench: $(STAMP)
 	@$(PY) benchmarks/bench_pruning.py

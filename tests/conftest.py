@@ -1,8 +1,13 @@
 """Shared fixtures: the project root on sys.path and small config helpers."""
 from __future__ import annotations
 
+import contextlib
+import functools
+import importlib.util
+import io
 import subprocess
 import sys
+import types
 from pathlib import Path
 
 import pytest
@@ -12,14 +17,32 @@ if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
 
+@functools.lru_cache(maxsize=1)
+def kconfig_cli() -> types.ModuleType:
+    """scripts/kconfig.py (`make olddefconfig`, `make defconfig-NAME`) as a module, to call in-process.
+
+    It is run as a file, so its `import _path` needs scripts/ on sys.path: there only while it loads
+    (scripts/ holds report.py, matrix.py... which must not shadow anything later)."""
+    spec = importlib.util.spec_from_file_location("kconfig_cli", ROOT / "scripts" / "kconfig.py")
+    module = importlib.util.module_from_spec(spec)
+    sys.path.insert(0, str(ROOT / "scripts"))
+    try:
+        spec.loader.exec_module(module)
+    finally:
+        sys.path.remove(str(ROOT / "scripts"))
+    return module
+
+
 def write_config(tmp_path: Path, defconfig: str, **overrides: str) -> Path:
-    """Normalise defconfigs/<defconfig> plus CONFIG_ overrides into tmp_path/.config."""
+    """Normalise defconfigs/<defconfig> plus CONFIG_ overrides into tmp_path/.config: what `make olddefconfig`
+    does (scripts/kconfig.py's normalise), in-process; its output is dropped, a bad value raises UserError.
+    Its command line is tested in tests/test_config.py."""
     lines = (ROOT / "defconfigs" / defconfig).read_text().splitlines()
     lines += [f"CONFIG_{name}={value}" for name, value in overrides.items()]
     config = tmp_path / ".config"
     config.write_text("\n".join(lines) + "\n")
-    subprocess.run([sys.executable, str(ROOT / "scripts" / "kconfig.py"), "--config", str(config), "olddefconfig"],
-                   check=True, capture_output=True, cwd=ROOT)
+    with contextlib.redirect_stdout(io.StringIO()), contextlib.redirect_stderr(io.StringIO()):
+        kconfig_cli().normalise(config, config)
     return config
 
 

@@ -20,6 +20,8 @@ from lib.pruning.mask_ops import zero_pruned_
 from tests.pruning_loop import train_steps
 from tests.test_config import settings_of
 
+pytestmark = pytest.mark.usefixtures("one_thread")  # tests/conftest.py: tiny tensors, fastest on one thread
+
 SIZES = [1, 7, 8, 9, 33, 1025]
 ADAMWPRUNE = OptimizerParams(learning_rate=None, betas=(0.9, 0.95), eps=1e-8, weight_decay=0.1, base="adamw")
 

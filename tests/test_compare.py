@@ -91,6 +91,7 @@ def test_compare_gives_deltas_p_values_and_runs_of_one_side(sides):
     assert comparison.only_a == ("lenet5_adamw_none_s1",) and comparison.only_b == ("lenet5_sgd_x_none_s1",)
 
 
+@pytest.mark.slow  # runs make
 def test_make_compare_writes_text_markdown_and_graph_and_leaves_inputs_untouched(sides, tmp_path):
     a, b = sides
     before = [_digest(a), _digest(b)]

@@ -2,10 +2,13 @@
 multi-GPU run takes, with AdamWPrune state pruning."""
 from __future__ import annotations
 
+import pytest
 import torch
 
 from lib.jsonio import read_json
 from tests.tiny_data import gpt2_symbols, one_spec, prepare_gpt2_text, train, write_text
+
+pytestmark = pytest.mark.slow  # a two-process torchrun GPT-2 run
 
 
 def test_two_process_gpt2_run_trains_prunes_and_writes_once(tmp_path):

@@ -32,6 +32,7 @@ def tiny_run(tmp_path_factory):
     return run_dir, metrics, output
 
 
+@pytest.mark.slow  # a GPT-2 run in a trainer subprocess (tiny_run)
 def test_mfu_is_recorded_at_each_evaluation_and_null_on_cpu(tiny_run):
     _, metrics, _ = tiny_run
     evals = metrics["evals"]
@@ -74,6 +75,7 @@ def test_peak_flops_by_gpu_name_and_precision(monkeypatch, name, precision, tf32
     assert note.startswith(name) and ("unknown" in note) == (tflops is None)
 
 
+@pytest.mark.slow  # a GPT-2 run in a trainer subprocess (tiny_run)
 def test_train_log_holds_the_steps_own_loss_every_log_every_steps(tiny_run):
     _, metrics, output = tiny_run
     log = metrics["train_log"]
@@ -82,6 +84,7 @@ def test_train_log_holds_the_steps_own_loss_every_log_every_steps(tiny_run):
     assert "step 5/20  loss " in output and "step 15/20  loss " in output
 
 
+@pytest.mark.slow  # a GPT-2 run in a trainer subprocess (tiny_run)
 def test_checkpoints_load_into_nanogpts_gpt_class(tiny_run):
     """best.pt reads with weights_only=True and loads strictly into nanoGPT's GPT built from
     its model_args; both networks then give the same logits."""
@@ -153,6 +156,7 @@ def sample(env: dict[str, str], make: bool = False) -> subprocess.CompletedProce
                           text=True, timeout=300)
 
 
+@pytest.mark.slow  # runs make, on a GPT-2 run (tiny_run)
 def test_make_sample_writes_text_from_a_runs_checkpoint(tiny_run):
     """Through make, so the prompt's quotes, $ and # must arrive as typed."""
     run_dir, _, _ = tiny_run
@@ -184,6 +188,7 @@ def test_sample_reads_a_nanogpt_ckpt(tmp_path):
     ({"TOP_K": "many"}, "TOP_K='many' is not valid"),
     ({"RUN": ""}, "give the run: make sample RESULTS="),
 ])
+@pytest.mark.slow  # a GPT-2 run in a trainer subprocess (tiny_run)
 def test_sample_errors_are_one_line_and_exit_2(tiny_run, env, message):
     run_dir, _, _ = tiny_run
     done = sample({"RESULTS": str(run_dir.parent), "RUN": run_dir.name, **env})

@@ -173,6 +173,7 @@ def test_planted_link_is_not_written_through(tmp_path):
 
 # 3. the Makefile hands values over literally ----------------------------------
 
+@pytest.mark.slow  # runs make
 def test_make_report_takes_paths_with_shell_syntax_literally(tmp_path):
     name = "we ird $(touch pwnA) `touch pwnB` \"q\" 's' $HOME $$x"
     results = _hostile_names_dir(tmp_path / name)

@@ -49,6 +49,7 @@ def legacy_reports(tmp_path_factory) -> tuple[Path, dict, str]:
     return out, before, done.stderr
 
 
+@pytest.mark.slow  # make report (legacy_reports)
 def test_make_report_writes_every_report_and_leaves_the_upstream_tree_unchanged(legacy_reports) -> None:
     out, before, _ = legacy_reports
     assert tree_digest(LEGACY) == before
@@ -60,6 +61,7 @@ def test_make_report_writes_every_report_and_leaves_the_upstream_tree_unchanged(
         assert {f"resnet18_{stem}.png", f"resnet18_{stem}.svg"} <= graphs, stem
 
 
+@pytest.mark.slow  # make report (legacy_reports)
 def test_summary_rows_match_upstream_accuracies_and_measured_sparsities(legacy_reports) -> None:
     out, _, _ = legacy_reports
     upstream = {r["test_id"]: r for r in json.loads((LEGACY / "all_results.json").read_text())}
@@ -73,6 +75,7 @@ def test_summary_rows_match_upstream_accuracies_and_measured_sparsities(legacy_r
     assert "From: " + str(LEGACY) in text and "0.0000" not in text
 
 
+@pytest.mark.slow  # make report (legacy_reports)
 def test_memory_from_samples_or_unavailable_from_percent_only_summaries(legacy_reports) -> None:
     out, _, stderr = legacy_reports
     runs = {r["run_id"]: r for r in json.loads((out / "all_results.json").read_text())["runs"]}
@@ -87,6 +90,7 @@ def test_memory_from_samples_or_unavailable_from_percent_only_summaries(legacy_r
     assert all(r["training_multiplier"] is None for r in runs.values())  # upstream measured no tensor bytes
 
 
+@pytest.mark.slow  # make report (legacy_reports)
 def test_report_md_compares_with_the_dense_baseline_of_the_same_optimizer(legacy_reports) -> None:
     out, _, _ = legacy_reports
     md = (out / "report.md").read_text()
@@ -154,6 +158,7 @@ def test_corrupt_all_results_is_a_warning_and_run_folders_still_count(tmp_path: 
     assert "all_results.json: not valid JSON" in capsys.readouterr().err
 
 
+@pytest.mark.slow  # runs make
 def test_unknown_layout_is_one_error_line_and_exit_2(tmp_path: Path) -> None:
     (tmp_path / "notes.txt").write_text("hello")
     with pytest.raises(UserError, match="not a result directory this version can read"):

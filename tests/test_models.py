@@ -16,6 +16,8 @@ from lib.pruning.masks import prunable_parameters
 from resnet18.model import ResNet18, ResNet18Config
 from resnet50.model import ResNet50, ResNet50Config
 
+pytestmark = pytest.mark.usefixtures("one_thread")  # tests/conftest.py: tiny tensors, fastest on one thread
+
 
 def n_params(model: nn.Module) -> int:
     return sum(p.numel() for p in model.parameters())  # a tied tensor is yielded once

@@ -21,6 +21,8 @@ import pytest
 from runner_matrix import (RUNS, comparable_rows, reference_run, runner_config, start_matrix, statuses, trainers_of,
                            wait_for)
 
+pytestmark = pytest.mark.slow  # a 12-run matrix killed and continued seven times
+
 KILLS = 5
 SEED = 20240601  # the random moments are the same every time
 STOPS = [("SIGKILL", "mid-run"), ("SIGKILL", "after-result"), ("SIGKILL", "mid-run"), ("SIGKILL", "after-result"),

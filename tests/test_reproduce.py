@@ -5,6 +5,8 @@ from __future__ import annotations
 import json
 import subprocess
 
+import pytest
+
 from conftest import ROOT, run_script, write_config
 
 REPRODUCE = ROOT / "scripts" / "reproduce.py"
@@ -21,6 +23,7 @@ def _figures(metrics: dict) -> dict:
     return keep
 
 
+@pytest.mark.slow  # a matrix run, then make reproduce
 def test_reproduce_is_bit_identical_on_cpu_and_names_differences_first(tmp_path):
     config = write_config(tmp_path, "ci-quick", LENET5_TRAIN_LIMIT="256", LENET5_TEST_LIMIT="128", NUM_EPOCHS="1",
                           OPTIMIZER_MODE_SINGLE="y", OPTIMIZER_SELECT_ADAMW="y", PRUNING_MODE_SINGLE="y",

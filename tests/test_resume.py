@@ -23,6 +23,8 @@ import torch
 from tests.tiny_data import (gpt2_symbols, one_spec, prepare_gpt2_text, prepare_run, run_trainer, start_trainer,
                              train, write_mnist, write_text)
 
+pytestmark = pytest.mark.slow  # trainer subprocesses, killed and resumed
+
 GPT2_STEPS, GPT2_EVAL = 30, 10
 
 

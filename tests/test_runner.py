@@ -27,6 +27,7 @@ def reference(tmp_path_factory) -> tuple[Path, str]:
     return reference_run(tmp_path_factory)
 
 
+@pytest.mark.slow  # a 12-run matrix (the module's reference run)
 def test_matrix_runs_every_run_and_reports_measured_figures(reference):
     results_dir, output = reference
     specs = json.loads((results_dir / "matrix.json").read_text())["runs"]
@@ -50,6 +51,7 @@ def test_matrix_runs_every_run_and_reports_measured_figures(reference):
     assert f"executor local: {slots.describe()}" in output
 
 
+@pytest.mark.slow  # a 12-run matrix (the module's reference run)
 def test_continue_reruns_exactly_the_runs_without_a_valid_result(reference, tmp_path):
     """Missing, corrupt and truncated result.json all count as not done; old folders are set aside."""
     results_dir = tmp_path / "copy"
@@ -71,6 +73,7 @@ def test_continue_reruns_exactly_the_runs_without_a_valid_result(reference, tmp_
     assert comparable_rows(results_dir) == comparable_rows(reference[0])
 
 
+@pytest.mark.slow  # a 12-run matrix (the module's reference run)
 def test_continue_reports_a_changed_config_and_keeps_the_recorded_matrix(reference, tmp_path):
     results_dir = tmp_path / "copy"
     shutil.copytree(reference[0], results_dir)
@@ -172,6 +175,7 @@ def test_dry_run_lists_runs_slots_and_estimate_without_training(isolated_config,
     assert not (tmp_path / "results").exists()
 
 
+@pytest.mark.slow  # a 12-run matrix (the module's reference run)
 def test_dry_run_estimates_from_past_runs_of_the_same_model(reference, tmp_path):
     results_dir = reference[0]
     config = runner_config(tmp_path, RESULTS_ROOT=f'"{results_dir.parent}"')
@@ -184,6 +188,7 @@ def test_dry_run_estimates_from_past_runs_of_the_same_model(reference, tmp_path)
     assert 0.8 * sum(durations) / 2 <= h * 3600 + m * 60 + s <= 1.2 * sum(durations) / 2 + 1
 
 
+@pytest.mark.slow  # runs make
 def test_make_defconfig_nonexistent_is_one_clear_line():
     proc = subprocess.run(["make", "-s", "defconfig-nonexistent"], cwd=ROOT, capture_output=True, text=True)
     assert proc.returncode != 0

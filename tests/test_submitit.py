@@ -34,6 +34,7 @@ def slurm_run(tmp_path_factory) -> tuple[Path, str]:
     return matrix.parent, proc.stdout
 
 
+@pytest.mark.slow  # a 12-run matrix
 def test_slurm_matrix_reports_identically_to_the_local_one(slurm_run, tmp_path_factory):
     results_dir, output = slurm_run
     reference_dir, _ = reference_run(tmp_path_factory)
@@ -60,11 +61,13 @@ def _continue_one_elsewhere(source: Path, tmp_path: Path, executor: str, victim:
     return json.loads((results_dir / victim / "result.json").read_text())
 
 
+@pytest.mark.slow  # a 12-run matrix
 def test_continue_finishes_a_slurm_directory_locally(slurm_run, tmp_path):
     result = _continue_one_elsewhere(slurm_run[0], tmp_path, "local", "lenet5_adam_magnitude_70")
     assert result["status"] == "success" and result["executor"] == "local"
 
 
+@pytest.mark.slow  # a 12-run matrix
 def test_continue_finishes_a_local_directory_on_slurm(tmp_path_factory, tmp_path):
     reference_dir, _ = reference_run(tmp_path_factory)
     result = _continue_one_elsewhere(reference_dir, tmp_path, "slurm", "lenet5_sgd_magnitude_90")
@@ -98,6 +101,7 @@ def test_task_killed_on_its_node_is_recorded_as_interrupted(tmp_path):
     assert "going down" in "\n".join(result["log_tail"])
 
 
+@pytest.mark.slow  # waits for submitit's timeout (8 s)
 def test_preempted_task_is_requeued_and_finishes(tmp_path):
     """Slurm's warning signal before the time limit: submitit checkpoints RunOnNode and requeues the same task."""
     import submitit

@@ -145,6 +145,7 @@ def tracked_run(tmp_path_factory):
     return results, json.loads((results / RUN / "metrics.json").read_text())
 
 
+@pytest.mark.slow  # a matrix run with trackers (tracked_run)
 @pytest.mark.skipif(not HAVE_WANDB, reason=f"wandb {NOT_INSTALLED}")
 def test_wandb_offline_files_hold_config_steps_and_final_metrics(tracked_run):
     results, metrics = tracked_run
@@ -166,6 +167,7 @@ def test_wandb_offline_files_hold_config_steps_and_final_metrics(tracked_run):
     assert not (ROOT / "wandb").exists()  # offline files under the run folder, never the working directory
 
 
+@pytest.mark.slow  # a matrix run with trackers (tracked_run)
 @pytest.mark.skipif(not HAVE_TRACKIO, reason=f"trackio {NOT_INSTALLED}")
 def test_trackio_local_store_holds_config_steps_and_final_metrics(tracked_run):
     results, metrics = tracked_run

@@ -19,6 +19,8 @@ import torch
 from tests.tiny_data import (ROOT, gpt2_symbols, one_spec, prepare_gpt2_text, train, write_cifar10, write_cifar100,
                              write_image_folder, write_mnist, write_text)
 
+pytestmark = pytest.mark.slow  # each test trains a model in a trainer subprocess
+
 CLASSIFIER = {"MODEL_MODE_SINGLE": True, "OPTIMIZER_MODE_SINGLE": True, "OPTIMIZER_SELECT_ADAM": True,
               "PRUNING_MODE_SINGLE": True, "PRUNING_SELECT_NONE": True, "LEARNING_RATE": "0.002"}
 DATASET_FIELDS = {"name", "source", "train_size", "test_size", "split"}

@@ -21,6 +21,8 @@ from lib.train.loop import LoopConfig, TrainingLoop, metrics_from
 from lib.train.tasks import ClassificationTask
 from tests.tiny_data import specs_from
 
+pytestmark = pytest.mark.usefixtures("one_thread")  # tests/conftest.py: tiny tensors, fastest on one thread
+
 
 def blobs(n: int, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
     """Two Gaussian blobs in 8 dimensions: learnable in a few steps."""

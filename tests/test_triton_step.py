@@ -140,6 +140,7 @@ for has_mask, bits in [(True, True), (True, False), (False, False)]:
 """
 
 
+@pytest.mark.slow  # Triton's GPU compiler in a subprocess (about 15 s)
 def test_kernel_compiles_for_an_sm90_gpu_without_one():
     """The interpreter accepts code the GPU compiler refuses (globals, float64 maths): compile each variant
     to a cubin for sm_90 with Triton's bundled ptxas, as `make gpu-check` on an H100/H200 would."""

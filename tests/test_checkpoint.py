@@ -1,4 +1,4 @@
-"""lib/checkpoint.py: best.pt and last.pt written atomically, read back weights-only.
+"""lib/train/checkpoint.py: best.pt and last.pt written atomically, read back weights-only.
 
 A checkpoint round-trips tensors, optimizer state and plain values; a file that
 holds anything else (a pickled object, a numpy array), another format
@@ -16,8 +16,8 @@ import pytest
 import torch
 from torch import nn
 
-from lib import checkpoint
-from lib.checkpoint import (BEST, FORMAT_VERSION, LAST, load_checkpoint, load_weights, restore_rng_state, rng_state,
+from lib.train import checkpoint
+from lib.train.checkpoint import (BEST, FORMAT_VERSION, LAST, load_checkpoint, load_weights, restore_rng_state, rng_state,
                             run_checkpoint, runs_with_checkpoints, save_checkpoint)
 from lib.errors import UserError
 

@@ -1,4 +1,4 @@
-"""lib/tasks.py: what the loop trains, unit by unit.
+"""lib/train/tasks.py: what the loop trains, unit by unit.
 
 Batches are a pure function of (seed, step, micro-batch, rank): every sample
 once per epoch over the steps, micro-batches and ranks, another order each
@@ -18,7 +18,7 @@ import torch
 from torch import nn
 
 from lib.data.text import TokenData
-from lib.tasks import ClassificationTask, ClassifierMetrics, LanguageModelTask, TrainWindow
+from lib.train.tasks import ClassificationTask, ClassifierMetrics, LanguageModelTask, TrainWindow
 
 CPU = torch.device("cpu")
 

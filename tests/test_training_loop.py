@@ -1,6 +1,6 @@
-"""lib/train_loop.py's TrainingLoop, driven in-process by a fake task.
+"""lib/train/loop.py's TrainingLoop, driven in-process by a fake task.
 
-The fake task is a TaskReport (lib/tasks.py: how a task judges and reports
+The fake task is a TaskReport (lib/train/tasks.py: how a task judges and reports
 its evaluations) with its own batches, loss and evaluation: it records which
 micro-batches the loop asked for and when it evaluated, can poison one step's
 loss, stop the run at a step (a kill, for resume), and script the figure each
@@ -18,13 +18,13 @@ import pytest
 import torch
 from torch import nn
 
-from lib import train_loop
-from lib.checkpoint import BEST, LAST, load_checkpoint, save_checkpoint
+from lib.train import loop as train_loop
+from lib.train.checkpoint import BEST, LAST, load_checkpoint, save_checkpoint
 from lib.errors import NonFiniteError
 from lib.optim.lr_schedules import LRSchedule
 from lib.pruning import GradualPruner, measure_sparsity, prunable_parameters
-from lib.tasks import TaskReport, TrainWindow
-from lib.train_loop import LoopConfig, TrainingLoop, metrics_from
+from lib.train.tasks import TaskReport, TrainWindow
+from lib.train.loop import LoopConfig, TrainingLoop, metrics_from
 
 pytestmark = pytest.mark.usefixtures("one_thread")  # tests/conftest.py: tiny tensors, fastest on one thread
 

@@ -52,6 +52,7 @@ def _prompt(kconf: kconfiglib.Kconfig, name: str) -> str:
 # --- the toy model: one folder plus one registry entry -----------------------------------
 
 
+@pytest.mark.slow  # a matrix of four training processes
 def test_a_toy_model_runs_through_dry_run_matrix_and_report(tmp_path, toy):
     base = load_settings(write_config(tmp_path, "lenet5-quick"), warn=lambda message: None)
     settings = dataclasses.replace(

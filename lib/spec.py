@@ -37,8 +37,39 @@ class SpecError(ValueError):
     """A RunSpec's JSON lacks a key or holds a value of the wrong type; the message names the key."""
 
 
+# Keys that earlier versions did not write (added in the commit named), with the value
+# this code has always read for a file without them. Not Kconfig defaults: what such a
+# run did. Every other key has been in every file and is required.
+LEGACY_TRAINING: dict[str, Any] = {
+    "lr_warmup_steps": 0, "lr_step_every": 0, "lr_step_gamma": 0.1,  # 281f26c: no warm-up, no step decay
+    "resume": True, "grad_accum": 1, "hyper_param_auto": False, "log_every": 0,  # 7e56834
+    "target_effective_batch": 0,  # 7e56834; read only in auto mode, which such files never are
+    "grad_clip_norm": None, "tf32": True,  # 6921d5f: the model's clip; TF32 allowed
+}
+LEGACY_PRUNING: dict[str, Any] = {"ramp_fit": False,  # 6921d5f
+                                  "mask_storage": "bool"}  # 0fbf9e3
+LEGACY_OPTIMIZER: dict[str, Any] = {"learning_rate": None,  # 281f26c (sgd) / 6921d5f: LEARNING_RATE
+                                    "state_score": "bitter0"}  # 281f26c
+LEGACY_SPAM: dict[str, Any] = {"clip_delay_steps": 20}  # 6921d5f: the SPAM authors' delay
+
+
+class _Record:
+    """JSON in and out for a flat settings record: `JSON_PATH` names it in errors, `LEGACY` fills
+    the keys that files of earlier versions lack."""
+
+    JSON_PATH = ""
+    LEGACY: Mapping[str, Any] = MappingProxyType({})
+
+    def to_json(self) -> dict[str, Any]:
+        return asdict(self)  # subclasses are dataclasses
+
+    @classmethod
+    def from_json(cls, data: Any, where: str | None = None) -> Any:
+        return _read(cls, data, where or cls.JSON_PATH, cls.LEGACY)
+
+
 @dataclass(frozen=True)
-class TrainingSettings:
+class TrainingSettings(_Record):
     batch_size: int
     epochs: int
     learning_rate: float
@@ -59,16 +90,12 @@ class TrainingSettings:
     grad_clip_norm: Optional[float]  # None: the model's default (GPT-2 1.0, others off); 0: off
     tf32: bool  # CUDA matmuls may use TF32 (GPT2_TF32_ALLOWED)
 
-    def to_json(self) -> dict[str, Any]:
-        return asdict(self)
-
-    @classmethod
-    def from_json(cls, data: Any, where: str = "hyperparams.training") -> "TrainingSettings":
-        return _read(cls, data, where, LEGACY_TRAINING)
+    JSON_PATH = "hyperparams.training"
+    LEGACY = LEGACY_TRAINING
 
 
 @dataclass(frozen=True)
-class PruningSettings:
+class PruningSettings(_Record):
     warmup_steps: int
     frequency: int
     ramp_end_epoch: int
@@ -76,16 +103,12 @@ class PruningSettings:
     ramp_fit: bool  # move a ramp that ends at/after the last step to 75% of the run
     mask_storage: str  # "bool" (a byte per weight) or "bits" (eight per byte): lib/pruning/bitmask.py
 
-    def to_json(self) -> dict[str, Any]:
-        return asdict(self)
-
-    @classmethod
-    def from_json(cls, data: Any, where: str = "hyperparams.pruning") -> "PruningSettings":
-        return _read(cls, data, where, LEGACY_PRUNING)
+    JSON_PATH = "hyperparams.pruning"
+    LEGACY = LEGACY_PRUNING
 
 
 @dataclass(frozen=True)
-class SpamParams:
+class SpamParams(_Record):
     """AdamWSPAM's settings (SPAM_*), alone or as AdamWPrune's base."""
 
     theta: float
@@ -96,16 +119,12 @@ class SpamParams:
     warmup_steps: int
     clip_delay_steps: int
 
-    def to_json(self) -> dict[str, Any]:
-        return asdict(self)
-
-    @classmethod
-    def from_json(cls, data: Any, where: str = "spam") -> "SpamParams":
-        return _read(cls, data, where, LEGACY_SPAM)
+    JSON_PATH = "spam"
+    LEGACY = LEGACY_SPAM
 
 
 @dataclass(frozen=True)
-class AdvParams:
+class AdvParams(_Record):
     """AdamWAdv's settings (ADV_*), alone or as AdamWPrune's base."""
 
     amsgrad: bool
@@ -114,12 +133,7 @@ class AdvParams:
     eta_min: float
     grad_clip: float
 
-    def to_json(self) -> dict[str, Any]:
-        return asdict(self)
-
-    @classmethod
-    def from_json(cls, data: Any, where: str = "adv") -> "AdvParams":
-        return _read(cls, data, where, {})
+    JSON_PATH = "adv"
 
 
 @dataclass(frozen=True)
@@ -206,7 +220,7 @@ def _layout(optimizer: str, where: str) -> tuple[str, ...]:
 
 
 @dataclass(frozen=True)
-class VariantBudget:
+class VariantBudget(_Record):
     """A GPT-2 AdamWPrune variant's extended training (lib/variant_budgets.py): the model's
     max_iters is already the budgeted count; this records from what and why."""
 
@@ -214,12 +228,7 @@ class VariantBudget:
     extra_pct: int
     variant: str
 
-    def to_json(self) -> dict[str, Any]:
-        return asdict(self)
-
-    @classmethod
-    def from_json(cls, data: Any, where: str = "hyperparams.model.budget") -> "VariantBudget":
-        return _read(cls, data, where, {})
+    JSON_PATH = "hyperparams.model.budget"
 
 
 @dataclass(frozen=True)
@@ -281,22 +290,6 @@ class RunSpec:
                    optimizer_params=OptimizerParams.from_json(values["optimizer"], hp.get("optimizer")),
                    model_params=model,
                    variant_budget=None if budget is None else VariantBudget.from_json(budget))
-
-
-# Keys that earlier versions did not write (added in the commit named), with the value
-# this code has always read for a file without them. Not Kconfig defaults: what such a
-# run did. Every other key has been in every file and is required.
-LEGACY_TRAINING: dict[str, Any] = {
-    "lr_warmup_steps": 0, "lr_step_every": 0, "lr_step_gamma": 0.1,  # 281f26c: no warm-up, no step decay
-    "resume": True, "grad_accum": 1, "hyper_param_auto": False, "log_every": 0,  # 7e56834
-    "target_effective_batch": 0,  # 7e56834; read only in auto mode, which such files never are
-    "grad_clip_norm": None, "tf32": True,  # 6921d5f: the model's clip; TF32 allowed
-}
-LEGACY_PRUNING: dict[str, Any] = {"ramp_fit": False,  # 6921d5f
-                                  "mask_storage": "bool"}  # 0fbf9e3
-LEGACY_OPTIMIZER: dict[str, Any] = {"learning_rate": None,  # 281f26c (sgd) / 6921d5f: LEARNING_RATE
-                                    "state_score": "bitter0"}  # 281f26c
-LEGACY_SPAM: dict[str, Any] = {"clip_delay_steps": 20}  # 6921d5f: the SPAM authors' delay
 
 
 def _legacy(legacy: Mapping[str, Any], key: str, where: str) -> Any:

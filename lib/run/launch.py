@@ -16,17 +16,12 @@ from lib.models import model_entry
 from lib.spec import RunSpec
 
 
-def gpus_per_run(spec: RunSpec) -> int:
-    """GPUs a run asks for (more than one means DDP through torchrun)."""
-    return spec.gpus
-
-
 def trainer_command(spec: RunSpec, run_dir: Path, python: str = sys.executable) -> list[str]:
     """The argument list that trains one run (never a shell string)."""
     trainer = model_entry(spec.model).trainer  # a UserError for a model this version does not have
     # -u: unbuffered, so output.log shows progress live and nothing is lost on a kill.
     launcher = [python, "-u"]
-    gpus = gpus_per_run(spec)
+    gpus = spec.gpus  # more than one: DDP through torchrun
     if gpus > 1:
         launcher += ["-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={gpus}"]
     return launcher + ["-m", trainer, "--run-dir", str(run_dir), "--no-download"]

@@ -22,7 +22,6 @@ from lib.jsonio import read_json
 from lib.models import model_entry
 from lib.optim.lr_schedules import peak_lr, schedule_label
 from lib.pruning.schedules import curve_for
-from lib.run.launch import gpus_per_run
 from lib.run.slots import SlotPool, visible_gpus
 from lib.spec import RunSpec, SpecError
 from lib.variant_budgets import budget_label
@@ -114,7 +113,7 @@ def first_wave(pool: SlotPool, runs: list[RunSpec]) -> list[str]:
     """Where the runs that start at once go; later ones start as slots free up."""
     labels, blocked = [], False
     for spec in runs:
-        placement = None if blocked else pool.acquire(gpus_per_run(spec))
+        placement = None if blocked else pool.acquire(spec.gpus)
         blocked = blocked or placement is None
         labels.append(f"  [{placement.describe()}]" if placement else "")
     return labels
@@ -145,4 +144,4 @@ def plan_lines(settings: RunnerSettings, runs: list[RunSpec], root: Path) -> lis
         lines = [f"Slots: {pool.describe()}"]
     lines += [f"  {number}. {spec.run_id}  ({recipe(spec)}){placed}"
               for number, (spec, placed) in enumerate(zip(runs, where), 1)]
-    return lines + estimate_lines(runs, root, slots, gpus_per_run)
+    return lines + estimate_lines(runs, root, slots, lambda spec: spec.gpus)

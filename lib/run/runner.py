@@ -22,7 +22,7 @@ from lib.names import check_no_links
 from lib.provenance import git_commit
 from lib.run.dir_lock import locked
 from lib.run.executor import Executor
-from lib.run.launch import gpus_per_run, prepare_data, trainer_command
+from lib.run.launch import prepare_data, trainer_command
 from lib.run.local_executor import LocalExecutor
 from lib.run.progress import MatrixProgress
 from lib.run.slots import SlotPool, visible_gpus
@@ -153,7 +153,7 @@ def make_tasks(results_dir: Path, todo: list[RunSpec], policy: RunPolicy,
                tracking: TrackerSettings = TrackerSettings()) -> list[RunTask]:
     commit = git_commit()
     return [RunTask(results_dir, spec, tuple(trainer_command(spec, results_dir / spec.run_id)), policy,
-                    gpus_per_run(spec), commit, tracking) for spec in todo]
+                    spec.gpus, commit, tracking) for spec in todo]
 
 
 def run_matrix(results_dir: Path, runs: list[RunSpec], settings: RunnerSettings | None = None,

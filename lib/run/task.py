@@ -44,7 +44,7 @@ class RunTask:
     spec: RunSpec
     command: tuple[str, ...]
     policy: RunPolicy = RunPolicy()
-    gpus: int = 1  # GPUs the run asks for (trainers.gpus_per_run)
+    gpus: int = 1  # GPUs the run asks for (RunSpec.gpus)
     git_commit: str | None = None  # looked up once by the runner, not once per run
     tracking: TrackerSettings = TrackerSettings()  # the trackers the trainer logs to (run.json "tracking")
 

@@ -18,6 +18,15 @@ from typing import Any, Iterable, Optional
 from lib.errors import UserError
 
 MAX_LEN = 128
+# The hidden folders of a result directory, beside its run folders: the last.pt of runs
+# in progress, and run folders set aside by a rerun. A safe name never collides with them.
+RESUME_DIR, SUPERSEDED_DIR = ".resume", ".superseded"
+
+
+def resume_dir(run_dir: Path) -> Path:
+    """Where a run's last.pt lives: beside the run folder, so that `make continue`,
+    which sets an unfinished run folder aside, leaves it for the rerun."""
+    return run_dir.parent / RESUME_DIR / run_dir.name
 _SAFE = re.compile(rf"[A-Za-z0-9_][A-Za-z0-9_.-]{{0,{MAX_LEN - 1}}}")
 RULE = f"1-{MAX_LEN} letters, digits, '_', '-' or '.', not starting with '.' or '-'"
 # The names a run carries; variant alone may be absent (None).

@@ -18,7 +18,7 @@ from lib.config import RunnerSettings, default_runner, load_kconfig
 from lib.errors import UserError, WriteError
 from lib.jsonio import SCHEMA_VERSION, read_json, write_bytes_atomic, write_json_atomic
 from lib.matrix import spec_from_entry
-from lib.names import check_no_links
+from lib.names import RESUME_DIR, SUPERSEDED_DIR, check_no_links
 from lib.provenance import git_commit
 from lib.run.dir_lock import locked
 from lib.run.executor import Executor
@@ -168,7 +168,7 @@ def run_matrix(results_dir: Path, runs: list[RunSpec], settings: RunnerSettings 
     `settings` None: Kconfig's defaults.
     """
     settings = settings or default_runner()
-    check_no_links(results_dir, [".resume", ".superseded", *(spec.run_id for spec in runs)])
+    check_no_links(results_dir, [RESUME_DIR, SUPERSEDED_DIR, *(spec.run_id for spec in runs)])
     with locked(results_dir):
         return _run_locked(results_dir, runs, settings, executor, out, bar, data_ready)
 

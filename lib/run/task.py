@@ -19,9 +19,10 @@ from typing import Any, Mapping
 from lib.errors import UserError
 from lib.gpu_monitor.sampler import read_summary
 from lib.jsonio import SCHEMA_VERSION, read_json, write_json_atomic
-from lib.spec import RunSpec
+from lib.names import SUPERSEDED_DIR
 from lib.provenance import run_record
 from lib.run.process import RunOutcome, run_attempts
+from lib.spec import RunSpec
 from lib.trackers.settings import TrackerSettings
 
 LOG_TAIL_LINES = 20
@@ -78,7 +79,7 @@ class Placement:
 def set_aside(run_dir: Path) -> None:
     """Keep an unfinished attempt for inspection instead of deleting it."""
     if run_dir.exists():
-        aside = run_dir.parent / ".superseded" / f"{run_dir.name}-{datetime.now().strftime('%Y%m%d_%H%M%S_%f')}"
+        aside = run_dir.parent / SUPERSEDED_DIR / f"{run_dir.name}-{datetime.now().strftime('%Y%m%d_%H%M%S_%f')}"
         aside.parent.mkdir(exist_ok=True)
         run_dir.rename(aside)
 

@@ -28,7 +28,7 @@ import numpy as np
 import torch
 
 from lib.errors import UserError
-from lib.names import check_name, is_safe_name
+from lib.names import check_name, is_safe_name, resume_dir
 
 LAST, BEST = "last.pt", "best.pt"
 FORMAT_VERSION = 2  # 2: numpy RNG state as plain lists (loads weights-only)
@@ -129,8 +129,8 @@ def run_checkpoint(results: Path, run: str) -> Path:
     if not results.is_dir():
         raise UserError(f"RESULTS={results}: no such result directory")
     check_name(run, "RUN", str(results))
-    candidates = [checkpoint_dir(results / run) / BEST, results / ".resume" / run / BEST,
-                  results / ".resume" / run / LAST]
+    candidates = [checkpoint_dir(results / run) / BEST, resume_dir(results / run) / BEST,
+                  resume_dir(results / run) / LAST]
     found = next((path for path in candidates if path.is_file()), None)
     if found is None:
         have = ", ".join(runs_with_checkpoints(results)) or "none"

@@ -24,6 +24,7 @@ from lib.errors import UserError
 from lib.gpu_monitor.sampler import read_summary
 from lib.jsonio import SCHEMA_VERSION, read_json, write_json_atomic
 from lib.models import model_entry
+from lib.names import resume_dir
 from lib.optim import state_bytes
 from lib.optim.lr_schedules import LRSchedule, lr_schedule_for
 from lib.pruning import GradualPruner
@@ -177,12 +178,6 @@ def write_metrics(run_dir: Path, spec: RunSpec, metrics: dict[str, Any]) -> None
 def cuda_peak_mib(device: torch.device) -> float | None:
     return torch.cuda.max_memory_allocated(device) / 2**20 if device.type == "cuda" else None
 
-
-
-def resume_dir(run_dir: Path) -> Path:
-    """Where last.pt lives: beside the run folder, so that `make continue`,
-    which sets an unfinished run folder aside, leaves it for the rerun."""
-    return run_dir.parent / ".resume" / run_dir.name
 
 
 def grad_clip_norm(spec: RunSpec) -> float:

@@ -22,12 +22,11 @@ import kconfiglib
 from lib import ROOT
 from lib.errors import UserError
 from lib.models import ModelParam, model_entry, model_names
-from lib.spec import MAX_SEED, AdvParams, OptimizerParams, PruningSettings, SpamParams, TrainingSettings
+from lib.spec import MAX_SEED, PRUNING_METHODS, AdvParams, OptimizerParams, PruningSettings, SpamParams, TrainingSettings
 from lib.trackers.settings import TrackerSettings, tracker_settings
 from lib.upstream_aliases import apply_upstream_aliases, choice_entries_by_prompt, is_upstream_file
 
 OPTIMIZERS = ("sgd", "adam", "adamw", "adamwadv", "adamwspam", "adamwprune")
-PRUNING_METHODS = ("none", "magnitude", "movement", "movement-upstream", "state")
 SPARSITY_LEVELS = (50, 70, 90, 95, 99)
 BITTER_VARIANTS = ("bitter0", "bitter1", "bitter2", "bitter3", "bitter4", "bitter5", "bitter6", "bitter7", "bitter8",
                    "bitter9", "bitter1-upstream", "bitter2-upstream", "bitter4-upstream", "bitter8-upstream",
@@ -462,9 +461,10 @@ def settings_from_kconfig(kconf: kconfiglib.Kconfig) -> Settings:
         ramp_end_epoch=_int(kconf, "PRUNING_RAMP_END_EPOCH"), schedule=_choice_name(kconf, _SCHEDULES),
         ramp_fit=_y(kconf, "PRUNING_RAMP_FIT"), mask_storage=_choice_name(kconf, _MASK_STORAGE))
     methods = _pruning_methods(kconf)
+    optimizer_params, model_params = _optimizer_params(kconf, numbers), _model_params(kconf, numbers)
     if any(m != "none" for m in methods):
-        check_ramp(training, pruning, methods, optimizers, _optimizer_params(kconf, numbers)["adamwprune"],
-                   models, _model_params(kconf, numbers)["gpt2"])
+        check_ramp(training, pruning, methods, optimizers, optimizer_params["adamwprune"], models,
+                   model_params["gpt2"])
     runner = RunnerSettings(
         parallel_jobs=_int(kconf, "PARALLEL_JOBS"), timeout_s=_int(kconf, "RUN_TIMEOUT"),
         retries=_int(kconf, "RUN_RETRIES"), executor="slurm" if _y(kconf, "EXECUTOR_SLURM") else "local",
@@ -482,7 +482,7 @@ def settings_from_kconfig(kconf: kconfiglib.Kconfig) -> Settings:
         adamwprune_sparsities_pct=_sparsities(kconf, numbers, "ADAMWPRUNE_TARGET_SPARSITY", optimizers),
         gpt2_variants=_enabled(kconf, "GPT2_ADAMWPRUNE_VARIANT_", BITTER_VARIANTS) or ("bitter7",),
         seeds=seeds, training=training, pruning=pruning, runner=runner,
-        optimizer_params=_optimizer_params(kconf, numbers), model_params=_model_params(kconf, numbers),
+        optimizer_params=optimizer_params, model_params=model_params,
         upstream_semantics=_y(kconf, "UPSTREAM_DEFCONFIG"))
 
 

@@ -31,6 +31,8 @@ from types import MappingProxyType
 from typing import Any, Mapping, Optional
 
 MAX_SEED = 2**32 - 1  # numpy's seed range; every run seeds random, numpy and torch alike
+# What a run's `pruning` can be: the methods of the menu (lib/pruning/Kconfig) and of run IDs
+PRUNING_METHODS = ("none", "magnitude", "movement", "movement-upstream", "state")
 
 
 class SpecError(ValueError):

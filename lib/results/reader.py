@@ -144,6 +144,8 @@ def read_run(run_dir: Path, spec: dict, warnings: list[str]) -> Row:
     row = _spec_cells(spec)
     row["model"] = row["model"] or _text(metrics.get("model"))
     task = metrics.get("task")
+    # a run that never wrote metrics still needs a task, so that reports put it with the right
+    # kind of runs: the model registry's, classification for a model it lacks
     row["task"] = task if task in TASKS else (task_of(row["model"]) or CLASSIFICATION)
     row["status"] = status
     row.update(_metric_cells(files, metrics, row["task"]))

@@ -16,11 +16,8 @@ from typing import Any, Optional
 from lib.errors import UserError
 from lib.jsonio import read_json
 from lib.models import model_names
-from lib.spec import MAX_SEED
+from lib.spec import MAX_SEED, PRUNING_METHODS
 
-# A run that never wrote metrics still needs a task, so that reports put it with
-# the right kind of runs: the model registry's, classification for a model it lacks.
-PRUNING_METHODS = ("none", "magnitude", "movement", "movement-upstream", "state")
 # Graphs draw a memory timeline per run; a few hundred points per line is
 # what a figure can show, and keeps a 60-run table small.
 TIMELINE_POINTS = 400

@@ -41,10 +41,6 @@ def _key(spec: RunSpec) -> str:
     return json.dumps(spec.to_json(), sort_keys=True, default=str)
 
 
-def _epochs(spec: RunSpec) -> int:
-    return spec.training.epochs
-
-
 def find_past_runs(root: Path, models: set[str]) -> PastRuns:
     past = PastRuns()
     for result_path in sorted(root.glob("*/*/result.json")) if root.is_dir() else []:
@@ -59,8 +55,8 @@ def find_past_runs(root: Path, models: set[str]) -> PastRuns:
             continue
         past.count += 1
         past.exact.setdefault(_key(spec), []).append(float(result["duration_s"]))
-        if _epochs(spec):
-            past.per_epoch.setdefault(spec.model, []).append(float(result["duration_s"]) / _epochs(spec))
+        if spec.training.epochs:
+            past.per_epoch.setdefault(spec.model, []).append(float(result["duration_s"]) / spec.training.epochs)
     return past
 
 
@@ -69,8 +65,8 @@ def estimate_run_s(spec: RunSpec, past: PastRuns) -> float | None:
     if exact:
         return sum(exact) / len(exact)
     per_epoch = past.per_epoch.get(spec.model)
-    if per_epoch and _epochs(spec):
-        return statistics.median(per_epoch) * _epochs(spec)
+    if per_epoch and spec.training.epochs:
+        return statistics.median(per_epoch) * spec.training.epochs
     return None
 
 
@@ -88,7 +84,7 @@ def makespan_s(durations: list[tuple[float, int]], slots: int) -> float:
     return end
 
 
-def estimate_lines(runs: list[RunSpec], root: Path, slots: int, width_of=lambda spec: 1) -> list[str]:
+def estimate_lines(runs: list[RunSpec], root: Path, slots: int) -> list[str]:
     """The dry run's time estimate, as lines."""
     from lib.run.progress import hms
 
@@ -99,7 +95,7 @@ def estimate_lines(runs: list[RunSpec], root: Path, slots: int, width_of=lambda 
         return [f"Estimated time: unknown (no past runs of {', '.join(sorted({s.model for s in runs}))} "
                 f"under {root})"]
     mean_known = sum(known) / len(known)
-    filled = [(e if e is not None else mean_known, width_of(spec)) for e, spec in zip(estimates, runs)]
+    filled = [(e if e is not None else mean_known, spec.gpus) for e, spec in zip(estimates, runs)]  # slots taken
     exact = sum(1 for spec in runs if past.exact.get(_key(spec)))
     lines = [f"Estimated time: {hms(makespan_s(filled, slots))} with {slots} run(s) at once "
              f"(serial {hms(sum(d for d, _ in filled))}); from {past.count} past run(s) under {root}, "
@@ -144,4 +140,4 @@ def plan_lines(settings: RunnerSettings, runs: list[RunSpec], root: Path) -> lis
         lines = [f"Slots: {pool.describe()}"]
     lines += [f"  {number}. {spec.run_id}  ({recipe(spec)}){placed}"
               for number, (spec, placed) in enumerate(zip(runs, where), 1)]
-    return lines + estimate_lines(runs, root, slots, lambda spec: spec.gpus)
+    return lines + estimate_lines(runs, root, slots)

@@ -22,7 +22,8 @@ import kconfiglib
 from lib import ROOT
 from lib.errors import UserError
 from lib.models import ModelParam, model_entry, model_names
-from lib.spec import MAX_SEED, PRUNING_METHODS, AdvParams, OptimizerParams, PruningSettings, SpamParams, TrainingSettings
+from lib.spec import (MAX_SEED, PRUNING_METHODS, AdvParams, OptimizerParams, PruningSettings, SpamParams,
+                      TrainingSettings)
 from lib.trackers.settings import TrackerSettings, tracker_settings
 from lib.upstream_aliases import apply_upstream_aliases, choice_entries_by_prompt, is_upstream_file
 
@@ -332,7 +333,8 @@ def _upstream_sparsities(kconf: kconfiglib.Kconfig, numbers: dict[str, float],
     return (round(numbers["TARGET_SPARSITY"] * 100, 6),)
 
 
-_LR_SCHEDULES = {"LR_SCHEDULE_PER_MODEL": "per-model", "LR_SCHEDULE_CONSTANT": "constant", "LR_SCHEDULE_COSINE": "cosine", "LR_SCHEDULE_STEP": "step"}
+_LR_SCHEDULES = {"LR_SCHEDULE_PER_MODEL": "per-model", "LR_SCHEDULE_CONSTANT": "constant",
+                 "LR_SCHEDULE_COSINE": "cosine", "LR_SCHEDULE_STEP": "step"}
 _SCHEDULES = {"PRUNING_SCHEDULE_UPSTREAM": "per-method", "PRUNING_SCHEDULE_CUBIC": "cubic",
               "PRUNING_SCHEDULE_LINEAR": "linear",
               "PRUNING_SCHEDULE_UPSTREAM_P3": "upstream-p3"}
@@ -419,8 +421,9 @@ def _kconfig_models(kconf: kconfiglib.Kconfig) -> tuple[str, ...]:
 
 
 def _check_gpt2_symbols(kconf: kconfiglib.Kconfig) -> None:
-    if _y(kconf, "GPT2_DATASET_LOCAL") and _y(kconf, "MODEL_GPT2") and not kconf.syms["GPT2_DATA_PATH"].str_value.strip():
-        raise UserError("CONFIG_GPT2_DATASET_LOCAL=y needs CONFIG_GPT2_DATA_PATH=\"<text file or folder>\" (make menuconfig)")
+    if _y(kconf, "GPT2_DATASET_LOCAL") and _y(kconf, "MODEL_GPT2") and not _value(kconf, "GPT2_DATA_PATH").strip():
+        raise UserError("CONFIG_GPT2_DATASET_LOCAL=y needs CONFIG_GPT2_DATA_PATH=\"<text file or folder>\" "
+                        "(make menuconfig)")
     decay, warmup = _int(kconf, "GPT2_LR_DECAY_ITERS"), _int(kconf, "GPT2_WARMUP_STEPS")
     if decay and decay <= warmup:
         raise UserError(f"CONFIG_GPT2_LR_DECAY_ITERS={decay} is not after the warm-up "

@@ -115,15 +115,16 @@ register(ModelEntry(
 register(ModelEntry(
     "gpt2", "GPT-2 (language modelling)", LANGUAGE_MODELING, "gpt2.train",
     (ModelParam("model_size", "GPT2_SIZE_", "choice"),
-     ModelParam("dataset", kind="choice", choices=tuple((d, f"GPT2_DATASET_{d.upper()}")
-                                                        for d in ("finewebedu", "shakespeare", "tinystories", "local"))),
+     ModelParam("dataset", kind="choice", choices=tuple(
+         (d, f"GPT2_DATASET_{d.upper()}") for d in ("finewebedu", "shakespeare", "tinystories", "local"))),
      ModelParam("data_path", "GPT2_DATA_PATH", "string"), ModelParam("token_cap", "GPT2_TOKEN_CAP"),
      ModelParam("gpus_per_run", "GPT2_GPUS_PER_RUN"), ModelParam("block_size", "GPT2_BLOCK_SIZE"),
      ModelParam("max_time_s", "GPT2_MAX_TIME"), ModelParam("max_iters", "GPT2_MAX_ITERS"),
      ModelParam("eval_interval", "GPT2_EVAL_INTERVAL"), ModelParam("eval_samples", "GPT2_EVAL_SAMPLES"),
      ModelParam("warmup_steps", "GPT2_WARMUP_STEPS"), ModelParam("min_lr", "GPT2_MIN_LR", "number"),
      ModelParam("dropout", "GPT2_DROPOUT", "number"), ModelParam("bias", "GPT2_BIAS", "bool"),
-     ModelParam("lr_decay_iters", "GPT2_LR_DECAY_ITERS"), ModelParam("variant_budgets", "GPT2_VARIANT_BUDGETS", "bool")),
+     ModelParam("lr_decay_iters", "GPT2_LR_DECAY_ITERS"),
+     ModelParam("variant_budgets", "GPT2_VARIANT_BUDGETS", "bool")),
     grad_clip_norm=1.0,  # nanoGPT's and upstream's
     # one 1024-token sequence of the 124M model, bf16 autocast, flash attention (docs/performance.md)
     activation_mib_per_sample=850.0, activation_scales_with_width=True, bitter_variants=True, tf32_setting=True))

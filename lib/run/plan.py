@@ -118,8 +118,8 @@ def first_wave(pool: SlotPool, runs: list[RunSpec]) -> list[str]:
 def recipe(spec: RunSpec) -> str:
     """What differs between runs beyond their name: peak learning rate, its decay, the sparsity curve,
     a variant's extended training budget."""
-    text = (f"lr {peak_lr(spec.optimizer_params, spec.training):g} "
-            f"{schedule_label(spec.optimizer, spec.optimizer_params, spec.training, model_entry(spec.model).lr_schedule)}")
+    decay = schedule_label(spec.optimizer, spec.optimizer_params, spec.training, model_entry(spec.model).lr_schedule)
+    text = f"lr {peak_lr(spec.optimizer_params, spec.training):g} {decay}"
     if spec.pruning != "none":
         text += f", {curve_for(spec.pruning_settings.schedule, spec.pruning)} ramp"
     budget = budget_label(spec)

@@ -127,7 +127,8 @@ class MaskedStep:
         self.fallback_note: Optional[str] = None  # why the last masked step was not fused, once printed
 
     def set_masks(self, masks: dict[torch.Tensor, torch.Tensor]) -> None:
-        """parameter -> keep mask (bool, True = keep, or bit-packed); from now on every step zeroes the other entries."""
+        """parameter -> keep mask (bool, True = keep, or bit-packed); from now on every step zeroes the
+        other entries."""
         self.masks = masks
 
     @torch.no_grad()
@@ -196,13 +197,10 @@ class MaskedAdamW(MaskedStep, torch.optim.AdamW):
             for p in group["params"]:
                 if p.grad is None:
                     continue
-                if not (_plain(p, p.device) and _plain(p.grad, p.device)):
-                    return f"a {p.dtype} parameter on {p.device} (the Triton kernel takes contiguous float32 tensors)"
                 state, keep = self._state(p, p.device), self.masks.get(p)
-                if not (_plain(state["exp_avg"], p.device) and _plain(state["exp_avg_sq"], p.device)):
-                    return "optimizer state that is not contiguous float32 beside its parameter"
-                if keep is not None and not _fits(keep, p):
-                    return "a mask that is neither a bool tensor of its parameter's shape nor its bits"
+                reason = unfit(p, (state["exp_avg"], state["exp_avg_sq"]), keep, p.device, "the Triton kernel")
+                if reason:
+                    return reason
                 launches.append((p, p.grad, state["exp_avg"], state["exp_avg_sq"], keep, state["step"]))
             groups.append((group, launches))
         for group, launches in groups:
@@ -241,14 +239,11 @@ class MaskedAdamW(MaskedStep, torch.optim.AdamW):
                 grad = p.grad
                 if grad is None:
                     continue
-                if not (_plain(p, cpu) and _plain(grad, cpu)):
-                    return [], f"a {p.dtype} parameter on {p.device} (the kernel takes contiguous float32 CPU tensors)"
                 state = self._state(p, cpu)
                 m, v, keep = state["exp_avg"], state["exp_avg_sq"], self.masks.get(p)
-                if not (_plain(m, cpu) and _plain(v, cpu)):
-                    return [], "optimizer state that is not contiguous float32 on the CPU"
-                if keep is not None and not _fits(keep, p):
-                    return [], "a mask that is neither a CPU bool tensor of its parameter's shape nor its bits"
+                reason = unfit(p, (m, v), keep, cpu, "the C kernel")
+                if reason:
+                    return [], reason
                 n, step = p.numel(), state["step"].item() + 1  # exact: float32 counts exactly to 2**24
                 tensors.append(_Tensor(p.data_ptr(), grad.data_ptr(), m.data_ptr(), v.data_ptr(),
                                        keep.data_ptr() if keep is not None else None, n, n - n % SCALAR_TAIL,
@@ -259,6 +254,20 @@ class MaskedAdamW(MaskedStep, torch.optim.AdamW):
         if steps:
             torch._foreach_add_(steps, 1)
         return tensors, None
+
+
+def unfit(p: torch.Tensor, moments: tuple[torch.Tensor, ...], keep: Optional[torch.Tensor], device: torch.device,
+          kernel: str) -> Optional[str]:
+    """Why `kernel` cannot step p, its gradient, its moments and its mask on `device`; None when it can.
+    Shared by every one-pass step (the C kernel, the Triton AdamW and SPAM kernels)."""
+    if not (_plain(p, device) and _plain(p.grad, device)):
+        return (f"a {p.dtype} parameter or its gradient on {p.device} ({kernel} takes contiguous float32 tensors "
+                f"on {device.type})")
+    if not all(_plain(t, device) for t in moments):
+        return f"optimizer state that is not contiguous float32 on {device.type} beside its parameter"
+    if keep is not None and not _fits(keep, p):
+        return f"a mask that is neither a bool tensor of its parameter's shape on {device.type} nor its bits"
+    return None
 
 
 def _fits(keep: torch.Tensor, p: torch.Tensor) -> bool:

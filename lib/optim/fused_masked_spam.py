@@ -21,9 +21,7 @@ from __future__ import annotations
 
 from typing import Optional
 
-import torch
-
-from lib.optim.fused_masked_adamw import MaskedStep, _fits, _plain
+from lib.optim.fused_masked_adamw import MaskedStep, unfit
 from lib.optim.spam import AdamWSPAM
 
 
@@ -44,14 +42,11 @@ class MaskedAdamWSPAM(MaskedStep, AdamWSPAM):
             for p in group["params"]:
                 if p.grad is None:
                     continue
-                if not (_plain(p, p.device) and _plain(p.grad, p.device)):
-                    return (f"a {p.dtype} parameter or its gradient on {p.device} (the Triton kernel takes contiguous "
-                            "float32 tensors)")
                 state, keep = self.state.get(p), self.masks.get(p)
-                if state and not (_plain(state["exp_avg"], p.device) and _plain(state["exp_avg_sq"], p.device)):
-                    return "optimizer state that is not contiguous float32 beside its parameter"
-                if keep is not None and not _fits(keep, p):
-                    return "a mask that is neither a bool tensor of its parameter's shape nor its bits"
+                moments = (state["exp_avg"], state["exp_avg_sq"]) if state else ()  # made by the step if new
+                reason = unfit(p, moments, keep, p.device, "the Triton kernel")
+                if reason:
+                    return reason
                 launches.append((group, p, keep))
         reset, clip, scale = self._advance()
         for group, p, keep in launches:

@@ -72,7 +72,8 @@ def uses_adv_annealing(optimizer: str, params: OptimizerParams) -> bool:
     return adv is not None and adv.cosine_annealing
 
 
-def schedule_label(optimizer: str, optimizer_params: OptimizerParams, training: TrainingSettings, per_model: str) -> str:
+def schedule_label(optimizer: str, optimizer_params: OptimizerParams, training: TrainingSettings,
+                   per_model: str) -> str:
     """The decay a run gets (for the dry run): AdamWAdv's annealing or the resolved LR_SCHEDULE."""
     return "cosine" if uses_adv_annealing(optimizer, optimizer_params) else schedule_kind(training, per_model)
 

@@ -200,3 +200,12 @@ def test_language_model_summary_and_an_overflowing_perplexity():
     summary = task.summary(history, history[1])
     assert (summary["best_val_loss"], summary["best_step"], summary["final_val_loss"]) == (3.0, 10, 3.5)
     assert summary["initial_perplexity"] == math.exp(4.0) and summary["evals"] == history
+
+
+@pytest.mark.parametrize("n,world_size", [(100, 1), (100, 2), (37, 3)])
+def test_step_samples_counts_what_every_rank_draws_in_the_step(n, world_size):
+    """step_samples (which weights the micro-batch losses) equals the samples the ranks actually draw."""
+    ranks = [indexed_task(n=n, batch_size=4, grad_accum=3, rank=r, world_size=world_size) for r in range(world_size)]
+    for step in range(2 * ranks[0].steps_per_epoch):
+        drawn = sum(len(b[1]) for t in ranks for m in range(3) if (b := t.batch(step, m)) is not None)
+        assert ranks[0].step_samples(step) == drawn

@@ -23,7 +23,7 @@ from lib.train.checkpoint import BEST, LAST, load_checkpoint, save_checkpoint
 from lib.errors import NonFiniteError
 from lib.optim.lr_schedules import LRSchedule
 from lib.pruning import GradualPruner, measure_sparsity, prunable_parameters
-from lib.train.tasks import TaskReport, TrainWindow
+from lib.train.tasks import ClassificationTask, TaskReport, TrainWindow
 from lib.train.loop import LoopConfig, TrainingLoop, metrics_from
 
 pytestmark = pytest.mark.usefixtures("one_thread")  # tests/conftest.py: tiny tensors, fastest on one thread
@@ -206,6 +206,32 @@ def test_gradient_accumulation_equals_one_batch_of_all_micro_batches():
     assert not torch.equal(a.model[0].weight, tiny_model()[0].weight)  # it trained
     assert state_a.history[-1]["train_loss"] == pytest.approx(state_b.history[-1]["train_loss"], rel=1e-5)
     assert metrics_from(a)["grad_accum"] == 4
+
+
+@pytest.mark.parametrize("samples,micro_batch,grad_accum", [(20, 8, 2), (22, 4, 3)])
+def test_the_short_last_step_of_an_epoch_takes_the_mean_gradient_of_its_samples(samples, micro_batch, grad_accum):
+    """An epoch of 20 samples in steps of 2 x 8 ends with a step of one 4-sample micro-batch (22 in
+    3 x 4: micro-batches of 4, 4 and 2). Each step must move the weights as plain SGD on the mean
+    cross-entropy of exactly that step's samples, taken in the epoch's order."""
+    g = torch.Generator().manual_seed(3)
+    x = torch.randn(samples, FEATURES, generator=g)
+    y = (x @ TEACHER).argmax(1)
+    task = ClassificationTask(train_x=x, train_y=y, test_x=x, test_y=y, batch_size=micro_batch, seed=5,
+                              grad_accum=grad_accum)
+    assert task.steps_per_epoch == 2
+    loop = make_loop(tiny_model(), task, LoopConfig(total_steps=2, eval_every=2, grad_accum=grad_accum))
+    loop.run()
+    reference, order, per_step = tiny_model(), task.epoch_order(0), micro_batch * grad_accum
+    for step in range(2):
+        idx = order[step * per_step:(step + 1) * per_step]
+        reference.zero_grad()
+        nn.functional.cross_entropy(reference(x[idx]), y[idx]).backward()
+        with torch.no_grad():
+            for p in reference.parameters():
+                p -= 0.1 * p.grad
+    for p, q in zip(loop.model.parameters(), reference.parameters()):
+        torch.testing.assert_close(p, q, rtol=1e-5, atol=1e-6)
+    assert loop.state.samples_seen == samples
 
 
 # -- non-finite values fail fast --------------------------------------------------

@@ -347,7 +347,7 @@ class TrainingLoop:
             with sync:
                 with self.autocast:
                     loss, correct = self.task.loss(self.forward_model, x, y)
-                self.scaler.scale(loss / cfg.grad_accum).backward()
+                self.scaler.scale(loss / self.task.loss_divisor(s.step, y.shape[0], cfg.grad_accum)).backward()
             self.loss_watch.observe(loss, s.step)
             window.add(loss, correct, y.numel())
             step_loss, step_samples = step_loss + loss.detach().float() * y.numel(), step_samples + y.numel()

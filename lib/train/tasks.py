@@ -65,6 +65,12 @@ class TaskReport:
     final_fields: dict[str, str]  # ... taken from the last record
     line: str  # progress line, formatted from a record
 
+    def loss_divisor(self, step: int, samples: int, grad_accum: int) -> float:
+        """What the mean loss of a micro-batch of `samples` is divided by before backward, so that
+        the step's gradient is the mean over all its samples: grad_accum when every micro-batch
+        of every step is full (language-model windows)."""
+        return grad_accum
+
     def better(self, new: dict[str, Any], best: dict[str, Any] | None) -> bool:
         if best is None:
             return True
@@ -141,6 +147,16 @@ class StepBatches(ClassifierMetrics):
 
     def epoch_order(self, epoch: int) -> torch.Tensor:
         return torch.randperm(self.num_train, generator=_generator(self.seed, epoch))
+
+    def step_samples(self, step: int) -> int:
+        """Samples in optimizer step `step` over all ranks: fewer than a full step at an epoch's end."""
+        per_step = self.batch_size * self.grad_accum * self.world_size
+        return min(per_step, self.num_train - (step % self.steps_per_epoch) * per_step)
+
+    def loss_divisor(self, step: int, samples: int, grad_accum: int) -> float:
+        # A short last step must not shrink its gradient: weight each micro-batch by its share of
+        # the step's samples (exactly grad_accum for full ones; DDP then averages over ranks).
+        return self.step_samples(step) / (samples * self.world_size)
 
     def slot(self, step: int, micro: int) -> tuple[int, int, int]:
         """(epoch, first, end): positions in the epoch's order of one micro-batch."""

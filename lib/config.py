@@ -483,7 +483,7 @@ def settings_from_kconfig(kconf: kconfiglib.Kconfig) -> Settings:
         models=models, optimizers=optimizers, pruning_methods=methods,
         sparsities_pct=_sparsities(kconf, numbers, "TARGET_SPARSITY", optimizers),
         adamwprune_sparsities_pct=_sparsities(kconf, numbers, "ADAMWPRUNE_TARGET_SPARSITY", optimizers),
-        gpt2_variants=_enabled(kconf, "GPT2_ADAMWPRUNE_VARIANT_", BITTER_VARIANTS) or ("bitter7",),
+        gpt2_variants=_enabled(kconf, "GPT2_ADAMWPRUNE_VARIANT_", BITTER_VARIANTS),
         seeds=seeds, training=training, pruning=pruning, runner=runner,
         optimizer_params=optimizer_params, model_params=model_params,
         upstream_semantics=_y(kconf, "UPSTREAM_DEFCONFIG"))

@@ -76,6 +76,16 @@ def _methods_for(optimizer: str, enabled: tuple[str, ...], upstream: bool = Fals
     return [m for m in enabled if m != "state"]
 
 
+def _variants(settings: Settings, model: str) -> tuple[str | None, ...]:
+    """The bitter variants of a model's state runs: those enabled, for a model that has them."""
+    if not model_entry(model).bitter_variants:
+        return (None,)
+    if not settings.gpt2_variants:  # a silent fallback would run a score nobody chose
+        raise UserError(f"{model} with AdamWPrune state pruning needs at least one bitter variant: enable one "
+                        "under 'AdamWPrune state-pruning variants' in make menuconfig (GPT2_ADAMWPRUNE_VARIANT_*)")
+    return settings.gpt2_variants
+
+
 def expand(settings: Settings) -> list[RunSpec]:
     """Every run of the matrix, in a stable order (model, optimizer, method, variant, sparsity, seed)."""
     runs: list[RunSpec] = []
@@ -83,7 +93,7 @@ def expand(settings: Settings) -> list[RunSpec]:
     for model in settings.models:
         for optimizer in settings.optimizers:
             for method in _methods_for(optimizer, settings.pruning_methods, settings.upstream_semantics):
-                variants = settings.gpt2_variants if (method == "state" and model_entry(model).bitter_variants) else (None,)
+                variants = _variants(settings, model) if method == "state" else (None,)
                 levels = ((0.0,) if method == "none" else
                           settings.adamwprune_sparsities_pct if method == "state" else settings.sparsities_pct)
                 for variant in variants:

@@ -125,6 +125,16 @@ def test_bitter_variants_do_not_multiply_other_models_or_methods(base):
                              "gpt2_adamwprune_bitter1_state_50", "gpt2_adamwprune_bitter7_state_50"]
 
 
+def test_gpt2_state_runs_without_any_bitter_variant_are_refused_not_defaulted(base):
+    """No variant enabled: an error naming the menu, never a score nobody chose; other models are unaffected."""
+    settings = make(base, models=("gpt2",), optimizers=("adamwprune",), pruning_methods=("state",),
+                    gpt2_variants=())
+    with pytest.raises(UserError, match="at least one bitter variant.*GPT2_ADAMWPRUNE_VARIANT_"):
+        expand(settings)
+    assert ids(make(settings, models=("lenet5",), adamwprune_sparsities_pct=(50.0,))) == ["lenet5_adamwprune_state_50"]
+    assert ids(make(settings, pruning_methods=("none",))) == ["gpt2_adamwprune_none"]
+
+
 def test_several_seeds_multiply_runs_and_tag_ids(base):
     settings = make(base, optimizers=("adam",), pruning_methods=("none", "magnitude"), sparsities_pct=(70.0,),
                     seeds=(1, 2))

@@ -26,7 +26,7 @@ import sys
 import tempfile
 import time
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any, Callable, Optional
 
 import torch
 from torch import nn
@@ -107,8 +107,12 @@ def concurrent_memory(steps: int) -> dict[str, Any]:
     with tempfile.TemporaryDirectory() as folder:
         runs = [subprocess.Popen(worker, stdout=subprocess.PIPE, text=True, cwd=ROOT) for _ in range(2)]
         samplers = [start_sampler(run.pid, Path(folder) / f"gpu_stats_{i}.json") for i, run in enumerate(runs)]
-        outputs = [run.communicate(timeout=300)[0] for run in runs]
-        summaries = [stop_sampler(sampler) for sampler in samplers]
+        try:
+            outputs = [run.communicate(timeout=300)[0] for run in runs]
+        finally:  # a hung worker must not outlive the check, nor hold the GPU for the parts after it
+            for run in runs:
+                run.kill()
+            summaries = [stop_sampler(sampler) for sampler in samplers]
     result = []
     for run, output, summary in zip(runs, outputs, summaries):
         own = json.loads(output.strip().splitlines()[-1]) if run.returncode == 0 and output.strip() else {}
@@ -138,14 +142,31 @@ def machine() -> dict[str, Any]:
     return info
 
 
+def _measured(name: str, measure: Callable[[], dict[str, Any]]) -> dict[str, Any]:
+    """One part's figures, or {"error": ...}: GPU time is scarce, so a part that fails (a compile
+    error, an out-of-memory) must not cost the figures of the others."""
+    print(f"gpu-check: {name}...", flush=True)
+    start = time.perf_counter()
+    try:
+        figures = measure()
+    except Exception as error:  # noqa: BLE001  (reported in the JSON and the docs section)
+        figures = {"error": f"{type(error).__name__}: {str(error).splitlines()[0] if str(error) else ''}"}
+        print(f"gpu-check: {name} failed: {figures['error']}", flush=True)
+    if torch.cuda.is_available():
+        torch.cuda.empty_cache()
+    return {**figures, "wall_s": round(time.perf_counter() - start, 1)}
+
+
 def run_checks(steps: int) -> dict[str, Any]:
     result: dict[str, Any] = {"machine": machine(), "skipped": {}}
     if torch.cuda.is_available():
         device = torch.device("cuda")
-        result["nvml"] = concurrent_memory(steps=30)
-        result["bench"] = cuda_bench()
-        result["gpt2"] = gpt2_throughput(device, "124M", steps, batch=12, block=1024, bf16=True, compile_model=True)
-        result["resnet18"] = resnet18_throughput(device, steps=max(steps // 2, 4), batch=512, bf16=True)
+        result["nvml"] = _measured("nvml", lambda: concurrent_memory(steps=30))
+        result["bench"] = _measured("bench", cuda_bench)
+        result["gpt2"] = _measured("gpt2", lambda: gpt2_throughput(device, "124M", steps, batch=12, block=1024,
+                                                                   bf16=True, compile_model=True))
+        result["resnet18"] = _measured("resnet18", lambda: resnet18_throughput(device, steps=max(steps // 2, 4),
+                                                                               batch=512, bf16=True))
         return result
     why = "no CUDA device"
     result["skipped"] = {"nvml": f"{why}: NVML memory of two concurrent runs needs a GPU",
@@ -159,25 +180,46 @@ def run_checks(steps: int) -> dict[str, Any]:
     return result
 
 
+def _gpt2_line(gpt2: dict[str, Any]) -> str:
+    mfu = "n/a" if gpt2["mfu_pct"] is None else f"{gpt2['mfu_pct']:.1f}%"
+    return (f"- GPT-2 124M, {gpt2['steps']} steps (first {gpt2['warmup_steps']} not timed), batch "
+            f"{gpt2['batch']} x {gpt2['block_size']}, bf16 autocast + torch.compile, synthetic tokens: "
+            f"**{gpt2['tokens_per_s']:.0f} tokens/s**, {gpt2['achieved_tflops']:.1f} TFLOP/s, MFU "
+            f"{mfu} ({gpt2['mfu_note']}), peak {gpt2['peak_memory_mib']:.0f} MiB")
+
+
+def _resnet18_line(resnet: dict[str, Any]) -> str:
+    return (f"- ResNet-18, 32x32 synthetic images, batch {resnet['batch']}, bf16: "
+            f"**{resnet['images_per_s']:.0f} images/s**, peak {resnet['peak_memory_mib']:.0f} MiB")
+
+
+def _nvml_line(nvml: dict[str, Any]) -> str:
+    return ("- two concurrent GPT-2 124M runs (NVML per process, torch peak): "
+            + "; ".join(f"run {i + 1}: NVML peak {r['nvml_peak_mib']} MiB ({r['memory_scope']}), torch peak "
+                        f"{r['torch_peak_mib'] and round(r['torch_peak_mib'])} MiB"
+                        for i, r in enumerate(nvml["runs"])))
+
+
+def _bench_lines(bench: dict[str, Any]) -> list[str]:
+    return ["", f"`{bench['command']}` (exit {bench['returncode']}):", "", "```", *bench["output"], "```"]
+
+
+def _part(result: dict[str, Any], name: str, render: Callable[[dict[str, Any]], Any]) -> list[str]:
+    """A part's lines, or one line saying it failed and why (the figures of the others still stand)."""
+    figures = result[name]
+    if "error" in figures:
+        return [f"- {name}: **failed**, {figures['error']}"]
+    rendered = render(figures)
+    return rendered if isinstance(rendered, list) else [rendered]
+
+
 def section(result: dict[str, Any]) -> str:
     """The docs/performance.md section for a GPU run."""
-    gpt2, resnet, bench = result["gpt2"], result["resnet18"], result["bench"]
-    mfu = "n/a" if gpt2["mfu_pct"] is None else f"{gpt2['mfu_pct']:.1f}%"
     lines = [BEGIN, f"## GPU check (`make gpu-check`, {time.strftime('%Y-%m-%d')})", "",
              f"Machine: {result['machine'].get('gpu')}; torch {result['machine']['torch']}; "
              f"triton {result['machine']['triton']}. Figures written by benchmarks/gpu_check.py.", "",
-             f"- GPT-2 124M, {gpt2['steps']} steps (first {gpt2['warmup_steps']} not timed), batch "
-             f"{gpt2['batch']} x {gpt2['block_size']}, bf16 autocast + torch.compile, synthetic tokens: "
-             f"**{gpt2['tokens_per_s']:.0f} tokens/s**, {gpt2['achieved_tflops']:.1f} TFLOP/s, MFU "
-             f"{mfu} ({gpt2['mfu_note']}), "
-             f"peak {gpt2['peak_memory_mib']:.0f} MiB",
-             f"- ResNet-18, 32x32 synthetic images, batch {resnet['batch']}, bf16: "
-             f"**{resnet['images_per_s']:.0f} images/s**, peak {resnet['peak_memory_mib']:.0f} MiB",
-             "- two concurrent GPT-2 124M runs (NVML per process, torch peak): "
-             + "; ".join(f"run {i + 1}: NVML peak {r['nvml_peak_mib']} MiB ({r['memory_scope']}), torch peak "
-                         f"{r['torch_peak_mib'] and round(r['torch_peak_mib'])} MiB"
-                         for i, r in enumerate(result["nvml"]["runs"])),
-             "", f"`{bench['command']}` (exit {bench['returncode']}):", "", "```", *bench["output"], "```", END]
+             *_part(result, "gpt2", _gpt2_line), *_part(result, "resnet18", _resnet18_line),
+             *_part(result, "nvml", _nvml_line), *_part(result, "bench", _bench_lines), END]
     return "\n".join(lines) + "\n"
 
 
@@ -216,7 +258,11 @@ def main(argv: Optional[list[str]] = None) -> int:
         print(f"CPU smoke only (not GPU figures): GPT-2 tiny {smoke['tokens_per_s']:.0f} tokens/s, ResNet-18 "
               f"{result['resnet18_cpu_smoke']['images_per_s']:.1f} images/s; docs left unchanged")
     print(f"wrote {args.out}")
-    return 0
+    failed = [name for name, part in result.items() if isinstance(part, dict) and "error" in part]
+    if failed:
+        print(f"error: gpu-check parts failed: {', '.join(failed)} (the others' figures were written)",
+              file=sys.stderr)
+    return 1 if failed else 0
 
 
 if __name__ == "__main__":

@@ -44,3 +44,20 @@ def test_a_gpu_section_replaces_the_previous_one(tmp_path):
     written = docs.read_text()
     assert written.count(gpu_check.BEGIN) == 1 and "older text" in written
     assert "150000 tokens/s" in written and "MFU 12.1%" in written and "30000 images/s" in written
+
+
+def test_a_failing_part_is_recorded_and_the_others_still_run(monkeypatch, capsys):
+    """GPU time is scarce: an error in one part becomes its one line, the other parts keep their figures."""
+    def broken() -> dict:
+        raise RuntimeError("CUDA out of memory. Tried to allocate 2.00 GiB\nmore detail")
+
+    failed = gpu_check._measured("gpt2", broken)
+    assert failed["error"] == "RuntimeError: CUDA out of memory. Tried to allocate 2.00 GiB" and "wall_s" in failed
+    assert gpu_check._measured("resnet18", lambda: {"images_per_s": 5.0})["images_per_s"] == 5.0
+    result = {"machine": {"gpu": "NVIDIA H200", "torch": "2.13", "triton": None}, "gpt2": failed,
+              "resnet18": {"batch": 512, "images_per_s": 3e4, "peak_memory_mib": 3e3},
+              "nvml": {"error": "TimeoutExpired: x"}, "bench": {"command": "bench", "returncode": 0, "output": []}}
+    text = gpu_check.section(result)
+    assert "- gpt2: **failed**, RuntimeError: CUDA out of memory" in text and "30000 images/s" in text
+    assert "- nvml: **failed**, TimeoutExpired: x" in text and "`bench` (exit 0)" in text
+    assert "gpt2 failed" in capsys.readouterr().out

@@ -116,3 +116,27 @@ def test_upstream_effective_values_include_kconfig_defaults():
     path = UPSTREAM / "gpt2-finewebedu-bitter7"
     assert "GPT2_DROPOUT" not in assignments(path)
     assert upstream_config(path)["GPT2_DROPOUT"] == "0.1"
+
+
+# ../shared/upstream/adamwprune_variants.md, "Variant Comparison Table", column "Sparsity Schedule":
+# | bitter0 | Hybrid momentum-stability | Linear | ... | bitter1 | Pure magnitude | Linear | ...
+# | bitter2 | Pure magnitude | Linear | ...; "Cubic Schedule (bitter3/bitter4)": progress ** 3.
+UPSTREAM_VARIANT_CURVE = {"bitter0": lambda p: p, "bitter1": lambda p: p, "bitter2": lambda p: p,
+                          "bitter3": lambda p: p ** 3, "bitter4": lambda p: p ** 3}
+
+
+def test_bitter_lesson_state_runs_ramp_as_upstream_ran_bitter0_1_2():
+    """gpt2-bitter-lesson (seed 003's bitter0/1/2 runs): each state run's sparsity at 1/4, 1/2 and
+    3/4 of its ramp is the variants table's curve for its variant (Linear for bitter0-2)."""
+    from lib.config import load_settings
+    from lib.matrix import expand
+    from lib.pruning.schedules import curve_for, target_fraction
+
+    runs = [r for r in expand(load_settings(ROOT / "defconfigs/gpt2-bitter-lesson", warn=lambda message: None))
+            if r.pruning == "state"]
+    assert sorted(r.variant for r in runs) == ["bitter0", "bitter1", "bitter2"]
+    for run in runs:
+        curve = curve_for(run.pruning_settings.schedule, run.pruning)
+        for p in (0.25, 0.5, 0.75):
+            got = target_fraction(curve, 1000 + round(p * 1000), 1000, 2000, 0.5)
+            assert got == pytest.approx(0.5 * UPSTREAM_VARIANT_CURVE[run.variant](p)), (run.variant, p)

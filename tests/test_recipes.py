@@ -82,3 +82,61 @@ def test_loaded_values_hold_upstreams_values(name, kconf):
 def test_the_table_parser_sees_documented_rows():
     assert {"GPT2_MAX_TIME", "DATA_DIR"} <= documented("gpt2-finewebedu-bitter7")
     assert "ADAMWPRUNE_FREQUENCY" not in documented("gpt2-finewebedu-bitter7")
+
+
+# Upstream's own Kconfig fills in what its file leaves out (docs/recipes.md: "or from upstream's Kconfig
+# default when the defconfig leaves the symbol out"): the upstream file evaluated by upstream's Kconfig tree.
+UPSTREAM_FILES = {name: UPSTREAM / name for name in NAMES if name.startswith("gpt2-")}
+
+
+@pytest.mark.parametrize("name", sorted(UPSTREAM_FILES))
+def test_loaded_values_hold_upstreams_effective_values(name, kconf):
+    """Every symbol both Kconfigs define has, after loading ours, the value upstream's Kconfig gives
+    upstream's file (its defaults included), or a row saying why not.
+
+    Reference: ../shared/upstream/kconfig (copied to tests/fixtures/upstream/kconfig) evaluating
+    ../shared/upstream/defconfigs/gpt2--<name>, through tests/test_upstream_defconfigs.py's
+    upstream_config (kconfiglib on upstream's tree, not lib/config). E.g. upstream gpt2/Kconfig:
+    `config GPT2_DROPOUT` ... `default "0.1"`, which neither GPT-2 file sets.
+    """
+    from tests.test_upstream_defconfigs import upstream_config
+
+    effective = upstream_config(UPSTREAM_FILES[name])
+    kconf.load_config(str(ROOT / "defconfigs" / name))
+    differing = {s: (kconf.syms[s].str_value, v) for s, v in effective.items()
+                 if defined(kconf, s) and not same(kconf.syms[s].str_value, v)}
+    assert not {s: v for s, v in differing.items() if s not in documented(name)}
+
+
+def test_upstream_effective_values_include_kconfig_defaults():
+    """The reference above is upstream's evaluation, not the file: GPT2_DROPOUT is absent from the
+    file and "0.1" in upstream gpt2/Kconfig."""
+    from tests.test_upstream_defconfigs import upstream_config
+
+    path = UPSTREAM / "gpt2-finewebedu-bitter7"
+    assert "GPT2_DROPOUT" not in assignments(path)
+    assert upstream_config(path)["GPT2_DROPOUT"] == "0.1"
+
+
+# ../shared/upstream/adamwprune_variants.md, "Variant Comparison Table", column "Sparsity Schedule":
+# | bitter0 | Hybrid momentum-stability | Linear | ... | bitter1 | Pure magnitude | Linear | ...
+# | bitter2 | Pure magnitude | Linear | ...; "Cubic Schedule (bitter3/bitter4)": progress ** 3.
+UPSTREAM_VARIANT_CURVE = {"bitter0": lambda p: p, "bitter1": lambda p: p, "bitter2": lambda p: p,
+                          "bitter3": lambda p: p ** 3, "bitter4": lambda p: p ** 3}
+
+
+def test_bitter_lesson_state_runs_ramp_as_upstream_ran_bitter0_1_2():
+    """gpt2-bitter-lesson (seed 003's bitter0/1/2 runs): each state run's sparsity at 1/4, 1/2 and
+    3/4 of its ramp is the variants table's curve for its variant (Linear for bitter0-2)."""
+    from lib.config import load_settings
+    from lib.matrix import expand
+    from lib.pruning.schedules import curve_for, target_fraction
+
+    runs = [r for r in expand(load_settings(ROOT / "defconfigs/gpt2-bitter-lesson", warn=lambda message: None))
+            if r.pruning == "state"]
+    assert sorted(r.variant for r in runs) == ["bitter0", "bitter1", "bitter2"]
+    for run in runs:
+        curve = curve_for(run.pruning_settings.schedule, run.pruning)
+        for p in (0.25, 0.5, 0.75):
+            got = target_fraction(curve, 1000 + round(p * 1000), 1000, 2000, 0.5)
+            assert got == pytest.approx(0.5 * UPSTREAM_VARIANT_CURVE[run.variant](p)), (run.variant, p)

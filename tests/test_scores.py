@@ -162,7 +162,7 @@ def test_score_matches_its_formula(name):
 def test_signed_scores_are_negative_for_some_live_weights():
     """bitter5 and bitter9 are signed (the pruner must force pruned entries to -inf): live weights go below 0."""
     w, m, v, _, _ = score_inputs()
-    m = -torch.sign(w) * 1e-2  # Adam pushing every weight toward zero
+    m = -torch.sign(w) * 1e-2  # Adam growing every weight away from zero (its update is -lr*m/sqrt(v))
     v = torch.full_like(w, 1e-4)
     for name in ("bitter5", "bitter9"):
         got = run_score(name, ScoreInputs(w, m, v), w.numel())
@@ -681,3 +681,26 @@ def test_ties_at_zero_score_keep_live_weights_first():
     assert sum(int((~m).sum()) for m in pruner.masks.values()) == 1050
     assert torch.equal(pruner.masks["0.weight"], first["0.weight"]), "a pruned weight was revived"
     assert int((~pruner.masks["1.weight"]).sum()) == 350
+
+
+@pytest.mark.parametrize("name", ["bitter5", "bitter9"])
+def test_bitter5_and_bitter9_keep_weights_adam_shrinks_and_prune_those_it_grows(name):
+    """The upstream code's sign, as ../shared/upstream/adamwprune_variants.md "Variance-Based Scoring
+    (bitter5-9)" writes it: movement = -(weight.sign() * exp_avg) / (sqrt(exp_avg_sq) + eps),
+    bitter5 importance = -movement + abs(weight) * 0.1, bitter9 = abs(weight) * sqrt(abs(exp_avg) + eps)
+    - 0.1 * movement. After a real Adam step the weights Adam moved toward zero score above those it
+    moved away from zero: the reverse of the docs' stated intent (docs/algorithms.md, bitter5's sign)."""
+    w = torch.nn.Parameter(torch.tensor([0.5, 0.5, -0.5, -0.5]))
+    optimizer = torch.optim.Adam([w], lr=1e-2)
+    w.grad = torch.tensor([1.0, -1.0, -1.0, 1.0])
+    optimizer.step()
+    state = optimizer.state[w]
+    shrunk = w.detach().abs() < 0.5
+    assert shrunk.tolist() == [True, False, True, False]
+    wn, m, v = (t.detach().double().numpy() for t in (w, state["exp_avg"], state["exp_avg_sq"]))
+    movement = -(np.sign(wn) * m) / (np.sqrt(v) + EPS)
+    expected = {"bitter5": -movement + np.abs(wn) * 0.1,
+                "bitter9": np.abs(wn) * np.sqrt(np.abs(m) + EPS) - 0.1 * movement}[name]
+    got = run_score(name, ScoreInputs(w.detach(), state["exp_avg"], state["exp_avg_sq"]), 4)
+    np.testing.assert_allclose(got.double().numpy(), expected, rtol=1e-6)
+    assert got[shrunk].min() > got[~shrunk].max()

@@ -18,7 +18,7 @@ $(foreach v,$(USER_VARS),$(if $(filter undefined,$(origin $(v))),,$(eval overrid
 export $(USER_VARS)
 
 .DEFAULT_GOAL := all
-.PHONY: all help menuconfig olddefconfig savedefconfig listdefconfigs test-matrix-dry-run gpu-check \
+.PHONY: all help menuconfig olddefconfig savedefconfig listdefconfigs defconfig- test-matrix-dry-run gpu-check \
 	continue report compare reproduce sample data test test-fast ci bench clean mrproper venv trackers
 
 $(STAMP): requirements.txt
@@ -81,6 +81,12 @@ menuconfig: $(STAMP)
 
 defconfig-%: export DEFCONFIG_NAME = $*
 defconfig-%: $(STAMP)
+	@$(KCONFIG) defconfig
+
+# With no name `defconfig-%` does not match, and make's built-in `%: %.o` rule would reach it
+# through defconfig-.o, so the error would name ".o"; the script asks for a name instead.
+defconfig-: export DEFCONFIG_NAME =
+defconfig-: $(STAMP)
 	@$(KCONFIG) defconfig
 
 olddefconfig: $(STAMP)

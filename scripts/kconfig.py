@@ -55,7 +55,8 @@ def first_comment(path: Path) -> str:
 
 
 def list_defconfigs() -> None:
-    names = sorted(p.name for p in DEFCONFIGS.iterdir() if p.is_file())
+    # only what `make defconfig-NAME` loads: not an editor's hidden swap file or a folder
+    names = sorted(p.name for p in DEFCONFIGS.iterdir() if p.is_file() and is_safe_name(p.name))
     width = max(map(len, names), default=0)
     for name in names:
         print(f"  {name:<{width}}  {first_comment(DEFCONFIGS / name)}")

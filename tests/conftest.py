@@ -1,10 +1,11 @@
-"""Shared fixtures: the project root on sys.path and small config helpers."""
+"""Shared fixtures: the project root on sys.path, small config helpers, a copy of the repository to run make in."""
 from __future__ import annotations
 
 import contextlib
 import functools
 import importlib.util
 import io
+import shutil
 import subprocess
 import sys
 import types
@@ -48,6 +49,40 @@ def write_config(tmp_path: Path, defconfig: str, **overrides: str) -> Path:
 
 def run_script(*args: str) -> subprocess.CompletedProcess:
     return subprocess.run([sys.executable, *map(str, args)], capture_output=True, text=True, cwd=ROOT)
+
+
+def copy_repository(target: Path) -> Path:
+    """The repository's files (tracked, and new ones git does not ignore) copied to `target`, with .venv a
+    link to this one's. `make` and scripts/ write the repository's own .config, defconfig, data/ and
+    test_matrix_results/, so a test that changes them runs make in a copy. Modification times are kept:
+    .venv/.installed stays newer than requirements.txt, so make installs nothing."""
+    try:
+        listed = subprocess.run(["git", "ls-files", "-z", "--cached", "--others", "--exclude-standard"], cwd=ROOT,
+                                capture_output=True, check=True).stdout.decode()
+    except (OSError, subprocess.CalledProcessError):
+        pytest.skip("copying the repository needs git (not a git checkout, or no git)")
+    for name in filter(None, listed.split("\0")):
+        if (ROOT / name).is_file():  # --cached also lists files deleted in the working tree
+            (target / name).parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy2(ROOT / name, target / name)
+    (target / ".venv").symlink_to(ROOT / ".venv")
+    return target
+
+
+@pytest.fixture
+def repo(tmp_path: Path) -> Path:
+    """A copy of the repository (copy_repository) under tmp_path, to run make in."""
+    return copy_repository(tmp_path / "repo")
+
+
+def make(cwd: Path, *args: str) -> subprocess.CompletedProcess:
+    """`make -s ARGS` in `cwd`, as a user types it (variables as NAME=value arguments)."""
+    return subprocess.run(["make", "-s", *args], cwd=cwd, capture_output=True, text=True, timeout=300)
+
+
+def own_lines(stderr: str) -> list[str]:
+    """stderr without the `make: *** [Makefile:N: target] Error 2` line make adds when a recipe fails."""
+    return [line for line in stderr.splitlines() if not line.startswith("make: *** [")]
 
 
 @pytest.fixture

@@ -4,13 +4,12 @@ from __future__ import annotations
 import dataclasses
 import json
 import shutil
-import subprocess
 import sys
 import time
 from pathlib import Path
 
 import pytest
-from conftest import ROOT, run_script
+from conftest import run_script
 from fixtures.summary_rows import rows as summary_rows
 from runner_matrix import MATRIX, RUNS, comparable_rows, reference_run, runner_config
 
@@ -186,12 +185,3 @@ def test_dry_run_estimates_from_past_runs_of_the_same_model(reference, tmp_path)
     durations = [json.loads(p.read_text())["duration_s"] for p in results_dir.glob("*/result.json")]
     h, m, s = map(int, line.split()[2].split(":"))
     assert 0.8 * sum(durations) / 2 <= h * 3600 + m * 60 + s <= 1.2 * sum(durations) / 2 + 1
-
-
-@pytest.mark.slow  # runs make
-def test_make_defconfig_nonexistent_is_one_clear_line():
-    proc = subprocess.run(["make", "-s", "defconfig-nonexistent"], cwd=ROOT, capture_output=True, text=True)
-    assert proc.returncode != 0
-    ours = [line for line in proc.stderr.splitlines() if not line.startswith("make")]
-    assert ours == ["error: no defconfig named 'nonexistent' in defconfigs/ (`make listdefconfigs` lists them)"]
-    assert "Traceback" not in proc.stdout + proc.stderr

@@ -105,6 +105,8 @@ def create_results_dir(root: Path, config_path: Path, config_name: str | None, r
 def load_matrix(results_dir: Path) -> list[RunSpec]:
     """The runs of matrix.json, each checked (lib/matrix.spec_from_entry): it may come from anyone."""
     path = results_dir / "matrix.json"
+    if not results_dir.is_dir():  # a mistyped RESULTS=: say so, as `make report` does
+        raise UserError(f"{results_dir}: no such result directory (give a test_matrix_results/<timestamp> folder)")
     if not path.is_file():
         raise UserError(f"{results_dir}: not a result directory of this framework (no matrix.json)")
     data = read_json(path)

@@ -5,6 +5,7 @@ import contextlib
 import functools
 import importlib.util
 import io
+import os
 import shutil
 import subprocess
 import sys
@@ -75,9 +76,18 @@ def repo(tmp_path: Path) -> Path:
     return copy_repository(tmp_path / "repo")
 
 
+def _makefile_user_vars() -> frozenset[str]:
+    """The Makefile's USER_VARS (RESULTS, OUT, TRACKER...): make reads them from the environment too."""
+    line = next(line for line in (ROOT / "Makefile").read_text().splitlines() if line.startswith("USER_VARS :="))
+    return frozenset(line.split(":=", 1)[1].split())
+
+
 def make(cwd: Path, *args: str) -> subprocess.CompletedProcess:
-    """`make -s ARGS` in `cwd`, as a user types it (variables as NAME=value arguments)."""
-    return subprocess.run(["make", "-s", *args], cwd=cwd, capture_output=True, text=True, timeout=300)
+    """`make -s ARGS` in `cwd`, as a user types it (variables as NAME=value arguments). The Makefile's
+    user variables are left out of the environment, so a developer's exported RESULTS or TRACKER
+    cannot change what a test runs."""
+    env = {k: v for k, v in os.environ.items() if k not in _makefile_user_vars()}
+    return subprocess.run(["make", "-s", *args], cwd=cwd, env=env, capture_output=True, text=True, timeout=300)
 
 
 def own_lines(stderr: str) -> list[str]:

@@ -9,7 +9,7 @@ import subprocess
 from pathlib import Path
 
 import pytest
-from conftest import ROOT
+from conftest import ROOT, make
 from result_dirs import classifier_metrics, gpu_stats, spec, write_matrix, write_run
 
 from lib.report.compare import compare_tables, welch_p_value
@@ -96,8 +96,7 @@ def test_make_compare_writes_text_markdown_and_graph_and_leaves_inputs_untouched
     a, b = sides
     before = [_digest(a), _digest(b)]
     out = tmp_path / "out"
-    proc = subprocess.run(["make", "-s", "compare", f"A={a}", f"B={b}", f"OUT={out}"], cwd=ROOT,
-                          capture_output=True, text=True)
+    proc = make(ROOT, "compare", f"A={a}", f"B={b}", f"OUT={out}")
     assert proc.returncode == 0, proc.stderr
     assert [_digest(a), _digest(b)] == before
     text = (out / "compare.txt").read_text()

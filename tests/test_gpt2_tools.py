@@ -10,6 +10,7 @@ import sys
 import pytest
 import torch
 
+from conftest import make
 from gpt2.model import GPT, gpt2_config
 from lib.train.checkpoint import load_weights
 from lib.train.mfu import MFUMeter, peak_flops
@@ -160,9 +161,8 @@ def sample(env: dict[str, str], make: bool = False) -> subprocess.CompletedProce
 def test_make_sample_writes_text_from_a_runs_checkpoint(tiny_run):
     """Through make, so the prompt's quotes, $ and # must arrive as typed."""
     run_dir, _, _ = tiny_run
-    done = subprocess.run(["make", "-s", "sample", f"RESULTS={run_dir.parent}", f"RUN={run_dir.name}",
-                           f"PROMPT={PROMPT}", "NUM_SAMPLES=2", "MAX_NEW_TOKENS=12", "TOP_K=20", "DEVICE=cpu"],
-                          cwd=ROOT, capture_output=True, text=True, timeout=300)
+    done = make(ROOT, "sample", f"RESULTS={run_dir.parent}", f"RUN={run_dir.name}", f"PROMPT={PROMPT}",
+                "NUM_SAMPLES=2", "MAX_NEW_TOKENS=12", "TOP_K=20", "DEVICE=cpu")
     assert done.returncode == 0, done.stderr
     texts = done.stdout.split("\n---------------\n")
     assert len(texts) == 2 and all(t.startswith(PROMPT) and len(t) > len(PROMPT) for t in texts)

@@ -14,10 +14,10 @@ import importlib.util
 import json
 import math
 import shutil
-import subprocess
 from pathlib import Path
 
 import pytest
+from conftest import make, own_lines
 from result_dirs import write
 
 from lib.errors import UserError
@@ -43,8 +43,7 @@ def legacy_reports(tmp_path_factory) -> tuple[Path, dict, str]:
     """`make report` of the fixture into a temp folder; the fixture's digest before it and make's stderr."""
     out = tmp_path_factory.mktemp("legacy_out")
     before = tree_digest(LEGACY)
-    done = subprocess.run(["make", "-s", "report", f"RESULTS={LEGACY}", f"OUT={out}"], cwd=ROOT,
-                          capture_output=True, text=True)
+    done = make(ROOT, "report", f"RESULTS={LEGACY}", f"OUT={out}")
     assert done.returncode == 0, done.stderr
     return out, before, done.stderr
 
@@ -163,8 +162,8 @@ def test_unknown_layout_is_one_error_line_and_exit_2(tmp_path: Path) -> None:
     (tmp_path / "notes.txt").write_text("hello")
     with pytest.raises(UserError, match="not a result directory this version can read"):
         load_results(tmp_path)
-    done = subprocess.run(["make", "-s", "report", f"RESULTS={tmp_path}"], cwd=ROOT, capture_output=True, text=True)
-    ours = [line for line in done.stderr.splitlines() if not line.startswith("make")]  # make adds its own line
+    done = make(ROOT, "report", f"RESULTS={tmp_path}")
+    ours = own_lines(done.stderr)
     assert done.returncode == 2 and len(ours) == 1 and ours[0].startswith(f"error: {tmp_path}: ")
 
 

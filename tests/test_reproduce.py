@@ -3,11 +3,10 @@ and what differs from its record (commit, package versions) is named before it s
 from __future__ import annotations
 
 import json
-import subprocess
 
 import pytest
 
-from conftest import ROOT, run_script, write_config
+from conftest import ROOT, make, run_script, write_config
 
 REPRODUCE = ROOT / "scripts" / "reproduce.py"
 RUN = "lenet5_adamw_magnitude_50"
@@ -43,8 +42,7 @@ def test_reproduce_is_bit_identical_on_cpu_and_names_differences_first(tmp_path)
     before = {p: p.read_bytes() for p in results.rglob("*") if p.is_file()}
 
     out = tmp_path / "rerun"
-    proc = subprocess.run(["make", "-s", "reproduce", f"RESULTS={results}", f"RUN={RUN}", f"OUT={out}"],
-                          cwd=ROOT, capture_output=True, text=True)
+    proc = make(ROOT, "reproduce", f"RESULTS={results}", f"RUN={RUN}", f"OUT={out}")
     assert proc.returncode == 0, proc.stdout + proc.stderr
     lines = proc.stdout.splitlines()
     start = next(i for i, line in enumerate(lines) if "1 to run" in line)

@@ -53,6 +53,8 @@ class RecordedRun:
 def read_recorded_run(results_dir: Path, run_id: str) -> RecordedRun:
     """The run's spec and provenance from `results_dir/run_id/run.json`, each value checked."""
     check_name(run_id, "RUN", "make reproduce")
+    if not results_dir.is_dir():
+        raise UserError(f"RESULTS={results_dir}: no such result directory")
     run_dir = results_dir / run_id
     if not (run_dir / "run.json").is_file():
         raise UserError(f"{run_dir}: no run.json (give RESULTS=<our result directory> RUN=<run id>; "

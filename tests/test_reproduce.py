@@ -64,3 +64,5 @@ def test_reproduce_refuses_a_bad_run_name_and_an_out_inside_the_original(tmp_pat
     missing = run_script(REPRODUCE, str(tmp_path / "r"), "x")
     assert missing.returncode == 2 and "no run.json" in missing.stderr and "Traceback" not in missing.stderr
     assert not (tmp_path / "r" / "x").joinpath("matrix.json").exists()
+    nowhere = run_script(REPRODUCE, str(tmp_path / "nowhere"), "x")
+    assert nowhere.returncode == 2 and nowhere.stderr == f"error: RESULTS={tmp_path / 'nowhere'}: no such result directory\n"

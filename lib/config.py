@@ -8,6 +8,7 @@ below it reads `.config` or the environment.
 """
 from __future__ import annotations
 
+import difflib
 import functools
 import math
 import os
@@ -128,6 +129,17 @@ class LoadedConfig:
     warnings: tuple[str, ...]
     upstream: bool = False  # read with upstream AdamWPrune's Kconfig semantics (lib/upstream_aliases.py)
     derived_symbols: tuple[str, ...] = ()  # upstream symbols without a prompt there, ignored as upstream does
+
+    def check_names(self, label: str) -> None:
+        """Refuse unknown symbols in one of our files: each is a value the user meant to set and
+        that would be silently lost (an upstream file's are listed by ignored_message instead)."""
+        if self.upstream or not self.unknown_symbols:
+            return
+        known = list(self.kconf.syms)
+        named = [name + (f" (did you mean {close[0]}?)" if (close := difflib.get_close_matches(name, known, 1))
+                         else "") for name in self.unknown_symbols]
+        raise UserError(f"{label}: no such symbol: {', '.join(named)}; `make menuconfig` lists every option "
+                        "(an upstream AdamWPrune defconfig? add CONFIG_UPSTREAM_DEFCONFIG=y to read it as one)")
 
     def ignored_message(self, label: str) -> str | None:
         """One line naming every assignment the load ignored by name, or None."""
@@ -570,6 +582,7 @@ def default_runner() -> RunnerSettings:
 def load_settings(path: str | os.PathLike, warn: Callable[[str], None] | None = None) -> Settings:
     """Load and validate a configuration file; warnings go to `warn` (default: stderr)."""
     loaded = load_kconfig(path)
+    loaded.check_names(str(path))
     warn = warn or _print_warning
     ignored = loaded.ignored_message(str(path))
     if ignored:

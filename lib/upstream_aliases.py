@@ -1,7 +1,8 @@
 """Upstream AdamWPrune defconfigs read with upstream's Kconfig semantics.
 
-A file that assigns symbols this tree does not define is one of upstream's
-defconfigs (kconfiglib lists those assignments in `kconf.missing_syms`).
+A file that assigns a symbol only upstream defines (upstream_symbols.txt;
+kconfiglib lists unknown assignments in `kconf.missing_syms`) or sets
+CONFIG_UPSTREAM_DEFCONFIG=y is one of upstream's defconfigs.
 Upstream's Kconfig evaluates such a file, so the loader switches on
 UPSTREAM_DEFCONFIG: our Kconfig then gives every symbol the file does not
 mention upstream's default and checks integers against upstream's ranges
@@ -21,6 +22,7 @@ Every other unknown symbol is returned for the caller's one warning.
 from __future__ import annotations
 
 import re
+from pathlib import Path
 
 import kconfiglib
 
@@ -65,9 +67,18 @@ def _select_dataset(kconf: kconfiglib.Kconfig, value: str) -> None:
         _set(kconf, target, 2)
 
 
+UPSTREAM_ONLY_SYMBOLS = frozenset(
+    line for line in (Path(__file__).with_name("upstream_symbols.txt").read_text().splitlines())
+    if line and not line.startswith("#"))
+
+
 def is_upstream_file(kconf: kconfiglib.Kconfig) -> bool:
-    """True for a file that assigns symbols only upstream AdamWPrune defines."""
-    return bool(kconf.missing_syms)
+    """True for a file that assigns a symbol only upstream AdamWPrune defines, or unknown symbols
+    and CONFIG_UPSTREAM_DEFCONFIG=y (a newer upstream file). Unknown names alone do not make a file upstream's: a typo
+    in one of ours must not switch every default to upstream's."""
+    missing = [name for name, _ in kconf.missing_syms]
+    return bool(missing) and (kconf.syms["UPSTREAM_DEFCONFIG"].user_value == 2
+                              or any(name in UPSTREAM_ONLY_SYMBOLS for name in missing))
 
 
 def apply_upstream_aliases(kconf: kconfiglib.Kconfig) -> tuple[list[str], list[str]]:

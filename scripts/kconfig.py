@@ -30,6 +30,7 @@ def normalise(source: Path, target: Path, tracker: str | None = None) -> None:
     """Load `source` (upstream idioms translated), check it, write a full `target`;
     `tracker` (make's TRACKER=wandb,trackio|none) then picks the trackers."""
     loaded = load_kconfig(source)
+    loaded.check_names(source.name)
     ignored = loaded.ignored_message(source.name)
     if ignored:
         print(f"warning: {ignored}", file=sys.stderr)

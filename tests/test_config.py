@@ -273,6 +273,34 @@ def test_our_own_file_with_a_bad_value_still_stops(tmp_path):
         settings_of(tmp_path, BASE + "CONFIG_LEARNING_RATE=0.1\n")
 
 
+def test_a_typo_in_our_own_file_is_refused_with_a_suggestion_not_read_as_upstream(tmp_path):
+    """An unknown name that upstream does not define either is a typo: the value it meant to set would
+    be lost, and the file must not silently switch to upstream's defaults."""
+    with pytest.raises(UserError, match=r"no such symbol: LEARNIG_RATE \(did you mean LEARNING_RATE\?\), "
+                                        r"ZZZ_NOTHING_LIKE_IT; `make menuconfig` lists every option"):
+        settings_of(tmp_path, BASE + "CONFIG_LEARNIG_RATE=0.1\nCONFIG_ZZZ_NOTHING_LIKE_IT=1\n")
+    assert not load_kconfig(write_config(tmp_path, BASE + "CONFIG_LEARNIG_RATE=0.1\n")).upstream
+
+
+def test_unknown_names_with_upstreams_marker_read_as_a_newer_upstream_file(tmp_path):
+    """A newer upstream file whose names our list lacks can say what it is."""
+    messages: list[str] = []
+    path = write_config(tmp_path, BASE + "CONFIG_UPSTREAM_DEFCONFIG=y\nCONFIG_SOME_NEWER_UPSTREAM_KNOB=3\n")
+    settings = load_settings(path, warn=messages.append)
+    assert settings.upstream_semantics and any("SOME_NEWER_UPSTREAM_KNOB" in m for m in messages)
+
+
+def test_cli_defconfig_with_a_typo_is_one_line_and_writes_nothing(tmp_path):
+    source = write_config(tmp_path, BASE + "CONFIG_PRUNING_WARMUPP=10\n", name="mine")
+    result = kconfig_cli("--config", tmp_path / ".config", "olddefconfig", cwd=tmp_path)
+    assert result.returncode == 2  # no .config yet
+    (tmp_path / ".config").write_bytes(source.read_bytes())
+    result = kconfig_cli("--config", tmp_path / ".config", "olddefconfig", cwd=tmp_path)
+    assert result.returncode == 2 and result.stderr.count("\n") == 1
+    assert "PRUNING_WARMUPP (did you mean PRUNING_WARMUP?)" in result.stderr
+    assert (tmp_path / ".config").read_bytes() == source.read_bytes()
+
+
 def test_gpt2_size_is_a_choice_and_upstreams_names_select_it(tmp_path):
     gpt2 = "CONFIG_MODEL_SELECT_GPT2=y\n"
     assert settings_of(tmp_path, gpt2).model_params["gpt2"]["model_size"] == "124M"

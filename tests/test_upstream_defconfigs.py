@@ -13,13 +13,15 @@ from __future__ import annotations
 
 import itertools
 import os
+import re
 from pathlib import Path
 
 import kconfiglib
 import pytest
 
-from lib.config import load_settings
+from lib.config import load_kconfig, load_settings, new_kconfig
 from lib.matrix import expand
+from lib.upstream_aliases import UPSTREAM_ONLY_SYMBOLS
 
 FIXTURES = Path(__file__).resolve().parent / "fixtures/upstream"
 DEFCONFIGS = sorted((FIXTURES / "defconfigs").iterdir())
@@ -112,3 +114,18 @@ def test_reference_reads_upstream_semantics_not_the_raw_file():
     assert config["MODEL_SELECT_LENET5"] == "y" and config["SPAM_INTERVAL"] == "1000"
     runs = upstream_runs(config)
     assert ("lenet5", "adamw", "movement", 90, None) in runs and not any(r[0] == "resnet18" for r in runs)
+
+
+def test_the_upstream_symbol_list_is_what_upstreams_tree_defines_or_sets_and_we_do_not():
+    """lib/upstream_symbols.txt (which decides that a file is upstream's) against the fixture tree."""
+    names: set[str] = set()
+    for kconfig in (FIXTURES / "kconfig").rglob("Kconfig*"):
+        names |= set(re.findall(r"^\s*(?:menu)?config\s+([A-Z0-9_]+)", kconfig.read_text(), re.M))
+    for path in DEFCONFIGS:
+        names |= set(re.findall(r"^(?:# )?CONFIG_([A-Z0-9_]+)(?:=| is not set)", path.read_text(), re.M))
+    assert UPSTREAM_ONLY_SYMBOLS == names - set(new_kconfig().syms)
+
+
+@pytest.mark.parametrize("path", DEFCONFIGS, ids=[p.name for p in DEFCONFIGS])
+def test_every_upstream_defconfig_is_recognised_as_upstreams(path):
+    assert load_kconfig(path).upstream

@@ -177,7 +177,7 @@ def load_kconfig(path: str | os.PathLike) -> LoadedConfig:
         warnings = [_as_upstream_ignores(kconf, path, message) for message in warnings]
         warnings += _reset_invalid_values(kconf, path)
     else:
-        _check_int_symbols(kconf, path, tuple(warnings))
+        _check_own_values(kconf, path, tuple(warnings))
     return LoadedConfig(kconf, tuple(unknown), tuple(warnings), upstream, tuple(derived))
 
 
@@ -221,11 +221,12 @@ def _reset_invalid_values(kconf: kconfiglib.Kconfig, path: Path) -> list[str]:
     return warnings
 
 
-def _check_int_symbols(kconf: kconfiglib.Kconfig, path: Path, warnings: tuple[str, ...]) -> None:
-    # kconfiglib silently falls back to the default for a malformed or
-    # out-of-range int; a typo must not quietly change an experiment.
+def _check_own_values(kconf: kconfiglib.Kconfig, path: Path, warnings: tuple[str, ...]) -> None:
+    # kconfiglib falls back to the default for a malformed or out-of-range int and skips a line it
+    # cannot parse (CONFIG_X 1, a stray word); a typo must not quietly change an experiment.
     for message in warnings:
-        if "assignment ignored" in message.lower():  # malformed int, bool or unquoted string
+        lowered = message.lower()
+        if "assignment ignored" in lowered or "malformed line" in lowered:  # bad int, bool, string, syntax
             raise UserError(message if message.startswith(str(path)) else f"{path}: {message}")
     for sym in kconf.unique_defined_syms:
         if sym.orig_type not in (kconfiglib.INT, kconfiglib.HEX) or sym.user_value is None:

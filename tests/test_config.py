@@ -282,6 +282,12 @@ def test_a_typo_in_our_own_file_is_refused_with_a_suggestion_not_read_as_upstrea
     assert not load_kconfig(write_config(tmp_path, BASE + "CONFIG_LEARNIG_RATE=0.1\n")).upstream
 
 
+def test_a_line_kconfig_cannot_parse_in_our_own_file_stops(tmp_path):
+    """`CONFIG_LEARNING_RATE 0.1` (no =) would be skipped with a warning and the default used."""
+    with pytest.raises(UserError, match=r"\.config:9: ignoring malformed line 'CONFIG_LEARNING_RATE 0.1'"):
+        settings_of(tmp_path, BASE + "CONFIG_LEARNING_RATE 0.1\n")
+
+
 def test_unknown_names_with_upstreams_marker_read_as_a_newer_upstream_file(tmp_path):
     """A newer upstream file whose names our list lacks can say what it is."""
     messages: list[str] = []

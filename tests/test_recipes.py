@@ -171,3 +171,28 @@ def test_resnet18_recipe_trains_adam_family_at_upstreams_effective_rate():
     assert {r.optimizer for r in runs} == {"adamw", "adamwprune"}
     for run in runs:
         assert peak_lr(run.optimizer_params, run.training) == pytest.approx(recorded["adam"]), run.run_id
+
+
+def test_resnet18_recipe_state_runs_ramp_linearly_as_upstreams_did():
+    """The fixture's AdamWPrune state run (bitter0, ResNet-18, 70%) measured these sparsities at the ends
+    of epochs 3-8, equal steps as its magnitude run's: upstream ramped state pruning linearly then
+    (../shared/fixtures/legacy/.../all_results.json, `sparsity`). Our seed-001 recipe's state runs
+    follow the same curve: at 1/4, 1/2 and 3/4 of their ramp they are at 1/4, 1/2, 3/4 of the target."""
+    from lib.config import load_settings
+    from lib.matrix import expand
+    from lib.pruning.schedules import curve_for, target_fraction
+
+    legacy = _legacy_runs()
+    state, magnitude = (legacy[k]["sparsity"][2:8] for k in ("resnet18_adamwprune_state_70",
+                                                                "resnet18_adam_magnitude_70"))
+    assert state == pytest.approx(magnitude, abs=1e-6)
+    steps = [b - a for a, b in zip(state, state[1:-1])]  # the last epoch is clipped at the target
+    assert steps == pytest.approx([steps[0]] * len(steps), abs=1e-6) and steps[0] == pytest.approx(0.14, abs=1e-6)
+    runs = [r for r in expand(load_settings(ROOT / "defconfigs/resnet18-adamw-vs-adamwprune", warn=lambda m: None))
+            if r.pruning != "none"]
+    assert {r.pruning for r in runs} == {"magnitude", "movement", "state"}
+    for run in runs:
+        curve = curve_for(run.pruning_settings.schedule, run.pruning)
+        for p in (0.25, 0.5, 0.75):
+            got = target_fraction(curve, 1000 + round(p * 1000), 1000, 2000, 0.7)
+            assert got == pytest.approx(0.7 * p), (run.run_id, p)

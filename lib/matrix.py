@@ -14,6 +14,7 @@ file before it is used.
 """
 from __future__ import annotations
 
+import dataclasses
 import math
 from typing import Any
 
@@ -21,7 +22,7 @@ from lib.config import Settings
 from lib.errors import UserError
 from lib.models import model_entry
 from lib.names import check_name
-from lib.spec import MAX_SEED, RunSpec, SpecError
+from lib.spec import MAX_SEED, OptimizerParams, RunSpec, SpecError
 from lib.variant_budgets import variant_budget
 
 
@@ -86,6 +87,17 @@ def _variants(settings: Settings, model: str) -> tuple[str | None, ...]:
     return settings.gpt2_variants
 
 
+def _optimizer_params(settings: Settings, model: str, optimizer: str) -> OptimizerParams:
+    """The optimizer's settings for runs of `model`. An upstream defconfig's LEARNING_RATE is what
+    upstream's trainer for the model scales: ResNet-18's multiplies it by 0.001 for every optimizer but
+    SGD (upstream Kconfig, LEARNING_RATE help), so those runs get that rate unless the file sets their own."""
+    params = settings.optimizer_params[optimizer]
+    scale = model_entry(model).upstream_adam_lr_scale
+    if settings.upstream_semantics and optimizer != "sgd" and scale != 1.0 and params.learning_rate is None:
+        params = dataclasses.replace(params, learning_rate=settings.training.learning_rate * scale)
+    return params
+
+
 def expand(settings: Settings) -> list[RunSpec]:
     """Every run of the matrix, in a stable order (model, optimizer, method, variant, sparsity, seed)."""
     runs: list[RunSpec] = []
@@ -104,7 +116,8 @@ def expand(settings: Settings) -> list[RunSpec]:
                                                  seed if tag_seed else None)
                             runs.append(RunSpec(
                                 run_id, model, optimizer, method, variant, level, seed, training=settings.training,
-                                pruning_settings=settings.pruning, optimizer_params=settings.optimizer_params[optimizer],
+                                pruning_settings=settings.pruning,
+                                optimizer_params=_optimizer_params(settings, model, optimizer),
                                 model_params=model_params, variant_budget=budget))
     if not runs:
         raise UserError("the configuration expands to no runs: enable a pruning method the selected optimizers "

@@ -52,6 +52,9 @@ class ModelEntry:
     activation_scales_with_width: bool = False  # the figure above is for GPT-2 124M: scale by layers x width
     bitter_variants: bool = False  # AdamWPrune state runs multiply by the enabled GPT2_ADAMWPRUNE_VARIANT_*s
     tf32_setting: bool = False  # CUDA matmuls follow GPT2_TF32_ALLOWED (others keep torch's default)
+    # Upstream's trainer for the model multiplies LEARNING_RATE by this for every optimizer but SGD; applied
+    # to upstream defconfigs only (lib/matrix.py), whose LEARNING_RATE is written for that trainer.
+    upstream_adam_lr_scale: float = 1.0
 
     def __post_init__(self) -> None:
         if self.task not in TASKS:
@@ -102,7 +105,8 @@ def task_of(name: str | None) -> str | None:
 register(ModelEntry("lenet5", "LeNet-5 (MNIST)", CLASSIFICATION, "lenet5.train", _image_params("LENET5"),
                     lr_schedule="constant", activation_mib_per_sample=0.2))
 register(ModelEntry("resnet18", "ResNet-18 (CIFAR-10)", CLASSIFICATION, "resnet18.train", _image_params("RESNET18"),
-                    activation_mib_per_sample=12.0))
+                    activation_mib_per_sample=12.0,
+                    upstream_adam_lr_scale=0.001))  # upstream resnet18/train.py: scaled_lr = lr * 0.001
 register(ModelEntry(
     "resnet50", "ResNet-50 (CIFAR-100)", CLASSIFICATION, "resnet50.train",
     _image_params("RESNET50") + (

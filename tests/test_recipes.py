@@ -140,3 +140,59 @@ def test_bitter_lesson_state_runs_ramp_as_upstream_ran_bitter0_1_2():
         for p in (0.25, 0.5, 0.75):
             got = target_fraction(curve, 1000 + round(p * 1000), 1000, 2000, 0.5)
             assert got == pytest.approx(0.5 * UPSTREAM_VARIANT_CURVE[run.variant](p)), (run.variant, p)
+
+
+# An upstream ResNet-18 CIFAR-10 result directory (2025-09-03; tests/fixtures/legacy is a copy of
+# ../shared/fixtures/legacy): its all_results.json records, per run and epoch, the learning rate and the
+# measured sparsity upstream's trainer actually had, and config.txt the .config it ran from.
+LEGACY_RESNET18 = ROOT / "tests/fixtures/legacy/test_matrix_results_20250903_180836"
+
+
+def _legacy_runs() -> dict[str, dict]:
+    import json
+
+    return {r["test_id"]: r for r in json.loads((LEGACY_RESNET18 / "all_results.json").read_text())}
+
+
+def test_resnet18_recipe_trains_adam_family_at_upstreams_effective_rate():
+    """Upstream's ResNet-18 trainer scales LEARNING_RATE by 0.001 for Adam-family optimizers
+    (../shared/upstream/kconfig/Kconfig, LEARNING_RATE help: "ResNet-18: Auto-scales for Adam
+    optimizers ... Multiplies by 0.001 ... Set to 0.1 to get SGD=0.1, Adam-based=0.0001"). The fixture
+    ran from CONFIG_LEARNING_RATE="0.1" and recorded 0.0001 as the first-epoch rate of its Adam and
+    AdamWPrune runs; defconfigs/resnet18-adamw-vs-adamwprune (seed 001) peaks there too."""
+    from lib.config import load_settings
+    from lib.matrix import expand
+    from lib.optim.lr_schedules import peak_lr
+
+    file_lr = float(assignments(LEGACY_RESNET18 / "config.txt")["LEARNING_RATE"])
+    recorded = {r["optimizer"]: r["learning_rate"][0] for r in _legacy_runs().values()}
+    assert recorded == {"adam": pytest.approx(file_lr * 0.001), "adamwprune": pytest.approx(file_lr * 0.001)}
+    runs = expand(load_settings(ROOT / "defconfigs/resnet18-adamw-vs-adamwprune", warn=lambda message: None))
+    assert {r.optimizer for r in runs} == {"adamw", "adamwprune"}
+    for run in runs:
+        assert peak_lr(run.optimizer_params, run.training) == pytest.approx(recorded["adam"]), run.run_id
+
+
+def test_resnet18_recipe_state_runs_ramp_linearly_as_upstreams_did():
+    """The fixture's AdamWPrune state run (bitter0, ResNet-18, 70%) measured these sparsities at the ends
+    of epochs 3-8, equal steps as its magnitude run's: upstream ramped state pruning linearly then
+    (../shared/fixtures/legacy/.../all_results.json, `sparsity`). Our seed-001 recipe's state runs
+    follow the same curve: at 1/4, 1/2 and 3/4 of their ramp they are at 1/4, 1/2, 3/4 of the target."""
+    from lib.config import load_settings
+    from lib.matrix import expand
+    from lib.pruning.schedules import curve_for, target_fraction
+
+    legacy = _legacy_runs()
+    state, magnitude = (legacy[k]["sparsity"][2:8] for k in ("resnet18_adamwprune_state_70",
+                                                                "resnet18_adam_magnitude_70"))
+    assert state == pytest.approx(magnitude, abs=1e-6)
+    steps = [b - a for a, b in zip(state, state[1:-1])]  # the last epoch is clipped at the target
+    assert steps == pytest.approx([steps[0]] * len(steps), abs=1e-6) and steps[0] == pytest.approx(0.14, abs=1e-6)
+    runs = [r for r in expand(load_settings(ROOT / "defconfigs/resnet18-adamw-vs-adamwprune", warn=lambda m: None))
+            if r.pruning != "none"]
+    assert {r.pruning for r in runs} == {"magnitude", "movement", "state"}
+    for run in runs:
+        curve = curve_for(run.pruning_settings.schedule, run.pruning)
+        for p in (0.25, 0.5, 0.75):
+            got = target_fraction(curve, 1000 + round(p * 1000), 1000, 2000, 0.7)
+            assert got == pytest.approx(0.7 * p), (run.run_id, p)

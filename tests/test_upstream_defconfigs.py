@@ -12,6 +12,7 @@ runs once per enabled bitter variant.
 from __future__ import annotations
 
 import itertools
+import json
 import os
 import re
 from pathlib import Path
@@ -21,6 +22,7 @@ import pytest
 
 from lib.config import load_kconfig, load_settings, new_kconfig
 from lib.matrix import expand
+from lib.optim.lr_schedules import peak_lr
 from lib.upstream_aliases import UPSTREAM_ONLY_SYMBOLS
 
 FIXTURES = Path(__file__).resolve().parent / "fixtures/upstream"
@@ -129,3 +131,49 @@ def test_the_upstream_symbol_list_is_what_upstreams_tree_defines_or_sets_and_we_
 @pytest.mark.parametrize("path", DEFCONFIGS, ids=[p.name for p in DEFCONFIGS])
 def test_every_upstream_defconfig_is_recognised_as_upstreams(path):
     assert load_kconfig(path).upstream
+
+
+# Upstream's Kconfig, LEARNING_RATE help (tests/fixtures/upstream/kconfig/Kconfig):
+#   LeNet-5: Uses this value directly for all optimizers
+#   ResNet-18: Auto-scales for Adam optimizers (resnet18/train.py line ~130)
+#   - SGD: Uses the configured value directly
+#   - Adam/AdamW/AdamWPrune: Multiplies by 0.001
+#   - Example: Set to 0.1 to get SGD=0.1, Adam-based=0.0001
+UPSTREAM_LR_SCALE = {"resnet18": {"sgd": 1.0, "other": 0.001}, "lenet5": {"sgd": 1.0, "other": 1.0}}
+
+
+def upstream_learning_rate(config: dict[str, str], model: str, optimizer: str) -> float:
+    scale = UPSTREAM_LR_SCALE[model]["sgd" if optimizer == "sgd" else "other"]
+    return float(config["LEARNING_RATE"]) * scale
+
+
+LR_FILES = [p for p in DEFCONFIGS if upstream_config(p).get("MODEL_SELECT_RESNET18") == "y"
+            or p.name.startswith("lenet5--")]
+
+
+@pytest.mark.parametrize("path", LR_FILES, ids=[p.name for p in LR_FILES])
+def test_upstream_defconfig_runs_get_the_learning_rate_upstreams_trainer_used(path):
+    """Each run's peak rate is the one upstream's trainer derives from the file's LEARNING_RATE:
+    LeNet-5 uses it as is, ResNet-18 for SGD too, and x0.001 for every Adam-family optimizer."""
+    config = upstream_config(path)
+    runs = expand(load_settings(path, warn=lambda message: None))
+    for run in runs:
+        assert peak_lr(run.optimizer_params, run.training) == pytest.approx(
+            upstream_learning_rate(config, run.model, run.optimizer)), run.run_id
+
+
+def test_upstream_resnet18_files_are_among_those_checked():
+    names = {p.name for p in LR_FILES}
+    assert {"resnet18--resnet18-full-pruning-compare", "resnet18--resnet18-adamwprune", "lenet5--lenet5-sgd"} <= names
+
+
+def test_the_legacy_results_config_gives_each_run_the_rate_it_recorded():
+    """tests/fixtures/legacy/...20250903_180836 is an upstream ResNet-18 result directory: loading its
+    config.txt gives its five runs, each at the learning rate its all_results.json recorded for epoch 1
+    (0.0001 for Adam and AdamWPrune from LEARNING_RATE="0.1")."""
+    legacy = Path(__file__).resolve().parent / "fixtures/legacy/test_matrix_results_20250903_180836"
+    recorded = {r["test_id"].removesuffix("_0"): r["learning_rate"][0]
+                for r in json.loads((legacy / "all_results.json").read_text())}
+    runs = {r.run_id: peak_lr(r.optimizer_params, r.training)
+            for r in expand(load_settings(legacy / "config.txt", warn=lambda message: None))}
+    assert runs == pytest.approx(recorded)

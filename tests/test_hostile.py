@@ -317,6 +317,9 @@ HOSTILE = {
         {"run_id": {"a": 1}}, {"run_id": "lenet5_sgd_none", "model": {"x": 1}, "optimizer": 5, "seed": 10**30,
                                "target_sparsity_pct": 10**400}]}),
     "binary garbage": lambda root: _run(root, metrics_json=b"\xff\xfe\x00", gpu_stats_json=b"\x00\x01"),
+    "memory device not a string": lambda root: _run(root, gpu_stats_json=json.dumps(
+        {**gpu_stats(10, 20), "device": {"kind": "cuda"}, "source": ["nvml"]})),
+    "no matrix, run.json corrupt": lambda root: (_run(root, run_json=b"\xff"), (root / "matrix.json").unlink()),
     "all failed": lambda root: _run(root, status="failed"),
     "all missing": lambda root: write_matrix(root, [spec("lenet5", "sgd", "none", 0)]),
     "zero runs": lambda root: write_matrix(root, []),

@@ -75,6 +75,16 @@ def _text(value: object) -> Optional[str]:
     return value if isinstance(value, str) else None
 
 
+def _name_cell(files: RunFiles, data: dict, key: str, name: str) -> Optional[str]:
+    """data[key] when it is a string (None when absent); reports group and look up by it,
+    so a list or an object there is a warning and an empty cell, not a crash."""
+    value = data.get(key)
+    if value is None or isinstance(value, str):
+        return value
+    files.warn(name, f"{key} {shown(value)} is not a string")
+    return None
+
+
 def _finite(value: Optional[float]) -> float:
     return value if value is not None and math.isfinite(value) else math.nan
 
@@ -126,8 +136,8 @@ def _memory_cells(files: RunFiles, gpu_stats: dict) -> Row:
     return {
         "memory_mean_mib": files.number(summary, ("mean_mib",), "gpu_stats.json"),
         "memory_peak_mib": files.number(summary, ("peak_mib",), "gpu_stats.json"),
-        "memory_device": gpu_stats.get("device"),
-        "memory_source": gpu_stats.get("source"),
+        "memory_device": _name_cell(files, gpu_stats, "device", "gpu_stats.json"),
+        "memory_source": _name_cell(files, gpu_stats, "source", "gpu_stats.json"),
         "memory_timeline": files.points(samples, ("t_s", "memory_mib"), "gpu_stats.json") or None,
     }
 

@@ -50,6 +50,10 @@ def run_script(*args: str) -> subprocess.CompletedProcess:
     return subprocess.run([sys.executable, *map(str, args)], capture_output=True, text=True, cwd=ROOT)
 
 
+def no_traceback(proc: subprocess.CompletedProcess) -> None:
+    assert "Traceback" not in proc.stdout + proc.stderr, proc.stderr
+
+
 @pytest.fixture
 def isolated_config(tmp_path: Path):
     """A factory for a .config whose results and data live under tmp_path."""

@@ -4,6 +4,7 @@ result directory, damaged or crafted checkpoints for `make sample`, a damaged co
 runs nothing from the input and leaves it byte-identical."""
 from __future__ import annotations
 
+import re
 import shutil
 
 import pytest
@@ -37,3 +38,101 @@ def test_report_out_inside_the_input_is_refused(tmp_path, layout, out):
     assert proc.returncode == 2 and proc.stderr.count("error:") == 1
     assert "which is only read" in proc.stderr
     assert tree_digest(results) == before
+
+
+# checkpoints for `make sample` (CKPT=any file) --------------------------------------
+
+TINY = {"block_size": 16, "vocab_size": 300, "n_layer": 1, "n_head": 2, "n_embd": 8, "dropout": 0.0, "bias": True}
+
+
+class _RunsCode:
+    """Unpickling this calls open(marker, "w"): a file appears if the checkpoint is loaded unsafely."""
+
+    def __init__(self, marker) -> None:
+        self.marker = marker
+
+    def __reduce__(self):
+        return (open, (str(self.marker), "w"))
+
+
+def _weights(**args) -> dict:
+    import torch
+
+    from gpt2.model import GPT, GPTConfig
+
+    torch.manual_seed(0)
+    return GPT(GPTConfig(**{**TINY, **args})).state_dict()
+
+
+def _save(path, content) -> None:
+    import pickle
+
+    import torch
+
+    if callable(content):
+        content = content(path.parent)
+    if isinstance(content, bytes):
+        path.write_bytes(content)
+    elif isinstance(content, tuple):  # ("pickle", obj): a plain pickle, as torch.save wrote before 1.6
+        with open(path, "wb") as handle:
+            pickle.dump(content[1], handle)
+    else:
+        torch.save(content, path)
+
+
+CHECKPOINTS = {
+    "plain pickle running code": (lambda d: ("pickle", {"model": _RunsCode(d / "pwned")}), "refused, not run"),
+    "random bytes": (bytes(range(256)) * 20, "unreadable checkpoint"),
+    "empty file": (b"", "unreadable checkpoint (EOFError)"),
+    "a list": ([1, 2], 'no "model_args" and "model"'),
+    "a tensor": (lambda d: __import__("torch").zeros(3), 'no "model_args" and "model"'),
+    "n_layer a string": (lambda d: {"model_args": {**TINY, "n_layer": "1"}, "model": _weights()}, "n_layer='1'"),
+    "n_head zero": (lambda d: {"model_args": {**TINY, "n_head": 0}, "model": _weights()}, "n_head=0"),
+    "n_layer negative": (lambda d: {"model_args": {**TINY, "n_layer": -1}, "model": _weights()}, "n_layer=-1"),
+    "n_embd not a multiple of n_head": (lambda d: {"model_args": {**TINY, "n_embd": 7}, "model": _weights()},
+                                        "not a multiple of n_head"),
+    "dropout a string": (lambda d: {"model_args": {**TINY, "dropout": "x"}, "model": _weights()}, "dropout='x'"),
+    "bias an int": (lambda d: {"model_args": {**TINY, "bias": 1}, "model": _weights()}, "bias=1"),
+    "a billion layers": (lambda d: {"model_args": {**TINY, "n_layer": 10**9}, "model": _weights()},
+                         "n_layer=1000000000 but it holds"),
+    "a vocabulary of 10**10": (lambda d: {"model_args": {**TINY, "vocab_size": 10**10}, "model": _weights()},
+                               "do not fit its model_args"),
+    "weights a list": (lambda d: {"model_args": TINY, "model": [1, 2]}, "not a mapping of parameter names"),
+    "integer keys": (lambda d: {"model_args": TINY, "model": {1: __import__("torch").zeros(1)}},
+                     "not a mapping of parameter names"),
+    "NaN weights": (lambda d: {"model_args": TINY, "model": {k: v.fill_(float("nan")) for k, v in _weights().items()}},
+                    "holds NaN or infinity"),
+}
+
+
+@pytest.mark.parametrize("case", sorted(CHECKPOINTS))
+def test_a_crafted_or_damaged_checkpoint_is_one_error(tmp_path, case):
+    """Each of these crashed `make sample` with a traceback (or, for a vocabulary of 10**10,
+    tried to allocate its matrix) before the checks; none may run code."""
+    import torch
+
+    from gpt2.sample import load_model
+    from lib.errors import UserError
+
+    content, says = CHECKPOINTS[case]
+    path = tmp_path / "ckpt.pt"
+    _save(path, content)
+    before = tree_digest(tmp_path)
+    with pytest.raises(UserError, match=re.escape(says)):
+        load_model(path, torch.device("cpu"))
+    assert not (tmp_path / "pwned").exists()
+    assert tree_digest(tmp_path) == before
+
+
+def test_a_prompt_beyond_a_small_vocabulary_is_one_error(tmp_path):
+    import torch
+
+    from gpt2.sample import SampleSettings, load_model, sample_texts
+    from lib.errors import UserError
+
+    small = {**TINY, "vocab_size": 64}
+    _save(tmp_path / "ckpt.pt", {"model_args": small, "model": _weights(vocab_size=64)})
+    model, _ = load_model(tmp_path / "ckpt.pt", torch.device("cpu"))
+    with pytest.raises(UserError, match="token id 198, beyond this checkpoint's vocabulary of 64"):
+        sample_texts(model, SampleSettings(prompt="\n", max_new_tokens=2), torch.device("cpu"))
+    assert len(sample_texts(model, SampleSettings(prompt="!", max_new_tokens=2), torch.device("cpu"))) == 1

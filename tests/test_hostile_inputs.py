@@ -136,3 +136,25 @@ def test_a_prompt_beyond_a_small_vocabulary_is_one_error(tmp_path):
     with pytest.raises(UserError, match="token id 198, beyond this checkpoint's vocabulary of 64"):
         sample_texts(model, SampleSettings(prompt="\n", max_new_tokens=2), torch.device("cpu"))
     assert len(sample_texts(model, SampleSettings(prompt="!", max_new_tokens=2), torch.device("cpu"))) == 1
+
+
+# config.txt of `make continue` ---------------------------------------------------------
+
+@pytest.mark.parametrize("config_txt, says", [
+    (None, "config.txt: no such configuration file"),  # with a .config here: filecmp raised FileNotFoundError
+    (b"\xff\xfe\x00 CONFIG_X=y\n", "config.txt: not a readable configuration file (Malformed utf-8)"),
+])
+def test_continue_with_a_missing_or_binary_config_txt_is_one_error(tmp_path, config_txt, says):
+    from tests.specs import make_spec
+
+    results = tmp_path / "results"
+    write_matrix(results, [make_spec("lenet5_sgd_none").to_json()])
+    if config_txt is not None:
+        (results / "config.txt").write_bytes(config_txt)
+    here = tmp_path / ".config"
+    here.write_text("CONFIG_MODEL_LENET5=y\n")
+    before = tree_digest(results)
+    proc = run_script(ROOT / "scripts" / "matrix.py", "continue", "--results", results, "--config", here)
+    no_traceback(proc)
+    assert proc.returncode == 2 and proc.stderr.count("error:") == 1 and says in proc.stderr
+    assert tree_digest(results) == before

@@ -158,3 +158,31 @@ def test_continue_with_a_missing_or_binary_config_txt_is_one_error(tmp_path, con
     no_traceback(proc)
     assert proc.returncode == 2 and proc.stderr.count("error:") == 1 and says in proc.stderr
     assert tree_digest(results) == before
+
+
+# links out of a result directory ------------------------------------------------------
+
+def test_links_out_of_the_result_directory_are_not_read(tmp_path, capsys):
+    """config.txt linked to a private file was copied into all_results.json (and by `make reproduce`
+    into its new directory); a result.json linked elsewhere was read as the run's."""
+    import json
+
+    from lib.report.summary import write_reports
+    from lib.results.reader import load_results
+
+    secret = tmp_path / "home" / "id_rsa"
+    secret.parent.mkdir()
+    secret.write_text("PRIVATE KEY")
+    (tmp_path / "home" / "result.json").write_text(json.dumps({"status": "failed", "log_tail": ["PRIVATE LOG"]}))
+    results = _own_dir(tmp_path / "results")
+    (results / "config.txt").symlink_to(secret)
+    (results / "lenet5_sgd_none" / "result.json").unlink()
+    (results / "lenet5_sgd_none" / "result.json").symlink_to(tmp_path / "home" / "result.json")
+    before = tree_digest(results)
+    write_reports(load_results(results), tmp_path / "out", "x", graphs=False)
+    written = "".join(p.read_text() for p in (tmp_path / "out").iterdir())
+    assert "PRIVATE" not in written
+    err = capsys.readouterr().err
+    assert "config.txt: a symbolic link out of the result directory" in err
+    assert "result.json: a symbolic link out of the result directory" in err
+    assert tree_digest(results) == before

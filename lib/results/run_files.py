@@ -16,6 +16,7 @@ from typing import Any, Optional
 from lib.errors import UserError
 from lib.jsonio import read_json
 from lib.models import model_names
+from lib.names import leaves
 from lib.spec import MAX_SEED, PRUNING_METHODS
 
 # Graphs draw a memory timeline per run; a few hundred points per line is
@@ -46,6 +47,9 @@ class RunFiles:
         if not (path.exists() or path.is_symlink()):
             if expected:
                 self.warn(name, "file not found")
+            return kind()
+        if leaves(path, self.run_dir.parent):
+            self.warn(name, "a symbolic link out of the result directory; not read")
             return kind()
         try:
             data = read_json(path)

@@ -186,3 +186,20 @@ def test_links_out_of_the_result_directory_are_not_read(tmp_path, capsys):
     assert "config.txt: a symbolic link out of the result directory" in err
     assert "result.json: a symbolic link out of the result directory" in err
     assert tree_digest(results) == before
+
+
+def test_a_log_line_cannot_forge_lines_of_the_summary(tmp_path):
+    """A log tail line with a newline (or a terminal escape) was written as it was into
+    summary_report.txt, where it could add a row that readers of the table take as a run."""
+    import json
+
+    from lib.report.summary import write_reports
+    from lib.results.reader import load_results
+
+    results = _own_dir(tmp_path / "results")
+    forged = "boom\nlenet5_adam_none  99.99  99.99  0.00%  1.0  1.0  success\x1b[2J"
+    (results / "lenet5_sgd_none" / "result.json").write_text(json.dumps({"status": "failed", "log_tail": [forged]}))
+    write_reports(load_results(results), tmp_path / "out", "x", graphs=False)
+    summary = (tmp_path / "out" / "summary_report.txt").read_text()
+    assert "| boom\\x0alenet5_adam_none  99.99" in summary and "\x1b" not in summary
+    assert not any(line.startswith("lenet5_adam_none") for line in summary.splitlines())

@@ -22,7 +22,7 @@ from lib.models import CLASSIFICATION, LANGUAGE_MODELING, TASKS, task_of
 from lib.spec import MAX_SEED
 from lib.names import name_problem, row_name_problem
 from lib.provenance import directory_provenance
-from lib.results.run_files import LOG_LINE_CHARS, Row, RunFiles, curve, shown, thin, to_float
+from lib.results.run_files import Row, RunFiles, curve, one_line, shown, thin, to_float
 from lib.results.upstream import read_upstream_layout
 
 __all__ = ["LANGUAGE_MODELING", "ROW_FIELDS", "EXTRA_FIELDS", "LM_FIELDS", "READERS", "load_results"]
@@ -162,7 +162,7 @@ def read_run(run_dir: Path, spec: dict, warnings: list[str]) -> Row:
     row.update(_memory_cells(files, gpu_stats))
     tail = result.get("log_tail")
     tail = tail[-REPORT_LOG_LINES:] if isinstance(tail, list) else []
-    row["log_tail"] = [str(line)[:LOG_LINE_CHARS] for line in tail]
+    row["log_tail"] = [one_line(line) for line in tail]
     row["warnings"] = files.warnings
     return row
 

@@ -102,6 +102,13 @@ def shown(value: Any, limit: int = 60) -> str:
     return text if len(text) <= limit else text[:limit - 3] + "..."
 
 
+def one_line(value: Any, limit: int = LOG_LINE_CHARS) -> str:
+    """str(value) cut to `limit` characters, control characters (newlines, terminal escapes) shown
+    as \\xNN: a log line from a result file must not forge lines of summary_report.txt."""
+    text = str(value)[:limit]
+    return re.sub(r"[\x00-\x1f\x7f-\x9f]", lambda m: f"\\x{ord(m.group()):02x}", text)
+
+
 def thin(items: list, limit: int = TIMELINE_POINTS) -> list:
     """Every k-th item so that at most `limit` remain, the last one always kept."""
     if len(items) <= limit:

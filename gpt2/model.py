@@ -54,6 +54,30 @@ def gpt2_config(size: str, block_size: int | None = None, vocab_size: int = 5030
                      n_head=n_head, n_embd=n_embd, dropout=dropout, bias=bias)
 
 
+def _checked_config(args: dict[str, Any]) -> GPTConfig:
+    """GPTConfig from a checkpoint's model_args (absent fields take their defaults, as in
+    nanoGPT): sizes positive integers, dropout in [0, 1), bias a bool; else a UserError."""
+    known = {f.name: f.default for f in fields(GPTConfig)}
+    unknown = sorted(map(str, set(args) - set(known)))
+    if unknown:
+        raise UserError(f"checkpoint model_args has fields this GPT does not know: {', '.join(unknown)}")
+    values = {**known, **args}
+    for name, value in values.items():
+        default = known[name]
+        if isinstance(default, bool):
+            ok = isinstance(value, bool)
+        elif isinstance(default, int):
+            ok = isinstance(value, int) and not isinstance(value, bool) and value >= 1
+        else:
+            ok = isinstance(value, (int, float)) and not isinstance(value, bool) and 0 <= value < 1
+        if not ok:
+            raise UserError(f"checkpoint model_args {name}={repr(value)[:40]} is not valid")
+    if values["n_embd"] % values["n_head"]:
+        raise UserError(f"checkpoint model_args n_embd={values['n_embd']} is not a multiple of "
+                        f"n_head={values['n_head']}")
+    return GPTConfig(**values)
+
+
 class CausalSelfAttention(nn.Module):
     def __init__(self, config: GPTConfig) -> None:
         super().__init__()
@@ -153,24 +177,44 @@ class GPT(nn.Module):
         return logits, loss
 
     @classmethod
-    def from_checkpoint(cls, checkpoint: dict[str, Any]) -> "GPT":
+    def from_checkpoint(cls, checkpoint: Any) -> "GPT":
         """The network of a checkpoint holding "model_args" and "model": our best.pt/last.pt
-        or nanoGPT's ckpt.pt, loaded strictly."""
-        args = checkpoint.get("model_args")
+        or nanoGPT's ckpt.pt, loaded strictly. Checkpoints come from anyone: every argument is
+        checked and every weight's name and shape compared before the network is allocated
+        (a vocab_size of 10**9 must not allocate its matrix), and weights must be finite."""
+        args = checkpoint.get("model_args") if isinstance(checkpoint, dict) else None
         if not isinstance(args, dict) or "model" not in checkpoint:
             raise UserError("checkpoint has no \"model_args\" and \"model\" (not a GPT-2 checkpoint)")
-        unknown = sorted(set(args) - {f.name for f in fields(GPTConfig)})
-        if unknown:
-            raise UserError(f"checkpoint model_args has fields this GPT does not know: {', '.join(unknown)}")
-        model = cls(GPTConfig(**args))
+        config = _checked_config(args)
+        weights = checkpoint["model"]
+        if not isinstance(weights, dict) or not all(isinstance(k, str) and isinstance(v, torch.Tensor)
+                                                    for k, v in weights.items()):
+            raise UserError("checkpoint \"model\" is not a mapping of parameter names to tensors")
         state = {}
-        for key, value in checkpoint["model"].items():
+        for key, value in weights.items():
             key = key.removeprefix(COMPILED_PREFIX)  # nanoGPT saves a torch.compile'd module's keys as they are
             if not key.endswith(".attn.bias"):  # old nanoGPT's causal-mask buffer, not a parameter
                 state[key] = value
+        if config.n_layer > len(state):  # each layer has weights; and building 10**9 layers, even on meta, hangs
+            raise UserError(f"checkpoint model_args n_layer={config.n_layer} but it holds {len(state)} weights")
+        with torch.device("meta"):  # shapes only, no memory
+            expected = {k: tuple(v.shape) for k, v in cls(config).state_dict().items()}
+        common = sorted(set(expected) & set(state))
+        misfits = [(what, names) for what, names in (
+            ("missing key(s)", sorted(set(expected) - set(state))),
+            ("unexpected key(s)", sorted(set(state) - set(expected))),
+            ("another shape", [k for k in common if tuple(state[k].shape) != expected[k]])) if names]
+        if misfits:
+            raise UserError("checkpoint weights do not fit its model_args: " + "; ".join(
+                f"{what}: {', '.join(names[:3])}{f' and {len(names) - 3} more' if len(names) > 3 else ''}"
+                for what, names in misfits))
+        broken = next((k for k, v in state.items() if v.is_floating_point() and not torch.isfinite(v).all()), None)
+        if broken:
+            raise UserError(f"checkpoint weight {broken} holds NaN or infinity")
+        model = cls(config)
         try:
             model.load_state_dict(state)
-        except RuntimeError as exc:  # missing/unexpected keys or shapes: not this network's weights
+        except RuntimeError as exc:  # a dtype that cannot be copied in
             detail = [line.strip() for line in str(exc).splitlines() if line.strip()][-1]
             raise UserError(f"checkpoint weights do not fit its model_args: {detail}") from None
         return model

@@ -69,6 +69,9 @@ def decode(ids: list[int]) -> str:
 def sample_texts(model: GPT, settings: SampleSettings, device: torch.device) -> list[str]:
     """`num_samples` continuations of the prompt (prompt included, as nanoGPT prints them)."""
     start = prompt_ids(settings.prompt)
+    if max(start) >= model.config.vocab_size:  # a small checkpoint's vocabulary lacks GPT-2's ids
+        raise UserError(f"the prompt has token id {max(start)}, beyond this checkpoint's vocabulary of "
+                        f"{model.config.vocab_size} tokens (give a PROMPT within it)")
     skip = 1 if settings.prompt == "" else 0  # the <|endoftext|> standing for an empty prompt
     torch.manual_seed(settings.seed)
     if device.type == "cuda":

@@ -166,7 +166,11 @@ def load_kconfig(path: str | os.PathLike) -> LoadedConfig:
     if not path.is_file():
         raise UserError(f"{path}: no such configuration file (run `make defconfig-NAME` or `make menuconfig`)")
     kconf = new_kconfig()
-    kconf.load_config(str(path))
+    try:
+        kconf.load_config(str(path))
+    except kconfiglib.KconfigError as exc:  # malformed UTF-8: a config.txt from another lab may hold anything
+        reason = str(exc).strip().splitlines()[0].split(" in '")[0][:200]
+        raise UserError(f"{path}: not a readable configuration file ({reason})") from None
     upstream = is_upstream_file(kconf)
     if upstream:
         kconf.syms["UPSTREAM_DEFCONFIG"].set_value(2)

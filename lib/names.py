@@ -76,3 +76,13 @@ def check_no_links(folder: Path, names: Iterable[str]) -> None:
         if (folder / name).is_symlink():
             raise UserError(f"{folder / name}: a symbolic link; result directories hold none, "
                             f"so nothing is written through it (remove it or give another directory)")
+
+
+def leaves(path: Path, folder: Path) -> bool:
+    """Whether `path` resolves outside `folder` (through a symbolic link, or a loop of them):
+    a link planted in a result directory must not make a report read, and copy into its
+    output, a file of the machine it runs on (a config.txt linked to ~/.ssh/id_rsa)."""
+    try:
+        return not path.resolve().is_relative_to(folder.resolve())
+    except (OSError, RuntimeError):  # a loop of links
+        return True

@@ -19,6 +19,7 @@ from typing import Any, Optional
 from lib import ROOT
 from lib.errors import UserError
 from lib.jsonio import read_json
+from lib.names import leaves
 
 # What a run's figures depend on beyond the code; python is recorded beside them.
 PACKAGES = ("torch", "numpy", "pandas", "kconfiglib", "tiktoken", "mlxtend", "scipy")
@@ -88,6 +89,9 @@ def _one_or_all(values: list[Any]) -> Any:
 def read_config_text(results_dir: Path, warnings: list[str]) -> Optional[str]:
     path = results_dir / "config.txt"
     try:
+        if path.is_symlink() and leaves(path, results_dir):
+            warnings.append(f"{path}: a symbolic link out of the result directory; not read")
+            return None
         if not path.is_file():
             return None
         if path.stat().st_size > CONFIG_MAX_BYTES:

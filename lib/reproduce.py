@@ -23,7 +23,7 @@ from lib.config import default_runner
 from lib.errors import UserError
 from lib.jsonio import SCHEMA_VERSION, read_json, write_bytes_atomic, write_json_atomic
 from lib.matrix import spec_from_entry
-from lib.names import check_name
+from lib.names import check_name, leaves
 from lib.provenance import git_commit, git_dirty, package_versions, recorded
 from lib.report.out_dirs import make_output_dir, stamped_name
 from lib.results.reader import load_results
@@ -106,7 +106,7 @@ def new_directory(out: Optional[Path], results_root: Path, original: Path) -> Pa
 def prepare(results_dir: Path, run: RecordedRun, new_dir: Path) -> None:
     """config.txt (the original's, when it has one) and a matrix.json of the one run."""
     config = results_dir / "config.txt"
-    if config.is_file():
+    if config.is_file() and not leaves(config, results_dir):  # never copy a file a planted link points at
         write_bytes_atomic(new_dir / "config.txt", config.read_bytes())
     write_json_atomic(new_dir / "matrix.json", {
         "schema_version": SCHEMA_VERSION, "created_at": datetime.now().isoformat(timespec="seconds"),

@@ -110,13 +110,14 @@ def continue_matrix(results: str | None, config: Path, executor: str | None = No
     results_dir = Path(results) if results else newest_results_dir(results_root(config))
     runs = load_matrix(results_dir)
     recorded = results_dir / "config.txt"
+    recorded_runner = load_settings(recorded, warn=lambda _: None).runner  # first: it may be absent or damaged
     if config.exists() and not filecmp.cmp(config, recorded, shallow=False):
         changes = config_changes(config, recorded)
         print(f"note: {config.name} differs from {recorded} ({'; '.join(changes) or 'comments only'}); "
               f"continuing the matrix, timeout and retries recorded in {results_dir.name}; "
               f"executor and slots from {config.name}")
     here = load_settings(config, warn=lambda _: None).runner if config.exists() else None
-    settings = continue_settings(load_settings(recorded, warn=lambda _: None).runner, here, executor)
+    settings = continue_settings(recorded_runner, here, executor)
     check_trackers(settings.tracking, os.environ)
     run_then_report(results_dir, runs, settings)
 

@@ -12,6 +12,7 @@ from pathlib import Path
 import _path  # noqa: F401  (the project root on sys.path)
 from lib import ROOT  # noqa: E402
 from lib.errors import UserError, run_cli  # noqa: E402
+from lib.report.out_dirs import check_report_out  # noqa: E402
 from lib.report.summary import default_out_dir, write_reports  # noqa: E402
 from lib.results.reader import load_results  # noqa: E402
 
@@ -29,6 +30,7 @@ def main(argv: list[str] | None = None) -> None:
         raise UserError("give the result directory: make report RESULTS=dir [OUT=dir]")
     table = load_results(args.results_dir)
     out = args.out or default_out_dir(args.results_dir, table.attrs["layout"], ROOT / "test_matrix_results")
+    check_report_out(out, args.results_dir, table.attrs["layout"] == "own")
     if args.out is None and out != args.results_dir:
         print(f"note: {args.results_dir} is an upstream directory and is left untouched; "
               f"writing its reports into {out} (choose with OUT=dir)", file=sys.stderr)

@@ -95,6 +95,10 @@ def own_lines(stderr: str) -> list[str]:
     return [line for line in stderr.splitlines() if not line.startswith("make: *** [")]
 
 
+def no_traceback(proc: subprocess.CompletedProcess) -> None:
+    assert "Traceback" not in proc.stdout + proc.stderr, proc.stderr
+
+
 @pytest.fixture
 def isolated_config(tmp_path: Path):
     """A factory for a .config whose results and data live under tmp_path."""

@@ -3,8 +3,10 @@ upstream layouts), small enough to write in a test. Figures are chosen by the
 caller or drawn from a seeded generator, so every test knows what to expect."""
 from __future__ import annotations
 
+import hashlib
 import json
 import math
+import os
 import random
 from pathlib import Path
 from typing import Any, Optional
@@ -112,3 +114,17 @@ def seeded_matrix(root: Path, optimizers: tuple[str, ...] = ("sgd", "adamw"), sp
         write_run(root, s, "success", classifier_metrics(s, curve, sparsity),
                   gpu_stats(mean, round(mean + 50, 1), device, samples))
     return root
+
+
+def tree_digest(root: Path) -> dict[str, str]:
+    """Every entry under `root` with its content hash (or kind): the same digest means byte-identical."""
+    found = {}
+    for path in sorted(root.rglob("*")):
+        rel = str(path.relative_to(root))
+        if path.is_symlink():
+            found[rel] = "link:" + os.readlink(path)
+        elif path.is_file():
+            found[rel] = hashlib.sha256(path.read_bytes()).hexdigest()
+        else:
+            found[rel] = "dir"
+    return found

@@ -7,7 +7,6 @@ runner; the CLI ends in a report or one `error:` line with exit code 2.
 from __future__ import annotations
 
 import errno
-import hashlib
 import json
 import math
 import os
@@ -19,8 +18,8 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import ROOT, run_script
-from result_dirs import classifier_metrics, gpu_stats, spec, write, write_matrix, write_run
+from conftest import ROOT, no_traceback, run_script
+from result_dirs import classifier_metrics, gpu_stats, spec, tree_digest, write, write_matrix, write_run
 
 from lib.config import parse_seeds, parse_slurm_extra
 from lib.errors import UserError, WriteError
@@ -37,24 +36,6 @@ from tests.specs import make_spec
 REPORT = ROOT / "scripts" / "report.py"
 MATRIX = ROOT / "scripts" / "matrix.py"
 GOOD = json.loads(json.dumps(make_spec("lenet5_sgd_none").to_json()))  # a complete matrix.json entry
-
-
-def tree_digest(root: Path) -> dict[str, str]:
-    """Every entry under `root` with its content hash (or kind): the same digest means byte-identical."""
-    found = {}
-    for path in sorted(root.rglob("*")):
-        rel = str(path.relative_to(root))
-        if path.is_symlink():
-            found[rel] = "link:" + os.readlink(path)
-        elif path.is_file():
-            found[rel] = hashlib.sha256(path.read_bytes()).hexdigest()
-        else:
-            found[rel] = "dir"
-    return found
-
-
-def no_traceback(proc: subprocess.CompletedProcess) -> None:
-    assert "Traceback" not in proc.stdout + proc.stderr, proc.stderr
 
 
 # 1. data is never code --------------------------------------------------------
@@ -317,6 +298,9 @@ HOSTILE = {
         {"run_id": {"a": 1}}, {"run_id": "lenet5_sgd_none", "model": {"x": 1}, "optimizer": 5, "seed": 10**30,
                                "target_sparsity_pct": 10**400}]}),
     "binary garbage": lambda root: _run(root, metrics_json=b"\xff\xfe\x00", gpu_stats_json=b"\x00\x01"),
+    "memory device not a string": lambda root: _run(root, gpu_stats_json=json.dumps(
+        {**gpu_stats(10, 20), "device": {"kind": "cuda"}, "source": ["nvml"]})),
+    "no matrix, run.json corrupt": lambda root: (_run(root, run_json=b"\xff"), (root / "matrix.json").unlink()),
     "all failed": lambda root: _run(root, status="failed"),
     "all missing": lambda root: write_matrix(root, [spec("lenet5", "sgd", "none", 0)]),
     "zero runs": lambda root: write_matrix(root, []),

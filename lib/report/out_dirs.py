@@ -1,4 +1,4 @@
-"""Folders that commands write into (compare, reproduce): new, never inside an input.
+"""Folders that commands write into (report, compare, reproduce): never inside an input.
 
 Inputs (result directories from elsewhere) stay byte-identical, so an output
 folder inside one is refused with one line rather than created.
@@ -40,3 +40,13 @@ def make_output_dir(out: Path, inputs: Sequence[Path], *, must_be_empty: bool = 
     except OSError as exc:
         raise UserError(f"{out}: cannot create ({exc.strerror})") from None
     return out
+
+
+def check_report_out(out: Path, results_dir: Path, own_layout: bool) -> None:
+    """`make report`'s OUT: never inside the directory it reads (its files would be overwritten:
+    an upstream all_results.json by ours), except our own directory itself, where reports belong."""
+    if own_layout and out.resolve() == results_dir.resolve():
+        return
+    if inside(out, results_dir):
+        raise UserError(f"{out}: inside {results_dir}, which is only read"
+                        f"{'' if own_layout else ' (an upstream directory)'}; give OUT=dir elsewhere")

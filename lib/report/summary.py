@@ -121,9 +121,11 @@ def _memory_section(table: pd.DataFrame, metric: Metric, memory: MemoryLabels) -
     mixed = memory is MIXED_MEMORY
     lines += ["", "Memory by Optimizer (average of run means, GPU and RSS apart):" if mixed
               else f"{memory.kind} Memory by Optimizer (average of run means):"]
+    # a run whose optimizer or device is unknown (no run.json, a corrupt spec) is counted, as "unknown"
+    known = lowest.fillna({"optimizer": "unknown", "memory_device": "unknown"})
     groups = [(f"{key[0]} ({key[1]})" if mixed else key[0], runs["memory_mean_mib"])
-              for key, runs in lowest.groupby(["optimizer", "memory_device"] if mixed else ["optimizer"])]
-    width = max(12, *(len(name) for name, _ in groups))
+              for key, runs in known.groupby(["optimizer", "memory_device"] if mixed else ["optimizer"])]
+    width = max([12] + [len(name) for name, _ in groups])
     return lines + [f"  {name:<{width}}: {mib.mean():8.1f} MiB (avg of {len(mib)} runs)"
                     for name, mib in groups]
 

@@ -22,7 +22,7 @@ from lib.models import CLASSIFICATION, LANGUAGE_MODELING, TASKS, task_of
 from lib.spec import MAX_SEED
 from lib.names import name_problem, row_name_problem
 from lib.provenance import directory_provenance
-from lib.results.run_files import LOG_LINE_CHARS, Row, RunFiles, curve, shown, thin, to_float
+from lib.results.run_files import Row, RunFiles, curve, one_line, shown, thin, to_float
 from lib.results.upstream import read_upstream_layout
 
 __all__ = ["LANGUAGE_MODELING", "ROW_FIELDS", "EXTRA_FIELDS", "LM_FIELDS", "READERS", "load_results"]
@@ -73,6 +73,16 @@ def _status(files: RunFiles, result: dict) -> str:
 def _text(value: object) -> Optional[str]:
     """A name cell: the string, or None for anything else (a list, a dict, a number)."""
     return value if isinstance(value, str) else None
+
+
+def _name_cell(files: RunFiles, data: dict, key: str, name: str) -> Optional[str]:
+    """data[key] when it is a string (None when absent); reports group and look up by it,
+    so a list or an object there is a warning and an empty cell, not a crash."""
+    value = data.get(key)
+    if value is None or isinstance(value, str):
+        return value
+    files.warn(name, f"{key} {shown(value)} is not a string")
+    return None
 
 
 def _finite(value: Optional[float]) -> float:
@@ -126,8 +136,8 @@ def _memory_cells(files: RunFiles, gpu_stats: dict) -> Row:
     return {
         "memory_mean_mib": files.number(summary, ("mean_mib",), "gpu_stats.json"),
         "memory_peak_mib": files.number(summary, ("peak_mib",), "gpu_stats.json"),
-        "memory_device": gpu_stats.get("device"),
-        "memory_source": gpu_stats.get("source"),
+        "memory_device": _name_cell(files, gpu_stats, "device", "gpu_stats.json"),
+        "memory_source": _name_cell(files, gpu_stats, "source", "gpu_stats.json"),
         "memory_timeline": files.points(samples, ("t_s", "memory_mib"), "gpu_stats.json") or None,
     }
 
@@ -152,7 +162,7 @@ def read_run(run_dir: Path, spec: dict, warnings: list[str]) -> Row:
     row.update(_memory_cells(files, gpu_stats))
     tail = result.get("log_tail")
     tail = tail[-REPORT_LOG_LINES:] if isinstance(tail, list) else []
-    row["log_tail"] = [str(line)[:LOG_LINE_CHARS] for line in tail]
+    row["log_tail"] = [one_line(line) for line in tail]
     row["warnings"] = files.warnings
     return row
 

@@ -16,6 +16,7 @@ from typing import Any, Optional
 from lib.errors import UserError
 from lib.jsonio import read_json
 from lib.models import model_names
+from lib.names import leaves
 from lib.spec import MAX_SEED, PRUNING_METHODS
 
 # Graphs draw a memory timeline per run; a few hundred points per line is
@@ -46,6 +47,9 @@ class RunFiles:
         if not (path.exists() or path.is_symlink()):
             if expected:
                 self.warn(name, "file not found")
+            return kind()
+        if leaves(path, self.run_dir.parent):
+            self.warn(name, "a symbolic link out of the result directory; not read")
             return kind()
         try:
             data = read_json(path)
@@ -96,6 +100,13 @@ def shown(value: Any, limit: int = 60) -> str:
     """repr(value), cut to `limit` characters: a warning must stay one readable line."""
     text = repr(value) if not isinstance(value, int) or abs(value) < 10**limit else f"<{value.bit_length()}-bit int>"
     return text if len(text) <= limit else text[:limit - 3] + "..."
+
+
+def one_line(value: Any, limit: int = LOG_LINE_CHARS) -> str:
+    """str(value) cut to `limit` characters, control characters (newlines, terminal escapes) shown
+    as \\xNN: a log line from a result file must not forge lines of summary_report.txt."""
+    text = str(value)[:limit]
+    return re.sub(r"[\x00-\x1f\x7f-\x9f]", lambda m: f"\\x{ord(m.group()):02x}", text)
 
 
 def thin(items: list, limit: int = TIMELINE_POINTS) -> list:

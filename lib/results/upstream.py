@@ -30,7 +30,7 @@ from lib.errors import UserError
 from lib.jsonio import read_json
 from lib.models import CLASSIFICATION, LANGUAGE_MODELING, model_names, task_of
 from lib.names import is_safe_name, name_problem
-from lib.results.run_files import LOG_LINE_CHARS, Row, RunFiles, curve, parse_run_id, thin, to_float
+from lib.results.run_files import Row, RunFiles, curve, one_line, parse_run_id, thin, to_float
 
 ALL_RESULTS = "all_results.json"
 METRICS = "training_metrics.json"
@@ -244,7 +244,7 @@ def read_run(run_dir: Path, run_id: str, entry: dict, warnings: list[str]) -> Ro
     row["wall_time_s"] = wall if not math.isnan(wall) else fig.number("total_time")
     row.update(_memory_cells(files, run_dir, expected=row["status"] == "success"))
     error = entry.get("error")
-    row["log_tail"] = [str(error)[:LOG_LINE_CHARS]] if error else []
+    row["log_tail"] = [one_line(error)] if error else []
     row["warnings"] = files.warnings
     return row
 

@@ -112,9 +112,13 @@ def load_weights(path: Path, device: torch.device | str = "cpu") -> dict[str, An
         raise UserError(f"{path}: no such checkpoint")
     try:
         return torch.load(path, map_location=device, weights_only=True)
-    except (RuntimeError, EOFError, OSError, ValueError, pickle.UnpicklingError) as exc:
-        first_line = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        raise UserError(f"{path}: unreadable checkpoint ({first_line})") from exc
+    except pickle.UnpicklingError:  # torch's message suggests weights_only=False: never for a stranger's file
+        raise UserError(f"{path}: unreadable checkpoint (holds objects other than tensors and plain values; "
+                        "refused, not run)") from None
+    except Exception as exc:  # noqa: BLE001 - whatever a damaged file raises (IndexError, KeyError, ...)
+        first_line = (str(exc).strip().splitlines() or [""])[0][:200]
+        detail = f"{type(exc).__name__}: {first_line}" if first_line else type(exc).__name__
+        raise UserError(f"{path}: unreadable checkpoint ({detail})") from None
 
 
 def runs_with_checkpoints(results: Path) -> list[str]:

@@ -13,13 +13,13 @@ from pathlib import Path
 import _path  # noqa: F401
 from kconfig import defconfig_path, normalise
 from lib.config import ROOT, RunnerSettings, default_settings, load_settings
-from lib.errors import UserError, run_cli
+from lib.errors import run_cli
 from lib.matrix import RunSpec, expand
 from lib.report.summary import write_reports
 from lib.results.reader import load_results
 from lib.run.plan import plan_lines
 from lib.run.runner import (check_devices, check_runnable, config_changes, continue_settings, create_results_dir,
-                        load_matrix, run_matrix)
+                        load_matrix, newest_matrix_dir, run_matrix)
 from lib.trackers.backends import check_trackers
 from lib.run.launch import prepare_data
 
@@ -93,13 +93,6 @@ def run_then_report(results_dir: Path, runs: list[RunSpec], settings: RunnerSett
         sys.exit(130)
 
 
-def newest_results_dir(root: Path) -> Path:
-    candidates = sorted((p for p in root.glob("*/matrix.json")), key=lambda p: p.parent.name)
-    if not candidates:
-        raise UserError(f"no result directory under {root} to continue (run `make` first)")
-    return candidates[-1].parent
-
-
 def results_root(config: Path) -> Path:
     settings = load_settings(config, warn=lambda _: None) if config.exists() else default_settings()
     root = Path(settings.runner.results_root)
@@ -107,7 +100,11 @@ def results_root(config: Path) -> Path:
 
 
 def continue_matrix(results: str | None, config: Path, executor: str | None = None) -> None:
-    results_dir = Path(results) if results else newest_results_dir(results_root(config))
+    if results:
+        results_dir = Path(results)
+    else:
+        results_dir = newest_matrix_dir(results_root(config))
+        print(f"continuing {results_dir}, the newest matrix directory (RESULTS=dir for another)")
     runs = load_matrix(results_dir)
     recorded = results_dir / "config.txt"
     if config.exists() and not filecmp.cmp(config, recorded, shallow=False):

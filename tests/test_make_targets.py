@@ -192,6 +192,7 @@ def test_continue_finishes_only_the_incomplete_run_of_the_newest_or_given_direct
     kept = files(magnitude)
     done = make(repo, "continue")
     assert done.returncode == 0, done.stdout + done.stderr
+    assert f"continuing {results}, the newest matrix directory" in done.stdout
     assert f"{results}: 2 runs, 1 already done, 1 to run" in done.stdout
     assert re.findall(r"\] start +(\S+)", done.stdout) == ["lenet5_sgd_none"]
     assert statuses(results) == {"lenet5_sgd_none": "success", "lenet5_sgd_magnitude_50": "success"}

@@ -185,3 +185,20 @@ def test_dry_run_estimates_from_past_runs_of_the_same_model(reference, tmp_path)
     durations = [json.loads(p.read_text())["duration_s"] for p in results_dir.glob("*/result.json")]
     h, m, s = map(int, line.split()[2].split(":"))
     assert 0.8 * sum(durations) / 2 <= h * 3600 + m * 60 + s <= 1.2 * sum(durations) / 2 + 1
+
+
+def test_continue_picks_the_newest_matrix_directory_not_reproduce_or_compare_folders(tmp_path):
+    """reproduce_<time>/ and compare_<time>/ sort after every <YYYYMMDD_HHMMSS> by name; _10 after _9."""
+    for name in ("20260101_120000", "20260102_090000_9", "20260102_090000_10", "20260102_090000_2",
+                 "reproduce_20260103_080000", "compare_20260103_080000", "zz_copy", "20260104_100000"):
+        (tmp_path / name).mkdir()
+        if name != "20260104_100000":  # a folder of a matrix still being created: no matrix.json yet
+            (tmp_path / name / "matrix.json").write_text("{}")
+    assert runner.newest_matrix_dir(tmp_path) == tmp_path / "20260102_090000_10"
+
+
+def test_continue_without_a_matrix_directory_names_the_fix(tmp_path):
+    (tmp_path / "reproduce_20260103_080000").mkdir()
+    (tmp_path / "reproduce_20260103_080000" / "matrix.json").write_text("{}")
+    with pytest.raises(runner.UserError, match="no result directory under .* RESULTS=dir"):
+        runner.newest_matrix_dir(tmp_path)

@@ -10,6 +10,7 @@ status "success" is what "done" means, so resuming needs nothing but files.
 from __future__ import annotations
 
 import dataclasses
+import re
 from datetime import datetime
 from pathlib import Path
 from typing import Callable, Iterable
@@ -31,6 +32,9 @@ from lib.spec import RunSpec
 from lib.trackers.settings import TrackerSettings
 
 POLL_S = 1.0  # how often the progress display refreshes while nothing happens
+# The names new_timestamped_dir gives: only these are matrices `make continue` may pick on its own
+# (reproduce_<time>/, compare_<time>/ or a user's copy sort after them by name but are not).
+MATRIX_DIR_NAME = re.compile(r"(\d{8}_\d{6})(?:_(\d{1,3}))?")
 
 
 def check_device(device: object) -> None:
@@ -89,6 +93,19 @@ def new_timestamped_dir(root: Path) -> Path:
     except OSError as exc:
         raise WriteError(exc.errno, f"{root}: cannot create a result directory ({exc.strerror})") from None
     raise UserError(f"{root}: 999 result directories named {stamp}_N already exist")
+
+
+def newest_matrix_dir(root: Path) -> Path:
+    """The newest root/<YYYYMMDD_HHMMSS>[_N] holding a matrix.json, by its name's time and N."""
+    def key(path: Path) -> tuple[str, int]:
+        stamp, suffix = MATRIX_DIR_NAME.fullmatch(path.name).groups()
+        return stamp, int(suffix or 1)  # _10 after _9, which a plain sort by name gets wrong
+
+    candidates = [p for p in root.glob("*") if MATRIX_DIR_NAME.fullmatch(p.name) and (p / "matrix.json").is_file()]
+    if not candidates:
+        raise UserError(f"no result directory under {root} to continue: none named <YYYYMMDD_HHMMSS> holds "
+                        "a matrix.json (run `make` first, or give RESULTS=dir)")
+    return max(candidates, key=key)
 
 
 def create_results_dir(root: Path, config_path: Path, config_name: str | None, runs: list[RunSpec]) -> Path:

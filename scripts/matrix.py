@@ -9,6 +9,7 @@ import re
 import signal
 import sys
 from pathlib import Path
+from typing import Mapping
 
 import _path  # noqa: F401
 from kconfig import defconfig_path, normalise
@@ -18,8 +19,8 @@ from lib.matrix import RunSpec, expand
 from lib.report.summary import write_reports
 from lib.results.reader import load_results
 from lib.run.plan import plan_lines
-from lib.run.runner import (check_devices, check_runnable, config_changes, continue_settings, create_results_dir,
-                        load_matrix, newest_matrix_dir, run_matrix)
+from lib.run.runner import (EXECUTORS, check_devices, check_executor, check_runnable, config_changes,
+                            continue_settings, create_results_dir, load_matrix, newest_matrix_dir, run_matrix)
 from lib.trackers.backends import check_trackers
 from lib.run.launch import prepare_data
 
@@ -122,19 +123,28 @@ def _sigterm_as_interrupt(signum, frame) -> None:
     raise KeyboardInterrupt  # same clean stop as Ctrl-C: children killed, directory resumable
 
 
-def main() -> None:
-    signal.signal(signal.SIGTERM, _sigterm_as_interrupt)
-    sys.stdout.reconfigure(line_buffering=True)  # progress lines reach CI logs and pipes as they happen
+def parse_args(argv: list[str] | None = None, env: Mapping[str, str] = os.environ) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("command", choices=["run", "continue", "dry-run"])
     parser.add_argument("--config", default=str(ROOT / ".config"))
     # defaults from the environment: make hands RESULTS and EXECUTOR over literally (see the Makefile)
-    parser.add_argument("--results", default=os.environ.get("RESULTS") or None,
+    parser.add_argument("--results", default=env.get("RESULTS") or None,
                         help="result directory for `continue` (default: $RESULTS, else the newest)")
-    parser.add_argument("--executor", choices=["local", "slurm"], default=os.environ.get("EXECUTOR") or None,
+    parser.add_argument("--executor", choices=EXECUTORS, default=env.get("EXECUTOR") or None,
                         help="for `continue`: run the missing runs here or on Slurm (default: $EXECUTOR, "
                              "else as recorded)")
-    args = parser.parse_args()
+    args = parser.parse_args(argv)
+    # argparse checks `choices` only for a value typed on the command line, never for a default:
+    # EXECUTOR=slrum from the environment would otherwise run locally without a word
+    if args.executor is not None:
+        check_executor(args.executor, "EXECUTOR")
+    return args
+
+
+def main() -> None:
+    signal.signal(signal.SIGTERM, _sigterm_as_interrupt)
+    sys.stdout.reconfigure(line_buffering=True)  # progress lines reach CI logs and pipes as they happen
+    args = parse_args()
     config = Path(args.config)
     if args.command == "run":
         run(config)

@@ -202,3 +202,22 @@ def test_continue_without_a_matrix_directory_names_the_fix(tmp_path):
     (tmp_path / "reproduce_20260103_080000" / "matrix.json").write_text("{}")
     with pytest.raises(runner.UserError, match="no result directory under .* RESULTS=dir"):
         runner.newest_matrix_dir(tmp_path)
+
+
+@pytest.mark.parametrize("command", ["continue", "run", "dry-run"])
+def test_executor_from_the_environment_is_checked_like_the_command_line(command):
+    """make hands EXECUTOR over through the environment, where argparse applies no `choices`."""
+    from conftest import script_module
+
+    matrix_cli = script_module("matrix")
+    assert matrix_cli.parse_args([command], {"EXECUTOR": "slurm"}).executor == "slurm"
+    assert matrix_cli.parse_args([command], {"EXECUTOR": ""}).executor is None
+    with pytest.raises(runner.UserError, match=r"^EXECUTOR='slrum' is not valid; allowed: local, slurm$"):
+        matrix_cli.parse_args([command], {"EXECUTOR": "slrum"})
+
+
+def test_make_executor_refuses_an_unknown_name(tmp_path):
+    from lib.config import default_runner
+
+    with pytest.raises(runner.UserError, match="executor='bogus' is not valid"):
+        runner.make_executor(default_runner(), tmp_path, name="bogus")

@@ -34,6 +34,7 @@ from lib.trackers.settings import TrackerSettings
 POLL_S = 1.0  # how often the progress display refreshes while nothing happens
 # The names new_timestamped_dir gives: only these are matrices `make continue` may pick on its own
 # (reproduce_<time>/, compare_<time>/ or a user's copy sort after them by name but are not).
+EXECUTORS = ("local", "slurm")  # make_executor's names: EXECUTOR=, CONFIG_EXECUTOR_*
 MATRIX_DIR_NAME = re.compile(r"(\d{8}_\d{6})(?:_(\d{1,3}))?")
 
 
@@ -226,10 +227,17 @@ def _run_locked(results_dir: Path, runs: list[RunSpec], settings: RunnerSettings
     return {"success": skipped + progress.done, "failed": progress.failed}
 
 
+def check_executor(name: str, source: str = "executor") -> str:
+    """`name` when it is an executor (EXECUTORS), else a UserError naming `source` and what is allowed."""
+    if name not in EXECUTORS:
+        raise UserError(f"{source}={name!r} is not valid; allowed: {', '.join(EXECUTORS)}")
+    return name
+
+
 def make_executor(settings: RunnerSettings, results_dir: Path, note: Callable[[str], None] = print,
                   name: str | None = None) -> Executor:
     """The executor named by EXECUTOR (or `name`), configured from the runner settings."""
-    name = name or settings.executor
+    name = check_executor(name or settings.executor)  # a typo must not mean "local"
     if name == "slurm":
         from lib.run.slurm_executor import SlurmExecutor
 

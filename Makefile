@@ -76,7 +76,10 @@ help:
 	@echo "  make gpu-check             GPU figures (NVML, bench on cuda, GPT-2 124M, ResNet-18) into JSON + docs"
 	@echo "  make clean                 remove caches;  make mrproper: also .config, results, .venv"
 
+# curses needs a terminal on both ends; without one it dies in a traceback (cbreak() returned ERR)
 menuconfig: $(STAMP)
+	@test -t 0 && test -t 1 || { echo "error: make menuconfig needs a terminal (stdin and stdout); without one, \
+	load a configuration with make defconfig-NAME or edit .config, then make olddefconfig" >&2; exit 2; }
 	@$(VENV)/bin/menuconfig Kconfig
 
 defconfig-%: export DEFCONFIG_NAME = $*

@@ -47,7 +47,12 @@ def one_error(proc, text: str) -> None:
     assert "Traceback" not in proc.stdout + proc.stderr
 
 
-# --- defconfig-NAME, listdefconfigs ------------------------------------------------------------
+# --- menuconfig, defconfig-NAME, listdefconfigs -----------------------------------------------
+
+
+def test_menuconfig_without_a_terminal_is_one_line_not_a_traceback(repo):
+    one_error(make(repo, "menuconfig"), "error: make menuconfig needs a terminal")  # make() pipes stdout
+    assert not (repo / ".config").exists()
 
 
 def test_defconfig_writes_what_each_named_configuration_sets(repo):

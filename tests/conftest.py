@@ -76,6 +76,14 @@ def copy_repository(target: Path) -> Path:
     return target
 
 
+def git_ignores(relative: str) -> bool:
+    """Whether the checkout's .gitignore keeps `relative` (a path a command writes here) out of `git status`."""
+    try:
+        return subprocess.run(["git", "check-ignore", "-q", "--no-index", relative], cwd=ROOT).returncode == 0
+    except OSError:
+        pytest.skip("needs git")
+
+
 @pytest.fixture
 def repo(tmp_path: Path) -> Path:
     """A copy of the repository (copy_repository) under tmp_path, to run make in."""

@@ -489,3 +489,10 @@ def test_defconfig_whose_matrix_has_no_runs_is_refused_and_writes_nothing(tmp_pa
     with pytest.raises(UserError, match="^the configuration expands to no runs"):
         kconfig_module().normalise(source, tmp_path / ".config")
     assert not (tmp_path / ".config").exists()
+
+
+def test_savedefconfigs_output_stays_out_of_git_status():
+    """`make savedefconfig` writes `defconfig` in the project root; defconfigs/ stays tracked."""
+    from conftest import git_ignores
+
+    assert git_ignores("defconfig") and not git_ignores("defconfigs/lenet5-quick")

@@ -251,3 +251,12 @@ def test_data_prepares_local_data_once(repo):
 
 def test_data_without_a_config_says_how_to_get_one(repo):
     one_error(make(repo, "data"), "error: no .config; pick one with make defconfig-NAME or make menuconfig")
+
+
+def test_help_lists_every_target():
+    """Every .PHONY target of the Makefile appears in `make help` as `make NAME`."""
+    phony = next(line for line in (ROOT / "Makefile").read_text().replace("\\\n", " ").splitlines()
+                 if line.startswith(".PHONY:")).split(":", 1)[1].split()
+    shown = make(ROOT, "help").stdout  # help writes nothing
+    missing = [name for name in phony if name not in ("all", "help") and not re.search(rf"make {re.escape(name)}\b", shown)]
+    assert missing == []

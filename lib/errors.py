@@ -1,6 +1,7 @@
 """The one exception type for mistakes a user can fix (bad config, missing data,
 unreadable results). Command-line entry points catch it, print one line and
-exit with code 2; programming errors keep their traceback."""
+exit with code 2; programming errors keep their traceback. Also `counted`,
+so that the counts in those lines and in the runner's read as English."""
 from __future__ import annotations
 
 import sys
@@ -22,6 +23,11 @@ def run_cli(main: Callable[[], T]) -> T:
     except UserError as exc:
         print(f"error: {exc}", file=sys.stderr)
         sys.exit(USER_ERROR_EXIT)
+
+
+def counted(n: int, noun: str, plural: str = "") -> str:
+    """`1 run`, `2 runs`, `0 runs` (`plural` for a noun that does not take an s): never "1 runs"."""
+    return f"{n} {noun if n == 1 else plural or noun + 's'}"
 
 
 class WriteError(UserError, OSError):

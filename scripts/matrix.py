@@ -14,7 +14,7 @@ from typing import Mapping
 import _path  # noqa: F401
 from kconfig import defconfig_path, normalise
 from lib.config import ROOT, RunnerSettings, default_settings, load_settings
-from lib.errors import run_cli
+from lib.errors import counted, run_cli
 from lib.matrix import RunSpec, expand
 from lib.report.summary import write_reports
 from lib.results.reader import load_results
@@ -54,7 +54,7 @@ def dry_run(config: Path) -> None:
           f"seeds {' '.join(map(str, settings.seeds))}")
     for line in plan_lines(settings.runner, runs, results_root(config)):
         print(line)
-    print(f"Total: {len(runs)} runs (nothing was run)")
+    print(f"Total: {counted(len(runs), 'run')} (nothing was run)")
 
 
 def report(results_dir: Path) -> None:
@@ -66,7 +66,7 @@ def finish(results_dir: Path, counts: dict[str, int]) -> None:
     report(results_dir)
     print(f"\nResults: {results_dir}\nSummary: {results_dir / 'summary_report.txt'}")
     if counts["failed"]:
-        print(f"error: {counts['failed']} run(s) failed; see their output.log, then `make continue`",
+        print(f"error: {counted(counts['failed'], 'run')} failed; see their output.log, then `make continue`",
               file=sys.stderr)
         sys.exit(1)
 

@@ -181,7 +181,7 @@ def test_dry_run_estimates_from_past_runs_of_the_same_model(reference, tmp_path)
     proc = run_script(MATRIX, "dry-run", "--config", config)
     assert proc.returncode == 0, proc.stderr
     line = next(line for line in proc.stdout.splitlines() if line.startswith("Estimated time:"))
-    assert "with 2 run(s) at once" in line and f"{RUNS} of {RUNS} runs with an identical past run" in line
+    assert "with 2 runs at once" in line and f"{RUNS} of {RUNS} runs with an identical past run" in line
     durations = [json.loads(p.read_text())["duration_s"] for p in results_dir.glob("*/result.json")]
     h, m, s = map(int, line.split()[2].split(":"))
     assert 0.8 * sum(durations) / 2 <= h * 3600 + m * 60 + s <= 1.2 * sum(durations) / 2 + 1

@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Callable, Iterable
 
 from lib.config import RunnerSettings, default_runner, load_kconfig
-from lib.errors import UserError, WriteError
+from lib.errors import UserError, WriteError, counted
 from lib.jsonio import SCHEMA_VERSION, read_json, write_bytes_atomic, write_json_atomic
 from lib.matrix import spec_from_entry
 from lib.names import RESUME_DIR, SUPERSEDED_DIR, check_no_links
@@ -51,7 +51,7 @@ def check_device(device: object) -> None:
     count = torch.cuda.device_count() if device.startswith("cuda") else 0
     index = int(device[5:]) if device.startswith("cuda:") and device[5:].isdigit() else 0
     if device.startswith("cuda") and index >= count:
-        have = f"{count} CUDA device(s) (cuda:0..cuda:{count - 1})" if count else "no CUDA device"
+        have = f"{counted(count, 'CUDA device')} (cuda:0..cuda:{count - 1})" if count else "no CUDA device"
         raise UserError(f'CONFIG_DEVICE="{device}" but this machine has {have}; set DEVICE to auto or cpu')
 
 
@@ -201,7 +201,7 @@ def _run_locked(results_dir: Path, runs: list[RunSpec], settings: RunnerSettings
     if executor.name == "local":
         check_devices(todo)
     skipped = len(runs) - len(todo)
-    out(f"{results_dir}: {len(runs)} runs, {skipped} already done, {len(todo)} to run")
+    out(f"{results_dir}: {counted(len(runs), 'run')}, {skipped} already done, {len(todo)} to run")
     if not todo:
         return {"success": skipped, "failed": 0}
     out(f"executor {executor.name}: {executor.describe()}")

@@ -20,7 +20,8 @@ from lib.report.summary import write_reports
 from lib.results.reader import load_results
 from lib.run.plan import plan_lines
 from lib.run.runner import (EXECUTORS, check_devices, check_executor, check_runnable, config_changes,
-                            continue_settings, create_results_dir, load_matrix, newest_matrix_dir, run_matrix)
+                            continue_settings, create_results_dir, failure_lines, load_matrix, newest_matrix_dir,
+                            run_matrix)
 from lib.trackers.backends import check_trackers
 from lib.run.launch import prepare_data
 
@@ -62,12 +63,12 @@ def report(results_dir: Path) -> None:
         print(f"wrote {path}")
 
 
-def finish(results_dir: Path, counts: dict[str, int]) -> None:
+def finish(results_dir: Path, runs: list[RunSpec], counts: dict[str, int]) -> None:
     report(results_dir)
     print(f"\nResults: {results_dir}\nSummary: {results_dir / 'summary_report.txt'}")
     if counts["failed"]:
-        print(f"error: {counted(counts['failed'], 'run')} failed; see their output.log, then `make continue`",
-              file=sys.stderr)
+        for line in failure_lines(results_dir, runs):
+            print(f"error: {line}", file=sys.stderr)
         sys.exit(1)
 
 
@@ -87,7 +88,8 @@ def run(config: Path) -> None:
 def run_then_report(results_dir: Path, runs: list[RunSpec], settings: RunnerSettings,
                     data_ready: bool = False) -> None:
     try:
-        finish(results_dir, run_matrix(results_dir, runs, settings, bar=sys.stdout.isatty(), data_ready=data_ready))
+        counts = run_matrix(results_dir, runs, settings, bar=sys.stdout.isatty(), data_ready=data_ready)
+        finish(results_dir, runs, counts)
     except KeyboardInterrupt:
         print(f"\ninterrupted: finished runs are kept; resume with `make continue RESULTS={results_dir}`",
               file=sys.stderr)

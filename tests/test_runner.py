@@ -221,3 +221,30 @@ def test_make_executor_refuses_an_unknown_name(tmp_path):
 
     with pytest.raises(runner.UserError, match="executor='bogus' is not valid"):
         runner.make_executor(default_runner(), tmp_path, name="bogus")
+
+
+def test_advice_after_failures_fits_the_failure(tmp_path):
+    """A run that went non-finite fails the same way under `make continue`: the advice names the symbols;
+    a crash or timeout keeps the `make continue` advice; a run that never finished gets none."""
+    specs = [_spec(name) for name in ("diverged", "crashed", "timed_out", "fine", "never_finished")]
+    for spec, status, code in zip(specs, ("failed", "failed", "timeout", "success"), (3, 1, None, 0)):
+        (tmp_path / spec.run_id).mkdir()
+        (tmp_path / spec.run_id / "result.json").write_text(json.dumps({"status": status, "exit_code": code}))
+    non_finite, other = runner.failure_lines(tmp_path, specs)
+    assert non_finite.startswith("1 run went non-finite (diverged); make continue reruns the recorded settings")
+    assert "CONFIG_LEARNING_RATE" in non_finite and "CONFIG_GRADIENT_CLIP_NORM" in non_finite
+    assert other == "2 runs failed; see their output.log, then `make continue`"
+    assert runner.failure_lines(tmp_path, specs[3:]) == []
+
+
+def test_a_non_finite_stop_exits_with_its_own_code(capsys):
+    """What the runner tells it apart by: NonFiniteError exits 3, every other UserError 2."""
+    from lib.errors import NON_FINITE_EXIT, NonFiniteError, UserError, run_cli
+
+    for error, code in ((NonFiniteError("loss became nan at step 3"), NON_FINITE_EXIT), (UserError("bad"), 2)):
+        def fail(error=error):
+            raise error
+        with pytest.raises(SystemExit) as stop:
+            run_cli(fail)
+        assert stop.value.code == code
+    assert capsys.readouterr().err == "error: loss became nan at step 3\nerror: bad\n"

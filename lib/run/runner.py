@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Callable, Iterable
 
 from lib.config import RunnerSettings, default_runner, load_kconfig
-from lib.errors import UserError, WriteError, counted
+from lib.errors import NON_FINITE_EXIT, UserError, WriteError, counted
 from lib.jsonio import SCHEMA_VERSION, read_json, write_bytes_atomic, write_json_atomic
 from lib.matrix import spec_from_entry
 from lib.names import RESUME_DIR, SUPERSEDED_DIR, check_no_links
@@ -150,6 +150,29 @@ def is_done(run_dir: Path) -> bool:
 
 def pending(results_dir: Path, runs: list[RunSpec]) -> list[RunSpec]:
     return [spec for spec in runs if not is_done(results_dir / spec.run_id)]
+
+
+def failure_lines(results_dir: Path, runs: list[RunSpec]) -> list[str]:
+    """What to do about the runs that did not succeed, one line per kind of failure (none if all did).
+
+    A run that went non-finite (its trainer's NON_FINITE_EXIT) diverges again from the same recorded
+    settings, so `make continue` is no remedy there; a crash, timeout or interruption may pass."""
+    non_finite, other = [], []
+    for spec in runs:
+        try:
+            result = read_json(results_dir / spec.run_id / "result.json")
+        except UserError:
+            continue  # never finished: reported as missing, and `make continue` runs it
+        if isinstance(result, dict) and result.get("status") not in ("success", None):
+            (non_finite if result.get("exit_code") == NON_FINITE_EXIT else other).append(spec.run_id)
+    lines = []
+    if non_finite:
+        lines.append(f"{counted(len(non_finite), 'run')} went non-finite ({', '.join(non_finite)}); make continue "
+                     "reruns the recorded settings and would diverge again: lower CONFIG_LEARNING_RATE (or the "
+                     "optimizer's own rate) or set CONFIG_GRADIENT_CLIP_NORM, then run make")
+    if other:
+        lines.append(f"{counted(len(other), 'run')} failed; see their output.log, then `make continue`")
+    return lines
 
 
 def config_changes(current: Path, recorded: Path, limit: int = 8) -> list[str]:

@@ -248,3 +248,15 @@ def test_a_non_finite_stop_exits_with_its_own_code(capsys):
             run_cli(fail)
         assert stop.value.code == code
     assert capsys.readouterr().err == "error: loss became nan at step 3\nerror: bad\n"
+
+
+def test_config_changes_show_a_value_with_no_setting_as_unset(tmp_path):
+    """LeNet-5's int options have no value once LeNet-5 is off: `(unset)`, not a bool's `n`."""
+    from conftest import write_config
+
+    recorded = write_config(tmp_path, "lenet5-quick", LENET5_TRAIN_LIMIT="1000")
+    recorded = recorded.rename(tmp_path / "config.txt")
+    current = write_config(tmp_path, "ci-gpt2-tiny")
+    changes = runner.config_changes(current, recorded, limit=1000)
+    assert "LENET5_TRAIN_LIMIT: 1000 -> (unset)" in changes
+    assert "MODEL_SELECT_LENET5: y -> n" in changes or "MODEL_LENET5: y -> n" in changes

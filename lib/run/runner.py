@@ -177,8 +177,12 @@ def failure_lines(results_dir: Path, runs: list[RunSpec]) -> list[str]:
 
 def config_changes(current: Path, recorded: Path, limit: int = 8) -> list[str]:
     """Symbols whose values differ between two configuration files, as `NAME: old -> new`."""
+    def shown(value: str) -> str:
+        # an int or string with no value (its menu switched off) is empty; a bool is never empty (n)
+        return value or "(unset)"
+
     old, new = load_kconfig(recorded).kconf, load_kconfig(current).kconf
-    changed = [f"{name}: {sym.str_value or 'n'} -> {new.syms[name].str_value or 'n'}"
+    changed = [f"{name}: {shown(sym.str_value)} -> {shown(new.syms[name].str_value)}"
                for name, sym in old.syms.items()
                if name in new.syms and sym.str_value != new.syms[name].str_value]
     return changed[:limit] + ([f"... and {len(changed) - limit} more"] if len(changed) > limit else [])

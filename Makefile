@@ -67,6 +67,9 @@ help:
 	@echo "  make reproduce RESULTS=d RUN=id [OUT=o]  rerun one run from its folder into a new directory, metrics side by side"
 	@echo "  make sample RESULTS=d RUN=id [PROMPT=..] [NUM_SAMPLES=n] [MAX_NEW_TOKENS=n] [TEMPERATURE=t] [TOP_K=k]"
 	@echo "                             text from a GPT-2 run's checkpoint (or CKPT=file, nanoGPT's ckpt.pt too)"
+	@echo "Set-up (make does both when needed):"
+	@echo "  make venv                  create .venv and install requirements.txt into it"
+	@echo "  make trackers              install the experiment trackers (requirements-trackers.txt: wandb, trackio)"
 	@echo "Development:"
 	@echo "  make test                  run the test suite (everything; what CI runs)"
 	@echo "  make test-fast             the unit and small integration tests only: no trainer runs, matrices"
@@ -76,7 +79,10 @@ help:
 	@echo "  make gpu-check             GPU figures (NVML, bench on cuda, GPT-2 124M, ResNet-18) into JSON + docs"
 	@echo "  make clean                 remove caches;  make mrproper: also .config, results, .venv"
 
+# curses needs a terminal on both ends; without one it dies in a traceback (cbreak() returned ERR)
 menuconfig: $(STAMP)
+	@test -t 0 && test -t 1 || { echo "error: make menuconfig needs a terminal (stdin and stdout); without one, \
+	load a configuration with make defconfig-NAME or edit .config, then make olddefconfig" >&2; exit 2; }
 	@$(VENV)/bin/menuconfig Kconfig
 
 defconfig-%: export DEFCONFIG_NAME = $*

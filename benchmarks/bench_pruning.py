@@ -284,9 +284,20 @@ def report_bandwidth(step: dict[str, float | str], n_params: int, device: torch.
     print("  device: " + ", ".join(f"{key} {value / 1e9:.0f} GB/s" for key, value in bandwidth.items()))
 
 
+def bench_device(raw: str) -> torch.device:
+    """DEVICE (from make's environment too) as a torch device; a typo stops with one line, exit 2.
+    As a `type=`, argparse applies it to the environment's default as well, unlike `choices`."""
+    try:
+        return torch.device(raw)
+    except RuntimeError:
+        print(f"error: DEVICE={raw!r} is not valid; allowed: cpu, cuda, cuda:N or mps", file=sys.stderr)
+        sys.exit(2)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--device", default=os.environ.get("DEVICE") or ("cuda" if torch.cuda.is_available() else "cpu"))
+    parser.add_argument("--device", type=bench_device,
+                        default=os.environ.get("DEVICE") or ("cuda" if torch.cuda.is_available() else "cpu"))
     parser.add_argument("--size", default="124M", help="GPT-2 size preset (gpt2/model.py SIZES)")
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--threads", type=int, default=0,
@@ -294,7 +305,7 @@ def main() -> None:
     args = parser.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
-    device = torch.device(args.device)
+    device = args.device
     model = make_model(args.size, device)
     n_params = sum(p.numel() for p in model.parameters())
     machine = torch.cuda.get_device_name(device) if device.type == "cuda" else (

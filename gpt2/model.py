@@ -155,7 +155,8 @@ class GPT(nn.Module):
             nn.init.zeros_(module.bias)
 
     def get_num_params(self, non_embedding: bool = True) -> int:
-        """Parameters, tied matrix once; non_embedding leaves out wpe (nanoGPT's convention)."""
+        """Parameters, tied matrix once; non_embedding leaves out wpe (nanoGPT's convention, and its
+        FLOPs count). The trainer's log and `make sample` print non_embedding=False: every weight."""
         n = sum(p.numel() for p in self.parameters())  # parameters() yields a shared tensor once
         return n - self.transformer.wpe.weight.numel() if non_embedding else n
 

@@ -16,6 +16,8 @@ import torch
 from gpt2.model import GPT
 from lib.data.tokenizer import EOT_TOKEN, gpt2_encoding
 from lib.errors import UserError
+from lib.jsonio import read_json
+from lib.names import is_safe_name
 from lib.train.checkpoint import load_weights
 
 REPLACEMENT = "\ufffd"  # shown for ids of the embedding's padding rows (50257..50303), which have no text
@@ -29,6 +31,22 @@ class SampleSettings:
     temperature: float = 0.8
     top_k: int | None = 200  # None or 0: no top-k cut
     seed: int = 1337
+
+
+def check_gpt2_run(run_dir: Path) -> None:
+    """UserError when run_dir's run.json records a model other than GPT-2 (a LeNet-5 run has
+    no text to sample, whether or not it kept a checkpoint). The file may come from anyone:
+    it is only read as JSON, and a missing or odd one is left to the checkpoint lookup."""
+    try:
+        record = read_json(run_dir / "run.json")
+    except UserError:
+        return
+    spec = record.get("spec") if isinstance(record, dict) else None
+    model = spec.get("model") if isinstance(spec, dict) else None
+    if isinstance(model, str) and model != "gpt2":
+        shown = model if is_safe_name(model) else "non-GPT-2"  # never echo a stranger's odd string
+        raise UserError(f"{run_dir}: a {shown} run, not a GPT-2 run; make sample generates text from "
+                        "GPT-2 runs only")
 
 
 def load_model(path: Path, device: torch.device) -> tuple[GPT, dict[str, Any]]:

@@ -69,7 +69,7 @@ def main() -> None:
     config = gpt2_config(m["model_size"], m["block_size"], PADDED_VOCAB, m.get("dropout", 0.0), m.get("bias", True))
     assert config.vocab_size >= VOCAB_SIZE
     model = GPT(config).to(device)
-    num_params = sum(p.numel() for p in model.parameters())
+    num_params = model.get_num_params(non_embedding=False)  # every weight, as make sample counts
     plan = plan_batch("gpt2", training, world_size=dist.world_size, free_gpu_mib=free_gpu_mib(device),
                       num_params=num_params,
                       per_sample_mib=activation_mib("gpt2", m, config.n_layer, config.n_embd))

@@ -1,6 +1,7 @@
 """The one exception type for mistakes a user can fix (bad config, missing data,
 unreadable results). Command-line entry points catch it, print one line and
-exit with code 2; programming errors keep their traceback."""
+exit with code 2; programming errors keep their traceback. Also `counted`,
+so that the counts in those lines and in the runner's read as English."""
 from __future__ import annotations
 
 import sys
@@ -9,19 +10,29 @@ from typing import Callable, TypeVar
 T = TypeVar("T")
 
 USER_ERROR_EXIT = 2
+# A trainer stopped by NonFiniteError exits with this, so the runner can tell a deterministic
+# divergence (rerunning it fails the same way) from a crash or an interruption.
+NON_FINITE_EXIT = 3
 
 
 class UserError(Exception):
     """A problem the user can fix; the message names the thing and the fix."""
 
+    exit_code = USER_ERROR_EXIT
+
 
 def run_cli(main: Callable[[], T]) -> T:
-    """Call `main`, turning a UserError into one line on stderr and exit code 2."""
+    """Call `main`, turning a UserError into one line on stderr and its exit code (2; 3 for NonFiniteError)."""
     try:
         return main()
     except UserError as exc:
         print(f"error: {exc}", file=sys.stderr)
-        sys.exit(USER_ERROR_EXIT)
+        sys.exit(exc.exit_code)
+
+
+def counted(n: int, noun: str, plural: str = "") -> str:
+    """`1 run`, `2 runs`, `0 runs` (`plural` for a noun that does not take an s): never "1 runs"."""
+    return f"{n} {noun if n == 1 else plural or noun + 's'}"
 
 
 class WriteError(UserError, OSError):
@@ -38,4 +49,7 @@ class NonFiniteError(UserError):
     """Training produced a NaN or infinity (loss, gradient norm or pruning score).
 
     A UserError so the trainer ends with one `error:` line and a failed run,
-    not a traceback: the usual fix is a smaller learning rate or clipping."""
+    not a traceback: the usual fix is a smaller learning rate or clipping.
+    Its exit code, NON_FINITE_EXIT, tells the runner not to advise `make continue`."""
+
+    exit_code = NON_FINITE_EXIT

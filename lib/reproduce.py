@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import Any, Callable, Optional
 
 from lib.config import default_runner
-from lib.errors import UserError
+from lib.errors import UserError, counted
 from lib.jsonio import SCHEMA_VERSION, read_json, write_bytes_atomic, write_json_atomic
 from lib.matrix import spec_from_entry
 from lib.names import check_name, leaves
@@ -182,5 +182,5 @@ def reproduce(results_dir: Path, run_id: str, out: Optional[Path], results_root:
         say(line)
     matched = same and counts.get("failed", 0) == 0
     say(("identical" if not on_gpu else f"within tolerance ({TOLERANCE})") if matched
-        else "NOT reproduced" + (f" ({len(changes)} difference(s) named above)" if changes else ""))
+        else "NOT reproduced" + (f" ({counted(len(changes), 'difference')} named above)" if changes else ""))
     return matched

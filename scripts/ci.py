@@ -9,7 +9,7 @@ from pathlib import Path
 
 import _path  # noqa: F401
 from kconfig import DEFCONFIGS, normalise
-from lib.errors import UserError, run_cli
+from lib.errors import UserError, counted, run_cli
 
 
 def main() -> None:
@@ -28,7 +28,7 @@ def main() -> None:
     if failed:
         print(f"error: ci matrices with failures: {', '.join(failed)}", file=sys.stderr)
         sys.exit(1)
-    print(f"ci: {len(names)} matrices passed")
+    print(f"ci: {counted(len(names), 'matrix', 'matrices')} passed")
 
 
 if __name__ == "__main__":

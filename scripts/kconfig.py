@@ -11,6 +11,7 @@ from pathlib import Path
 import _path  # noqa: F401
 from lib.config import ROOT, load_kconfig, settings_from_kconfig
 from lib.errors import UserError, run_cli
+from lib.matrix import expand
 from lib.names import is_safe_name
 from lib.trackers.settings import apply_tracker_choice
 
@@ -42,7 +43,8 @@ def normalise(source: Path, target: Path, tracker: str | None = None) -> None:
     if tracker:
         enabled = apply_tracker_choice(loaded.kconf, tracker)
         print(f"trackers: {', '.join(enabled) or 'none'} (TRACKER={tracker})")
-    settings_from_kconfig(loaded.kconf)  # stop on a bad value now, not at `make`
+    # stop on a bad value, or a selection with no runs, now rather than at `make`
+    expand(settings_from_kconfig(loaded.kconf))
     loaded.kconf.write_config(str(target), save_old=False)
     print(f"wrote {target.name} from {source.relative_to(ROOT) if source.is_relative_to(ROOT) else source}")
 

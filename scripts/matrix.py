@@ -9,17 +9,19 @@ import re
 import signal
 import sys
 from pathlib import Path
+from typing import Mapping
 
 import _path  # noqa: F401
 from kconfig import defconfig_path, normalise
 from lib.config import ROOT, RunnerSettings, default_settings, load_settings
-from lib.errors import UserError, run_cli
+from lib.errors import counted, run_cli
 from lib.matrix import RunSpec, expand
 from lib.report.summary import write_reports
 from lib.results.reader import load_results
 from lib.run.plan import plan_lines
-from lib.run.runner import (check_devices, check_runnable, config_changes, continue_settings, create_results_dir,
-                        load_matrix, run_matrix)
+from lib.run.runner import (EXECUTORS, check_devices, check_executor, check_runnable, config_changes,
+                            continue_settings, create_results_dir, failure_lines, load_matrix, newest_matrix_dir,
+                            run_matrix)
 from lib.trackers.backends import check_trackers
 from lib.run.launch import prepare_data
 
@@ -53,7 +55,7 @@ def dry_run(config: Path) -> None:
           f"seeds {' '.join(map(str, settings.seeds))}")
     for line in plan_lines(settings.runner, runs, results_root(config)):
         print(line)
-    print(f"Total: {len(runs)} runs (nothing was run)")
+    print(f"Total: {counted(len(runs), 'run')} (nothing was run)")
 
 
 def report(results_dir: Path) -> None:
@@ -61,12 +63,12 @@ def report(results_dir: Path) -> None:
         print(f"wrote {path}")
 
 
-def finish(results_dir: Path, counts: dict[str, int]) -> None:
+def finish(results_dir: Path, runs: list[RunSpec], counts: dict[str, int]) -> None:
     report(results_dir)
     print(f"\nResults: {results_dir}\nSummary: {results_dir / 'summary_report.txt'}")
     if counts["failed"]:
-        print(f"error: {counts['failed']} run(s) failed; see their output.log, then `make continue`",
-              file=sys.stderr)
+        for line in failure_lines(results_dir, runs):
+            print(f"error: {line}", file=sys.stderr)
         sys.exit(1)
 
 
@@ -86,18 +88,12 @@ def run(config: Path) -> None:
 def run_then_report(results_dir: Path, runs: list[RunSpec], settings: RunnerSettings,
                     data_ready: bool = False) -> None:
     try:
-        finish(results_dir, run_matrix(results_dir, runs, settings, bar=sys.stdout.isatty(), data_ready=data_ready))
+        counts = run_matrix(results_dir, runs, settings, bar=sys.stdout.isatty(), data_ready=data_ready)
+        finish(results_dir, runs, counts)
     except KeyboardInterrupt:
         print(f"\ninterrupted: finished runs are kept; resume with `make continue RESULTS={results_dir}`",
               file=sys.stderr)
         sys.exit(130)
-
-
-def newest_results_dir(root: Path) -> Path:
-    candidates = sorted((p for p in root.glob("*/matrix.json")), key=lambda p: p.parent.name)
-    if not candidates:
-        raise UserError(f"no result directory under {root} to continue (run `make` first)")
-    return candidates[-1].parent
 
 
 def results_root(config: Path) -> Path:
@@ -107,7 +103,11 @@ def results_root(config: Path) -> Path:
 
 
 def continue_matrix(results: str | None, config: Path, executor: str | None = None) -> None:
-    results_dir = Path(results) if results else newest_results_dir(results_root(config))
+    if results:
+        results_dir = Path(results)
+    else:
+        results_dir = newest_matrix_dir(results_root(config))
+        print(f"continuing {results_dir}, the newest matrix directory (RESULTS=dir for another)")
     runs = load_matrix(results_dir)
     recorded = results_dir / "config.txt"
     recorded_runner = load_settings(recorded, warn=lambda _: None).runner  # first: it may be absent or damaged
@@ -126,19 +126,28 @@ def _sigterm_as_interrupt(signum, frame) -> None:
     raise KeyboardInterrupt  # same clean stop as Ctrl-C: children killed, directory resumable
 
 
-def main() -> None:
-    signal.signal(signal.SIGTERM, _sigterm_as_interrupt)
-    sys.stdout.reconfigure(line_buffering=True)  # progress lines reach CI logs and pipes as they happen
+def parse_args(argv: list[str] | None = None, env: Mapping[str, str] = os.environ) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("command", choices=["run", "continue", "dry-run"])
     parser.add_argument("--config", default=str(ROOT / ".config"))
     # defaults from the environment: make hands RESULTS and EXECUTOR over literally (see the Makefile)
-    parser.add_argument("--results", default=os.environ.get("RESULTS") or None,
+    parser.add_argument("--results", default=env.get("RESULTS") or None,
                         help="result directory for `continue` (default: $RESULTS, else the newest)")
-    parser.add_argument("--executor", choices=["local", "slurm"], default=os.environ.get("EXECUTOR") or None,
+    parser.add_argument("--executor", choices=EXECUTORS, default=env.get("EXECUTOR") or None,
                         help="for `continue`: run the missing runs here or on Slurm (default: $EXECUTOR, "
                              "else as recorded)")
-    args = parser.parse_args()
+    args = parser.parse_args(argv)
+    # argparse checks `choices` only for a value typed on the command line, never for a default:
+    # EXECUTOR=slrum from the environment would otherwise run locally without a word
+    if args.executor is not None:
+        check_executor(args.executor, "EXECUTOR")
+    return args
+
+
+def main() -> None:
+    signal.signal(signal.SIGTERM, _sigterm_as_interrupt)
+    sys.stdout.reconfigure(line_buffering=True)  # progress lines reach CI logs and pipes as they happen
+    args = parse_args()
     config = Path(args.config)
     if args.command == "run":
         run(config)

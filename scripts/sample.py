@@ -19,6 +19,7 @@ import _path  # noqa: F401  (the project root on sys.path)
 
 from lib.train.checkpoint import run_checkpoint  # noqa: E402
 from lib.errors import UserError, run_cli  # noqa: E402
+from lib.names import check_name  # noqa: E402
 
 T = TypeVar("T")
 
@@ -59,6 +60,10 @@ def checkpoint_path(env: dict[str, str]) -> Path:
     if not results or not run:
         raise UserError("give the run: make sample RESULTS=<result dir> RUN=<run id> [PROMPT=...] "
                         "(or CKPT=<checkpoint file>)")
+    from gpt2.sample import check_gpt2_run
+
+    check_name(run, "RUN", results)  # before the name becomes a path
+    check_gpt2_run(Path(results) / run)
     return run_checkpoint(Path(results), run)
 
 
@@ -77,7 +82,7 @@ def main(env: dict[str, str] | None = None) -> None:
         print(f"note: {note}", file=sys.stderr)
     model, info = load_model(path, device)
     print(f"checkpoint: {path} (step {info.get('iter_num', info.get('step', '?'))}, "
-          f"{model.get_num_params():,} parameters)", file=sys.stderr)
+          f"{model.get_num_params(non_embedding=False):,} parameters)", file=sys.stderr)  # as the trainer counts
     for i, text in enumerate(sample_texts(model, settings, device)):
         if i:
             print("---------------")

@@ -19,13 +19,14 @@ if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
 
-@functools.lru_cache(maxsize=1)
-def kconfig_cli() -> types.ModuleType:
-    """scripts/kconfig.py (`make olddefconfig`, `make defconfig-NAME`) as a module, to call in-process.
+@functools.lru_cache(maxsize=None)
+def script_module(name: str) -> types.ModuleType:
+    """scripts/<name>.py as a module named `<name>_cli`, to call its functions in-process.
 
-    It is run as a file, so its `import _path` needs scripts/ on sys.path: there only while it loads
-    (scripts/ holds report.py, matrix.py... which must not shadow anything later)."""
-    spec = importlib.util.spec_from_file_location("kconfig_cli", ROOT / "scripts" / "kconfig.py")
+    Scripts are run as files, so their `import _path` (and matrix.py's `import kconfig`) need scripts/ on
+    sys.path: there only while one loads (scripts/ holds report.py, matrix.py... which must not shadow
+    anything later)."""
+    spec = importlib.util.spec_from_file_location(f"{name}_cli", ROOT / "scripts" / f"{name}.py")
     module = importlib.util.module_from_spec(spec)
     sys.path.insert(0, str(ROOT / "scripts"))
     try:
@@ -33,6 +34,11 @@ def kconfig_cli() -> types.ModuleType:
     finally:
         sys.path.remove(str(ROOT / "scripts"))
     return module
+
+
+def kconfig_cli() -> types.ModuleType:
+    """scripts/kconfig.py (`make olddefconfig`, `make defconfig-NAME`) as a module."""
+    return script_module("kconfig")
 
 
 def write_config(tmp_path: Path, defconfig: str, **overrides: str) -> Path:
@@ -68,6 +74,14 @@ def copy_repository(target: Path) -> Path:
             shutil.copy2(ROOT / name, target / name)
     (target / ".venv").symlink_to(ROOT / ".venv")
     return target
+
+
+def git_ignores(relative: str) -> bool:
+    """Whether the checkout's .gitignore keeps `relative` (a path a command writes here) out of `git status`."""
+    try:
+        return subprocess.run(["git", "check-ignore", "-q", "--no-index", relative], cwd=ROOT).returncode == 0
+    except OSError:
+        pytest.skip("needs git")
 
 
 @pytest.fixture

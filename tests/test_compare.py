@@ -137,3 +137,11 @@ def test_out_inside_an_input_is_refused_and_bad_input_is_one_line(sides, tmp_pat
     corrupt = subprocess.run(script + [str(a), str(b)], capture_output=True, text=True, cwd=tmp_path)
     assert corrupt.returncode == 0 and "warning: " in corrupt.stderr and "Traceback" not in corrupt.stderr
     assert list(tmp_path.glob("compare_*/compare.txt"))
+
+
+def test_default_compare_folders_stay_out_of_git_status():
+    """`make compare` without OUT= writes compare_<time>/ in the project root (the current directory)."""
+    from conftest import git_ignores
+
+    assert git_ignores("compare_20260101_120000/compare.md") and git_ignores("compare_20260101_120000_2/compare.txt")
+    assert not git_ignores("lib/report/compare.py")

@@ -476,3 +476,23 @@ def test_ignored_message_reads_with_only_derived_symbols():
     only_derived = LoadedConfig(None, (), (), True, ("MODEL", "OPTIMIZER")).ignored_message("f")
     assert only_derived.startswith("f: ignoring MODEL, OPTIMIZER: upstream's Kconfig derives them")
     assert LoadedConfig(None, (), (), False).ignored_message("f") is None
+
+
+def test_defconfig_whose_matrix_has_no_runs_is_refused_and_writes_nothing(tmp_path):
+    """State pruning alone with AdamW gives no run: said at `make defconfig-NAME`, not first at `make`."""
+    from conftest import kconfig_cli as kconfig_module
+
+    source = write_config(tmp_path, "CONFIG_MODEL_SELECT_LENET5=y\nCONFIG_OPTIMIZER_MODE_SINGLE=y\n"
+                          "CONFIG_OPTIMIZER_SELECT_ADAMW=y\nCONFIG_PRUNING_MODE_MULTIPLE=y\n"
+                          "# CONFIG_PRUNING_ENABLE_NONE is not set\n# CONFIG_PRUNING_ENABLE_MAGNITUDE is not set\n"
+                          "CONFIG_PRUNING_ENABLE_STATE=y\n", name="state-adamw")
+    with pytest.raises(UserError, match="^the configuration expands to no runs"):
+        kconfig_module().normalise(source, tmp_path / ".config")
+    assert not (tmp_path / ".config").exists()
+
+
+def test_savedefconfigs_output_stays_out_of_git_status():
+    """`make savedefconfig` writes `defconfig` in the project root; defconfigs/ stays tracked."""
+    from conftest import git_ignores
+
+    assert git_ignores("defconfig") and not git_ignores("defconfigs/lenet5-quick")

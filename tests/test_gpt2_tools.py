@@ -12,6 +12,7 @@ import torch
 
 from conftest import make
 from gpt2.model import GPT, gpt2_config
+from lib.errors import UserError
 from lib.train.checkpoint import load_weights
 from lib.train.mfu import MFUMeter, peak_flops
 from tests import nanogpt_reference as nano
@@ -173,10 +174,38 @@ def test_make_sample_writes_text_from_a_runs_checkpoint(tiny_run):
 
 
 def test_sample_reads_a_nanogpt_ckpt(tmp_path):
-    nanogpt_ckpt(tmp_path / "ckpt.pt")
+    nano_model = nanogpt_ckpt(tmp_path / "ckpt.pt")
     done = sample({"CKPT": str(tmp_path / "ckpt.pt"), "MAX_NEW_TOKENS": "5", "PROMPT": "Hello"})
     assert done.returncode == 0, done.stderr
     assert done.stdout.startswith("Hello") and "step 5000" in done.stderr
+    # every weight, the tied matrix once and wpe included: the count gpt2/train.py logs for the same model
+    ours = GPT(gpt2_config("tiny", 16, 50304))
+    every_weight = sum(p.numel() for p in nano_model.parameters())
+    assert ours.get_num_params(non_embedding=False) == sum(p.numel() for p in ours.parameters())
+    assert f"{every_weight:,} parameters)" in done.stderr
+
+
+@pytest.mark.parametrize("run_json, message", [
+    ('{"spec": {"model": "lenet5"}}', "lenet5_sgd_none: a lenet5 run, not a GPT-2 run; make sample"),
+    ('{"spec": {"model": "../$(rm -rf x)"}}', "lenet5_sgd_none: a non-GPT-2 run, not a GPT-2 run"),
+    ('{"spec": {"model": "gpt2"}}', "lenet5_sgd_none: no checkpoint"),
+    ('{"spec": ["model", "lenet5"]}', "lenet5_sgd_none: no checkpoint"),
+    ('{"spec": {"model": 5}}', "lenet5_sgd_none: no checkpoint"),
+    ('{"spec": {"mod', "lenet5_sgd_none: no checkpoint"),
+    (None, "lenet5_sgd_none: no checkpoint"),
+])
+def test_sample_of_a_run_that_is_not_gpt2_says_so(tmp_path, run_json, message):
+    """run.json is read as plain JSON, whoever wrote it: a model other than GPT-2 is named when it is a
+    safe name; anything odd or missing falls through to the checkpoint lookup's own error."""
+    from conftest import script_module
+
+    run_dir = tmp_path / "lenet5_sgd_none"
+    run_dir.mkdir()
+    if run_json is not None:
+        (run_dir / "run.json").write_text(run_json)
+    with pytest.raises(UserError) as error:
+        script_module("sample").checkpoint_path({"RESULTS": str(tmp_path), "RUN": run_dir.name})
+    assert message in str(error.value) and "rm -rf" not in str(error.value)
 
 
 @pytest.mark.parametrize("env, message", [

@@ -61,3 +61,14 @@ def test_a_failing_part_is_recorded_and_the_others_still_run(monkeypatch, capsys
     assert "- gpt2: **failed**, RuntimeError: CUDA out of memory" in text and "30000 images/s" in text
     assert "- nvml: **failed**, TimeoutExpired: x" in text and "`bench` (exit 0)" in text
     assert "gpt2 failed" in capsys.readouterr().out
+
+
+def test_bench_device_from_the_environment_is_checked(capsys):
+    """`make bench DEVICE=...` hands DEVICE over through the environment: a typo is one line, exit 2."""
+    from benchmarks.bench_pruning import bench_device
+
+    assert bench_device("cpu") == torch.device("cpu")
+    with pytest.raises(SystemExit) as stop:
+        bench_device("cdua")
+    assert stop.value.code == 2
+    assert capsys.readouterr().err == "error: DEVICE='cdua' is not valid; allowed: cpu, cuda, cuda:N or mps\n"

@@ -47,7 +47,12 @@ def one_error(proc, text: str) -> None:
     assert "Traceback" not in proc.stdout + proc.stderr
 
 
-# --- defconfig-NAME, listdefconfigs ------------------------------------------------------------
+# --- menuconfig, defconfig-NAME, listdefconfigs -----------------------------------------------
+
+
+def test_menuconfig_without_a_terminal_is_one_line_not_a_traceback(repo):
+    one_error(make(repo, "menuconfig"), "error: make menuconfig needs a terminal")  # make() pipes stdout
+    assert not (repo / ".config").exists()
 
 
 def test_defconfig_writes_what_each_named_configuration_sets(repo):
@@ -192,6 +197,7 @@ def test_continue_finishes_only_the_incomplete_run_of_the_newest_or_given_direct
     kept = files(magnitude)
     done = make(repo, "continue")
     assert done.returncode == 0, done.stdout + done.stderr
+    assert f"continuing {results}, the newest matrix directory" in done.stdout
     assert f"{results}: 2 runs, 1 already done, 1 to run" in done.stdout
     assert re.findall(r"\] start +(\S+)", done.stdout) == ["lenet5_sgd_none"]
     assert statuses(results) == {"lenet5_sgd_none": "success", "lenet5_sgd_magnitude_50": "success"}
@@ -245,3 +251,12 @@ def test_data_prepares_local_data_once(repo):
 
 def test_data_without_a_config_says_how_to_get_one(repo):
     one_error(make(repo, "data"), "error: no .config; pick one with make defconfig-NAME or make menuconfig")
+
+
+def test_help_lists_every_target():
+    """Every .PHONY target of the Makefile appears in `make help` as `make NAME`."""
+    phony = next(line for line in (ROOT / "Makefile").read_text().replace("\\\n", " ").splitlines()
+                 if line.startswith(".PHONY:")).split(":", 1)[1].split()
+    shown = make(ROOT, "help").stdout  # help writes nothing
+    missing = [name for name in phony if name not in ("all", "help") and not re.search(rf"make {re.escape(name)}\b", shown)]
+    assert missing == []

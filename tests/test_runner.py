@@ -181,7 +181,82 @@ def test_dry_run_estimates_from_past_runs_of_the_same_model(reference, tmp_path)
     proc = run_script(MATRIX, "dry-run", "--config", config)
     assert proc.returncode == 0, proc.stderr
     line = next(line for line in proc.stdout.splitlines() if line.startswith("Estimated time:"))
-    assert "with 2 run(s) at once" in line and f"{RUNS} of {RUNS} runs with an identical past run" in line
+    assert "with 2 runs at once" in line and f"{RUNS} of {RUNS} runs with an identical past run" in line
     durations = [json.loads(p.read_text())["duration_s"] for p in results_dir.glob("*/result.json")]
     h, m, s = map(int, line.split()[2].split(":"))
     assert 0.8 * sum(durations) / 2 <= h * 3600 + m * 60 + s <= 1.2 * sum(durations) / 2 + 1
+
+
+def test_continue_picks_the_newest_matrix_directory_not_reproduce_or_compare_folders(tmp_path):
+    """reproduce_<time>/ and compare_<time>/ sort after every <YYYYMMDD_HHMMSS> by name; _10 after _9."""
+    for name in ("20260101_120000", "20260102_090000_9", "20260102_090000_10", "20260102_090000_2",
+                 "reproduce_20260103_080000", "compare_20260103_080000", "zz_copy", "20260104_100000"):
+        (tmp_path / name).mkdir()
+        if name != "20260104_100000":  # a folder of a matrix still being created: no matrix.json yet
+            (tmp_path / name / "matrix.json").write_text("{}")
+    assert runner.newest_matrix_dir(tmp_path) == tmp_path / "20260102_090000_10"
+
+
+def test_continue_without_a_matrix_directory_names_the_fix(tmp_path):
+    (tmp_path / "reproduce_20260103_080000").mkdir()
+    (tmp_path / "reproduce_20260103_080000" / "matrix.json").write_text("{}")
+    with pytest.raises(runner.UserError, match="no result directory under .* RESULTS=dir"):
+        runner.newest_matrix_dir(tmp_path)
+
+
+@pytest.mark.parametrize("command", ["continue", "run", "dry-run"])
+def test_executor_from_the_environment_is_checked_like_the_command_line(command):
+    """make hands EXECUTOR over through the environment, where argparse applies no `choices`."""
+    from conftest import script_module
+
+    matrix_cli = script_module("matrix")
+    assert matrix_cli.parse_args([command], {"EXECUTOR": "slurm"}).executor == "slurm"
+    assert matrix_cli.parse_args([command], {"EXECUTOR": ""}).executor is None
+    with pytest.raises(runner.UserError, match=r"^EXECUTOR='slrum' is not valid; allowed: local, slurm$"):
+        matrix_cli.parse_args([command], {"EXECUTOR": "slrum"})
+
+
+def test_make_executor_refuses_an_unknown_name(tmp_path):
+    from lib.config import default_runner
+
+    with pytest.raises(runner.UserError, match="executor='bogus' is not valid"):
+        runner.make_executor(default_runner(), tmp_path, name="bogus")
+
+
+def test_advice_after_failures_fits_the_failure(tmp_path):
+    """A run that went non-finite fails the same way under `make continue`: the advice names the symbols;
+    a crash or timeout keeps the `make continue` advice; a run that never finished gets none."""
+    specs = [_spec(name) for name in ("diverged", "crashed", "timed_out", "fine", "never_finished")]
+    for spec, status, code in zip(specs, ("failed", "failed", "timeout", "success"), (3, 1, None, 0)):
+        (tmp_path / spec.run_id).mkdir()
+        (tmp_path / spec.run_id / "result.json").write_text(json.dumps({"status": status, "exit_code": code}))
+    non_finite, other = runner.failure_lines(tmp_path, specs)
+    assert non_finite.startswith("1 run went non-finite (diverged); make continue reruns the recorded settings")
+    assert "CONFIG_LEARNING_RATE" in non_finite and "CONFIG_GRADIENT_CLIP_NORM" in non_finite
+    assert other == "2 runs failed; see their output.log, then `make continue`"
+    assert runner.failure_lines(tmp_path, specs[3:]) == []
+
+
+def test_a_non_finite_stop_exits_with_its_own_code(capsys):
+    """What the runner tells it apart by: NonFiniteError exits 3, every other UserError 2."""
+    from lib.errors import NON_FINITE_EXIT, NonFiniteError, UserError, run_cli
+
+    for error, code in ((NonFiniteError("loss became nan at step 3"), NON_FINITE_EXIT), (UserError("bad"), 2)):
+        def fail(error=error):
+            raise error
+        with pytest.raises(SystemExit) as stop:
+            run_cli(fail)
+        assert stop.value.code == code
+    assert capsys.readouterr().err == "error: loss became nan at step 3\nerror: bad\n"
+
+
+def test_config_changes_show_a_value_with_no_setting_as_unset(tmp_path):
+    """LeNet-5's int options have no value once LeNet-5 is off: `(unset)`, not a bool's `n`."""
+    from conftest import write_config
+
+    recorded = write_config(tmp_path, "lenet5-quick", LENET5_TRAIN_LIMIT="1000")
+    recorded = recorded.rename(tmp_path / "config.txt")
+    current = write_config(tmp_path, "ci-gpt2-tiny")
+    changes = runner.config_changes(current, recorded, limit=1000)
+    assert "LENET5_TRAIN_LIMIT: 1000 -> (unset)" in changes
+    assert "MODEL_SELECT_LENET5: y -> n" in changes or "MODEL_LENET5: y -> n" in changes

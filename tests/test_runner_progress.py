@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 
@@ -74,9 +75,26 @@ def test_estimate_uses_identical_past_runs_then_the_model_per_epoch(tmp_path):
     assert estimate_run_s(_task(50, epochs=2).spec, past) == 40.0
     assert estimate_run_s(_task(90, epochs=4).spec, past) == pytest.approx(100.0)  # median 25 s/epoch x 4
     lines = estimate_lines([_task(50).spec, _task(70).spec], tmp_path, slots=2)
-    assert lines[0].startswith("Estimated time: 0:01:00 with 2 run(s) at once (serial 0:01:40)")
+    assert lines[0].startswith("Estimated time: 0:01:00 with 2 runs at once (serial 0:01:40)")
 
 
 def test_no_past_runs_is_said_plainly(tmp_path):
     assert estimate_lines([_task(50).spec], tmp_path, slots=1) == [
         f"Estimated time: unknown (no past runs of lenet5 under {tmp_path})"]
+
+
+def test_counts_of_one_read_in_the_singular(tmp_path):
+    """`1 run, 1 already done`, `with 1 run at once`, `1 past run`: never "1 runs"."""
+    from lib.errors import counted
+    from lib.run.runner import run_matrix
+
+    assert [counted(n, "run") for n in (0, 1, 2)] == ["0 runs", "1 run", "2 runs"]
+    assert counted(1, "matrix", "matrices") == "1 matrix" and counted(3, "matrix", "matrices") == "3 matrices"
+    task = _task(50)
+    _past_run(tmp_path, task, 30.0)
+    (line,) = estimate_lines([task.spec], tmp_path, slots=1)
+    assert "with 1 run at once" in line and "from 1 past run under" in line and "1 of 1 run with" in line
+    said: list[str] = []
+    results = tmp_path / "20240101_000000"
+    run_matrix(results, [task.spec], executor=SimpleNamespace(name="fake"), out=said.append)  # all done
+    assert said == [f"{results}: 1 run, 1 already done, 0 to run"]

@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from lib.config import RunnerSettings
-from lib.errors import UserError
+from lib.errors import UserError, counted
 from lib.jsonio import read_json
 from lib.models import model_entry
 from lib.optim.lr_schedules import peak_lr, schedule_label
@@ -97,11 +97,13 @@ def estimate_lines(runs: list[RunSpec], root: Path, slots: int) -> list[str]:
     mean_known = sum(known) / len(known)
     filled = [(e if e is not None else mean_known, spec.gpus) for e, spec in zip(estimates, runs)]  # slots taken
     exact = sum(1 for spec in runs if past.exact.get(_key(spec)))
-    lines = [f"Estimated time: {hms(makespan_s(filled, slots))} with {slots} run(s) at once "
-             f"(serial {hms(sum(d for d, _ in filled))}); from {past.count} past run(s) under {root}, "
-             f"{exact} of {len(runs)} runs with an identical past run"]
+    lines = [f"Estimated time: {hms(makespan_s(filled, slots))} with {counted(slots, 'run')} at once "
+             f"(serial {hms(sum(d for d, _ in filled))}); from {counted(past.count, 'past run')} under {root}, "
+             f"{exact} of {counted(len(runs), 'run')} with an identical past run"]
     if len(known) < len(runs):
-        lines.append(f"  {len(runs) - len(known)} run(s) have no past run of their model: counted at the mean")
+        missing = len(runs) - len(known)
+        lines.append(f"  {counted(missing, 'run')} {'has' if missing == 1 else 'have'} no past run of their model: "
+                     "counted at the mean")
     return lines
 
 

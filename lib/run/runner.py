@@ -10,12 +10,13 @@ status "success" is what "done" means, so resuming needs nothing but files.
 from __future__ import annotations
 
 import dataclasses
+import re
 from datetime import datetime
 from pathlib import Path
 from typing import Callable, Iterable
 
 from lib.config import RunnerSettings, default_runner, load_kconfig
-from lib.errors import UserError, WriteError
+from lib.errors import NON_FINITE_EXIT, UserError, WriteError, counted
 from lib.jsonio import SCHEMA_VERSION, read_json, write_bytes_atomic, write_json_atomic
 from lib.matrix import spec_from_entry
 from lib.names import RESUME_DIR, SUPERSEDED_DIR, check_no_links
@@ -31,6 +32,10 @@ from lib.spec import RunSpec
 from lib.trackers.settings import TrackerSettings
 
 POLL_S = 1.0  # how often the progress display refreshes while nothing happens
+# The names new_timestamped_dir gives: only these are matrices `make continue` may pick on its own
+# (reproduce_<time>/, compare_<time>/ or a user's copy sort after them by name but are not).
+EXECUTORS = ("local", "slurm")  # make_executor's names: EXECUTOR=, CONFIG_EXECUTOR_*
+MATRIX_DIR_NAME = re.compile(r"(\d{8}_\d{6})(?:_(\d{1,3}))?")
 
 
 def check_device(device: object) -> None:
@@ -46,7 +51,7 @@ def check_device(device: object) -> None:
     count = torch.cuda.device_count() if device.startswith("cuda") else 0
     index = int(device[5:]) if device.startswith("cuda:") and device[5:].isdigit() else 0
     if device.startswith("cuda") and index >= count:
-        have = f"{count} CUDA device(s) (cuda:0..cuda:{count - 1})" if count else "no CUDA device"
+        have = f"{counted(count, 'CUDA device')} (cuda:0..cuda:{count - 1})" if count else "no CUDA device"
         raise UserError(f'CONFIG_DEVICE="{device}" but this machine has {have}; set DEVICE to auto or cpu')
 
 
@@ -89,6 +94,19 @@ def new_timestamped_dir(root: Path) -> Path:
     except OSError as exc:
         raise WriteError(exc.errno, f"{root}: cannot create a result directory ({exc.strerror})") from None
     raise UserError(f"{root}: 999 result directories named {stamp}_N already exist")
+
+
+def newest_matrix_dir(root: Path) -> Path:
+    """The newest root/<YYYYMMDD_HHMMSS>[_N] holding a matrix.json, by its name's time and N."""
+    def key(path: Path) -> tuple[str, int]:
+        stamp, suffix = MATRIX_DIR_NAME.fullmatch(path.name).groups()
+        return stamp, int(suffix or 1)  # _10 after _9, which a plain sort by name gets wrong
+
+    candidates = [p for p in root.glob("*") if MATRIX_DIR_NAME.fullmatch(p.name) and (p / "matrix.json").is_file()]
+    if not candidates:
+        raise UserError(f"no result directory under {root} to continue: none named <YYYYMMDD_HHMMSS> holds "
+                        "a matrix.json (run `make` first, or give RESULTS=dir)")
+    return max(candidates, key=key)
 
 
 def create_results_dir(root: Path, config_path: Path, config_name: str | None, runs: list[RunSpec]) -> Path:
@@ -134,10 +152,37 @@ def pending(results_dir: Path, runs: list[RunSpec]) -> list[RunSpec]:
     return [spec for spec in runs if not is_done(results_dir / spec.run_id)]
 
 
+def failure_lines(results_dir: Path, runs: list[RunSpec]) -> list[str]:
+    """What to do about the runs that did not succeed, one line per kind of failure (none if all did).
+
+    A run that went non-finite (its trainer's NON_FINITE_EXIT) diverges again from the same recorded
+    settings, so `make continue` is no remedy there; a crash, timeout or interruption may pass."""
+    non_finite, other = [], []
+    for spec in runs:
+        try:
+            result = read_json(results_dir / spec.run_id / "result.json")
+        except UserError:
+            continue  # never finished: reported as missing, and `make continue` runs it
+        if isinstance(result, dict) and result.get("status") not in ("success", None):
+            (non_finite if result.get("exit_code") == NON_FINITE_EXIT else other).append(spec.run_id)
+    lines = []
+    if non_finite:
+        lines.append(f"{counted(len(non_finite), 'run')} went non-finite ({', '.join(non_finite)}); make continue "
+                     "reruns the recorded settings and would diverge again: lower CONFIG_LEARNING_RATE (or the "
+                     "optimizer's own rate) or set CONFIG_GRADIENT_CLIP_NORM, then run make")
+    if other:
+        lines.append(f"{counted(len(other), 'run')} failed; see their output.log, then `make continue`")
+    return lines
+
+
 def config_changes(current: Path, recorded: Path, limit: int = 8) -> list[str]:
     """Symbols whose values differ between two configuration files, as `NAME: old -> new`."""
+    def shown(value: str) -> str:
+        # an int or string with no value (its menu switched off) is empty; a bool is never empty (n)
+        return value or "(unset)"
+
     old, new = load_kconfig(recorded).kconf, load_kconfig(current).kconf
-    changed = [f"{name}: {sym.str_value or 'n'} -> {new.syms[name].str_value or 'n'}"
+    changed = [f"{name}: {shown(sym.str_value)} -> {shown(new.syms[name].str_value)}"
                for name, sym in old.syms.items()
                if name in new.syms and sym.str_value != new.syms[name].str_value]
     return changed[:limit] + ([f"... and {len(changed) - limit} more"] if len(changed) > limit else [])
@@ -183,7 +228,7 @@ def _run_locked(results_dir: Path, runs: list[RunSpec], settings: RunnerSettings
     if executor.name == "local":
         check_devices(todo)
     skipped = len(runs) - len(todo)
-    out(f"{results_dir}: {len(runs)} runs, {skipped} already done, {len(todo)} to run")
+    out(f"{results_dir}: {counted(len(runs), 'run')}, {skipped} already done, {len(todo)} to run")
     if not todo:
         return {"success": skipped, "failed": 0}
     out(f"executor {executor.name}: {executor.describe()}")
@@ -209,10 +254,17 @@ def _run_locked(results_dir: Path, runs: list[RunSpec], settings: RunnerSettings
     return {"success": skipped + progress.done, "failed": progress.failed}
 
 
+def check_executor(name: str, source: str = "executor") -> str:
+    """`name` when it is an executor (EXECUTORS), else a UserError naming `source` and what is allowed."""
+    if name not in EXECUTORS:
+        raise UserError(f"{source}={name!r} is not valid; allowed: {', '.join(EXECUTORS)}")
+    return name
+
+
 def make_executor(settings: RunnerSettings, results_dir: Path, note: Callable[[str], None] = print,
                   name: str | None = None) -> Executor:
     """The executor named by EXECUTOR (or `name`), configured from the runner settings."""
-    name = name or settings.executor
+    name = check_executor(name or settings.executor)  # a typo must not mean "local"
     if name == "slurm":
         from lib.run.slurm_executor import SlurmExecutor
 

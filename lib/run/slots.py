@@ -19,6 +19,7 @@ import os
 from dataclasses import dataclass, field
 from typing import Callable, Sequence
 
+from lib.errors import counted
 from lib.run.task import Placement
 
 FreeMiB = Callable[[str], "float | None"]
@@ -152,9 +153,9 @@ class SlotPool:
 
     def describe(self) -> str:
         """One line: how many runs at once, on what."""
-        threads = f", {self.threads} CPU thread(s) each" if self.threads else ""
+        threads = f", {counted(self.threads, 'CPU thread')} each" if self.threads else ""
         if not self.gpus:
-            return f"{self.capacity} run(s) at once on CPU ({self.cores} cores){threads}"
+            return f"{counted(self.capacity, 'run')} at once on CPU ({counted(self.cores, 'core')}){threads}"
         guard = f"; a GPU takes a run only with >= {self.min_free_mib:.0f} MiB free" if self.min_free_mib else ""
-        return (f"{self.capacity} run(s) at once: {self.jobs_per_gpu} per GPU on GPU(s) "
-                f"{', '.join(self.gpus)}{threads}{guard}")
+        return (f"{counted(self.capacity, 'run')} at once: {self.jobs_per_gpu} per GPU on "
+                f"{'GPU' if len(self.gpus) == 1 else 'GPUs'} {', '.join(self.gpus)}{threads}{guard}")

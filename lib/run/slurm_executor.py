@@ -34,7 +34,7 @@ import submitit
 
 from lib import ROOT
 from lib.config import RunnerSettings, parse_slurm_extra
-from lib.errors import UserError
+from lib.errors import UserError, counted
 from lib.jsonio import read_json, write_json_atomic
 from lib.run.executor import RunEvent
 from lib.run.process import RunOutcome, now_iso
@@ -86,9 +86,9 @@ class SlurmExecutor:
 
     def describe(self) -> str:
         s = self.settings
-        gpus = "no GPU" if not s.slurm_gpus_per_task else f"{s.slurm_gpus_per_task}+ GPU(s)"
+        gpus = "no GPU" if not s.slurm_gpus_per_task else f"{s.slurm_gpus_per_task}+ GPUs"  # "1+": plural
         return (f"Slurm array on partition {s.slurm_partition or '(default)'}, {s.slurm_time_min} min, {gpus}, "
-                f"{s.slurm_cpus_per_task} CPU(s) per task"
+                f"{counted(s.slurm_cpus_per_task, 'CPU')} per task"
                 + (f", at most {s.slurm_array_parallelism} at once" if s.slurm_array_parallelism else ""))
 
     def _gpus(self, task: RunTask) -> int:

@@ -16,7 +16,7 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any, Mapping
 
-from lib.errors import UserError
+from lib.errors import UserError, counted
 from lib.gpu_monitor.sampler import read_summary
 from lib.jsonio import SCHEMA_VERSION, read_json, write_json_atomic
 from lib.names import SUPERSEDED_DIR
@@ -68,7 +68,7 @@ class Placement:
     def describe(self) -> str:
         where = f"GPU {','.join(self.gpus)}" if self.gpus else "cpu"
         parts = [f"slot {','.join(map(str, self.slots))}" if self.slots else None, where,
-                 f"{self.threads} thread(s)" if self.threads else None, f"job {self.job_id}" if self.job_id else None]
+                 counted(self.threads, "thread") if self.threads else None, f"job {self.job_id}" if self.job_id else None]
         return ", ".join(p for p in parts if p)
 
     def to_json(self) -> dict[str, Any]:

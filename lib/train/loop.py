@@ -248,7 +248,9 @@ class TrainingLoop:
         s = self.state
         sparsity = measure_sparsity(prunable_parameters(self.model))[0]
         record = {**self.task.record(s.step, window, evaluation), "sparsity_pct": sparsity,
-                  "lr": self.optimizer.param_groups[0]["lr"], "elapsed_s": s.train_time_s + s.eval_time_s,
+                  # the rate of the step just taken; before any, the one the first step will take
+                  "lr": self.optimizer.param_groups[0]["lr"] if s.step else self.schedule.at(0),
+                  "elapsed_s": s.train_time_s + s.eval_time_s,
                   "samples_seen": s.samples_seen}
         if s.last_grad_norm is not None:
             record["grad_norm"] = float(s.last_grad_norm)

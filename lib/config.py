@@ -23,6 +23,7 @@ import kconfiglib
 from lib import ROOT
 from lib.errors import UserError
 from lib.models import ModelParam, model_entry, model_names
+from lib.names import is_safe_name
 from lib.spec import (MAX_SEED, PRUNING_METHODS, AdvParams, OptimizerParams, PruningSettings, SpamParams,
                       TrainingSettings)
 from lib.trackers.settings import TrackerSettings, tracker_settings
@@ -150,6 +151,25 @@ class LoadedConfig:
             parts.append(f"ignoring {', '.join(self.derived_symbols)}: upstream's Kconfig derives them from the "
                          "selections (no prompt there), so a defconfig cannot set them")
         return f"{label}: {'; '.join(parts)}" if parts else None
+
+
+_FROM_DEFCONFIG = re.compile(r"# Loaded from defconfigs/(\S+) by make defconfig-")
+
+
+def defconfig_header(name: str) -> str:
+    """The first line of a .config loaded from defconfigs/NAME, read back by defconfig_name."""
+    return f"# Loaded from defconfigs/{name} by make defconfig-{name}\n"
+
+
+def defconfig_name(path: Path) -> str | None:
+    """The defconfig a .config was loaded from (matrix.json's config_name), or None: edited in
+    menuconfig (which writes its own header), made by hand, or unreadable."""
+    try:
+        with open(path, encoding="utf-8", errors="replace") as file:
+            match = _FROM_DEFCONFIG.match(file.readline(200))
+    except OSError:
+        return None
+    return match.group(1) if match and is_safe_name(match.group(1)) else None
 
 
 def new_kconfig() -> kconfiglib.Kconfig:

@@ -21,7 +21,7 @@ def main() -> None:
         for name in names:
             print(f"=== {name} ===", flush=True)
             config = Path(tmp) / f"{name}.config"
-            normalise(DEFCONFIGS / name, config)
+            normalise(DEFCONFIGS / name, config, name=name)
             script = Path(__file__).with_name("matrix.py")
             if subprocess.run([sys.executable, str(script), "run", "--config", str(config)]).returncode:
                 failed.append(name)

@@ -9,7 +9,7 @@ import sys
 from pathlib import Path
 
 import _path  # noqa: F401
-from lib.config import ROOT, load_kconfig, settings_from_kconfig
+from lib.config import ROOT, defconfig_header, defconfig_name, load_kconfig, settings_from_kconfig
 from lib.errors import UserError, run_cli
 from lib.matrix import expand
 from lib.names import is_safe_name
@@ -27,9 +27,10 @@ def defconfig_path(name: str) -> Path:
     return path
 
 
-def normalise(source: Path, target: Path, tracker: str | None = None) -> None:
+def normalise(source: Path, target: Path, tracker: str | None = None, name: str | None = None) -> None:
     """Load `source` (upstream idioms translated), check it, write a full `target`;
-    `tracker` (make's TRACKER=wandb,trackio|none) then picks the trackers."""
+    `tracker` (make's TRACKER=wandb,trackio|none) then picks the trackers. `name` is the
+    defconfig `source` is (else the one it was loaded from), recorded in `target`'s first line."""
     loaded = load_kconfig(source)
     loaded.check_names(source.name)
     ignored = loaded.ignored_message(source.name)
@@ -45,7 +46,8 @@ def normalise(source: Path, target: Path, tracker: str | None = None) -> None:
         print(f"trackers: {', '.join(enabled) or 'none'} (TRACKER={tracker})")
     # stop on a bad value, or a selection with no runs, now rather than at `make`
     expand(settings_from_kconfig(loaded.kconf))
-    loaded.kconf.write_config(str(target), save_old=False)
+    name = name or defconfig_name(source)
+    loaded.kconf.write_config(str(target), header=defconfig_header(name) if name else None, save_old=False)
     print(f"wrote {target.name} from {source.relative_to(ROOT) if source.is_relative_to(ROOT) else source}")
 
 
@@ -80,7 +82,7 @@ def main() -> None:
         if not args.name:
             raise UserError("give a defconfig name: make defconfig-NAME (`make listdefconfigs` lists them)")
         # TRACKER reaches us literally through the environment (the Makefile's USER_VARS)
-        normalise(defconfig_path(args.name), config, os.environ.get("TRACKER") or None)
+        normalise(defconfig_path(args.name), config, os.environ.get("TRACKER") or None, name=args.name)
     elif args.command == "olddefconfig":
         normalise(config, config)
     elif args.command == "savedefconfig":

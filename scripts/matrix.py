@@ -13,7 +13,7 @@ from typing import Mapping
 
 import _path  # noqa: F401
 from kconfig import defconfig_path, normalise
-from lib.config import ROOT, RunnerSettings, default_settings, load_settings
+from lib.config import ROOT, RunnerSettings, default_settings, defconfig_name, load_settings
 from lib.errors import counted, run_cli
 from lib.matrix import RunSpec, expand
 from lib.report.summary import write_reports
@@ -44,7 +44,7 @@ def ensure_config(config: Path) -> None:
     if not config.exists():
         print(f"No {config.name} found: loading the embedded default `{DEFAULT_DEFCONFIG}` "
               f"(pick another with `make defconfig-NAME` or `make menuconfig`).")
-        normalise(defconfig_path(DEFAULT_DEFCONFIG), config)
+        normalise(defconfig_path(DEFAULT_DEFCONFIG), config, name=DEFAULT_DEFCONFIG)
 
 
 def dry_run(config: Path) -> None:
@@ -81,7 +81,7 @@ def run(config: Path) -> None:
         check_devices(runs)
     check_trackers(settings.runner.tracking, os.environ)  # a missing login stops here, before any run
     prepare_data(runs)  # before the result directory: missing data leaves no empty one behind
-    results_dir = create_results_dir(results_root(config), config, None, runs)
+    results_dir = create_results_dir(results_root(config), config, defconfig_name(config), runs)
     run_then_report(results_dir, runs, settings.runner, data_ready=True)
 
 

@@ -14,7 +14,8 @@ from pathlib import Path
 
 import pytest
 
-from lib.config import NUMBER_SYMBOLS, Settings, load_kconfig, load_settings, parse_seeds, settings_from_kconfig
+from lib.config import (NUMBER_SYMBOLS, Settings, defconfig_name, load_kconfig, load_settings, parse_seeds,
+                        settings_from_kconfig)
 from lib.errors import UserError
 from lib.matrix import expand
 
@@ -408,6 +409,21 @@ def test_settings_to_json_is_plain_data(tmp_path):
 def kconfig_cli(*args: str | Path, cwd: Path) -> subprocess.CompletedProcess:
     return subprocess.run([sys.executable, str(KCONFIG_CLI), *map(str, args)], cwd=cwd,
                           capture_output=True, text=True, timeout=60)
+
+
+def test_a_config_remembers_the_defconfig_it_was_loaded_from(tmp_path):
+    """matrix.json's config_name: the first line `make defconfig-NAME` writes, kept by olddefconfig;
+    a header that names no safe defconfig (hand-edited, menuconfig's own) gives None."""
+    config = tmp_path / ".config"
+    assert kconfig_cli("--config", config, "defconfig", "ci-quick", cwd=tmp_path).returncode == 0
+    assert config.read_text().startswith("# Loaded from defconfigs/ci-quick by make defconfig-ci-quick\n")
+    assert defconfig_name(config) == "ci-quick"
+    assert kconfig_cli("--config", config, "olddefconfig", cwd=tmp_path).returncode == 0
+    assert defconfig_name(config) == "ci-quick"
+    for first in ("# Loaded from defconfigs/../etc by make defconfig-x\n", "#\n", "CONFIG_SEEDS=\"1\"\n"):
+        config.write_text(first)
+        assert defconfig_name(config) is None
+    assert defconfig_name(tmp_path / "missing") is None
 
 
 def test_cli_unknown_defconfig_is_one_line_and_exit_2(tmp_path):

@@ -48,9 +48,30 @@ def spec_from_entry(entry: Any, where: str) -> RunSpec:
     if gpus is not None and (isinstance(gpus, bool) or not isinstance(gpus, int) or not 0 <= gpus <= 4096):
         raise UserError(f"{where}: gpus_per_run {gpus!r} is not a GPU count")
     try:
-        return RunSpec.from_json(entry)  # every setting typed (lib/spec.py); older files' missing keys filled
+        spec = RunSpec.from_json(entry)  # every setting typed (lib/spec.py); older files' missing keys filled
     except SpecError as exc:
         raise UserError(f"{where}: {exc}") from None
+    _check_bounds(spec, where)
+    return spec
+
+
+def _check_bounds(spec: RunSpec, where: str) -> None:
+    """Values no configuration can give (Kconfig's ranges), which a stranger's file could: the
+    run would fail late or, worse, train something meaningless (negative sparsity, no epochs)."""
+    t, p = spec.training, spec.pruning_settings
+    bounds = (("target_sparsity_pct", spec.target_sparsity_pct, 0.0 <= spec.target_sparsity_pct < 100.0,
+               "from 0 to below 100"),
+              ("hyperparams.training.batch_size", t.batch_size, t.batch_size >= 1, "at least 1"),
+              ("hyperparams.training.epochs", t.epochs, t.epochs >= 1, "at least 1"),
+              ("hyperparams.training.grad_accum", t.grad_accum, t.grad_accum >= 1, "at least 1"),
+              ("hyperparams.training.learning_rate", t.learning_rate, t.learning_rate > 0.0, "above 0"),
+              ("hyperparams.training.lr_warmup_steps", t.lr_warmup_steps, t.lr_warmup_steps >= 0, "at least 0"),
+              ("hyperparams.pruning.warmup_steps", p.warmup_steps, p.warmup_steps >= 0, "at least 0"),
+              ("hyperparams.pruning.frequency", p.frequency, p.frequency >= 1, "at least 1"),
+              ("hyperparams.pruning.ramp_end_epoch", p.ramp_end_epoch, p.ramp_end_epoch >= 1, "at least 1"))
+    for name, value, holds, allowed in bounds:
+        if not holds:
+            raise UserError(f"{where}: {name} {value!r} is not {allowed}")
 
 
 def format_sparsity(pct: float) -> str:

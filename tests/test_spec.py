@@ -119,6 +119,21 @@ def test_a_value_of_the_wrong_type_is_named(change, says):
         RunSpec.from_json(entry)
 
 
+@pytest.mark.parametrize("change, says", [
+    (lambda e: e.update(target_sparsity_pct=-50), r"target_sparsity_pct -50.0 is not from 0 to below 100"),
+    (lambda e: e.update(target_sparsity_pct=100), r"target_sparsity_pct 100.0 is not from 0 to below 100"),
+    (lambda e: e["hyperparams"]["training"].update(epochs=-3), r"hyperparams.training.epochs -3 is not at least 1"),
+    (lambda e: e["hyperparams"]["training"].update(learning_rate=0), r"learning_rate 0.0 is not above 0"),
+    (lambda e: e["hyperparams"]["pruning"].update(frequency=0), r"hyperparams.pruning.frequency 0 is not at least 1"),
+])
+def test_a_value_no_configuration_can_give_is_refused(change, says):
+    """A stranger's matrix.json may be well typed and still absurd; `make continue` must not train it."""
+    entry = copy.deepcopy(next(r for r in old_runs() if r["run_id"] == "lenet5_adamwprune_state_50"))
+    change(entry)
+    with pytest.raises(UserError, match=says):
+        spec_from_entry(entry, "matrix.json")
+
+
 def test_a_spec_is_frozen_and_its_model_params_read_only():
     spec = spec_from_entry(old_runs()[0], "matrix.json")
     with pytest.raises(dataclasses.FrozenInstanceError):

@@ -146,6 +146,13 @@ def test_crashing_run_is_retried_then_failed(tmp_path):
     assert log.count("===== attempt") == 2 and log.count("boom") == 3
 
 
+def test_a_run_that_went_non_finite_is_not_retried(tmp_path):
+    """Exit code 3 (lib/errors.NON_FINITE_EXIT, a trainer's NonFiniteError): the same settings diverge again."""
+    outcome = run_attempts(_fake_trainer("import sys; print('loss became nan'); sys.exit(3)"), tmp_path, retries=2)
+    assert outcome.status == "failed" and outcome.attempts == 1 and outcome.exit_code == 3
+    assert "===== attempt" not in (tmp_path / "output.log").read_text()
+
+
 def test_run_that_succeeds_on_retry_records_its_attempts(tmp_path):
     flaky = ("import pathlib, sys; p = pathlib.Path('flaky'); n = int(p.read_text()) if p.exists() else 0; "
              "p.write_text(str(n + 1)); sys.exit(0 if n >= 1 else 1)")

@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Mapping
 
 from lib import ROOT
+from lib.errors import NON_FINITE_EXIT
 from lib.gpu_monitor.sampler import start_sampler, stop_sampler
 from lib.lifeline import with_parent_death_signal
 
@@ -130,13 +131,15 @@ def run_attempt(command: list[str], run_dir: Path, attempt: int = 1, *, env: Map
 def run_attempts(command: list[str], run_dir: Path, *, env: Mapping[str, str] | None = None, timeout_s: float = 0,
                  retries: int = 0, sample_interval_s: float = 0.1,
                  stop: threading.Event | None = None) -> RunOutcome:
-    """Up to 1 + `retries` attempts until one succeeds; `timeout_s` applies to each."""
+    """Up to 1 + `retries` attempts until one succeeds; `timeout_s` applies to each. A run that
+    went non-finite is not retried: the same seed and settings diverge again (a crash, a timeout or
+    a failed download may not)."""
     started_at, start = now_iso(), time.monotonic()
     attempt, status, exit_code = 0, "failed", None
     while attempt <= retries:
         attempt += 1
         status, exit_code = run_attempt(command, run_dir, attempt, env=env, timeout_s=timeout_s,
                                         sample_interval_s=sample_interval_s, stop=stop)
-        if status == "success":
+        if status == "success" or exit_code == NON_FINITE_EXIT:
             break
     return RunOutcome(status, exit_code, attempt, started_at, now_iso(), time.monotonic() - start)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import filecmp
 import os
 import re
@@ -13,7 +14,7 @@ from typing import Mapping
 
 import _path  # noqa: F401
 from kconfig import defconfig_path, normalise
-from lib.config import ROOT, RunnerSettings, default_settings, defconfig_name, load_settings
+from lib.config import ROOT, RunnerSettings, Settings, default_settings, defconfig_name, load_settings
 from lib.errors import counted, run_cli
 from lib.matrix import RunSpec, expand
 from lib.report.summary import write_reports
@@ -47,8 +48,16 @@ def ensure_config(config: Path) -> None:
         normalise(defconfig_path(DEFAULT_DEFCONFIG), config, name=DEFAULT_DEFCONFIG)
 
 
-def dry_run(config: Path) -> None:
+def _settings(config: Path, executor: str | None) -> Settings:
+    """The configuration's settings, on `executor` (make's EXECUTOR=) where one is given."""
     settings = load_settings(config)
+    if executor is None:
+        return settings
+    return dataclasses.replace(settings, runner=dataclasses.replace(settings.runner, executor=executor))
+
+
+def dry_run(config: Path, executor: str | None = None) -> None:
+    settings = _settings(config, executor)
     runs = expand(settings)
     print(f"Test matrix from {config.name}: models {', '.join(settings.models)}; "
           f"optimizers {', '.join(settings.optimizers)}; pruning {', '.join(settings.pruning_methods)}; "
@@ -72,9 +81,9 @@ def finish(results_dir: Path, runs: list[RunSpec], counts: dict[str, int]) -> No
         sys.exit(1)
 
 
-def run(config: Path) -> None:
+def run(config: Path, executor: str | None = None) -> None:
     ensure_config(config)
-    settings = load_settings(config)
+    settings = _settings(config, executor)
     runs = expand(settings)
     check_runnable(runs)
     if settings.runner.executor == "local":
@@ -134,8 +143,8 @@ def parse_args(argv: list[str] | None = None, env: Mapping[str, str] = os.enviro
     parser.add_argument("--results", default=env.get("RESULTS") or None,
                         help="result directory for `continue` (default: $RESULTS, else the newest)")
     parser.add_argument("--executor", choices=EXECUTORS, default=env.get("EXECUTOR") or None,
-                        help="for `continue`: run the missing runs here or on Slurm (default: $EXECUTOR, "
-                             "else as recorded)")
+                        help="run here or on Slurm, whatever the configuration says (default: $EXECUTOR; "
+                             "else the configuration's, for `continue` the recorded one)")
     args = parser.parse_args(argv)
     # argparse checks `choices` only for a value typed on the command line, never for a default:
     # EXECUTOR=slrum from the environment would otherwise run locally without a word
@@ -150,12 +159,12 @@ def main() -> None:
     args = parse_args()
     config = Path(args.config)
     if args.command == "run":
-        run(config)
+        run(config, args.executor)
     elif args.command == "continue":
         continue_matrix(args.results, config, args.executor)
     else:
         ensure_config(config)
-        dry_run(config)
+        dry_run(config, args.executor)
 
 
 if __name__ == "__main__":

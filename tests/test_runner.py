@@ -223,6 +223,17 @@ def test_executor_from_the_environment_is_checked_like_the_command_line(command)
         matrix_cli.parse_args([command], {"EXECUTOR": "slrum"})
 
 
+def test_executor_given_to_make_or_the_dry_run_overrides_the_configurations(isolated_config, capsys):
+    """`make EXECUTOR=slurm` (and the dry run) run on Slurm whatever .config says; it used to be ignored."""
+    from conftest import script_module
+
+    matrix_cli, config = script_module("matrix"), isolated_config("ci-quick")
+    matrix_cli.dry_run(config, "slurm")
+    assert "Executor: Slurm array" in capsys.readouterr().out
+    matrix_cli.dry_run(config)
+    assert "Slurm" not in capsys.readouterr().out
+
+
 def test_make_executor_refuses_an_unknown_name(tmp_path):
     from lib.config import default_runner
 

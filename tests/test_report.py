@@ -433,3 +433,32 @@ def test_sixty_runs_are_reported_in_under_ten_seconds(tmp_path: Path) -> None:
     # idle machine (figures are drawn in parallel); wall time on a shared
     # machine also counts everybody else's work, so it only gets a loose bound.
     assert cpu < 10 and elapsed < 30, f"{cpu:.1f} s CPU, {elapsed:.1f} s wall"
+
+
+def test_training_memory_shows_every_term_the_multiplier_counts(tmp_path: Path) -> None:
+    """docs/results-format.md: training = weights + gradients + optimizer state + masks + pruning state,
+    over the weight bytes; movement keeps its accumulated scores (pruning state), so its row must add up
+    only with that column."""
+    from lib.report.graphs import contexts, training_memory
+
+    root = tmp_path / "movement"
+    s = result_dirs.spec("lenet5", "adamw", "movement", 70.0)
+    weights = 2 ** 20  # 1 MiB, so each column in MiB is its multiple of the weights
+    terms = {"weights_bytes": weights, "gradients_bytes": weights, "optimizer_state_bytes": 2 * weights,
+             "mask_bytes": weights // 4, "pruning_state_bytes": weights}
+    metrics = result_dirs.classifier_metrics(s, [90.0, 91.0], 69.9, weights=weights)
+    metrics["memory"] = {**terms, "training_multiplier": sum(terms.values()) / weights,
+                         "inference_multiplier": 0.3}  # 5.25x
+    result_dirs.write_matrix(root, [s])
+    result_dirs.write_run(root, s, "success", metrics, result_dirs.gpu_stats(300.0, 350.0, "cpu"))
+    write_reports(load_results(root), root, "movement", graphs=False)
+    md = (root / "report.md").read_text()
+    header, _, row = md.split("### Training memory")[1].split("\n\n")[2].splitlines()[:3]
+    headers, cells = [h.strip() for h in header.split("|")[1:-1]], [c.strip() for c in row.split("|")[1:-1]]
+    assert "Pruning state (MiB)" in headers
+    columns = [float(c) for h, c in zip(headers, cells) if h.endswith("(MiB)")]
+    assert sum(columns) == pytest.approx(5.25) and cells[headers.index("Training (× weights)")] == "5.25×"
+    for text in (md, (root / "summary_report.txt").read_text()):
+        assert "weights + gradients + optimizer state + masks + pruning state" in text and "movement" in text
+    title = training_memory(contexts(load_results(root))[0]).texts[0].get_text()
+    assert "pruning state" in title

@@ -374,13 +374,13 @@ def training_memory(ctx: Context) -> Optional[Figure]:
             rows.append((cfg, recorded[0]))  # bytes do not depend on the seed
     if not rows:
         return None
-    figure = new_figure(f"{ctx.model}: training memory measured from tensors ({TRAINING_TERMS})",
+    figure = new_figure(f"{ctx.model}: training memory = {TRAINING_TERMS} (measured bytes of the tensors)",
                      10, 2.2 + 0.4 * len(rows))
     ax = figure.subplots()
     ys = range(len(rows))
     left = [0.0] * len(rows)
-    colors = ("#4c72b0", "#dd8452", "#55a868", "#c44e52")
-    for (term, label), color in zip(MEMORY_TERMS, colors):
+    colors = ("#4c72b0", "#dd8452", "#55a868", "#c44e52", "#8172b3")  # one per MEMORY_TERMS entry
+    for (term, label), color in zip(MEMORY_TERMS, colors, strict=True):
         widths = [(run.memory_bytes.get(term) or 0) / MIB for _, run in rows]
         ax.barh(ys, widths, left=left, color=color, label=label)
         left = [a + b for a, b in zip(left, widths)]

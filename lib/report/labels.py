@@ -29,7 +29,11 @@ STATUS_LABELS = {"success": "✓ Success", "failed": "✗ Failed", "timeout": "�
 # The training-memory terms a run records (metrics.json "memory"), in the
 # reader's order, with the words reports use for them.
 MEMORY_TERMS = tuple((key, _term_label(key)) for key in MEMORY_TERM_KEYS)
-TRAINING_TERMS = " + ".join(label for _, label in MEMORY_TERMS)  # "weights + gradients + ... + masks"
+TRAINING_TERMS = " + ".join(label for _, label in MEMORY_TERMS)  # "weights + gradients + ... + pruning state"
+# What "pruning state" holds: a reader cannot guess it, and it is what makes movement cost more.
+PRUNING_STATE_NOTE = ("pruning state is what a pruning method keeps per weight besides its masks: movement's "
+                      "accumulated scores, movement-upstream's initial weights w0 (0 for magnitude and state "
+                      "pruning)")
 EFFICIENCY_NOTE = "best accuracy (%) per 100 MiB of mean measured memory"
 
 

@@ -18,8 +18,9 @@ from typing import Sequence, Union
 import pandas as pd
 
 from lib.report.graphs import MIB, Graph
-from lib.report.labels import (BEST_NOTE, EFFICIENCY_NOTE, MEMORY_TERMS, PERPLEXITY, TRAINING_TERMS, MemoryLabels,
-                               Metric, efficiency_scores, memory_labels, status_counts, status_label, table_metrics)
+from lib.report.labels import (BEST_NOTE, EFFICIENCY_NOTE, MEMORY_TERMS, PERPLEXITY, PRUNING_STATE_NOTE,
+                               TRAINING_TERMS, MemoryLabels, Metric, efficiency_scores, memory_labels,
+                               status_counts, status_label, table_metrics)
 from lib.report.stats import NA, Estimate, configurations, fmt, has_seeds, is_missing
 
 STABILITY_WINDOW = 10  # last evaluations whose spread says how settled a run is (as seed 004)
@@ -195,7 +196,8 @@ def _training_memory(configs: pd.DataFrame) -> list[Block]:
                                    "(upstream directories do not).")]
     headers = ["Configuration"] + [f"{label.capitalize()} (MiB)" for _, label in MEMORY_TERMS] + [
         "Training (× weights)", "Inference (× weights)"]
-    return [heading, Paragraph(f"Training = {TRAINING_TERMS}, over the dense weight bytes; inference = "
+    return [heading, Paragraph(f"Training = {TRAINING_TERMS}, over the dense weight bytes ({PRUNING_STATE_NOTE}); "
+                               "the columns add up to it. Inference = "
                                "non-zero weights over the dense weight bytes. A bool mask takes one byte per "
                                "weight (0.25× of fp32 weights), a bit mask (CONFIG_PRUNING_MASK_STORAGE_BITS) "
                                "one bit (0.031×): AdamW-family state pruning is then 4 + 0.03 = 4.03× by formula, "

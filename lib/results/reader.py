@@ -46,7 +46,9 @@ NUMERIC_FIELDS: tuple[str, ...] = (
     "memory_mean_mib", "memory_peak_mib", "training_multiplier", "inference_multiplier",
     "wall_time_s",
 ) + LM_FIELDS
-MEMORY_TERMS = ("weights_bytes", "gradients_bytes", "optimizer_state_bytes", "mask_bytes")
+# Every term training_multiplier counts (lib/train/harness.memory_account), so the
+# bytes reports show add up to the multiplier they print beside them.
+MEMORY_TERMS = ("weights_bytes", "gradients_bytes", "optimizer_state_bytes", "mask_bytes", "pruning_state_bytes")
 
 STATUSES = ("success", "failed", "timeout", "interrupted")
 MISSING = "missing"

@@ -462,3 +462,19 @@ def test_training_memory_shows_every_term_the_multiplier_counts(tmp_path: Path) 
         assert "weights + gradients + optimizer state + masks + pruning state" in text and "movement" in text
     title = training_memory(contexts(load_results(root))[0]).texts[0].get_text()
     assert "pruning state" in title
+
+
+def test_stability_measures_the_final_figure_from_the_best_at_target(tmp_path: Path) -> None:
+    """BEST_NOTE: a pruned run's best is taken at its target sparsity, never before pruning reached it;
+    the Stability table's best − final uses that best (ci-quick's sgd_magnitude_90: 43.0% at epoch 1,
+    at 20% sparsity, best at 90% 18.00, final 15.60: 2.40, not 27.40)."""
+    root = tmp_path / "stability"
+    s = result_dirs.spec("lenet5", "sgd", "magnitude", 90.0)
+    metrics = result_dirs.classifier_metrics(s, [43.0, 18.0, 15.6], 90.0)
+    metrics.update(best_accuracy_pct=18.0, best_before_target={"accuracy_pct": 43.0, "epoch": 1})
+    result_dirs.write_matrix(root, [s])
+    result_dirs.write_run(root, s, "success", metrics, result_dirs.gpu_stats(300.0, 350.0, "cpu"))
+    write_reports(load_results(root), root, "stability", graphs=False)
+    stability = (root / "report.md").read_text().split("### Stability")[1].split("###")[0]
+    row = next(line for line in stability.splitlines() if "lenet5_sgd_magnitude_90" in line)
+    assert row.split("|")[-2].strip() == "2.40"

@@ -155,13 +155,15 @@ def _ranking(configs: pd.DataFrame, metric: Metric, seeds: bool) -> list[Block]:
     return [Heading(3, f"Ranking by {metric.name}"), Bullets(items or ["none measured"], ordered=True)]
 
 
-def _run_stability(curve: dict, metric: Metric) -> tuple[float, float]:
-    """Std of the last evaluations, and how far the final one fell from the best (positive: worse)."""
-    values = [p[1] for p in curve["points"] if not is_missing(p[1])]
+def _run_stability(run: pd.Series, metric: Metric) -> tuple[float, float]:
+    """Std of the run's last evaluations, and how far its final figure fell from its Best
+    (positive: worse). Best is the Best column's: for a pruned run at its target sparsity,
+    so a peak reached before pruning caught up does not count (BEST_NOTE)."""
+    values = [p[1] for p in run["metric_curve"]["points"] if not is_missing(p[1])]
     if len(values) < 2:
         return math.nan, math.nan
-    best = max(values) if metric.higher_is_better else min(values)
-    drop = best - values[-1] if metric.higher_is_better else values[-1] - best
+    best, final = run[metric.best], run[metric.final]
+    drop = best - final if metric.higher_is_better else final - best  # NaN when either is unmeasured
     return Estimate.of(values[-STABILITY_WINDOW:]).std, drop
 
 
@@ -169,16 +171,18 @@ def _stability(configs: pd.DataFrame, metric: Metric) -> list[Block]:
     rows = []
     for _, cfg in configs.iterrows():
         runs = cfg.runs[(cfg.runs["status"] == "success") & cfg.runs["metric_curve"].astype(bool)]
-        spreads, drops = zip(*(_run_stability(c, metric) for c in runs["metric_curve"])) if len(runs) else ((), ())
+        spreads, drops = zip(*(_run_stability(run, metric) for _, run in runs.iterrows())) if len(runs) else ((), ())
         spread, drop = Estimate.of(spreads), Estimate.of(drops)
         if spread.n:
             rows.append([f"`{cfg.config}`", spread.text(2), drop.text(2)])
     if not rows:
         return []
+    figure = metric.title.removeprefix("best ")
     return [Heading(3, "Stability"),
-            Table(["Configuration", f"Std of last ≤{STABILITY_WINDOW} evaluations", "Peak − final"], rows, "lrr",
-                  [f"Peak − final: how far the final {metric.title.removeprefix('best ')} is from the run's "
-                   "best (positive: the run ended worse than its best)."])]
+            Table(["Configuration", f"Std of last ≤{STABILITY_WINDOW} evaluations", "Best − final"], rows, "lrr",
+                  [f"Best − final: how far the final {figure} is from the run's best {figure} as the Best "
+                   "column gives it (for a pruned run, at its target sparsity; positive: the run ended worse "
+                   "than its best)."])]
 
 
 def _training_memory(configs: pd.DataFrame) -> list[Block]:

@@ -20,7 +20,7 @@ from lib.jsonio import write_text_atomic
 from lib.names import check_no_links
 from lib.report.compare import ALPHA, LABELS, Comparison, ConfigComparison, MetricDelta
 from lib.report.graphs import Graph, new_figure, render_graph
-from lib.report.markdown import Block, Bullets, Heading, Paragraph, Table, render_markdown
+from lib.report.markdown import Block, Bullets, Heading, Paragraph, Table, code_span, render_markdown
 from lib.report.out_dirs import make_output_dir, stamped_name
 from lib.report.stats import NA, Estimate, fmt
 
@@ -67,8 +67,8 @@ def compare_blocks(comparison: Comparison, graph: Optional[Graph]) -> list[Block
     c = comparison
     blocks: list[Block] = [
         Heading(1, "Comparison of two result directories"),
-        Bullets([f"A: {c.a_name} ({LAYOUTS.get(c.a_layout, c.a_layout)} directory)",
-                 f"B: {c.b_name} ({LAYOUTS.get(c.b_layout, c.b_layout)} directory)",
+        Bullets([f"A: {code_span(c.a_name)} ({LAYOUTS.get(c.a_layout, c.a_layout)} directory)",
+                 f"B: {code_span(c.b_name)} ({LAYOUTS.get(c.b_layout, c.b_layout)} directory)",
                  f"{len(c.both)} configuration(s) in both, {len(c.only_a)} run(s) only in A, "
                  f"{len(c.only_b)} only in B",
                  "Δ = B - A of the means over successful runs; with two or more seeds a side, mean ± sample std "

@@ -12,6 +12,7 @@ HTML renderers cannot disagree on content.
 from __future__ import annotations
 
 import math
+import re
 from dataclasses import dataclass, field
 from typing import Sequence, Union
 
@@ -22,6 +23,7 @@ from lib.report.labels import (BEST_NOTE, EFFICIENCY_NOTE, MEMORY_TERMS, PERPLEX
                                TRAINING_TERMS, MemoryLabels, Metric, efficiency_scores, memory_labels,
                                status_counts, status_label, table_metrics)
 from lib.report.stats import NA, Estimate, configurations, fmt, has_seeds, is_missing
+from lib.results.run_files import one_line
 
 STABILITY_WINDOW = 10  # last evaluations whose spread says how settled a run is (as seed 004)
 
@@ -58,6 +60,16 @@ class Image:
 
 
 Block = Union[Heading, Paragraph, Bullets, Table, Image]
+
+
+def code_span(text: str) -> str:
+    """`text` as one literal Markdown code span: a path from another lab may hold Markdown, HTML or
+    newlines, which must not become headings, links or tags. Control characters are shown as \\xNN,
+    and the fence is one backtick longer than any run of backticks inside (CommonMark)."""
+    text = one_line(text)
+    fence = "`" * (max((len(run) for run in re.findall(r"`+", text)), default=0) + 1)
+    pad = " " if text.startswith("`") or text.endswith("`") else ""
+    return f"{fence}{pad}{text}{pad}{fence}"
 
 
 def _overview(table: pd.DataFrame, memory: MemoryLabels, seeds: bool) -> list[Block]:
@@ -213,7 +225,7 @@ def markdown_blocks(table: pd.DataFrame, source_name: str, figures: Sequence[Gra
     """The content of report.md and report.html."""
     memory = memory_labels(table)
     seeds = has_seeds(table)
-    blocks: list[Block] = [Heading(1, f"Results: {source_name}"), *_overview(table, memory, seeds)]
+    blocks: list[Block] = [Heading(1, f"Results: {code_span(source_name)}"), *_overview(table, memory, seeds)]
     table = table.assign(efficiency=efficiency_scores(table))
     for model, runs in table.groupby("model", sort=True, dropna=False):
         metric = table_metrics(runs)[0]

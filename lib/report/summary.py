@@ -28,6 +28,7 @@ from lib.report.labels import (BEST_NOTE, EFFICIENCY_NOTE, MIXED_MEMORY, PERPLEX
 from lib.report.markdown import markdown_blocks, render_markdown
 from lib.report.stats import NA, configurations, fmt, has_seeds
 from lib.results.reader import LM_FIELDS, NUMERIC_FIELDS, ROW_FIELDS
+from lib.results.run_files import one_line
 
 TOP_N = 20
 RULE = "-" * 80
@@ -78,7 +79,8 @@ def render_text_table(rows: pd.DataFrame, columns: list[Column]) -> list[str]:
 def _header_lines(table: pd.DataFrame, source_name: str, memory: MemoryLabels) -> list[str]:
     lines = ["Test Matrix Summary Report",
              f"Generated: {datetime.now().isoformat(timespec='seconds')}",
-             f"From: {source_name}", "=" * 80, "", *status_counts(table), BEST_NOTE]
+             # one_line: a newline in a path from another lab must not forge report lines
+             f"From: {one_line(source_name)}", "=" * 80, "", *status_counts(table), BEST_NOTE]
     if table.empty:
         lines.append("No runs were found in this directory (see the warnings, if any, on the terminal).")
     return lines + ([memory.note] if memory.note else []) + [""]
@@ -262,7 +264,7 @@ def write_reports(table: pd.DataFrame, out_dir: Path, source_name: str, graphs: 
     blocks = markdown_blocks(table, source_name, figures)
     texts = {"summary_report.txt": render_summary(table, source_name),
              "report.md": render_markdown(blocks),
-             "report.html": render_html(blocks, f"Results: {source_name}", figures)}
+             "report.html": render_html(blocks, f"Results: {one_line(source_name)}", figures)}
     write_json_atomic(out_dir / "all_results.json", _all_results(table, source_name))
     for name, text in texts.items():
         write_text_atomic(out_dir / name, text)

@@ -122,3 +122,12 @@ def test_pareto_front_keeps_what_nothing_beats_on_both_axes() -> None:
     points = [(100.0, 90.0), (120.0, 95.0), (110.0, 89.0), (130.0, 94.0), (100.0, 85.0)]
     assert pareto_front(points, higher_is_better=True) == [0, 1]
     assert pareto_front(points, higher_is_better=False) == [4]  # lower perplexity: 85 at the least memory
+
+
+def test_bars_start_at_zero(seeded: Path) -> None:
+    """A bar's length is its value: memory bars around 300-370 MiB and accuracy bars around 90% must not
+    start at the smallest bar, where a small difference looks like a factor."""
+    ctx = contexts(load_results(seeded))[0]
+    for build in (model_comparison, memory_comparison):
+        low, high = build(ctx).axes[0].get_xlim()
+        assert low == 0 and high > 0, build.__name__

@@ -204,7 +204,7 @@ def _bars(ctx: Context, ax, configs: pd.DataFrame, column: str, digits: int,
     """Horizontal bars of mean ± std per configuration, coloured by optimizer,
     one row each under a bold heading per sparsity group, its value printed
     in a column right of the axes (`marks`, e.g. peaks, drawn as black ticks
-    and printed beside it); the value axis is zoomed on them. Rows grow the figure (_bar_figure), so
+    and printed beside it); the value axis starts at zero. Rows grow the figure (_bar_figure), so
     labels never overlap however many runs. Returns the legend handles."""
     ys, headings, y = [], [], 0
     for group in dict.fromkeys(configs["group"]):
@@ -230,9 +230,10 @@ def _bars(ctx: Context, ax, configs: pd.DataFrame, column: str, digits: int,
         # a column right of the axes: labels never run into bars, marks or each other
         ax.annotate(text, (1.0, row), xycoords=("axes fraction", "data"), xytext=(4, 0),
                     textcoords="offset points", ha="left", va="center", fontsize=7)
-    lows = [e.mean - err for e, err in zip(estimates, errors)]
-    span = (max(ends) - min(lows)) or abs(max(ends)) or 1.0
-    ax.set_xlim(max(0.0, min(lows) - 0.5 * span), max(ends) + 0.05 * span)
+    # From zero: a bar's length is read as its value, so an axis cut at the smallest bar
+    # makes 353 vs 404 MiB look like 1 to 2.
+    low = min([0.0] + [e.mean - err for e, err in zip(estimates, errors)])
+    ax.set_xlim(low, max(ends) + 0.05 * ((max(ends) - low) or 1.0))
     ax.set_ylim(ys[-1] + 0.75, -0.75)  # first row on top
     ticks = [(h, name) for h, name in headings] + list(zip(ys, (ctx.label(c) for c in configs["config"])))
     ax.set_yticks([t for t, _ in ticks], [name for _, name in ticks], fontsize=8)

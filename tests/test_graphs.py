@@ -9,8 +9,8 @@ import pytest
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from result_dirs import classifier_metrics, gpu_stats, seeded_matrix, spec, write_matrix, write_run
 
-from lib.report.graphs import (contexts, evolution, memory_comparison, model_comparison, pareto_front, render_graphs,
-                               sparsity_schedule)
+from lib.report.graphs import (contexts, evolution, memory_comparison, memory_vs_metric, model_comparison,
+                               pareto_front, render_graphs, sparsity_schedule)
 from lib.results.reader import load_results
 
 OPTIMIZERS = ("sgd", "adam", "adamw", "adamwadv", "adamwspam", "adamwprune")
@@ -131,3 +131,28 @@ def test_bars_start_at_zero(seeded: Path) -> None:
     for build in (model_comparison, memory_comparison):
         low, high = build(ctx).axes[0].get_xlim()
         assert low == 0 and high > 0, build.__name__
+
+
+def test_memory_vs_accuracy_labels_stay_clear_of_the_legend_and_say_rss(tmp_path: Path) -> None:
+    """Every point label is inside the axes (the legend sits right of them, so nothing hides a label),
+    even the long one of the point with the most memory, at the right edge and the top; and on CPU the
+    front and the axis say they are built on process RSS, mostly the torch runtime."""
+    runs = [(spec("lenet5", "sgd", "none", 0.0), 72.2, 304.5), (spec("lenet5", "adamw", "none", 0.0), 80.0, 320.0),
+            (spec("lenet5", "adamw", "magnitude", 90.0), 86.8, 353.0)]
+    write_matrix(tmp_path, [s for s, _, _ in runs])
+    for s, accuracy, mean in runs:
+        write_run(tmp_path, s, "success", classifier_metrics(s, [accuracy - 5, accuracy], s["target_sparsity_pct"]),
+                  gpu_stats(mean, mean + 100, "cpu"))
+    figure = memory_vs_metric(contexts(load_results(tmp_path))[0])
+    ax = figure.axes[0]
+    canvas = FigureCanvasAgg(figure)
+    canvas.draw()
+    renderer = canvas.get_renderer()
+    frame, legend = ax.get_window_extent(renderer), ax.get_legend().get_window_extent(renderer)
+    assert len(ax.texts) == 3
+    for text in ax.texts:
+        box = text.get_window_extent(renderer)
+        assert frame.x0 <= box.x0 and box.x1 <= frame.x1 and box.y1 <= frame.y1, text.get_text()
+        assert not box.overlaps(legend), text.get_text()
+    assert "RSS" in ax.get_legend().get_texts()[-1].get_text()  # the Pareto front's entry
+    assert "torch runtime" in ax.get_xlabel() and "RSS" in ax.get_xlabel()

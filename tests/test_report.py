@@ -236,7 +236,7 @@ def test_report_md_has_a_table_per_model_with_dense_delta(reports: Path) -> None
     state = _md_row(md, "lenet5_adamwprune_state_70")
     assert (state["Best Acc (%)"], state["Final Acc (%)"], state["Sparsity (%)"]) == ("98.40", "98.22", "70.01%")
     assert state["Δ dense"] == "-0.20" and state["n"] == "1" and state["Status"] == "✓ Success"
-    assert state["Efficiency"] == f"{98.4 / 7.9:.2f}" and state["GPU Mean (MiB)"] == "790.0"
+    assert state["Efficiency (GPU)"] == f"{98.4 / 7.9:.2f}" and state["GPU Mean (MiB)"] == "790.0"
     assert _md_row(md, "lenet5_adam_none")["Δ dense"] == "baseline"
     adamw = _md_row(md, "lenet5_adamw_magnitude_70")
     assert adamw["Best Acc (%)"] == "n/a" and adamw["Δ dense"] == "n/a"  # no metrics, no dense adamw baseline
@@ -478,3 +478,16 @@ def test_stability_measures_the_final_figure_from_the_best_at_target(tmp_path: P
     stability = (root / "report.md").read_text().split("### Stability")[1].split("###")[0]
     row = next(line for line in stability.splitlines() if "lenet5_sgd_magnitude_90" in line)
     assert row.split("|")[-2].strip() == "2.40"
+
+
+def test_efficiency_on_cpu_says_it_is_process_rss(tmp_path: Path) -> None:
+    """The efficiency score divides by the measured memory; on CPU that is process RSS, mostly the torch
+    runtime, and every report must say so rather than let it pass as model memory."""
+    root = seeded_matrix(tmp_path / "cpu", seeds=(1,), device="cpu")
+    write_reports(load_results(root), root, "cpu", graphs=False)
+    md, summary = (root / "report.md").read_text(), (root / "summary_report.txt").read_text()
+    assert "| Efficiency (RSS) |" in md
+    efficiency = next(line for line in md.splitlines() if line.startswith("- Efficiency:"))
+    assert "process RSS" in efficiency and "torch runtime" in efficiency
+    score = next(line for line in summary.splitlines() if line.startswith("Efficiency score ="))
+    assert "process RSS" in score and "torch runtime" in score

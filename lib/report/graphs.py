@@ -327,13 +327,19 @@ def memory_vs_metric(ctx: Context) -> Optional[Figure]:
                     fmt="o", color=ctx.color(optimizer), capsize=3)
     front = pareto_front([(m.mean, a.mean) for m, a in zip(memory, metric)], ctx.metric.higher_is_better)
     ax.plot([memory[i].mean for i in front], [metric[i].mean for i in front], color="red", linestyle="--",
-            drawstyle="steps-post", label="Pareto front")
+            drawstyle="steps-post", label=f"Pareto front (on mean {ctx.memory.name})")
     labels = configs["config"].tolist()
+    middle = sum(ax.get_xlim()) / 2
     for i in (range(len(labels)) if len(labels) <= LEGEND_RUNS else front):
+        # labels of right-hand points go left of them: to the right they would run out of the
+        # axes and under the legend
+        right = memory[i].mean > middle
         ax.annotate(ctx.label(labels[i]), (memory[i].mean, metric[i].mean), fontsize=7,
-                    xytext=(4, 4), textcoords="offset points")
+                    xytext=(-4 if right else 4, 4), textcoords="offset points", ha="right" if right else "left")
+    ax.margins(y=0.08)  # room above the top point for its label
     _legend_outside(ax, _optimizer_handles(ctx, configs) + ax.get_legend_handles_labels()[0], "optimizer")
-    ax.set(xlabel=f"{ctx.memory.axis_label}, mean over the run", ylabel=ctx.metric.best_axis_label)
+    caveat = f"\n({ctx.memory.caveat})" if ctx.memory.caveat else ""
+    ax.set(xlabel=f"{ctx.memory.axis_label}, mean over the run{caveat}", ylabel=ctx.metric.best_axis_label)
     ax.grid(alpha=0.3)
     return figure
 

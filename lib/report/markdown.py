@@ -19,9 +19,9 @@ from typing import Sequence, Union
 import pandas as pd
 
 from lib.report.graphs import MIB, Graph
-from lib.report.labels import (BEST_NOTE, EFFICIENCY_NOTE, MEMORY_TERMS, PERPLEXITY, PRUNING_STATE_NOTE,
-                               TRAINING_TERMS, MemoryLabels, Metric, efficiency_scores, memory_labels,
-                               status_counts, status_label, table_metrics)
+from lib.report.labels import (BEST_NOTE, MEMORY_TERMS, PERPLEXITY, PRUNING_STATE_NOTE, TRAINING_TERMS,
+                               MemoryLabels, Metric, efficiency_scores, memory_labels, status_counts, status_label,
+                               table_metrics)
 from lib.report.stats import NA, Estimate, configurations, fmt, has_seeds, is_missing
 from lib.results.run_files import one_line
 
@@ -76,7 +76,7 @@ def _overview(table: pd.DataFrame, memory: MemoryLabels, seeds: bool) -> list[Bl
     items = status_counts(table) + ([memory.note] if memory.note else [])
     items.append("Sparsity: the measured share of prunable weights that are exactly zero after training, "
                  "not the target.")
-    items.append(f"Efficiency: {EFFICIENCY_NOTE} (classifiers only).")
+    items.append(f"Efficiency: {memory.efficiency_note}; classifiers only.")
     items.append(BEST_NOTE)
     items.append("Δ dense: the metric minus the mean of the successful dense (pruning none) runs of the same "
                  "model and optimizer.")
@@ -120,7 +120,7 @@ def _configuration_table(configs: pd.DataFrame, metric: Metric, memory: MemoryLa
     classifier = metric is not PERPLEXITY
     headers = ["Configuration", "Optimizer", "Pruning", "Sparsity (%)", metric.best_header,
                metric.final_header, memory.mean_header, memory.peak_header]
-    headers += (["Efficiency"] if classifier else []) + ["Δ dense", "n", "Status"]
+    headers += ([f"Efficiency ({memory.kind})"] if classifier else []) + ["Δ dense", "n", "Status"]
     rows = []
     for _, cfg in _sorted(configs, metric).iterrows():
         row = [f"`{cfg.config}`", str(cfg.optimizer), str(cfg.pruning) + (f" ({cfg.variant})" if cfg.variant else ""),

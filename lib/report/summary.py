@@ -22,9 +22,9 @@ from lib.names import check_no_links
 from lib.provenance import git_commit, package_versions
 from lib.report.graphs import Graph, render_graphs
 from lib.report.html import render_html
-from lib.report.labels import (BEST_NOTE, EFFICIENCY_NOTE, MIXED_MEMORY, PERPLEXITY, PRUNING_STATE_NOTE,
-                               TRAINING_TERMS, MemoryLabels, Metric, efficiency_scores, memory_labels,
-                               status_counts, status_label, table_metrics)
+from lib.report.labels import (BEST_NOTE, MIXED_MEMORY, PERPLEXITY, PRUNING_STATE_NOTE, TRAINING_TERMS,
+                               MemoryLabels, Metric, efficiency_scores, memory_labels, status_counts, status_label,
+                               table_metrics)
 from lib.report.markdown import markdown_blocks, render_markdown
 from lib.report.stats import NA, configurations, fmt, has_seeds
 from lib.results.reader import LM_FIELDS, NUMERIC_FIELDS, ROW_FIELDS
@@ -144,7 +144,7 @@ def _efficiency_section(table: pd.DataFrame, metric: Metric, memory: MemoryLabel
              f"  Training memory  = {TRAINING_TERMS}",
              f"    ({PRUNING_STATE_NOTE})",
              "  Inference memory = non-zero weights (benefits from sparsity)",
-             f"Efficiency score = {EFFICIENCY_NOTE} ({memory.kind})",
+             f"Efficiency score = {memory.efficiency_note}",
              "", f"Top {TOP_N} by Efficiency Score:"]
     scored = table.assign(score=efficiency_scores(table))
     best = ranked(scored, "score", descending=True).head(TOP_N)

@@ -156,3 +156,27 @@ def test_memory_vs_accuracy_labels_stay_clear_of_the_legend_and_say_rss(tmp_path
         assert not box.overlaps(legend), text.get_text()
     assert "RSS" in ax.get_legend().get_texts()[-1].get_text()  # the Pareto front's entry
     assert "torch runtime" in ax.get_xlabel() and "RSS" in ax.get_xlabel()
+
+
+def test_sparsity_schedule_shows_target_overlaps_and_whole_steps(tmp_path: Path) -> None:
+    """Every series must be visible: the target (which usually lies exactly on the measured line) is
+    drawn over it in another colour; configurations with identical schedules (SGD and AdamW magnitude
+    at the same sparsity) share one legend entry naming both; steps are whole numbers."""
+    specs = [spec("lenet5", o, "magnitude", t) for o in ("sgd", "adamw") for t in (50.0, 90.0)]
+    write_matrix(tmp_path, specs)
+    for s in specs:
+        metrics = classifier_metrics(s, [80.0, 81.0], s["target_sparsity_pct"])
+        ramp = [s["target_sparsity_pct"] * step / 35 for step in (15, 20, 25, 35)]
+        metrics["pruning_schedule"] = [{"step": step, "target_pct": pct, "measured_pct": pct}
+                                       for step, pct in zip((15, 20, 25, 35), ramp)]
+        write_run(tmp_path, s, "success", metrics, gpu_stats(300.0, 400.0, "cpu"))
+    ax = sparsity_schedule(contexts(load_results(tmp_path))[0]).axes[0]
+    entries = [t.get_text() for t in ax.get_legend().get_texts()]
+    assert len(entries) == 3 and "target" in entries
+    assert all(("sgd_magnitude_" in e and "adamw_magnitude_" in e) for e in entries if e != "target")
+    measured = [line for line in ax.get_lines() if line.get_linestyle() == "-"]
+    targets = [line for line in ax.get_lines() if line.get_linestyle() == "--"]
+    assert len(measured) == len(targets) == 2
+    assert min(t.get_zorder() for t in targets) > max(m.get_zorder() for m in measured)
+    assert {t.get_color() for t in targets}.isdisjoint({m.get_color() for m in measured})
+    assert all(float(x).is_integer() for x in ax.get_xticks())

@@ -24,6 +24,7 @@ from typing import Callable, Optional
 import pandas as pd
 from matplotlib import rc_context
 from matplotlib.figure import Figure
+from matplotlib.lines import Line2D
 from matplotlib.patches import Patch
 from matplotlib.ticker import MaxNLocator
 
@@ -344,31 +345,60 @@ def memory_vs_metric(ctx: Context) -> Optional[Figure]:
     return figure
 
 
+def _schedule_groups(firsts: list) -> list[tuple[list, dict]]:
+    """(configurations, schedule) per distinct schedule: configurations that pruned on the same
+    steps to the same sparsities (SGD and AdamW magnitude runs often do) share one line, since
+    lines drawn on top of each other hide all but the last."""
+    groups: dict[str, tuple[list, dict]] = {}
+    for cfg, schedule in firsts:
+        key = repr(schedule["points"])
+        groups.setdefault(key, ([], schedule))[0].append(cfg)
+    return list(groups.values())
+
+
+def _shared_label(names: list[str], shown: int = 3) -> str:
+    """A legend label for configurations sharing one line; past `shown` names, a count keeps it one line."""
+    if len(names) == 1:
+        return names[0]
+    more = f" + {len(names) - shown} more" if len(names) > shown else ""
+    return ", ".join(names[:shown]) + more + " (same schedule)"
+
+
 def sparsity_schedule(ctx: Context) -> Optional[Figure]:
-    """Measured sparsity at each mask update (first seed of each configuration),
-    target dashed; above LEGEND_RUNS configurations, coloured by optimizer."""
+    """Measured sparsity at each mask update (first seed of each configuration; configurations
+    with the same schedule share a line), the target drawn over it in thin black dashes;
+    above LEGEND_RUNS lines, coloured by optimizer."""
     firsts = [(cfg, curves[0]) for _, cfg in ctx.configs.iterrows()
               if cfg.pruning != "none" and (curves := _good_curves(cfg.runs, "sparsity_schedule"))]
     if not firsts:
         return None
     targets_known = any(not is_missing(p[1]) for _, s in firsts for p in s["points"])
     figure = new_figure(f"{ctx.model}: sparsity reached during training"
-                     + (" (solid: measured, dashed: target)" if targets_known else " (measured)"))
+                        + (" (coloured: measured, black dashed: target)" if targets_known else " (measured)"))
     ax = figure.subplots()
-    per_config = len(firsts) <= LEGEND_RUNS
-    for cfg, schedule in firsts:
+    groups = _schedule_groups(firsts)
+    per_line = len(groups) <= LEGEND_RUNS
+    handles = []
+    for cfgs, schedule in groups:
         xs = [p[0] for p in schedule["points"]]
-        (line,) = ax.plot(xs, [p[2] for p in schedule["points"]], label=ctx.label(cfg.config) if per_config else None,
-                          color=None if per_config else ctx.color(cfg.optimizer),
-                          marker="o" if len(xs) <= 50 else None, markersize=3)
+        label = _shared_label([ctx.label(cfg.config) for cfg in cfgs])
+        (line,) = ax.plot(xs, [p[2] for p in schedule["points"]], label=label if per_line else None,
+                          color=None if per_line else ctx.color(cfgs[0].optimizer), linewidth=2.5,
+                          marker="o" if len(xs) <= 50 else None, markersize=4, zorder=2)
+        handles.append(line)
         targets = [p[1] for p in schedule["points"]]
         if not all(is_missing(t) for t in targets):
-            ax.plot(xs, targets, linestyle="--", color=line.get_color(), linewidth=1)
+            # on top, thin and black: the target usually lies exactly on the measured line
+            ax.plot(xs, targets, linestyle="--", color="black", linewidth=1, zorder=3)
+    if targets_known:
+        handles.append(Line2D([], [], linestyle="--", color="black", linewidth=1, label="target"))
     ax.set(xlabel=AXIS_LABELS.get(firsts[0][1]["axis"], firsts[0][1]["axis"]),
            ylabel="Sparsity of prunable weights (%)", ylim=(0, 100))
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True))  # steps and epochs are whole numbers
     ax.grid(alpha=0.3)
-    _legend_outside(ax, None if per_config else _optimizer_handles(ctx, pd.DataFrame([c for c, _ in firsts])),
-                    "configuration" if per_config else "optimizer")
+    if not per_line:
+        handles = _optimizer_handles(ctx, pd.DataFrame([c for c, _ in firsts])) + handles[len(groups):]
+    _legend_outside(ax, handles, "configuration" if per_line else "optimizer")
     return figure
 
 

@@ -63,6 +63,22 @@ def _models(comparison: Comparison) -> dict[str, list[ConfigComparison]]:
     return grouped
 
 
+SETTINGS_HEADING = "Warning: the two directories were run with different settings"
+SETTINGS_SHOWN = 12  # settings listed; the rest counted
+
+
+def settings_warning(c: Comparison) -> str:
+    return (f"Runs are matched by run ID alone, but {len(c.settings)} setting(s) differ (from {c.settings_source}), "
+            "so a delta may come from the settings rather than the method:")
+
+
+def setting_lines(c: Comparison) -> list[str]:
+    """`name: A value -> B value`, with the number of configurations when per-run settings differ."""
+    lines = [f"{d.name}: {d.a} -> {d.b}" + (f" ({d.configs} configuration(s))" if d.configs else "")
+             for d in c.settings[:SETTINGS_SHOWN]]
+    return lines + ([f"... and {len(c.settings) - SETTINGS_SHOWN} more"] if len(c.settings) > SETTINGS_SHOWN else [])
+
+
 def compare_blocks(comparison: Comparison, graph: Optional[Graph]) -> list[Block]:
     c = comparison
     blocks: list[Block] = [
@@ -74,6 +90,9 @@ def compare_blocks(comparison: Comparison, graph: Optional[Graph]) -> list[Block
                  "Δ = B - A of the means over successful runs; with two or more seeds a side, mean ± sample std "
                  f"(n) and Welch's t-test p-value; p >= {ALPHA:g} is within noise"] + list(c.notes)),
     ]
+    if c.settings:
+        blocks += [Heading(2, SETTINGS_HEADING), Paragraph(settings_warning(c)),
+                   Bullets([code_span(line) for line in setting_lines(c)])]
     for model, configs in _models(c).items():
         rows = [_row(config, m) for config in configs for m in config.metrics]
         blocks += [Heading(2, f"{model}: runs in both"), Table(HEADERS, rows, "llrrrrl")]

@@ -439,6 +439,8 @@ def test_training_memory_shows_every_term_the_multiplier_counts(tmp_path: Path) 
     """docs/results-format.md: training = weights + gradients + optimizer state + masks + pruning state,
     over the weight bytes; movement keeps its accumulated scores (pruning state), so its row must add up
     only with that column."""
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+
     from lib.report.graphs import contexts, training_memory
 
     root = tmp_path / "movement"
@@ -460,8 +462,12 @@ def test_training_memory_shows_every_term_the_multiplier_counts(tmp_path: Path) 
     assert sum(columns) == pytest.approx(5.25) and cells[headers.index("Training (× weights)")] == "5.25×"
     for text in (md, (root / "summary_report.txt").read_text()):
         assert "weights + gradients + optimizer state + masks + pruning state" in text and "movement" in text
-    title = training_memory(contexts(load_results(root))[0]).texts[0].get_text()
-    assert "pruning state" in title
+    figure = training_memory(contexts(load_results(root))[0])
+    canvas = FigureCanvasAgg(figure)
+    canvas.draw()
+    title = figure.texts[0].get_window_extent(canvas.get_renderer())
+    assert "pruning state" in figure.texts[0].get_text()
+    assert figure.bbox.x0 <= title.x0 and title.x1 <= figure.bbox.x1  # the whole title is on the page
 
 
 def test_stability_measures_the_final_figure_from_the_best_at_target(tmp_path: Path) -> None:

@@ -411,7 +411,7 @@ def training_memory(ctx: Context) -> Optional[Figure]:
             rows.append((cfg, recorded[0]))  # bytes do not depend on the seed
     if not rows:
         return None
-    figure = new_figure(f"{ctx.model}: training memory = {TRAINING_TERMS} (measured bytes of the tensors)",
+    figure = new_figure(f"{ctx.model}: training memory = {TRAINING_TERMS}\n(measured bytes of the tensors)",
                      10, 2.2 + 0.4 * len(rows))
     ax = figure.subplots()
     ys = range(len(rows))

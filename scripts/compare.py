@@ -11,7 +11,7 @@ from pathlib import Path
 
 import _path  # noqa: F401
 from lib.report.compare import compare_tables
-from lib.report.compare_render import out_dir_for, write_compare
+from lib.report.compare_render import out_dir_for, setting_lines, settings_warning, write_compare
 from lib.errors import UserError, run_cli
 from lib.results.reader import load_results
 
@@ -30,6 +30,10 @@ def main(argv: list[str] | None = None) -> None:
         raise UserError("give both result directories: make compare A=dir B=dir [OUT=dir]")
     tables = [load_results(path) for path in (args.a, args.b)]
     comparison = compare_tables(*tables, str(args.a), str(args.b))
+    if comparison.settings:  # also in compare.txt/md; on stderr so that it is seen at the terminal
+        print(f"warning: {settings_warning(comparison)}", file=sys.stderr)
+        for line in setting_lines(comparison):
+            print(f"warning:   {line}", file=sys.stderr)
     out = out_dir_for(args.out, [args.a, args.b], Path.cwd())
     paths = write_compare(comparison, out)
     sys.stdout.write((out / "compare.txt").read_text())

@@ -145,3 +145,39 @@ def test_default_compare_folders_stay_out_of_git_status():
 
     assert git_ignores("compare_20260101_120000/compare.md") and git_ignores("compare_20260101_120000_2/compare.txt")
     assert not git_ignores("lib/report/compare.py")
+
+
+def _quick_side(root: Path, epochs: int, train_limit: int, config: str) -> Path:
+    """One configuration, lenet5_sgd_none, trained for `epochs` on `train_limit` images."""
+    s = spec("lenet5", "sgd", "none", 0.0)
+    s["hyperparams"] = {"training": {"epochs": epochs, "batch_size": 64}, "model": {"train_limit": train_limit}}
+    write_matrix(root, [s])
+    write_run(root, s, "success", classifier_metrics(s, [90.0, 91.0], 0.0), gpu_stats(300.0, 350.0, "cpu"))
+    (root / "config.txt").write_text(config)
+    return root
+
+
+def test_compare_warns_when_the_directories_were_run_with_different_settings(tmp_path):
+    """Runs are matched by run ID alone: lenet5-quick (15 epochs on 4,000 images) against ci-quick
+    (3 epochs on 1,000) must say so in compare.txt, compare.md and on stderr, naming the settings."""
+    a = _quick_side(tmp_path / "a", 15, 4000, "CONFIG_NUM_EPOCHS=15\nCONFIG_LENET5_TRAIN_LIMIT=4000\n")
+    b = _quick_side(tmp_path / "b", 3, 1000, "CONFIG_NUM_EPOCHS=3\nCONFIG_LENET5_TRAIN_LIMIT=1000\n")
+    script = [str(ROOT / ".venv" / "bin" / "python"), str(ROOT / "scripts" / "compare.py")]
+    proc = subprocess.run(script + [str(a), str(b), "--out", str(tmp_path / "out")], capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stderr
+    for text in (proc.stderr, (tmp_path / "out" / "compare.txt").read_text(),
+                 (tmp_path / "out" / "compare.md").read_text()):
+        assert "different settings" in text or "setting(s) differ" in text
+        assert "training.epochs: 15 -> 3" in text and "model.train_limit: 4000 -> 1000" in text
+        assert "batch_size" not in text  # the same on both sides
+    same = compare_tables(load_results(a), load_results(a), "a", "a")
+    assert same.settings == ()
+
+
+def test_compare_with_an_upstream_directory_names_differing_config_symbols(tmp_path):
+    """Upstream runs record no hyper-parameters; their config.txt is compared instead."""
+    ours = _quick_side(tmp_path / "ours", 3, 1000, (LEGACY / "config.txt").read_text().replace(
+        "CONFIG_NUM_EPOCHS=100", "CONFIG_NUM_EPOCHS=3"))
+    comparison = compare_tables(load_results(LEGACY), load_results(ours), "up", "ours")
+    assert [(d.name, d.a, d.b) for d in comparison.settings] == [("CONFIG_NUM_EPOCHS", "100", "3")]
+    assert "config.txt" in comparison.settings_source

@@ -9,8 +9,8 @@ import pytest
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from result_dirs import classifier_metrics, gpu_stats, seeded_matrix, spec, write_matrix, write_run
 
-from lib.report.graphs import (contexts, evolution, memory_comparison, model_comparison, pareto_front, render_graphs,
-                               sparsity_schedule)
+from lib.report.graphs import (contexts, evolution, memory_comparison, memory_vs_metric, model_comparison,
+                               pareto_front, render_graphs, sparsity_schedule)
 from lib.results.reader import load_results
 
 OPTIMIZERS = ("sgd", "adam", "adamw", "adamwadv", "adamwspam", "adamwprune")
@@ -122,3 +122,61 @@ def test_pareto_front_keeps_what_nothing_beats_on_both_axes() -> None:
     points = [(100.0, 90.0), (120.0, 95.0), (110.0, 89.0), (130.0, 94.0), (100.0, 85.0)]
     assert pareto_front(points, higher_is_better=True) == [0, 1]
     assert pareto_front(points, higher_is_better=False) == [4]  # lower perplexity: 85 at the least memory
+
+
+def test_bars_start_at_zero(seeded: Path) -> None:
+    """A bar's length is its value: memory bars around 300-370 MiB and accuracy bars around 90% must not
+    start at the smallest bar, where a small difference looks like a factor."""
+    ctx = contexts(load_results(seeded))[0]
+    for build in (model_comparison, memory_comparison):
+        low, high = build(ctx).axes[0].get_xlim()
+        assert low == 0 and high > 0, build.__name__
+
+
+def test_memory_vs_accuracy_labels_stay_clear_of_the_legend_and_say_rss(tmp_path: Path) -> None:
+    """Every point label is inside the axes (the legend sits right of them, so nothing hides a label),
+    even the long one of the point with the most memory, at the right edge and the top; and on CPU the
+    front and the axis say they are built on process RSS, mostly the torch runtime."""
+    runs = [(spec("lenet5", "sgd", "none", 0.0), 72.2, 304.5), (spec("lenet5", "adamw", "none", 0.0), 80.0, 320.0),
+            (spec("lenet5", "adamw", "magnitude", 90.0), 86.8, 353.0)]
+    write_matrix(tmp_path, [s for s, _, _ in runs])
+    for s, accuracy, mean in runs:
+        write_run(tmp_path, s, "success", classifier_metrics(s, [accuracy - 5, accuracy], s["target_sparsity_pct"]),
+                  gpu_stats(mean, mean + 100, "cpu"))
+    figure = memory_vs_metric(contexts(load_results(tmp_path))[0])
+    ax = figure.axes[0]
+    canvas = FigureCanvasAgg(figure)
+    canvas.draw()
+    renderer = canvas.get_renderer()
+    frame, legend = ax.get_window_extent(renderer), ax.get_legend().get_window_extent(renderer)
+    assert len(ax.texts) == 3
+    for text in ax.texts:
+        box = text.get_window_extent(renderer)
+        assert frame.x0 <= box.x0 and box.x1 <= frame.x1 and box.y1 <= frame.y1, text.get_text()
+        assert not box.overlaps(legend), text.get_text()
+    assert "RSS" in ax.get_legend().get_texts()[-1].get_text()  # the Pareto front's entry
+    assert "torch runtime" in ax.get_xlabel() and "RSS" in ax.get_xlabel()
+
+
+def test_sparsity_schedule_shows_target_overlaps_and_whole_steps(tmp_path: Path) -> None:
+    """Every series must be visible: the target (which usually lies exactly on the measured line) is
+    drawn over it in another colour; configurations with identical schedules (SGD and AdamW magnitude
+    at the same sparsity) share one legend entry naming both; steps are whole numbers."""
+    specs = [spec("lenet5", o, "magnitude", t) for o in ("sgd", "adamw") for t in (50.0, 90.0)]
+    write_matrix(tmp_path, specs)
+    for s in specs:
+        metrics = classifier_metrics(s, [80.0, 81.0], s["target_sparsity_pct"])
+        ramp = [s["target_sparsity_pct"] * step / 35 for step in (15, 20, 25, 35)]
+        metrics["pruning_schedule"] = [{"step": step, "target_pct": pct, "measured_pct": pct}
+                                       for step, pct in zip((15, 20, 25, 35), ramp)]
+        write_run(tmp_path, s, "success", metrics, gpu_stats(300.0, 400.0, "cpu"))
+    ax = sparsity_schedule(contexts(load_results(tmp_path))[0]).axes[0]
+    entries = [t.get_text() for t in ax.get_legend().get_texts()]
+    assert len(entries) == 3 and "target" in entries
+    assert all(("sgd_magnitude_" in e and "adamw_magnitude_" in e) for e in entries if e != "target")
+    measured = [line for line in ax.get_lines() if line.get_linestyle() == "-"]
+    targets = [line for line in ax.get_lines() if line.get_linestyle() == "--"]
+    assert len(measured) == len(targets) == 2
+    assert min(t.get_zorder() for t in targets) > max(m.get_zorder() for m in measured)
+    assert {t.get_color() for t in targets}.isdisjoint({m.get_color() for m in measured})
+    assert all(float(x).is_integer() for x in ax.get_xticks())

@@ -203,3 +203,28 @@ def test_a_log_line_cannot_forge_lines_of_the_summary(tmp_path):
     summary = (tmp_path / "out" / "summary_report.txt").read_text()
     assert "| boom\\x0alenet5_adam_none  99.99" in summary and "\x1b" not in summary
     assert not any(line.startswith("lenet5_adam_none") for line in summary.splitlines())
+
+
+def test_a_directory_name_cannot_inject_markdown_html_or_lines(tmp_path):
+    """The results path goes into report.md's heading, report.html and summary_report.txt's From: line;
+    a directory from another lab named with Markdown, HTML or a newline must stay one literal name."""
+    from lib.report.summary import write_reports
+    from lib.results.reader import load_results
+
+    name = "runs`\n# Injected heading\n<script>alert(1)</script> [link](http://x) *b*\x1b[2J"
+    results = _own_dir(tmp_path / name)
+    write_reports(load_results(results), tmp_path / "out", str(results), graphs=False)
+    md = (tmp_path / "out" / "report.md").read_text()
+    heading = md.splitlines()[0]
+    assert heading.startswith("# Results: ``") and "\\x0a# Injected heading" in heading
+    assert not any(line.startswith("# Injected") for line in md.splitlines())
+    # the name is one code span: nothing inside it is rendered as Markdown or HTML
+    fence = re.match(r"# Results: (`+)", heading).group(1)
+    inside = heading[len("# Results: ") + len(fence):-len(fence)]
+    assert heading.endswith(fence) and fence not in inside
+    page = (tmp_path / "out" / "report.html").read_text()
+    assert "<script>" not in page and "&lt;script&gt;" in page and "<em>b</em>" not in page
+    summary = (tmp_path / "out" / "summary_report.txt").read_text()
+    assert "\x1b" not in summary and not any(line.startswith("# Injected") for line in summary.splitlines())
+    from_lines = [line for line in summary.splitlines() if line.startswith("From: ")]
+    assert len(from_lines) == 1 and "\\x0a# Injected heading" in from_lines[0]

@@ -236,7 +236,7 @@ def test_report_md_has_a_table_per_model_with_dense_delta(reports: Path) -> None
     state = _md_row(md, "lenet5_adamwprune_state_70")
     assert (state["Best Acc (%)"], state["Final Acc (%)"], state["Sparsity (%)"]) == ("98.40", "98.22", "70.01%")
     assert state["Δ dense"] == "-0.20" and state["n"] == "1" and state["Status"] == "✓ Success"
-    assert state["Efficiency"] == f"{98.4 / 7.9:.2f}" and state["GPU Mean (MiB)"] == "790.0"
+    assert state["Efficiency (GPU)"] == f"{98.4 / 7.9:.2f}" and state["GPU Mean (MiB)"] == "790.0"
     assert _md_row(md, "lenet5_adam_none")["Δ dense"] == "baseline"
     adamw = _md_row(md, "lenet5_adamw_magnitude_70")
     assert adamw["Best Acc (%)"] == "n/a" and adamw["Δ dense"] == "n/a"  # no metrics, no dense adamw baseline
@@ -433,3 +433,67 @@ def test_sixty_runs_are_reported_in_under_ten_seconds(tmp_path: Path) -> None:
     # idle machine (figures are drawn in parallel); wall time on a shared
     # machine also counts everybody else's work, so it only gets a loose bound.
     assert cpu < 10 and elapsed < 30, f"{cpu:.1f} s CPU, {elapsed:.1f} s wall"
+
+
+def test_training_memory_shows_every_term_the_multiplier_counts(tmp_path: Path) -> None:
+    """docs/results-format.md: training = weights + gradients + optimizer state + masks + pruning state,
+    over the weight bytes; movement keeps its accumulated scores (pruning state), so its row must add up
+    only with that column."""
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+
+    from lib.report.graphs import contexts, training_memory
+
+    root = tmp_path / "movement"
+    s = result_dirs.spec("lenet5", "adamw", "movement", 70.0)
+    weights = 2 ** 20  # 1 MiB, so each column in MiB is its multiple of the weights
+    terms = {"weights_bytes": weights, "gradients_bytes": weights, "optimizer_state_bytes": 2 * weights,
+             "mask_bytes": weights // 4, "pruning_state_bytes": weights}
+    metrics = result_dirs.classifier_metrics(s, [90.0, 91.0], 69.9, weights=weights)
+    metrics["memory"] = {**terms, "training_multiplier": sum(terms.values()) / weights,
+                         "inference_multiplier": 0.3}  # 5.25x
+    result_dirs.write_matrix(root, [s])
+    result_dirs.write_run(root, s, "success", metrics, result_dirs.gpu_stats(300.0, 350.0, "cpu"))
+    write_reports(load_results(root), root, "movement", graphs=False)
+    md = (root / "report.md").read_text()
+    header, _, row = md.split("### Training memory")[1].split("\n\n")[2].splitlines()[:3]
+    headers, cells = [h.strip() for h in header.split("|")[1:-1]], [c.strip() for c in row.split("|")[1:-1]]
+    assert "Pruning state (MiB)" in headers
+    columns = [float(c) for h, c in zip(headers, cells) if h.endswith("(MiB)")]
+    assert sum(columns) == pytest.approx(5.25) and cells[headers.index("Training (× weights)")] == "5.25×"
+    for text in (md, (root / "summary_report.txt").read_text()):
+        assert "weights + gradients + optimizer state + masks + pruning state" in text and "movement" in text
+    figure = training_memory(contexts(load_results(root))[0])
+    canvas = FigureCanvasAgg(figure)
+    canvas.draw()
+    title = figure.texts[0].get_window_extent(canvas.get_renderer())
+    assert "pruning state" in figure.texts[0].get_text()
+    assert figure.bbox.x0 <= title.x0 and title.x1 <= figure.bbox.x1  # the whole title is on the page
+
+
+def test_stability_measures_the_final_figure_from_the_best_at_target(tmp_path: Path) -> None:
+    """BEST_NOTE: a pruned run's best is taken at its target sparsity, never before pruning reached it;
+    the Stability table's best − final uses that best (ci-quick's sgd_magnitude_90: 43.0% at epoch 1,
+    at 20% sparsity, best at 90% 18.00, final 15.60: 2.40, not 27.40)."""
+    root = tmp_path / "stability"
+    s = result_dirs.spec("lenet5", "sgd", "magnitude", 90.0)
+    metrics = result_dirs.classifier_metrics(s, [43.0, 18.0, 15.6], 90.0)
+    metrics.update(best_accuracy_pct=18.0, best_before_target={"accuracy_pct": 43.0, "epoch": 1})
+    result_dirs.write_matrix(root, [s])
+    result_dirs.write_run(root, s, "success", metrics, result_dirs.gpu_stats(300.0, 350.0, "cpu"))
+    write_reports(load_results(root), root, "stability", graphs=False)
+    stability = (root / "report.md").read_text().split("### Stability")[1].split("###")[0]
+    row = next(line for line in stability.splitlines() if "lenet5_sgd_magnitude_90" in line)
+    assert row.split("|")[-2].strip() == "2.40"
+
+
+def test_efficiency_on_cpu_says_it_is_process_rss(tmp_path: Path) -> None:
+    """The efficiency score divides by the measured memory; on CPU that is process RSS, mostly the torch
+    runtime, and every report must say so rather than let it pass as model memory."""
+    root = seeded_matrix(tmp_path / "cpu", seeds=(1,), device="cpu")
+    write_reports(load_results(root), root, "cpu", graphs=False)
+    md, summary = (root / "report.md").read_text(), (root / "summary_report.txt").read_text()
+    assert "| Efficiency (RSS) |" in md
+    efficiency = next(line for line in md.splitlines() if line.startswith("- Efficiency:"))
+    assert "process RSS" in efficiency and "torch runtime" in efficiency
+    score = next(line for line in summary.splitlines() if line.startswith("Efficiency score ="))
+    assert "process RSS" in score and "torch runtime" in score

@@ -7,7 +7,10 @@ suffix), each metric of COMPARED gets the mean of each side over its
 successful runs, the delta B - A and, with two or more measured seeds on both
 sides, Welch's t-test p-value (unequal variances); a p-value of ALPHA or more
 marks the difference as within noise. Runs present on one side only are
-listed. The text and Markdown renderings are in
+listed, and so is every setting that differs between the sides (the runs'
+hyper-parameters where both record them, else the config.txt symbols): runs
+are matched by ID alone, and the same ID run with other settings is another
+experiment. The text and Markdown renderings are in
 lib/report/compare_render.py; nothing here reads or writes files.
 """
 from __future__ import annotations
@@ -20,6 +23,7 @@ from typing import Optional
 import pandas as pd
 
 from lib.report.stats import Estimate, config_label
+from lib.results.run_files import one_line, shown
 
 ALPHA = 0.05  # p >= ALPHA: the difference is within noise
 # (table field, label, higher is better or None when neither); in this order in every output.
@@ -100,6 +104,71 @@ class Comparison:
     only_a: tuple[str, ...]  # run IDs
     only_b: tuple[str, ...]
     notes: tuple[str, ...]  # what a reader must know (memory measured differently, ...)
+    # Settings that differ between the sides (SettingDiff); empty when they agree or cannot be told.
+    settings: tuple["SettingDiff", ...] = ()
+    settings_source: str = ""  # where `settings` come from: per-run specs or config.txt
+
+
+@dataclass(frozen=True)
+class SettingDiff:
+    """One setting whose value differs between A and B, in the configurations (run IDs) it differs in."""
+    name: str
+    a: str
+    b: str
+    configs: int  # how many matched configurations differ in it; 0 for a config.txt symbol
+
+
+def _first_settings(runs: pd.DataFrame) -> Optional[dict]:
+    return next((s for s in runs["settings"] if isinstance(s, dict)), None) if "settings" in runs else None
+
+
+def spec_differences(a: pd.DataFrame, b: pd.DataFrame) -> Optional[list[SettingDiff]]:
+    """Per-run hyper-parameters (matrix.json/run.json) that differ between the configurations found
+    on both sides, one entry per setting and pair of values; None when no configuration has them
+    recorded on both sides (upstream directories record none)."""
+    label_a, label_b = (t.assign(config=t["run_id"].map(config_label)) for t in (a, b))
+    groups_b = dict(tuple(label_b.groupby("config", sort=False)))
+    counts: dict[tuple[str, str, str], int] = {}
+    compared = False
+    for label, runs in label_a.groupby("config", sort=False):
+        sa = _first_settings(runs)
+        sb = _first_settings(groups_b[label]) if label in groups_b else None
+        if sa is None or sb is None:
+            continue
+        compared = True
+        for name in dict.fromkeys([*sa, *sb]):
+            if sa.get(name) != sb.get(name):
+                key = (name, _value(sa, name), _value(sb, name))
+                counts[key] = counts.get(key, 0) + 1
+    return [SettingDiff(name, va, vb, n) for (name, va, vb), n in counts.items()] if compared else None
+
+
+def _value(settings: dict, name: str) -> str:
+    return shown(settings[name]) if name in settings else "(not recorded)"
+
+
+def _config_lines(text: object) -> dict[str, str]:
+    """Symbol -> value of a config.txt's lines; "n" for `# CONFIG_X is not set`. Only to name what
+    differs between two files as text; settings themselves come from lib/config."""
+    values: dict[str, str] = {}
+    for line in text.splitlines() if isinstance(text, str) else []:
+        line = line.strip()
+        if line.startswith("CONFIG_") and "=" in line:
+            name, value = line.split("=", 1)
+            values[name] = value
+        elif line.startswith("# CONFIG_") and line.endswith(" is not set"):
+            values[line[2:-len(" is not set")]] = "n"
+    return values
+
+
+def config_differences(a: pd.DataFrame, b: pd.DataFrame) -> list[SettingDiff]:
+    """config.txt symbols whose values differ between the two directories; [] when either has none."""
+    old, new = (_config_lines((t.attrs.get("provenance") or {}).get("config")) for t in (a, b))
+    if not old or not new:
+        return []
+    return [SettingDiff(one_line(name, 80), one_line(old.get(name, "(unset)"), 80),
+                        one_line(new.get(name, "(unset)"), 80), 0)
+            for name in dict.fromkeys([*old, *new]) if old.get(name, "n") != new.get(name, "n")]
 
 
 def _fields(a: pd.DataFrame, b: pd.DataFrame) -> tuple[str, ...]:
@@ -142,4 +211,10 @@ def compare_tables(a: pd.DataFrame, b: pd.DataFrame, a_name: str, b_name: str) -
                      "is the whole device's")
     only_a = tuple(r for r in ids_a if r not in set(ids_b))
     only_b = tuple(r for r in ids_b if r not in set(ids_a))
-    return Comparison(a_name, b_name, *layouts, fields, tuple(both), only_a, only_b, tuple(notes))
+    # Runs are matched by run ID alone: the same ID trained for 15 epochs on 4,000 images and
+    # for 3 on 1,000 is not the same experiment, so say what differs.
+    settings, source = spec_differences(a, b), "the runs' recorded hyper-parameters (matrix.json/run.json)"
+    if settings is None:
+        settings, source = config_differences(a, b), "the directories' config.txt"
+    return Comparison(a_name, b_name, *layouts, fields, tuple(both), only_a, only_b, tuple(notes),
+                      tuple(settings), source if settings else "")

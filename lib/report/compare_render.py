@@ -20,7 +20,7 @@ from lib.jsonio import write_text_atomic
 from lib.names import check_no_links
 from lib.report.compare import ALPHA, LABELS, Comparison, ConfigComparison, MetricDelta
 from lib.report.graphs import Graph, new_figure, render_graph
-from lib.report.markdown import Block, Bullets, Heading, Paragraph, Table, render_markdown
+from lib.report.markdown import Block, Bullets, Heading, Paragraph, Table, code_span, render_markdown
 from lib.report.out_dirs import make_output_dir, stamped_name
 from lib.report.stats import NA, Estimate, fmt
 
@@ -63,17 +63,36 @@ def _models(comparison: Comparison) -> dict[str, list[ConfigComparison]]:
     return grouped
 
 
+SETTINGS_HEADING = "Warning: the two directories were run with different settings"
+SETTINGS_SHOWN = 12  # settings listed; the rest counted
+
+
+def settings_warning(c: Comparison) -> str:
+    return (f"Runs are matched by run ID alone, but {len(c.settings)} setting(s) differ (from {c.settings_source}), "
+            "so a delta may come from the settings rather than the method:")
+
+
+def setting_lines(c: Comparison) -> list[str]:
+    """`name: A value -> B value`, with the number of configurations when per-run settings differ."""
+    lines = [f"{d.name}: {d.a} -> {d.b}" + (f" ({d.configs} configuration(s))" if d.configs else "")
+             for d in c.settings[:SETTINGS_SHOWN]]
+    return lines + ([f"... and {len(c.settings) - SETTINGS_SHOWN} more"] if len(c.settings) > SETTINGS_SHOWN else [])
+
+
 def compare_blocks(comparison: Comparison, graph: Optional[Graph]) -> list[Block]:
     c = comparison
     blocks: list[Block] = [
         Heading(1, "Comparison of two result directories"),
-        Bullets([f"A: {c.a_name} ({LAYOUTS.get(c.a_layout, c.a_layout)} directory)",
-                 f"B: {c.b_name} ({LAYOUTS.get(c.b_layout, c.b_layout)} directory)",
+        Bullets([f"A: {code_span(c.a_name)} ({LAYOUTS.get(c.a_layout, c.a_layout)} directory)",
+                 f"B: {code_span(c.b_name)} ({LAYOUTS.get(c.b_layout, c.b_layout)} directory)",
                  f"{len(c.both)} configuration(s) in both, {len(c.only_a)} run(s) only in A, "
                  f"{len(c.only_b)} only in B",
                  "Δ = B - A of the means over successful runs; with two or more seeds a side, mean ± sample std "
                  f"(n) and Welch's t-test p-value; p >= {ALPHA:g} is within noise"] + list(c.notes)),
     ]
+    if c.settings:
+        blocks += [Heading(2, SETTINGS_HEADING), Paragraph(settings_warning(c)),
+                   Bullets([code_span(line) for line in setting_lines(c)])]
     for model, configs in _models(c).items():
         rows = [_row(config, m) for config in configs for m in config.metrics]
         blocks += [Heading(2, f"{model}: runs in both"), Table(HEADERS, rows, "llrrrrl")]

@@ -24,6 +24,7 @@ from typing import Callable, Optional
 import pandas as pd
 from matplotlib import rc_context
 from matplotlib.figure import Figure
+from matplotlib.lines import Line2D
 from matplotlib.patches import Patch
 from matplotlib.ticker import MaxNLocator
 
@@ -204,7 +205,7 @@ def _bars(ctx: Context, ax, configs: pd.DataFrame, column: str, digits: int,
     """Horizontal bars of mean ± std per configuration, coloured by optimizer,
     one row each under a bold heading per sparsity group, its value printed
     in a column right of the axes (`marks`, e.g. peaks, drawn as black ticks
-    and printed beside it); the value axis is zoomed on them. Rows grow the figure (_bar_figure), so
+    and printed beside it); the value axis starts at zero. Rows grow the figure (_bar_figure), so
     labels never overlap however many runs. Returns the legend handles."""
     ys, headings, y = [], [], 0
     for group in dict.fromkeys(configs["group"]):
@@ -230,9 +231,10 @@ def _bars(ctx: Context, ax, configs: pd.DataFrame, column: str, digits: int,
         # a column right of the axes: labels never run into bars, marks or each other
         ax.annotate(text, (1.0, row), xycoords=("axes fraction", "data"), xytext=(4, 0),
                     textcoords="offset points", ha="left", va="center", fontsize=7)
-    lows = [e.mean - err for e, err in zip(estimates, errors)]
-    span = (max(ends) - min(lows)) or abs(max(ends)) or 1.0
-    ax.set_xlim(max(0.0, min(lows) - 0.5 * span), max(ends) + 0.05 * span)
+    # From zero: a bar's length is read as its value, so an axis cut at the smallest bar
+    # makes 353 vs 404 MiB look like 1 to 2.
+    low = min([0.0] + [e.mean - err for e, err in zip(estimates, errors)])
+    ax.set_xlim(low, max(ends) + 0.05 * ((max(ends) - low) or 1.0))
     ax.set_ylim(ys[-1] + 0.75, -0.75)  # first row on top
     ticks = [(h, name) for h, name in headings] + list(zip(ys, (ctx.label(c) for c in configs["config"])))
     ax.set_yticks([t for t, _ in ticks], [name for _, name in ticks], fontsize=8)
@@ -326,42 +328,77 @@ def memory_vs_metric(ctx: Context) -> Optional[Figure]:
                     fmt="o", color=ctx.color(optimizer), capsize=3)
     front = pareto_front([(m.mean, a.mean) for m, a in zip(memory, metric)], ctx.metric.higher_is_better)
     ax.plot([memory[i].mean for i in front], [metric[i].mean for i in front], color="red", linestyle="--",
-            drawstyle="steps-post", label="Pareto front")
+            drawstyle="steps-post", label=f"Pareto front (on mean {ctx.memory.name})")
     labels = configs["config"].tolist()
+    middle = sum(ax.get_xlim()) / 2
     for i in (range(len(labels)) if len(labels) <= LEGEND_RUNS else front):
+        # labels of right-hand points go left of them: to the right they would run out of the
+        # axes and under the legend
+        right = memory[i].mean > middle
         ax.annotate(ctx.label(labels[i]), (memory[i].mean, metric[i].mean), fontsize=7,
-                    xytext=(4, 4), textcoords="offset points")
+                    xytext=(-4 if right else 4, 4), textcoords="offset points", ha="right" if right else "left")
+    ax.margins(y=0.08)  # room above the top point for its label
     _legend_outside(ax, _optimizer_handles(ctx, configs) + ax.get_legend_handles_labels()[0], "optimizer")
-    ax.set(xlabel=f"{ctx.memory.axis_label}, mean over the run", ylabel=ctx.metric.best_axis_label)
+    caveat = f"\n({ctx.memory.caveat})" if ctx.memory.caveat else ""
+    ax.set(xlabel=f"{ctx.memory.axis_label}, mean over the run{caveat}", ylabel=ctx.metric.best_axis_label)
     ax.grid(alpha=0.3)
     return figure
 
 
+def _schedule_groups(firsts: list) -> list[tuple[list, dict]]:
+    """(configurations, schedule) per distinct schedule: configurations that pruned on the same
+    steps to the same sparsities (SGD and AdamW magnitude runs often do) share one line, since
+    lines drawn on top of each other hide all but the last."""
+    groups: dict[str, tuple[list, dict]] = {}
+    for cfg, schedule in firsts:
+        key = repr(schedule["points"])
+        groups.setdefault(key, ([], schedule))[0].append(cfg)
+    return list(groups.values())
+
+
+def _shared_label(names: list[str], shown: int = 3) -> str:
+    """A legend label for configurations sharing one line; past `shown` names, a count keeps it one line."""
+    if len(names) == 1:
+        return names[0]
+    more = f" + {len(names) - shown} more" if len(names) > shown else ""
+    return ", ".join(names[:shown]) + more + " (same schedule)"
+
+
 def sparsity_schedule(ctx: Context) -> Optional[Figure]:
-    """Measured sparsity at each mask update (first seed of each configuration),
-    target dashed; above LEGEND_RUNS configurations, coloured by optimizer."""
+    """Measured sparsity at each mask update (first seed of each configuration; configurations
+    with the same schedule share a line), the target drawn over it in thin black dashes;
+    above LEGEND_RUNS lines, coloured by optimizer."""
     firsts = [(cfg, curves[0]) for _, cfg in ctx.configs.iterrows()
               if cfg.pruning != "none" and (curves := _good_curves(cfg.runs, "sparsity_schedule"))]
     if not firsts:
         return None
     targets_known = any(not is_missing(p[1]) for _, s in firsts for p in s["points"])
     figure = new_figure(f"{ctx.model}: sparsity reached during training"
-                     + (" (solid: measured, dashed: target)" if targets_known else " (measured)"))
+                        + (" (coloured: measured, black dashed: target)" if targets_known else " (measured)"))
     ax = figure.subplots()
-    per_config = len(firsts) <= LEGEND_RUNS
-    for cfg, schedule in firsts:
+    groups = _schedule_groups(firsts)
+    per_line = len(groups) <= LEGEND_RUNS
+    handles = []
+    for cfgs, schedule in groups:
         xs = [p[0] for p in schedule["points"]]
-        (line,) = ax.plot(xs, [p[2] for p in schedule["points"]], label=ctx.label(cfg.config) if per_config else None,
-                          color=None if per_config else ctx.color(cfg.optimizer),
-                          marker="o" if len(xs) <= 50 else None, markersize=3)
+        label = _shared_label([ctx.label(cfg.config) for cfg in cfgs])
+        (line,) = ax.plot(xs, [p[2] for p in schedule["points"]], label=label if per_line else None,
+                          color=None if per_line else ctx.color(cfgs[0].optimizer), linewidth=2.5,
+                          marker="o" if len(xs) <= 50 else None, markersize=4, zorder=2)
+        handles.append(line)
         targets = [p[1] for p in schedule["points"]]
         if not all(is_missing(t) for t in targets):
-            ax.plot(xs, targets, linestyle="--", color=line.get_color(), linewidth=1)
+            # on top, thin and black: the target usually lies exactly on the measured line
+            ax.plot(xs, targets, linestyle="--", color="black", linewidth=1, zorder=3)
+    if targets_known:
+        handles.append(Line2D([], [], linestyle="--", color="black", linewidth=1, label="target"))
     ax.set(xlabel=AXIS_LABELS.get(firsts[0][1]["axis"], firsts[0][1]["axis"]),
            ylabel="Sparsity of prunable weights (%)", ylim=(0, 100))
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True))  # steps and epochs are whole numbers
     ax.grid(alpha=0.3)
-    _legend_outside(ax, None if per_config else _optimizer_handles(ctx, pd.DataFrame([c for c, _ in firsts])),
-                    "configuration" if per_config else "optimizer")
+    if not per_line:
+        handles = _optimizer_handles(ctx, pd.DataFrame([c for c, _ in firsts])) + handles[len(groups):]
+    _legend_outside(ax, handles, "configuration" if per_line else "optimizer")
     return figure
 
 
@@ -374,13 +411,13 @@ def training_memory(ctx: Context) -> Optional[Figure]:
             rows.append((cfg, recorded[0]))  # bytes do not depend on the seed
     if not rows:
         return None
-    figure = new_figure(f"{ctx.model}: training memory measured from tensors ({TRAINING_TERMS})",
+    figure = new_figure(f"{ctx.model}: training memory = {TRAINING_TERMS}\n(measured bytes of the tensors)",
                      10, 2.2 + 0.4 * len(rows))
     ax = figure.subplots()
     ys = range(len(rows))
     left = [0.0] * len(rows)
-    colors = ("#4c72b0", "#dd8452", "#55a868", "#c44e52")
-    for (term, label), color in zip(MEMORY_TERMS, colors):
+    colors = ("#4c72b0", "#dd8452", "#55a868", "#c44e52", "#8172b3")  # one per MEMORY_TERMS entry
+    for (term, label), color in zip(MEMORY_TERMS, colors, strict=True):
         widths = [(run.memory_bytes.get(term) or 0) / MIB for _, run in rows]
         ax.barh(ys, widths, left=left, color=color, label=label)
         left = [a + b for a, b in zip(left, widths)]

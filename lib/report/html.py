@@ -29,11 +29,22 @@ code { background: #f4f4f4; padding: 0 0.2em; }
 """
 
 
+# A Markdown code span: a run of backticks, its text, the same run (CommonMark).
+_CODE_SPAN = re.compile(r"(?<!`)(`+)(?!`)(.+?)(?<!`)\1(?!`)")
+
+
 def _inline(text: str) -> str:
-    """Escape text, turning Markdown `code` and *emphasis* spans into their tags."""
-    escaped = html.escape(text)
-    escaped = re.sub(r"`([^`]+)`", r"<code>\1</code>", escaped)
-    return re.sub(r"\*([^*]+)\*", r"<em>\1</em>", escaped)
+    """Escape text, turning Markdown `code` and *emphasis* spans into their tags; code spans
+    are literal (no emphasis inside), as Markdown renders them."""
+    parts = _CODE_SPAN.split(text)  # plain, fence, code, fence, code, ..., plain
+    out = []
+    for i in range(0, len(parts), 3):
+        out.append(re.sub(r"\*([^*]+)\*", r"<em>\1</em>", html.escape(parts[i])))
+        if i + 2 < len(parts):
+            code = parts[i + 2]
+            code = code[1:-1] if len(code) > 2 and code[0] == code[-1] == " " else code
+            out.append(f"<code>{html.escape(code)}</code>")
+    return "".join(out)
 
 
 def _table(block: Table) -> list[str]:

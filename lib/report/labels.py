@@ -29,7 +29,11 @@ STATUS_LABELS = {"success": "✓ Success", "failed": "✗ Failed", "timeout": "�
 # The training-memory terms a run records (metrics.json "memory"), in the
 # reader's order, with the words reports use for them.
 MEMORY_TERMS = tuple((key, _term_label(key)) for key in MEMORY_TERM_KEYS)
-TRAINING_TERMS = " + ".join(label for _, label in MEMORY_TERMS)  # "weights + gradients + ... + masks"
+TRAINING_TERMS = " + ".join(label for _, label in MEMORY_TERMS)  # "weights + gradients + ... + pruning state"
+# What "pruning state" holds: a reader cannot guess it, and it is what makes movement cost more.
+PRUNING_STATE_NOTE = ("pruning state is what a pruning method keeps per weight besides its masks: movement's "
+                      "accumulated scores, movement-upstream's initial weights w0 (0 for magnitude and state "
+                      "pruning)")
 EFFICIENCY_NOTE = "best accuracy (%) per 100 MiB of mean measured memory"
 
 
@@ -77,6 +81,12 @@ class MemoryLabels:
     axis_label: str  # for graphs, with its unit
     name: str  # what was measured, in words, for titles
     slug: str  # for file names
+    caveat: str  # what a figure built on it (efficiency, Pareto front) measures; "" when plain
+
+    @property
+    def efficiency_note(self) -> str:
+        """The efficiency score in words, with what its memory is."""
+        return f"{EFFICIENCY_NOTE} ({self.caveat or self.kind})"
 
     def kind_of(self, row: Any) -> str:
         """What one row measured: in a mixed table each run names its own kind."""
@@ -89,16 +99,22 @@ class MemoryLabels:
 # like it) match a bare "n" column anywhere in the header, which splits
 # "RSS Mean (MiB)" apart; "GPU Mean (MiB)" is read whole.
 GPU_MEMORY = MemoryLabels("GPU Mean (MiB)", "GPU Max (MiB)", "GPU", "GPU Memory Usage (measured)", None,
-                          "GPU memory (MiB)", "GPU memory", "gpu_memory")
+                          "GPU memory (MiB)", "GPU memory", "gpu_memory", "")
 RSS_MEMORY = MemoryLabels("RSS Avg (MiB)", "RSS Max (MiB)", "RSS",
                           "Process Memory Usage (RSS, measured; not GPU memory)",
                           "Memory: CPU process resident set size (no GPU); not GPU memory",
-                          "Process RSS (MiB; CPU run, not GPU memory)", "process RSS (CPU)", "rss_memory")
+                          "Process RSS (MiB; CPU run, not GPU memory)", "process RSS (CPU)", "rss_memory",
+                          # RSS counts the whole process: at LeNet-5 size almost all of it is the torch
+                          # runtime, so it says little about the model's own memory
+                          "process RSS on CPU: the whole process, mostly the torch runtime, not the model's "
+                          "memory")
 MIXED_MEMORY = MemoryLabels("Mem Avg (MiB)", "Mem Max (MiB)", "Mem",
                             "Memory Usage (measured; GPU and RSS mixed)",
                             "Memory: GPU memory for cuda runs, process RSS for cpu runs; "
                             "the two are not comparable",
-                            "Memory (MiB; GPU for cuda runs, RSS for cpu runs)", "memory (GPU or RSS)", "memory")
+                            "Memory (MiB; GPU for cuda runs, RSS for cpu runs)", "memory (GPU or RSS)", "memory",
+                            "GPU memory for cuda runs; process RSS for cpu runs, mostly the torch runtime, "
+                            "not the model's memory")
 
 
 def memory_labels(table: pd.DataFrame) -> MemoryLabels:

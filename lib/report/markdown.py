@@ -12,15 +12,18 @@ HTML renderers cannot disagree on content.
 from __future__ import annotations
 
 import math
+import re
 from dataclasses import dataclass, field
 from typing import Sequence, Union
 
 import pandas as pd
 
 from lib.report.graphs import MIB, Graph
-from lib.report.labels import (BEST_NOTE, EFFICIENCY_NOTE, MEMORY_TERMS, PERPLEXITY, TRAINING_TERMS, MemoryLabels,
-                               Metric, efficiency_scores, memory_labels, status_counts, status_label, table_metrics)
+from lib.report.labels import (BEST_NOTE, MEMORY_TERMS, PERPLEXITY, PRUNING_STATE_NOTE, TRAINING_TERMS,
+                               MemoryLabels, Metric, efficiency_scores, memory_labels, status_counts, status_label,
+                               table_metrics)
 from lib.report.stats import NA, Estimate, configurations, fmt, has_seeds, is_missing
+from lib.results.run_files import one_line
 
 STABILITY_WINDOW = 10  # last evaluations whose spread says how settled a run is (as seed 004)
 
@@ -59,11 +62,21 @@ class Image:
 Block = Union[Heading, Paragraph, Bullets, Table, Image]
 
 
+def code_span(text: str) -> str:
+    """`text` as one literal Markdown code span: a path from another lab may hold Markdown, HTML or
+    newlines, which must not become headings, links or tags. Control characters are shown as \\xNN,
+    and the fence is one backtick longer than any run of backticks inside (CommonMark)."""
+    text = one_line(text)
+    fence = "`" * (max((len(run) for run in re.findall(r"`+", text)), default=0) + 1)
+    pad = " " if text.startswith("`") or text.endswith("`") else ""
+    return f"{fence}{pad}{text}{pad}{fence}"
+
+
 def _overview(table: pd.DataFrame, memory: MemoryLabels, seeds: bool) -> list[Block]:
     items = status_counts(table) + ([memory.note] if memory.note else [])
     items.append("Sparsity: the measured share of prunable weights that are exactly zero after training, "
                  "not the target.")
-    items.append(f"Efficiency: {EFFICIENCY_NOTE} (classifiers only).")
+    items.append(f"Efficiency: {memory.efficiency_note}; classifiers only.")
     items.append(BEST_NOTE)
     items.append("Δ dense: the metric minus the mean of the successful dense (pruning none) runs of the same "
                  "model and optimizer.")
@@ -107,7 +120,7 @@ def _configuration_table(configs: pd.DataFrame, metric: Metric, memory: MemoryLa
     classifier = metric is not PERPLEXITY
     headers = ["Configuration", "Optimizer", "Pruning", "Sparsity (%)", metric.best_header,
                metric.final_header, memory.mean_header, memory.peak_header]
-    headers += (["Efficiency"] if classifier else []) + ["Δ dense", "n", "Status"]
+    headers += ([f"Efficiency ({memory.kind})"] if classifier else []) + ["Δ dense", "n", "Status"]
     rows = []
     for _, cfg in _sorted(configs, metric).iterrows():
         row = [f"`{cfg.config}`", str(cfg.optimizer), str(cfg.pruning) + (f" ({cfg.variant})" if cfg.variant else ""),
@@ -154,13 +167,15 @@ def _ranking(configs: pd.DataFrame, metric: Metric, seeds: bool) -> list[Block]:
     return [Heading(3, f"Ranking by {metric.name}"), Bullets(items or ["none measured"], ordered=True)]
 
 
-def _run_stability(curve: dict, metric: Metric) -> tuple[float, float]:
-    """Std of the last evaluations, and how far the final one fell from the best (positive: worse)."""
-    values = [p[1] for p in curve["points"] if not is_missing(p[1])]
+def _run_stability(run: pd.Series, metric: Metric) -> tuple[float, float]:
+    """Std of the run's last evaluations, and how far its final figure fell from its Best
+    (positive: worse). Best is the Best column's: for a pruned run at its target sparsity,
+    so a peak reached before pruning caught up does not count (BEST_NOTE)."""
+    values = [p[1] for p in run["metric_curve"]["points"] if not is_missing(p[1])]
     if len(values) < 2:
         return math.nan, math.nan
-    best = max(values) if metric.higher_is_better else min(values)
-    drop = best - values[-1] if metric.higher_is_better else values[-1] - best
+    best, final = run[metric.best], run[metric.final]
+    drop = best - final if metric.higher_is_better else final - best  # NaN when either is unmeasured
     return Estimate.of(values[-STABILITY_WINDOW:]).std, drop
 
 
@@ -168,16 +183,18 @@ def _stability(configs: pd.DataFrame, metric: Metric) -> list[Block]:
     rows = []
     for _, cfg in configs.iterrows():
         runs = cfg.runs[(cfg.runs["status"] == "success") & cfg.runs["metric_curve"].astype(bool)]
-        spreads, drops = zip(*(_run_stability(c, metric) for c in runs["metric_curve"])) if len(runs) else ((), ())
+        spreads, drops = zip(*(_run_stability(run, metric) for _, run in runs.iterrows())) if len(runs) else ((), ())
         spread, drop = Estimate.of(spreads), Estimate.of(drops)
         if spread.n:
             rows.append([f"`{cfg.config}`", spread.text(2), drop.text(2)])
     if not rows:
         return []
+    figure = metric.title.removeprefix("best ")
     return [Heading(3, "Stability"),
-            Table(["Configuration", f"Std of last ≤{STABILITY_WINDOW} evaluations", "Peak − final"], rows, "lrr",
-                  [f"Peak − final: how far the final {metric.title.removeprefix('best ')} is from the run's "
-                   "best (positive: the run ended worse than its best)."])]
+            Table(["Configuration", f"Std of last ≤{STABILITY_WINDOW} evaluations", "Best − final"], rows, "lrr",
+                  [f"Best − final: how far the final {figure} is from the run's best {figure} as the Best "
+                   "column gives it (for a pruned run, at its target sparsity; positive: the run ended worse "
+                   "than its best)."])]
 
 
 def _training_memory(configs: pd.DataFrame) -> list[Block]:
@@ -195,7 +212,8 @@ def _training_memory(configs: pd.DataFrame) -> list[Block]:
                                    "(upstream directories do not).")]
     headers = ["Configuration"] + [f"{label.capitalize()} (MiB)" for _, label in MEMORY_TERMS] + [
         "Training (× weights)", "Inference (× weights)"]
-    return [heading, Paragraph(f"Training = {TRAINING_TERMS}, over the dense weight bytes; inference = "
+    return [heading, Paragraph(f"Training = {TRAINING_TERMS}, over the dense weight bytes ({PRUNING_STATE_NOTE}); "
+                               "the columns add up to it. Inference = "
                                "non-zero weights over the dense weight bytes. A bool mask takes one byte per "
                                "weight (0.25× of fp32 weights), a bit mask (CONFIG_PRUNING_MASK_STORAGE_BITS) "
                                "one bit (0.031×): AdamW-family state pruning is then 4 + 0.03 = 4.03× by formula, "
@@ -207,7 +225,7 @@ def markdown_blocks(table: pd.DataFrame, source_name: str, figures: Sequence[Gra
     """The content of report.md and report.html."""
     memory = memory_labels(table)
     seeds = has_seeds(table)
-    blocks: list[Block] = [Heading(1, f"Results: {source_name}"), *_overview(table, memory, seeds)]
+    blocks: list[Block] = [Heading(1, f"Results: {code_span(source_name)}"), *_overview(table, memory, seeds)]
     table = table.assign(efficiency=efficiency_scores(table))
     for model, runs in table.groupby("model", sort=True, dropna=False):
         metric = table_metrics(runs)[0]

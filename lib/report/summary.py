@@ -22,11 +22,13 @@ from lib.names import check_no_links
 from lib.provenance import git_commit, package_versions
 from lib.report.graphs import Graph, render_graphs
 from lib.report.html import render_html
-from lib.report.labels import (BEST_NOTE, EFFICIENCY_NOTE, MIXED_MEMORY, PERPLEXITY, TRAINING_TERMS, MemoryLabels,
-                               Metric, efficiency_scores, memory_labels, status_counts, status_label, table_metrics)
+from lib.report.labels import (BEST_NOTE, MIXED_MEMORY, PERPLEXITY, PRUNING_STATE_NOTE, TRAINING_TERMS,
+                               MemoryLabels, Metric, efficiency_scores, memory_labels, status_counts, status_label,
+                               table_metrics)
 from lib.report.markdown import markdown_blocks, render_markdown
 from lib.report.stats import NA, configurations, fmt, has_seeds
 from lib.results.reader import LM_FIELDS, NUMERIC_FIELDS, ROW_FIELDS
+from lib.results.run_files import one_line
 
 TOP_N = 20
 RULE = "-" * 80
@@ -77,7 +79,8 @@ def render_text_table(rows: pd.DataFrame, columns: list[Column]) -> list[str]:
 def _header_lines(table: pd.DataFrame, source_name: str, memory: MemoryLabels) -> list[str]:
     lines = ["Test Matrix Summary Report",
              f"Generated: {datetime.now().isoformat(timespec='seconds')}",
-             f"From: {source_name}", "=" * 80, "", *status_counts(table), BEST_NOTE]
+             # one_line: a newline in a path from another lab must not forge report lines
+             f"From: {one_line(source_name)}", "=" * 80, "", *status_counts(table), BEST_NOTE]
     if table.empty:
         lines.append("No runs were found in this directory (see the warnings, if any, on the terminal).")
     return lines + ([memory.note] if memory.note else []) + [""]
@@ -139,8 +142,9 @@ def _efficiency_section(table: pd.DataFrame, metric: Metric, memory: MemoryLabel
     lines = ["", "Memory Efficiency Analysis:", RULE,
              "Multipliers are measured from the tensors, over the model's dense weight bytes:",
              f"  Training memory  = {TRAINING_TERMS}",
+             f"    ({PRUNING_STATE_NOTE})",
              "  Inference memory = non-zero weights (benefits from sparsity)",
-             f"Efficiency score = {EFFICIENCY_NOTE} ({memory.kind})",
+             f"Efficiency score = {memory.efficiency_note}",
              "", f"Top {TOP_N} by Efficiency Score:"]
     scored = table.assign(score=efficiency_scores(table))
     best = ranked(scored, "score", descending=True).head(TOP_N)
@@ -260,7 +264,7 @@ def write_reports(table: pd.DataFrame, out_dir: Path, source_name: str, graphs: 
     blocks = markdown_blocks(table, source_name, figures)
     texts = {"summary_report.txt": render_summary(table, source_name),
              "report.md": render_markdown(blocks),
-             "report.html": render_html(blocks, f"Results: {source_name}", figures)}
+             "report.html": render_html(blocks, f"Results: {one_line(source_name)}", figures)}
     write_json_atomic(out_dir / "all_results.json", _all_results(table, source_name))
     for name, text in texts.items():
         write_text_atomic(out_dir / name, text)

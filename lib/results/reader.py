@@ -36,9 +36,11 @@ ROW_FIELDS: tuple[str, ...] = (
 )
 # Table-only columns: curves for graphs ({"axis", "points"} or None), the
 # measured memory terms in bytes, the memory timeline [[t_s, MiB], ...], the
-# log tail for the failed-runs section, and the warnings raised while reading.
+# log tail for the failed-runs section, the warnings raised while reading, and
+# the run's resolved hyper-parameters flattened ({"training.epochs": 3, ...};
+# None where the spec records none, as upstream's), which make compare checks.
 EXTRA_FIELDS: tuple[str, ...] = ("metric_curve", "sparsity_schedule", "memory_bytes", "memory_timeline",
-                                 "log_tail", "warnings")
+                                 "log_tail", "warnings", "settings")
 # Present only when the table holds language-model runs.
 LM_FIELDS: tuple[str, ...] = ("best_perplexity", "final_perplexity", "best_val_loss", "final_val_loss")
 NUMERIC_FIELDS: tuple[str, ...] = (
@@ -46,7 +48,9 @@ NUMERIC_FIELDS: tuple[str, ...] = (
     "memory_mean_mib", "memory_peak_mib", "training_multiplier", "inference_multiplier",
     "wall_time_s",
 ) + LM_FIELDS
-MEMORY_TERMS = ("weights_bytes", "gradients_bytes", "optimizer_state_bytes", "mask_bytes")
+# Every term training_multiplier counts (lib/train/harness.memory_account), so the
+# bytes reports show add up to the multiplier they print beside them.
+MEMORY_TERMS = ("weights_bytes", "gradients_bytes", "optimizer_state_bytes", "mask_bytes", "pruning_state_bytes")
 
 STATUSES = ("success", "failed", "timeout", "interrupted")
 MISSING = "missing"
@@ -89,6 +93,24 @@ def _finite(value: Optional[float]) -> float:
     return value if value is not None and math.isfinite(value) else math.nan
 
 
+SETTINGS_MAX = 200  # a spec with more scalar settings than this is not one of ours; the rest is left out
+
+
+def _settings(hyperparams: object) -> Optional[dict[str, object]]:
+    """spec["hyperparams"] flattened to {"group.name": scalar}; lists and odd values shown as text."""
+    if not isinstance(hyperparams, dict):
+        return None
+    flat: dict[str, object] = {}
+    for group, values in hyperparams.items():
+        items = values.items() if isinstance(values, dict) else [(None, values)]
+        for name, value in items:
+            if len(flat) >= SETTINGS_MAX:
+                return flat
+            key = one_line(group if name is None else f"{group}.{name}", 80)
+            flat[key] = value if value is None or isinstance(value, (str, bool, int, float)) else shown(value)
+    return flat
+
+
 def _spec_cells(spec: dict) -> Row:
     target = spec.get("target_sparsity_pct")
     seed = spec.get("seed")
@@ -100,6 +122,7 @@ def _spec_cells(spec: dict) -> Row:
         "variant": _text(spec.get("variant")),
         "seed": seed if isinstance(seed, int) and not isinstance(seed, bool) and 0 <= seed <= MAX_SEED else None,
         "target_sparsity_pct": _finite(to_float(target)),
+        "settings": _settings(spec.get("hyperparams")),
     }
 
 

@@ -20,6 +20,7 @@ import os
 import pickle
 import random
 import sys
+import warnings
 from datetime import datetime
 from pathlib import Path
 from typing import Any
@@ -79,20 +80,36 @@ def set_aside(path: Path, why: str) -> None:
     print(f"warning: {path}: {why}; {kept}; starting the run afresh", file=sys.stderr, flush=True)
 
 
+REFUSED = "holds objects other than tensors and plain values (refused, not run)"
+
+
+class UnreadableCheckpoint(Exception):
+    """A file torch.load(weights_only=True) does not read; the message says why, in one line."""
+
+
+def _read_weights_only(path: Path, device: torch.device | str) -> Any:
+    try:
+        with warnings.catch_warnings():  # torch's pickle-protocol notice would precede our one error line
+            warnings.filterwarnings("ignore", message="Detected pickle protocol", category=UserWarning)
+            # weights_only: tensors and plain containers only, so a crafted file cannot run code
+            return torch.load(path, map_location=device, weights_only=True)
+    except pickle.UnpicklingError:  # torch's message suggests weights_only=False: never for a stranger's file
+        raise UnreadableCheckpoint(REFUSED) from None
+    except Exception as exc:  # noqa: BLE001 - whatever a damaged or hostile file raises
+        first_line = (str(exc).strip().splitlines() or [""])[0][:200]
+        raise UnreadableCheckpoint(f"{type(exc).__name__}: {first_line}" if first_line
+                                   else type(exc).__name__) from None
+
+
 def load_checkpoint(path: Path, device: torch.device, required: tuple[str, ...] = ()) -> dict[str, Any] | None:
     """The checkpoint at `path`, or None when there is none or it does not load
     (then it is set aside with a warning). `required`: keys it must hold."""
     if not path.is_file():
         return None
     try:
-        # weights_only: tensors and plain containers only, so a crafted file cannot run code
-        state = torch.load(path, map_location=device, weights_only=True)
-    except pickle.UnpicklingError:
-        set_aside(path, "holds objects other than tensors and plain values (refused, not run)")
-        return None
-    except Exception as exc:  # noqa: BLE001 - whatever a damaged or hostile file raises
-        first_line = (str(exc).splitlines() or [""])[0][:200]
-        set_aside(path, f"not a loadable checkpoint ({type(exc).__name__}: {first_line})")
+        state = _read_weights_only(path, device)
+    except UnreadableCheckpoint as exc:
+        set_aside(path, str(exc) if str(exc) == REFUSED else f"not a loadable checkpoint ({exc})")
         return None
     if not isinstance(state, dict) or state.get("format_version") != FORMAT_VERSION:
         version = state.get("format_version") if isinstance(state, dict) else None
@@ -111,14 +128,10 @@ def load_weights(path: Path, device: torch.device | str = "cpu") -> dict[str, An
     if not path.is_file():
         raise UserError(f"{path}: no such checkpoint")
     try:
-        return torch.load(path, map_location=device, weights_only=True)
-    except pickle.UnpicklingError:  # torch's message suggests weights_only=False: never for a stranger's file
-        raise UserError(f"{path}: unreadable checkpoint (holds objects other than tensors and plain values; "
-                        "refused, not run)") from None
-    except Exception as exc:  # noqa: BLE001 - whatever a damaged file raises (IndexError, KeyError, ...)
-        first_line = (str(exc).strip().splitlines() or [""])[0][:200]
-        detail = f"{type(exc).__name__}: {first_line}" if first_line else type(exc).__name__
-        raise UserError(f"{path}: unreadable checkpoint ({detail})") from None
+        return _read_weights_only(path, device)
+    except UnreadableCheckpoint as exc:
+        detail = f": {exc}" if str(exc) == REFUSED else f" ({exc})"
+        raise UserError(f"{path}: unreadable checkpoint{detail}") from None
 
 
 def runs_with_checkpoints(results: Path) -> list[str]:

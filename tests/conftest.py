@@ -6,6 +6,7 @@ import functools
 import importlib.util
 import io
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -96,17 +97,22 @@ def _makefile_user_vars() -> frozenset[str]:
     return frozenset(line.split(":=", 1)[1].split())
 
 
+# What an enclosing make (`make test`) exports: without them the test's make is a top-level one,
+# as a user's is (its messages say `make:`, not `make[1]:`; no -j or variables leak in).
+_OUTER_MAKE = frozenset({"MAKELEVEL", "MAKEFLAGS", "MFLAGS", "MAKEOVERRIDES", "MAKE_TERMOUT", "MAKE_TERMERR"})
+
+
 def make(cwd: Path, *args: str) -> subprocess.CompletedProcess:
     """`make -s ARGS` in `cwd`, as a user types it (variables as NAME=value arguments). The Makefile's
-    user variables are left out of the environment, so a developer's exported RESULTS or TRACKER
-    cannot change what a test runs."""
-    env = {k: v for k, v in os.environ.items() if k not in _makefile_user_vars()}
+    user variables and an enclosing make's settings are left out of the environment, so neither a
+    developer's exported RESULTS or TRACKER nor `make test` changes what a test runs."""
+    env = {k: v for k, v in os.environ.items() if k not in _makefile_user_vars() | _OUTER_MAKE}
     return subprocess.run(["make", "-s", *args], cwd=cwd, env=env, capture_output=True, text=True, timeout=300)
 
 
 def own_lines(stderr: str) -> list[str]:
     """stderr without the `make: *** [Makefile:N: target] Error 2` line make adds when a recipe fails."""
-    return [line for line in stderr.splitlines() if not line.startswith("make: *** [")]
+    return [line for line in stderr.splitlines() if not re.match(r"make(\[\d+\])?: \*\*\* \[", line)]
 
 
 def no_traceback(proc: subprocess.CompletedProcess) -> None:

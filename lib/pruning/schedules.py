@@ -8,7 +8,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Callable, Optional
 
-from lib.errors import UserError
+from lib.errors import UserError, counted
 
 
 def cubic(progress: float) -> float:
@@ -88,6 +88,6 @@ def plan_ramp(warmup_steps: int, ramp_end_step: int, total_steps: int, *, fit: b
                         "left to recover; end the ramp earlier, train longer, or set CONFIG_PRUNING_RAMP_FIT=y")
     end = min(ramp_end_step, max(1, int(FIT_RAMP_END * total_steps)))
     if end >= total_steps:
-        raise UserError(f"training has {total_steps} step(s): too few to prune and recover; train longer")
+        raise UserError(f"training has {counted(total_steps, 'step')}: too few to prune and recover; train longer")
     return Ramp(min(warmup_steps, end // 2) if warmup_steps >= end else warmup_steps, end, total_steps,
                 fitted_from=(warmup_steps, ramp_end_step))

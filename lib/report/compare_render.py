@@ -16,6 +16,7 @@ from typing import Optional, Sequence
 
 from matplotlib.figure import Figure
 
+from lib.errors import counted
 from lib.jsonio import write_text_atomic
 from lib.names import check_no_links
 from lib.report.compare import ALPHA, LABELS, Comparison, ConfigComparison, MetricDelta
@@ -68,13 +69,15 @@ SETTINGS_SHOWN = 12  # settings listed; the rest counted
 
 
 def settings_warning(c: Comparison) -> str:
-    return (f"Runs are matched by run ID alone, but {len(c.settings)} setting(s) differ (from {c.settings_source}), "
+    differ = "differs" if len(c.settings) == 1 else "differ"
+    return (f"Runs are matched by run ID alone, but {counted(len(c.settings), 'setting')} {differ} "
+            f"(from {c.settings_source}), "
             "so a delta may come from the settings rather than the method:")
 
 
 def setting_lines(c: Comparison) -> list[str]:
     """`name: A value -> B value`, with the number of configurations when per-run settings differ."""
-    lines = [f"{d.name}: {d.a} -> {d.b}" + (f" ({d.configs} configuration(s))" if d.configs else "")
+    lines = [f"{d.name}: {d.a} -> {d.b}" + (f" ({counted(d.configs, 'configuration')})" if d.configs else "")
              for d in c.settings[:SETTINGS_SHOWN]]
     return lines + ([f"... and {len(c.settings) - SETTINGS_SHOWN} more"] if len(c.settings) > SETTINGS_SHOWN else [])
 
@@ -85,7 +88,7 @@ def compare_blocks(comparison: Comparison, graph: Optional[Graph]) -> list[Block
         Heading(1, "Comparison of two result directories"),
         Bullets([f"A: {code_span(c.a_name)} ({LAYOUTS.get(c.a_layout, c.a_layout)} directory)",
                  f"B: {code_span(c.b_name)} ({LAYOUTS.get(c.b_layout, c.b_layout)} directory)",
-                 f"{len(c.both)} configuration(s) in both, {len(c.only_a)} run(s) only in A, "
+                 f"{counted(len(c.both), 'configuration')} in both, {counted(len(c.only_a), 'run')} only in A, "
                  f"{len(c.only_b)} only in B",
                  "Δ = B - A of the means over successful runs; with two or more seeds a side, mean ± sample std "
                  f"(n) and Welch's t-test p-value; p >= {ALPHA:g} is within noise"] + list(c.notes)),
@@ -99,7 +102,7 @@ def compare_blocks(comparison: Comparison, graph: Optional[Graph]) -> list[Block
     if not c.both:
         blocks.append(Paragraph("No configuration is present in both directories."))
     for side, runs in (("A", c.only_a), ("B", c.only_b)):
-        blocks += [Heading(2, f"Only in {side} ({len(runs)} run(s))"),
+        blocks += [Heading(2, f"Only in {side} ({counted(len(runs), 'run')})"),
                    Bullets(list(runs)) if runs else Paragraph("none")]
     if graph is not None:
         blocks += [Heading(2, "Graph"), Paragraph(f"![{graph.title}](graphs/{graph.name}.png)")]

@@ -16,7 +16,7 @@ from typing import Callable, Optional
 
 import pandas as pd
 
-from lib.errors import UserError
+from lib.errors import UserError, counted
 from lib.jsonio import read_json
 from lib.models import CLASSIFICATION, LANGUAGE_MODELING, TASKS, task_of
 from lib.spec import MAX_SEED
@@ -206,7 +206,7 @@ def _specs_from_matrix(results_dir: Path, warnings: list[str]) -> Optional[list[
         return None
     specs = [spec for spec in runs if isinstance(spec, dict) and spec.get("run_id") is not None]
     if len(specs) < len(runs):
-        warnings.append(f"{path}: {len(runs) - len(specs)} run(s) without a run_id ignored")
+        warnings.append(f"{path}: {counted(len(runs) - len(specs), 'run')} without a run_id ignored")
     return [spec for spec in specs if _safe_run_id(spec["run_id"], path, warnings)]
 
 

@@ -94,10 +94,21 @@ def run(config: Path, executor: str | None = None) -> None:
     run_then_report(results_dir, runs, settings.runner, data_ready=True)
 
 
+def live_bar_fits() -> bool:
+    """A live bar for a terminal that says how wide it is; else one line per start and finish
+    (a pipe, a CI log, or a terminal of size 0x0, where tqdm would draw nothing at all)."""
+    if not sys.stdout.isatty():
+        return False
+    try:
+        return os.get_terminal_size(sys.stdout.fileno()).columns > 0
+    except OSError:
+        return False
+
+
 def run_then_report(results_dir: Path, runs: list[RunSpec], settings: RunnerSettings,
                     data_ready: bool = False) -> None:
     try:
-        counts = run_matrix(results_dir, runs, settings, bar=sys.stdout.isatty(), data_ready=data_ready)
+        counts = run_matrix(results_dir, runs, settings, bar=live_bar_fits(), data_ready=data_ready)
         finish(results_dir, runs, counts)
     except KeyboardInterrupt:
         print(f"\ninterrupted: finished runs are kept; resume with `make continue RESULTS={results_dir}`",

@@ -1,11 +1,17 @@
 """What the runner shows: the ETA over parallel slots, plain lines or a bar, and the dry run's estimate."""
 from __future__ import annotations
 
+import fcntl
 import json
+import os
+import pty
+import struct
+import termios
 from pathlib import Path
 from types import SimpleNamespace
 
 import pytest
+from conftest import script_module
 
 from lib.run.plan import estimate_lines, estimate_run_s, find_past_runs, makespan_s
 from lib.run.progress import MatrixProgress
@@ -98,3 +104,21 @@ def test_counts_of_one_read_in_the_singular(tmp_path):
     results = tmp_path / "20240101_000000"
     run_matrix(results, [task.spec], executor=SimpleNamespace(name="fake"), out=said.append)  # all done
     assert said == [f"{results}: 1 run, 1 already done, 0 to run"]
+
+
+def test_a_live_bar_only_in_a_terminal_that_has_a_width(monkeypatch, tmp_path):
+    """tqdm draws nothing in a terminal of size 0x0, so start lines would vanish: lines there, as in a pipe."""
+    matrix_cli = script_module("matrix")
+    master, slave = pty.openpty()
+    try:
+        with open(slave, "w", closefd=False) as terminal:
+            monkeypatch.setattr("sys.stdout", terminal)
+            assert matrix_cli.live_bar_fits() is False  # a pty whose size was never set
+            fcntl.ioctl(slave, termios.TIOCSWINSZ, struct.pack("HHHH", 24, 80, 0, 0))
+            assert matrix_cli.live_bar_fits() is True
+        with open(tmp_path / "log", "w") as pipe_like:
+            monkeypatch.setattr("sys.stdout", pipe_like)
+            assert matrix_cli.live_bar_fits() is False
+    finally:
+        os.close(master)
+        os.close(slave)

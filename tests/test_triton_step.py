@@ -79,17 +79,19 @@ def assert_close(ours, reference, a, b, starts):
         assert float(ours.state[p]["step"]) == float(reference.state[q]["step"])
 
 
+@pytest.mark.parametrize("masked", [None, 3], ids=["all-masked", "masked-and-dense"])
 @pytest.mark.parametrize("storage", ["bool", "bits"])
-def test_kernel_matches_torch_adamw_on_masked_gradients(interpreted, storage, monkeypatch):
+def test_kernel_matches_torch_adamw_on_masked_gradients(interpreted, storage, masked, monkeypatch):
+    """Every tensor in one launch per mask kind (masked-and-dense: a masked and a dense launch)."""
     monkeypatch.setattr(MaskedAdamW, "TRITON_DEVICES", ("cpu",))
     params, expected = tensors(), tensors()
     ours = MaskedAdamW(groups(params), lr=1e-2, betas=BETAS)
     reference = torch.optim.AdamW(groups(expected), lr=1e-2, betas=BETAS, foreach=False)
-    keep, stored = masks_of(params, storage)
+    keep, stored = masks_of(params, storage, masked=masked)
     starts = [p.detach().abs().max() for p in expected]
     train(ours, params, stored, two_pass=False)
-    train(reference, expected, masks_of(expected, "bool")[0], two_pass=True)
-    assert ours.fallback_note is None
+    train(reference, expected, masks_of(expected, "bool", masked=masked)[0], two_pass=True)
+    assert ours.fallback_note is None and len(ours._plans) == 1  # the launch tables were built once
     assert_close(ours, reference, params, expected, starts)
     for p, k in keep.items():
         for t in (p, ours.state[p]["exp_avg"], ours.state[p]["exp_avg_sq"]):
@@ -130,13 +132,17 @@ COMPILE = """
 import triton
 from triton.backends.compiler import GPUTarget
 from triton.compiler import ASTSource
-from lib.optim.triton_masked_adamw import _masked_adamw
+from lib.optim.triton_masked_adamw import _masked_adamw, _masked_adamw_multi
 signature = {name: "*fp32" for name in ("w_ptr", "g_ptr", "m_ptr", "v_ptr", "scalars_ptr")}
 signature.update(keep_ptr="*u8", n="i32", HAS_MASK="constexpr", MASK_BITS="constexpr", BLOCK="constexpr")
-for has_mask, bits in [(True, True), (True, False), (False, False)]:
-    source = ASTSource(fn=_masked_adamw, signature=signature,
-                       constexprs={"HAS_MASK": has_mask, "MASK_BITS": bits, "BLOCK": 1024})
-    assert triton.compile(source, target=GPUTarget("cuda", 90, 32)).asm["cubin"]
+multi = {name: "*i64" for name in ("w_ptrs", "g_ptrs", "m_ptrs", "v_ptrs", "keep_ptrs", "numels", "rows")}
+multi.update(tensor_of_block="*i32", block_in_tensor="*i32", scalars_ptr="*fp32", HAS_MASK="constexpr",
+             MASK_BITS="constexpr", BLOCK="constexpr")
+for kernel, types in [(_masked_adamw, signature), (_masked_adamw_multi, multi)]:
+    for has_mask, bits in [(True, True), (True, False), (False, False)]:
+        source = ASTSource(fn=kernel, signature=types,
+                           constexprs={"HAS_MASK": has_mask, "MASK_BITS": bits, "BLOCK": 1024})
+        assert triton.compile(source, target=GPUTarget("cuda", 90, 32)).asm["cubin"]
 """
 
 

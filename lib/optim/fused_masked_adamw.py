@@ -125,6 +125,7 @@ class MaskedStep:
         super().__init__(*args, **kwargs)
         self.masks: dict[torch.Tensor, torch.Tensor] = {}
         self.fallback_note: Optional[str] = None  # why the last masked step was not fused, once printed
+        self._plans: dict[tuple, Any] = {}  # Triton launch tables by the tensors they step (MaskedAdamW)
 
     def set_masks(self, masks: dict[torch.Tensor, torch.Tensor]) -> None:
         """parameter -> keep mask (bool, True = keep, or bit-packed); from now on every step zeroes the
@@ -191,27 +192,36 @@ class MaskedAdamW(MaskedStep, torch.optim.AdamW):
         reason = triton_masked_adamw.unavailable()
         if reason:
             return f"{reason}; on {next(iter(self.masks)).device} the fused step needs Triton"
-        groups = []
-        for group in self.param_groups:
-            launches = []
-            for p in group["params"]:
-                if p.grad is None:
-                    continue
-                state, keep = self._state(p, p.device), self.masks.get(p)
-                reason = unfit(p, (state["exp_avg"], state["exp_avg_sq"]), keep, p.device, "the Triton kernel")
+        # One launch per mask kind over every tensor (a launch per tensor cost more than the step itself:
+        # docs/performance.md); launch tables are kept per set of tensors, states and masks (_plans).
+        entries = [(group, p, self._state(p, p.device), self.masks.get(p))
+                   for group in self.param_groups for p in group["params"] if p.grad is not None]
+        if not entries:
+            return None
+        key = tuple((id(group), p.data_ptr(), s["exp_avg"].data_ptr(), s["exp_avg_sq"].data_ptr(),
+                     None if keep is None else (keep.data_ptr(), keep.dtype)) for group, p, s, keep in entries)
+        plans = self._plans
+        if key not in plans:  # checked once per plan: the same tensors stay fit
+            for _, p, s, keep in entries:
+                reason = unfit(p, (s["exp_avg"], s["exp_avg_sq"]), keep, p.device, "the Triton kernel")
                 if reason:
                     return reason
-                launches.append((p, p.grad, state["exp_avg"], state["exp_avg_sq"], keep, state["step"]))
-            groups.append((group, launches))
-        for group, launches in groups:
-            if not launches:
-                continue
-            steps = [launch[5] for launch in launches]
-            torch._foreach_add_(steps, 1)
-            scalars = triton_masked_adamw.tensor_scalars(steps, float(group["lr"]), tuple(group["betas"]),
-                                                         float(group["eps"]), float(group["weight_decay"]))
-            for launch, row in zip(launches, scalars):
-                triton_masked_adamw.step_tensor(*launch[:5], row)
+        grads = [p.grad for _, p, _, _ in entries]
+        if not all(g.dtype is torch.float32 and g.is_contiguous() for g in grads):
+            return "a gradient that is not contiguous float32 (the Triton kernel takes contiguous float32 tensors)"
+        if key not in plans:
+            if len(plans) >= 4:  # masks swapped for new tensors (not updated in place): old plans go
+                plans.clear()
+            plans[key] = triton_masked_adamw.MultiTensorPlan(
+                [(p, s["exp_avg"], s["exp_avg_sq"], keep) for _, p, s, keep in entries])
+        rows = []
+        for group in self.param_groups:  # entries are in group order: one block of scalar rows per group
+            steps = [s["step"] for g, _, s, _ in entries if g is group]
+            if steps:
+                torch._foreach_add_(steps, 1)
+                rows.append(triton_masked_adamw.tensor_scalars(steps, float(group["lr"]), tuple(group["betas"]),
+                                                               float(group["eps"]), float(group["weight_decay"])))
+        plans[key].step(grads, torch.cat(rows))
         return None
 
     def _state(self, p: torch.Tensor, step_device: torch.device) -> dict:

@@ -1,6 +1,6 @@
 """AdamWPrune's step on the AdamW and AdamWSPAM bases as one Triton kernel each: the CUDA counterpart of masked_adamw.c.
 
-One pass per tensor reads w, g, m, v and the keep mask (bool, or bit-packed:
+One pass over each tensor reads w, g, m, v and the keep mask (bool, or bit-packed:
 bit i of byte j keeps entry 8j + i, lib/pruning/bitmask.py) and writes w, m,
 v: decoupled weight decay, both moments, the bias-corrected update, with the
 mask applied to the gradient and to all three outputs. That is 28 bytes per
@@ -24,10 +24,12 @@ in float64, as AdamWSPAM does, and passed as float32 kernel arguments: SPAM
 keeps its counts as Python ints, so there is no device count to read. Both
 kernels read the mask through one helper (keep_mask).
 
-Triton is optional (docs/performance.md): without it, or off CUDA, callers
-keep their other path. Tests run the kernel on CPU tensors under
-TRITON_INTERPRET=1 (set before this module is imported). Its speed on a GPU
-is unmeasured until `make gpu-check` runs on one.
+MaskedAdamW steps all its tensors through _masked_adamw_multi, one launch per
+mask kind (MultiTensorPlan): a launch per tensor cost more than the step on
+an H200 (docs/performance.md). Triton is optional: without it, or off CUDA,
+callers keep their other path. Tests run the kernels on CPU tensors under
+TRITON_INTERPRET=1 (set before this module is imported), and on CUDA tensors
+where there is a GPU (tests/test_triton_cuda.py).
 """
 from __future__ import annotations
 
@@ -97,7 +99,30 @@ if triton is not None:
     def _masked_adamw(w_ptr, g_ptr, m_ptr, v_ptr, keep_ptr, scalars_ptr, n,
                       HAS_MASK: tl.constexpr, MASK_BITS: tl.constexpr, BLOCK: tl.constexpr):
         offsets = tl.program_id(0) * BLOCK + tl.arange(0, BLOCK)
-        inside = offsets < n
+        _adamw_block(w_ptr, g_ptr, m_ptr, v_ptr, keep_ptr, scalars_ptr, offsets, offsets < n, HAS_MASK, MASK_BITS)
+
+    @triton.jit
+    def _masked_adamw_multi(w_ptrs, g_ptrs, m_ptrs, v_ptrs, keep_ptrs, numels, rows, tensor_of_block,
+                            block_in_tensor, scalars_ptr,
+                            HAS_MASK: tl.constexpr, MASK_BITS: tl.constexpr, BLOCK: tl.constexpr):
+        # Many tensors in one launch, as torch's fused step does: program i steps block
+        # block_in_tensor[i] of tensor t = tensor_of_block[i], whose addresses are read from the
+        # pointer tables and whose scalars are row rows[t] of the scalars table (MultiTensorPlan).
+        pid = tl.program_id(0)
+        t = tl.load(tensor_of_block + pid)
+        offsets = tl.load(block_in_tensor + pid).to(tl.int64) * BLOCK + tl.arange(0, BLOCK)
+        inside = offsets < tl.load(numels + t)
+        _adamw_block(tl.load(w_ptrs + t).to(tl.pointer_type(tl.float32)),
+                     tl.load(g_ptrs + t).to(tl.pointer_type(tl.float32)),
+                     tl.load(m_ptrs + t).to(tl.pointer_type(tl.float32)),
+                     tl.load(v_ptrs + t).to(tl.pointer_type(tl.float32)),
+                     tl.load(keep_ptrs + t).to(tl.pointer_type(tl.uint8)),
+                     scalars_ptr + tl.load(rows + t) * 7, offsets, inside, HAS_MASK, MASK_BITS)
+
+    @triton.jit
+    def _adamw_block(w_ptr, g_ptr, m_ptr, v_ptr, keep_ptr, scalars_ptr, offsets, inside,
+                     HAS_MASK: tl.constexpr, MASK_BITS: tl.constexpr):
+        # One block of one tensor: the masked AdamW step of both kernels above.
         step_size = tl.load(scalars_ptr + 0)  # COLUMNS, in order
         decay = tl.load(scalars_ptr + 1)
         one_minus_beta1 = tl.load(scalars_ptr + 2)
@@ -167,6 +192,51 @@ def step_tensor(w: torch.Tensor, g: torch.Tensor, m: torch.Tensor, v: torch.Tens
     keep_arg, has_mask, bits = _mask_argument(w, keep)
     _masked_adamw[(triton.cdiv(n, BLOCK),)](w, g, m, v, keep_arg, scalars, n,
                                             HAS_MASK=has_mask, MASK_BITS=bits, BLOCK=BLOCK)
+
+
+class MultiTensorPlan:
+    """Launch tables for stepping many tensors with one kernel per mask kind (dense, bool, bits).
+
+    Built once from (w, m, v, keep) per tensor, in the order of the scalars rows, and kept while
+    those tensors stay the same (MaskedAdamW rebuilds it when one changes): per kind, device tables
+    of the tensors' addresses, sizes and scalars rows, and for each program its tensor and block.
+    Only the gradients' addresses change from step to step (they are freed between steps).
+    """
+
+    def __init__(self, tensors: list[tuple[torch.Tensor, torch.Tensor, torch.Tensor, Optional[torch.Tensor]]]):
+        self.kinds: list[tuple[list[int], bool, bool, dict[str, torch.Tensor]]] = []
+        device = tensors[0][0].device
+        kinds: dict[tuple[bool, bool], list[int]] = {}
+        for i, (w, _, _, keep) in enumerate(tensors):
+            _, has_mask, bits = _mask_argument(w, keep)
+            kinds.setdefault((has_mask, bits), []).append(i)
+        def table(values: list[int]) -> torch.Tensor:
+            return torch.tensor(values, dtype=torch.int64, device=device)
+
+        for (has_mask, bits), members in kinds.items():
+            # program -> (its tensor, its block there), built on the device: GPT-2 124M has 121,600 blocks
+            counts = (table([tensors[i][0].numel() for i in members]) + BLOCK - 1) // BLOCK
+            tensor_of_block = torch.repeat_interleave(torch.arange(len(members), device=device), counts)
+            first_block = torch.repeat_interleave(torch.cumsum(counts, 0) - counts, counts)
+            block_in_tensor = torch.arange(tensor_of_block.numel(), device=device) - first_block
+
+            self.kinds.append((members, has_mask, bits, {
+                "w": table([tensors[i][0].data_ptr() for i in members]),
+                "m": table([tensors[i][1].data_ptr() for i in members]),
+                "v": table([tensors[i][2].data_ptr() for i in members]),
+                "keep": table([_mask_argument(tensors[i][0], tensors[i][3])[0].data_ptr() for i in members]),
+                "numels": table([tensors[i][0].numel() for i in members]),
+                "rows": table(members),
+                "tensor_of_block": tensor_of_block.to(torch.int32), "block_in_tensor": block_in_tensor.to(torch.int32)}))
+
+    def step(self, grads: list[torch.Tensor], scalars: torch.Tensor) -> None:
+        """One masked AdamW step of every tensor; grads in the plan's order, scalars one row of COLUMNS each."""
+        for members, has_mask, bits, t in self.kinds:
+            g_ptrs = torch.tensor([grads[i].data_ptr() for i in members], dtype=torch.int64).to(
+                scalars.device, non_blocking=True)
+            _masked_adamw_multi[(t["tensor_of_block"].numel(),)](
+                t["w"], g_ptrs, t["m"], t["v"], t["keep"], t["numels"], t["rows"], t["tensor_of_block"],
+                t["block_in_tensor"], scalars, HAS_MASK=has_mask, MASK_BITS=bits, BLOCK=BLOCK)
 
 
 def spam_scalars(step: int, lr: float, betas: tuple[float, float], eps: float, weight_decay: float, scale: float,

@@ -96,12 +96,6 @@ if triton is not None:
         tl.store(v_ptr + offsets, v, mask=inside)
 
     @triton.jit
-    def _masked_adamw(w_ptr, g_ptr, m_ptr, v_ptr, keep_ptr, scalars_ptr, n,
-                      HAS_MASK: tl.constexpr, MASK_BITS: tl.constexpr, BLOCK: tl.constexpr):
-        offsets = tl.program_id(0) * BLOCK + tl.arange(0, BLOCK)
-        _adamw_block(w_ptr, g_ptr, m_ptr, v_ptr, keep_ptr, scalars_ptr, offsets, offsets < n, HAS_MASK, MASK_BITS)
-
-    @triton.jit
     def _masked_adamw_multi(w_ptrs, g_ptrs, m_ptrs, v_ptrs, keep_ptrs, numels, rows, tensor_of_block,
                             block_in_tensor, scalars_ptr,
                             HAS_MASK: tl.constexpr, MASK_BITS: tl.constexpr, BLOCK: tl.constexpr):
@@ -122,7 +116,7 @@ if triton is not None:
     @triton.jit
     def _adamw_block(w_ptr, g_ptr, m_ptr, v_ptr, keep_ptr, scalars_ptr, offsets, inside,
                      HAS_MASK: tl.constexpr, MASK_BITS: tl.constexpr):
-        # One block of one tensor: the masked AdamW step of both kernels above.
+        # One block of one tensor: the masked AdamW step (the multi-tensor kernel's body).
         step_size = tl.load(scalars_ptr + 0)  # COLUMNS, in order
         decay = tl.load(scalars_ptr + 1)
         one_minus_beta1 = tl.load(scalars_ptr + 2)
@@ -142,7 +136,7 @@ if triton is not None:
     def _masked_spam(w_ptr, g_ptr, m_ptr, v_ptr, keep_ptr, n, neg_step_size, neg_decay, beta1, one_minus_beta1,
                      beta2, one_minus_beta2, eps, theta, reset, clip,
                      HAS_MASK: tl.constexpr, MASK_BITS: tl.constexpr, BLOCK: tl.constexpr):
-        # AdamWSPAM._update (lib/optim/spam.py), operation for operation, masked like _masked_adamw.
+        # AdamWSPAM._update (lib/optim/spam.py), operation for operation, masked like _masked_adamw_multi.
         offsets = tl.program_id(0) * BLOCK + tl.arange(0, BLOCK)
         inside = offsets < n
         w, g, m, v, keep = load_masked(w_ptr, g_ptr, m_ptr, v_ptr, keep_ptr, offsets, inside, HAS_MASK, MASK_BITS)
@@ -180,18 +174,6 @@ def tensor_scalars(steps: list[torch.Tensor], lr: float, betas: tuple[float, flo
                torch.full_like(t, beta2), torch.full_like(t, 1 - beta2), torch.sqrt(1 - beta2 ** t),
                torch.full_like(t, eps)]
     return torch.stack(columns, dim=1).to(torch.float32)
-
-
-def step_tensor(w: torch.Tensor, g: torch.Tensor, m: torch.Tensor, v: torch.Tensor, keep: Optional[torch.Tensor],
-                scalars: torch.Tensor) -> None:
-    """One masked AdamW step of contiguous float32 w (m, v updated in place); `scalars` its row of COLUMNS.
-
-    keep: None (dense), a bool tensor of w's shape, or its ceil(n/8) packed bytes (uint8).
-    """
-    n = w.numel()
-    keep_arg, has_mask, bits = _mask_argument(w, keep)
-    _masked_adamw[(triton.cdiv(n, BLOCK),)](w, g, m, v, keep_arg, scalars, n,
-                                            HAS_MASK=has_mask, MASK_BITS=bits, BLOCK=BLOCK)
 
 
 class MultiTensorPlan:
@@ -253,7 +235,7 @@ def spam_step_tensor(w: torch.Tensor, g: torch.Tensor, m: torch.Tensor, v: torch
     """One masked AdamWSPAM step of contiguous float32 w (m, v updated in place); scalars from spam_scalars().
 
     reset: zero m and v first (the step's t is a multiple of the interval); clip: spike-aware clipping is
-    active at this step. keep as for step_tensor.
+    active at this step. keep: None (dense), a bool tensor of w's shape, or its ceil(n/8) packed bytes.
     """
     n = w.numel()
     keep_arg, has_mask, bits = _mask_argument(w, keep)

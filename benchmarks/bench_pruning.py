@@ -8,6 +8,7 @@
     kernel at first use; on CUDA also each step's achieved bytes/s (28 bytes
     per parameter, the fp32 AdamW floor) against the device's memory
     bandwidth (from its memory clock and bus width, and a measured copy),
+    each step's host time (until step() returns) over the fused step's,
     and AdamWPrune on the AdamWSPAM base (its Triton step, clipping on)
     beside AdamWSPAM's torch step after the masking pass (on CPU that base
     is that two-pass step, so it is timed on CUDA only);
@@ -115,14 +116,17 @@ def bench_step(model: GPT, device: torch.device, repeats: int) -> dict[str, floa
     pruner.update_masks(SPARSITY)
     masks = {pruner.params[name]: keep for name, keep in pruner.masks.items()}
     bits = {p: bitmask.convert(keep, p, "bits") for p, keep in masks.items()}
+    # One optimizer per storage, as in training: a step keeps its launch tables while the masks stay the same.
+    ours_bits = build_optimizer("adamwprune", model, 1e-4, ADAMWPRUNE)
+    ours_bits.step()
 
     def adamwprune_bool() -> None:  # what pruner.before_optimizer_step() + step do with each storage
-        ours.set_masks(masks)
+        ours.set_masks(dict(masks))
         ours.step()
 
     def adamwprune_bits() -> None:
-        ours.set_masks(bits)
-        ours.step()
+        ours_bits.set_masks(dict(bits))
+        ours_bits.step()
 
     def two_pass_step() -> None:  # AdamWPrune's step before the masking moved into it
         zero_pruned_(((p.grad, keep) for p, keep in masks.items()))
@@ -133,6 +137,9 @@ def bench_step(model: GPT, device: torch.device, repeats: int) -> dict[str, floa
     result["adamw_foreach"] = timed(foreach.step, device, repeats)
     result["fused_note"] = getattr(ours, "fallback_note", None) or "masking fused into the step"
     if device.type == "cuda":
+        result.update({f"{name}_host": seconds for name, seconds in host_times(
+            {"adamw_fused": fused.step, "adamwprune_bool": adamwprune_bool, "adamwprune_bits": adamwprune_bits},
+            repeats).items()})
         result.update(bench_spam_step(model, device, repeats, masks, bits))
     if device.type == "cpu":
         with tempfile.TemporaryDirectory() as cache:
@@ -204,6 +211,20 @@ def bench_mask_update(model: GPT, device: torch.device, repeats: int) -> dict[st
     result["upstream_error_pts"] = abs(reached - 100 * SPARSITY)
     restore()
     return result
+
+
+def host_times(fns: dict[str, Callable[[], object]], repeats: int) -> dict[str, float]:
+    """Median host time of each CUDA fn: from an idle GPU until fn returns, the GPU not waited for. A step
+    whose host work outlasts its kernels keeps the GPU waiting (docs/performance.md, the Triton step)."""
+    samples: dict[str, list[float]] = {name: [] for name in fns}
+    for _ in range(repeats + 1):
+        for name, fn in fns.items():
+            torch.cuda.synchronize()
+            start = time.perf_counter()
+            fn()
+            samples[name].append(time.perf_counter() - start)
+    torch.cuda.synchronize()
+    return {name: statistics.median(values[1:]) for name, values in samples.items()}  # the first: warm-up
 
 
 def _start(device: torch.device) -> float:
@@ -329,6 +350,10 @@ def main() -> None:
               f"{step['adamwprune_spam_bool'] / step['adamwspam_two_pass']:.2f}")
     if device.type == "cuda":
         report_bandwidth(step, n_params, device)
+        host = float(step["adamw_fused_host"])
+        print("  host time of step() (until it returns, the GPU not waited for):")
+        for name in ("adamw_fused", "adamwprune_bool", "adamwprune_bits"):
+            print(f"    {name:<20} {step[name + '_host'] * 1e3:8.3f} ms  ({step[name + '_host'] / host:.2f}x fused)")
     if "kernel_build_s" in step:
         print(f"  kernel build at first use: {step['kernel_build_s']:.2f} s (then cached in ~/.cache/adamwprune)")
     update = bench_mask_update(model, device, args.repeats)

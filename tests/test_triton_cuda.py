@@ -4,8 +4,9 @@ A module of its own: tests/test_triton_step.py's interpreter fixture swaps the
 kernels for interpreted ones while its module runs, and an interpreted kernel
 handed CUDA pointers reads device memory from the host. The same comparison as
 there, against torch.optim.AdamW (for-loop) on masked gradients, with masked
-and dense tensors in one optimizer (one launch per mask kind). Skipped without
-CUDA; run on `make gpu-check`'s machine.
+and dense tensors in one optimizer (one launch per mask kind), and the launch
+tables kept between steps following what changes. Skipped without CUDA; run on
+`make gpu-check`'s machine.
 """
 from __future__ import annotations
 
@@ -15,7 +16,7 @@ import torch
 from lib.optim.fused_masked_adamw import MaskedAdamW
 from lib.pruning import bitmask
 from lib.pruning.mask_ops import zero_pruned_
-from tests.test_triton_step import BETAS, assert_close, groups, tensors
+from tests.test_triton_step import BETAS, EVENTS, assert_close, follow_changes, groups, tensors
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA: the compiled kernel on a GPU")
@@ -40,3 +41,12 @@ def test_on_a_gpu_the_one_pass_step_matches_torch_adamw(storage):
         reference.step()
     assert ours.fallback_note is None
     assert_close(ours, reference, params, expected, starts)
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA: the compiled kernel on a GPU")
+@pytest.mark.parametrize("event", EVENTS, ids=lambda f: f.__name__)
+def test_on_a_gpu_the_kept_launch_tables_follow_changes(event, monkeypatch):
+    """tests/test_triton_step.py's check that the binding kept between steps sees what changes (counts moved
+    by a two-pass step, new state, storage or masks), on CUDA: pinned copies, device step counts."""
+    pytest.importorskip("triton", reason="triton is not installed (optional: pip install triton)")
+    follow_changes(event, "cuda", monkeypatch)

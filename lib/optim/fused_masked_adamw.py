@@ -28,6 +28,7 @@ import platform
 import shutil
 import subprocess
 import tempfile
+from operator import attrgetter
 from pathlib import Path
 from typing import Any, Optional
 
@@ -125,7 +126,7 @@ class MaskedStep:
         super().__init__(*args, **kwargs)
         self.masks: dict[torch.Tensor, torch.Tensor] = {}
         self.fallback_note: Optional[str] = None  # why the last masked step was not fused, once printed
-        self._plans: dict[tuple, Any] = {}  # Triton launch tables by the tensors they step (MaskedAdamW)
+        self._binding: Any = None  # MaskedAdamW's Triton launch tables and what they step (triton_binding.py)
 
     def set_masks(self, masks: dict[torch.Tensor, torch.Tensor]) -> None:
         """parameter -> keep mask (bool, True = keep, or bit-packed); from now on every step zeroes the
@@ -192,36 +193,27 @@ class MaskedAdamW(MaskedStep, torch.optim.AdamW):
         reason = triton_masked_adamw.unavailable()
         if reason:
             return f"{reason}; on {next(iter(self.masks)).device} the fused step needs Triton"
-        # One launch per mask kind over every tensor (a launch per tensor cost more than the step itself:
-        # docs/performance.md); launch tables are kept per set of tensors, states and masks (_plans).
-        entries = [(group, p, self._state(p, p.device), self.masks.get(p))
-                   for group in self.param_groups for p in group["params"] if p.grad is not None]
-        if not entries:
-            return None
-        key = tuple((id(group), p.data_ptr(), s["exp_avg"].data_ptr(), s["exp_avg_sq"].data_ptr(),
-                     None if keep is None else (keep.data_ptr(), keep.dtype)) for group, p, s, keep in entries)
-        plans = self._plans
-        if key not in plans:  # checked once per plan: the same tensors stay fit
+        # One launch per mask kind over every tensor (a launch per tensor cost more than the step itself),
+        # its tables and the host's work kept while the tensors stay the same (triton_binding.py).
+        binding = self._binding
+        grads = binding.gradients(self, self.masks) if binding is not None else None
+        if grads is None:
+            self._binding = None
+            entries = [(i, p, self._state(p, p.device), self.masks.get(p))
+                       for i, group in enumerate(self.param_groups) for p in group["params"] if p.grad is not None]
+            if not entries:
+                return None
             for _, p, s, keep in entries:
-                reason = unfit(p, (s["exp_avg"], s["exp_avg_sq"]), keep, p.device, "the Triton kernel")
+                reason = unfit(p, (s["exp_avg"], s["exp_avg_sq"]), keep, entries[0][1].device, "the Triton kernel")
                 if reason:
                     return reason
-        grads = [p.grad for _, p, _, _ in entries]
-        if not all(g.dtype is torch.float32 and g.is_contiguous() for g in grads):
+            grads = [p.grad for _, p, _, _ in entries]
+        if set(map(attrgetter("dtype"), grads)) != {torch.float32} or not all(map(torch.Tensor.is_contiguous, grads)):
             return "a gradient that is not contiguous float32 (the Triton kernel takes contiguous float32 tensors)"
-        if key not in plans:
-            if len(plans) >= 4:  # masks swapped for new tensors (not updated in place): old plans go
-                plans.clear()
-            plans[key] = triton_masked_adamw.MultiTensorPlan(
-                [(p, s["exp_avg"], s["exp_avg_sq"], keep) for _, p, s, keep in entries])
-        rows = []
-        for group in self.param_groups:  # entries are in group order: one block of scalar rows per group
-            steps = [s["step"] for g, _, s, _ in entries if g is group]
-            if steps:
-                torch._foreach_add_(steps, 1)
-                rows.append(triton_masked_adamw.tensor_scalars(steps, float(group["lr"]), tuple(group["betas"]),
-                                                               float(group["eps"]), float(group["weight_decay"])))
-        plans[key].step(grads, torch.cat(rows))
+        if self._binding is None:
+            from lib.optim.triton_binding import Binding
+            self._binding = Binding(self, self.masks, entries)
+        self._binding.step(self, grads)
         return None
 
     def _state(self, p: torch.Tensor, step_device: torch.device) -> dict:

@@ -7,10 +7,11 @@ mask applied to the gradient and to all three outputs. That is 28 bytes per
 weight plus 1 (bool) or 1/8 (bits), against 28 + 9 for masking the gradients
 in a separate pass before torch's fused step. Arithmetic is float32 per entry
 like torch's CUDA fused AdamW (not bit for bit: the order of operations is
-torch's foreach/for-loop AdamW's); the per-tensor scalars (bias corrections
-included) are computed in float64 by a few torch operations on the device
-from the step counts there, so no host sync is needed, and the kernel itself
-uses no float64.
+torch's foreach/for-loop AdamW's); the scalars (bias corrections included)
+come as float32 rows computed on the host in float64, as torch's fused AdamW
+computes its own, from host copies of the step counts
+(lib/optim/triton_binding.py), so the kernel itself uses no float64 and the
+step no host sync.
 
 The AdamWSPAM kernel (_masked_spam, lib/optim/fused_masked_spam.py) is the
 same pass with SPAM's step (lib/optim/spam.py) in between: the momentum reset
@@ -25,8 +26,8 @@ keeps its counts as Python ints, so there is no device count to read. Both
 kernels read the mask through one helper (keep_mask).
 
 MaskedAdamW steps all its tensors through _masked_adamw_multi, one launch per
-mask kind (MultiTensorPlan): a launch per tensor cost more than the step on
-an H200 (docs/performance.md). Triton is optional: without it, or off CUDA,
+mask kind (MultiTensorPlan, kept between steps by triton_binding.Binding): a
+launch per tensor cost more than the step on an H200 (docs/performance.md). Triton is optional: without it, or off CUDA,
 callers keep their other path. Tests run the kernels on CPU tensors under
 TRITON_INTERPRET=1 (set before this module is imported), and on CUDA tensors
 where there is a GPU (tests/test_triton_cuda.py).
@@ -36,6 +37,7 @@ from __future__ import annotations
 import math
 from typing import Optional
 
+import numpy
 import torch
 
 try:
@@ -161,40 +163,36 @@ def _mask_argument(w: torch.Tensor, keep: Optional[torch.Tensor]) -> tuple[torch
     return keep_arg, keep is not None, bits
 
 
-def tensor_scalars(steps: list[torch.Tensor], lr: float, betas: tuple[float, float], eps: float,
-                   weight_decay: float) -> torch.Tensor:
-    """One float32 row of COLUMNS per step count (already advanced), computed in float64 where the counts are.
-
-    A few torch operations per parameter group and no host sync; float64 as torch's own AdamW computes its
-    scalars (1 - float32(0.999) is 1.3e-5 off 0.001, and beta**t for small t magnifies such errors).
-    """
-    beta1, beta2 = betas
-    t = torch.stack(steps).to(torch.float64)
-    columns = [lr / (1 - beta1 ** t), torch.full_like(t, 1 - lr * weight_decay), torch.full_like(t, 1 - beta1),
-               torch.full_like(t, beta2), torch.full_like(t, 1 - beta2), torch.sqrt(1 - beta2 ** t),
-               torch.full_like(t, eps)]
-    return torch.stack(columns, dim=1).to(torch.float32)
-
-
 class MultiTensorPlan:
     """Launch tables for stepping many tensors with one kernel per mask kind (dense, bool, bits).
 
-    Built once from (w, m, v, keep) per tensor, in the order of the scalars rows, and kept while
-    those tensors stay the same (MaskedAdamW rebuilds it when one changes): per kind, device tables
-    of the tensors' addresses, sizes and scalars rows, and for each program its tensor and block.
-    Only the gradients' addresses change from step to step (they are freed between steps).
+    Built once from (w, m, v, keep) per tensor and the scalars row each tensor reads, and kept while
+    those tensors stay the same (lib/optim/triton_binding.py makes a new one when one changes): per
+    kind, device tables of the tensors' addresses, sizes and rows, and for each program its tensor and
+    block. Only the gradients' addresses (gradients are freed between steps) and the scalar rows (the
+    learning rate and the bias corrections move) change from step to step: step() sends both in one
+    copy, from pinned memory on CUDA, as torch sends a batch (the pinned block is reused only once the
+    copy is done).
     """
 
-    def __init__(self, tensors: list[tuple[torch.Tensor, torch.Tensor, torch.Tensor, Optional[torch.Tensor]]]):
+    def __init__(self, tensors: list[tuple[torch.Tensor, torch.Tensor, torch.Tensor, Optional[torch.Tensor]]],
+                 rows: list[int]):
         self.kinds: list[tuple[list[int], bool, bool, dict[str, torch.Tensor]]] = []
-        device = tensors[0][0].device
+        device = self.device = tensors[0][0].device
         kinds: dict[tuple[bool, bool], list[int]] = {}
         for i, (w, _, _, keep) in enumerate(tensors):
             _, has_mask, bits = _mask_argument(w, keep)
             kinds.setdefault((has_mask, bits), []).append(i)
+        self.order = [i for members in kinds.values() for i in members]  # gradients in launch order
+        self.row_entries = len(COLUMNS) * (max(rows) + 1)
+        # One int64 buffer per step: the gradients' addresses, then the float32 scalar rows (two per entry).
+        self.buffer = torch.empty(len(tensors) + (self.row_entries + 1) // 2, dtype=torch.int64, device=device)
+        scalars = self.buffer[len(tensors):].view(torch.float32)[:self.row_entries]
+
         def table(values: list[int]) -> torch.Tensor:
             return torch.tensor(values, dtype=torch.int64, device=device)
 
+        first = 0
         for (has_mask, bits), members in kinds.items():
             # program -> (its tensor, its block there), built on the device: GPT-2 124M has 121,600 blocks
             counts = (table([tensors[i][0].numel() for i in members]) + BLOCK - 1) // BLOCK
@@ -204,21 +202,28 @@ class MultiTensorPlan:
 
             self.kinds.append((members, has_mask, bits, {
                 "w": table([tensors[i][0].data_ptr() for i in members]),
+                "g": self.buffer[first:first + len(members)],
                 "m": table([tensors[i][1].data_ptr() for i in members]),
                 "v": table([tensors[i][2].data_ptr() for i in members]),
                 "keep": table([_mask_argument(tensors[i][0], tensors[i][3])[0].data_ptr() for i in members]),
                 "numels": table([tensors[i][0].numel() for i in members]),
-                "rows": table(members),
+                "rows": table([rows[i] for i in members]), "scalars": scalars,
                 "tensor_of_block": tensor_of_block.to(torch.int32), "block_in_tensor": block_in_tensor.to(torch.int32)}))
+            first += len(members)
 
-    def step(self, grads: list[torch.Tensor], scalars: torch.Tensor) -> None:
-        """One masked AdamW step of every tensor; grads in the plan's order, scalars one row of COLUMNS each."""
+    def step(self, grads: list[torch.Tensor], rows: list[tuple[float, ...]]) -> None:
+        """One masked AdamW step of every tensor; grads in the order the plan was made with, rows of COLUMNS
+        (float64, rounded to float32 here as torch rounds them) as numbered when it was made."""
+        host = torch.empty(self.buffer.shape, dtype=torch.int64, pin_memory=self.device.type == "cuda")
+        values = host.numpy()
+        addresses = list(map(torch.Tensor.data_ptr, grads))
+        values[:len(grads)] = [addresses[i] for i in self.order]
+        values[len(grads):].view(numpy.float32)[:self.row_entries] = [x for row in rows for x in row]
+        self.buffer.copy_(host, non_blocking=True)
         for members, has_mask, bits, t in self.kinds:
-            g_ptrs = torch.tensor([grads[i].data_ptr() for i in members], dtype=torch.int64).to(
-                scalars.device, non_blocking=True)
             _masked_adamw_multi[(t["tensor_of_block"].numel(),)](
-                t["w"], g_ptrs, t["m"], t["v"], t["keep"], t["numels"], t["rows"], t["tensor_of_block"],
-                t["block_in_tensor"], scalars, HAS_MASK=has_mask, MASK_BITS=bits, BLOCK=BLOCK)
+                t["w"], t["g"], t["m"], t["v"], t["keep"], t["numels"], t["rows"], t["tensor_of_block"],
+                t["block_in_tensor"], t["scalars"], HAS_MASK=has_mask, MASK_BITS=bits, BLOCK=BLOCK)
 
 
 def spam_scalars(step: int, lr: float, betas: tuple[float, float], eps: float, weight_decay: float, scale: float,

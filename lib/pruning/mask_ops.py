@@ -53,6 +53,9 @@ def _torch_multiply_(tensor: torch.Tensor, keep: torch.Tensor) -> None:
     if not is_packed(keep):
         tensor.mul_(keep)
         return
+    if not tensor.is_contiguous():  # bits follow the logical (row-major) order, which no flat view has here:
+        tensor.mul_(unpack(keep, 0, tensor.numel()).view(tensor.shape))  # one bool copy, on this rare path
+        return
     flat = tensor.view(-1)  # a bit mask describes the contiguous flat order
     for start in range(0, flat.numel(), _CHUNK):
         end = min(start + _CHUNK, flat.numel())

@@ -81,6 +81,16 @@ def test_zeroing_with_bits_equals_zeroing_with_bools(dtype):
     assert torch.equal(values, expected)
 
 
+def test_zeroing_a_non_contiguous_tensor_with_bits_follows_its_logical_order():
+    """A transposed gradient (the two-pass fallback's input) has no flat view: the bits still address its
+    entries in row-major order, as bools of its shape do."""
+    keep = random_keep(37 * 41).view(37, 41)
+    values = torch.randn(41, 37).t()  # shape (37, 41), not contiguous
+    expected = values * keep
+    zero_pruned_([(values, bitmask.convert(keep, keep, "bits"))])
+    assert not values.is_contiguous() and torch.equal(values, expected)
+
+
 # --- through the pruner ----------------------------------------------------------------------
 
 

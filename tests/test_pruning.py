@@ -231,3 +231,25 @@ def test_unknown_schedule_is_a_user_error():
     model = small_model()
     with pytest.raises(UserError, match="quadratic"):
         make_pruner(model, torch.optim.Adam(model.parameters()), schedule="quadratic")
+
+
+@pytest.mark.parametrize("storage", ["bool", "bits"])
+def test_a_mask_update_reads_device_values_a_fixed_number_of_times(storage):
+    """On a GPU every read of a device value (int(), float(), bool(), .item()) waits for the device. A mask
+    update reads the step counts, the finiteness checks and the counts once each, not per tensor or chunk:
+    the reads are the same for 3 tensors as for 12, in 1 chunk each or 16 (the threshold's own reads and its
+    boolean selections, one per chunk, aside)."""
+    def reads(layers: int, chunk: int) -> int:
+        torch.manual_seed(0)
+        model = nn.Sequential(*[nn.Linear(64, 64) for _ in range(layers)])
+        opt = torch.optim.AdamW(model.parameters(), lr=1e-2)
+        for p in model.parameters():
+            p.grad = torch.randn_like(p)
+        opt.step()
+        pruner = GradualPruner(model, opt, "bitter7", 0.5, warmup_steps=0, ramp_end_step=1, frequency=1,
+                               chunk_size=chunk, mask_storage=storage)
+        with torch.profiler.profile() as prof:
+            pruner.update_masks(0.5)
+        return sum(e.count for e in prof.key_averages() if e.key == "aten::_local_scalar_dense")
+
+    assert reads(3, 4096) == reads(12, 4096) == reads(12, 256)

@@ -110,11 +110,17 @@ def gather(mask: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
 
 def count_kept(mask: torch.Tensor) -> int:
     """Entries the mask keeps (padding bits are 0, so a bit mask counts only its entries)."""
+    return int(kept(mask))
+
+
+def kept(mask: torch.Tensor) -> torch.Tensor:
+    """count_kept as a 0-dim int64 tensor where the mask is, not read back: many masks' counts can then be
+    read at once (on a GPU each read waits for the device)."""
     if not is_packed(mask):
-        return int(torch.count_nonzero(mask))
+        return torch.count_nonzero(mask)
     n = mask.numel() * 8
-    return sum(int(torch.count_nonzero(unpack(mask, start, min(start + _CHUNK, n))))
-               for start in range(0, n, _CHUNK))
+    counts = [torch.count_nonzero(unpack(mask, start, min(start + _CHUNK, n))) for start in range(0, n, _CHUNK)]
+    return torch.stack(counts).sum() if counts else torch.zeros((), dtype=torch.int64, device=mask.device)
 
 
 def convert(mask: torch.Tensor, param: torch.Tensor, storage: str) -> torch.Tensor:

@@ -29,6 +29,7 @@ chunk by chunk either way.
 from __future__ import annotations
 
 import math
+from itertools import accumulate
 from typing import Iterator, Optional, Sequence
 
 import torch
@@ -107,6 +108,37 @@ def _default_chunk(device: torch.device) -> int:
     return (1 << 24) if device.type == "cuda" else (1 << 18)
 
 
+class FiniteCheck:
+    """Whether every score added is finite, kept on the scores' device: one read at the end instead of one
+    per chunk (on a GPU each read waits for the device). A float64 sum of float32 scores is finite exactly
+    when every score is (it cannot overflow below 10**269 of them)."""
+
+    def __init__(self) -> None:
+        self.total: Optional[torch.Tensor] = None
+
+    def add(self, scores: torch.Tensor) -> None:
+        chunk = scores.sum(dtype=torch.float64) if scores.numel() else None
+        if chunk is not None:
+            self.total = chunk if self.total is None else self.total.add_(chunk)
+
+    def finite(self) -> bool:
+        return self.total is None or bool(torch.isfinite(self.total))
+
+
+def _read_counts(steps: list) -> list[float]:
+    """Step counts (0-dim tensors, or numbers as AdamWSPAM keeps them) as floats, the tensors on each device
+    read in one go."""
+    values: list[float] = [float(t) if not torch.is_tensor(t) else 0.0 for t in steps]
+    by_device: dict[torch.device, list[int]] = {}
+    for i, t in enumerate(steps):
+        if torch.is_tensor(t):
+            by_device.setdefault(t.device, []).append(i)
+    for indices in by_device.values():
+        for i, value in zip(indices, torch.stack([steps[i].double() for i in indices]).tolist()):
+            values[i] = value
+    return values
+
+
 class GradualPruner:
     """Global pruning from warm-up to ramp end, masks updated every `frequency` steps.
 
@@ -142,6 +174,7 @@ class GradualPruner:
         self.ramp: Optional[Ramp] = None  # how the run planned warm-up and ramp end (lib/train/harness.py), for metrics
         self.last_update_scratch_bytes = 0
         self._step = 0  # of the mask update in progress, for error messages
+        self._corrections: Optional[dict[str, float]] = None  # bias corrections read once per mask update
 
     def _tracked_tensors(self) -> dict[str, torch.Tensor]:
         if self.score.tracks == "initial":
@@ -201,6 +234,13 @@ class GradualPruner:
         """Prune exactly round(fraction * N) entries by global score (per tensor for layer-adaptive
         scores), then zero them everywhere. Non-finite scores raise NonFiniteError, masks untouched."""
         self._step = step
+        self._corrections = self._bias_corrections()
+        try:
+            self._update_masks(fraction, step)
+        finally:
+            self._corrections = None
+
+    def _update_masks(self, fraction: float, step: int) -> None:
         if self.score.layer_adaptive:
             layer_counts = self._layer_counts(fraction)
             groups = [((name,), count) for name, count in layer_counts.items() if count > 0]
@@ -241,7 +281,8 @@ class GradualPruner:
                 self._keep_ties(threshold.value, excess, names)
         self.apply()
         # Counting the masks reads a quarter (bool) or 1/32 (bits) of the bytes of counting the weights.
-        pruned = {name: self.params[name].numel() - bitmask.count_kept(m) for name, m in self.masks.items()}
+        kept = torch.stack([bitmask.kept(m) for m in self.masks.values()]).tolist()  # one read of all counts
+        pruned = {name: self.params[name].numel() - k for name, k in zip(self.masks, kept)}
         entry = {"step": step, "target_pct": 100.0 * fraction,
                  "measured_pct": 100.0 * sum(pruned.values()) / self.total, "threshold": None,
                  "passes": max(t.passes for _, _, t in found)}
@@ -316,12 +357,20 @@ class GradualPruner:
         if self.score.needs_moments and "exp_avg_sq" not in state:
             raise UserError(f"score {self.score_name!r} reads Adam's moments, but the optimizer "
                             f"({type(self.optimizer).__name__}) has none for {name}: use AdamWPrune")
-        bias_correction1 = 1.0
-        if "step" in state:
-            beta1 = next(g["betas"][0] for g in self.optimizer.param_groups if any(p is param for p in g["params"]))
-            bias_correction1 = 1.0 - beta1 ** float(state["step"])
+        corrections = self._corrections if self._corrections is not None else self._bias_corrections((name,))
         return ScoreInputs(param.detach(), state.get("exp_avg"), state.get("exp_avg_sq"), self.tracked.get(name),
-                           bias_correction1 or 1.0)
+                           corrections.get(name, 1.0))
+
+    def _bias_corrections(self, names: Optional[Sequence[str]] = None) -> dict[str, float]:
+        """name -> 1 - beta1^t (1.0 at t = 0) for each of `names` (default all) with an Adam step count t: the
+        counts read together (on a GPU each read of a count waits for the device)."""
+        beta1_of = {id(p): group["betas"][0] for group in self.optimizer.param_groups
+                    if "betas" in group for p in group["params"]}
+        found = [(name, self.optimizer.state.get(self.params[name], {}).get("step"))
+                 for name in (self.params if names is None else names)]
+        found = [(name, t) for name, t in found if t is not None and id(self.params[name]) in beta1_of]
+        counts = _read_counts([t for _, t in found])
+        return {name: (1.0 - beta1_of[id(self.params[name])] ** t) or 1.0 for (name, _), t in zip(found, counts)}
 
     def _score_chunks(self, names: Optional[Sequence[str]] = None,
                       force_pruned: bool = True) -> Iterator[tuple[str, int, int, torch.Tensor]]:
@@ -331,7 +380,9 @@ class GradualPruner:
         -inf where the mask prunes, so pruned stays pruned.
         """
         scratch: Optional[torch.Tensor] = None
-        for name in self.params if names is None else names:
+        names = list(self.params) if names is None else names
+        total = FiniteCheck()
+        for name in names:
             param = self.params[name]
             inputs, n = self._inputs(name, param), param.numel()
             if scratch is None:
@@ -340,10 +391,12 @@ class GradualPruner:
                 end = min(start + self.chunk_size, n)
                 out = scratch[:end - start]
                 self.score.fn(inputs.chunk(start, end), out)
-                self._check_finite(out, name)
+                total.add(out)
                 if force_pruned and self.score.signed and name in self.masks:
                     out.masked_fill_(~bitmask.read(self.masks[name], start, end), -math.inf)
                 yield name, start, end, out
+        if not total.finite():  # checked once all are scored, before any caller changes a mask
+            self._raise_non_finite(names)
 
     def _score_values(self, names: Optional[Sequence[str]] = None) -> Iterator[torch.Tensor]:
         return (scores for _, _, _, scores in self._score_chunks(names))
@@ -353,28 +406,37 @@ class GradualPruner:
         names = list(self.params) if names is None else list(names)
         total = sum(self.params[name].numel() for name in names)
         positions = torch.randint(total, (n,), generator=self.generator).sort().values
-        samples, offset = [], 0
-        for name in names:
+        offsets = list(accumulate((self.params[name].numel() for name in names), initial=0))
+        bounds = torch.searchsorted(positions, torch.tensor(offsets)).tolist()  # on the host, like the positions
+        samples, check = [], FiniteCheck()
+        for i, name in enumerate(names):
             param = self.params[name]
-            lo, hi = torch.searchsorted(positions, torch.tensor([offset, offset + param.numel()])).tolist()
-            index = (positions[lo:hi] - offset).to(param.device)
+            index = (positions[bounds[i]:bounds[i + 1]] - offsets[i]).to(param.device)
             out = torch.empty(index.numel(), device=param.device)
             self.score.fn(self._inputs(name, param).take(index), out)
-            self._check_finite(out, name)
+            check.add(out)
             if self.score.signed and name in self.masks:
                 out.masked_fill_(~bitmask.gather(self.masks[name], index), -math.inf)
-            samples.append(out.cpu())
-            offset += param.numel()
-        return torch.cat(samples)
+            samples.append(out)
+        if not check.finite():
+            self._raise_non_finite(names)
+        return torch.cat(samples).cpu()  # one copy back, not one per tensor
 
-    def _check_finite(self, scores: torch.Tensor, name: str) -> None:
-        """NonFiniteError if any score is NaN or infinite: one sum per chunk, the exact test only if it fails."""
-        if bool(torch.isfinite(scores.sum())) or bool(torch.isfinite(scores).all()):
-            return
-        kind = "nan" if bool(torch.isnan(scores).any()) else "infinite"
-        source = "the tracked movement" if self.score.tracks else "the optimizer state"
-        raise NonFiniteError(f"pruning score {self.score_name} is {kind} in {name} at step {self._step}: "
-                             f"the weights or {source} went non-finite")
+    def _raise_non_finite(self, names: Sequence[str]) -> None:
+        """NonFiniteError naming the first of `names` with a NaN or infinite score (scored again chunk by
+        chunk, exactly)."""
+        for name in names:
+            param = self.params[name]
+            inputs, n = self._inputs(name, param), param.numel()
+            for start in range(0, n, self.chunk_size):
+                scores = torch.empty(min(self.chunk_size, n - start), device=param.device)
+                self.score.fn(inputs.chunk(start, min(start + self.chunk_size, n)), scores)
+                if bool(torch.isfinite(scores).all()):
+                    continue
+                kind = "nan" if bool(torch.isnan(scores).any()) else "infinite"
+                source = "the tracked movement" if self.score.tracks else "the optimizer state"
+                raise NonFiniteError(f"pruning score {self.score_name} is {kind} in {name} at step {self._step}: "
+                                     f"the weights or {source} went non-finite")
 
     # -- accounting -------------------------------------------------------
 

@@ -68,13 +68,14 @@ def _bracket(drawn: torch.Tensor, q: float, sigmas: float) -> tuple[float, float
 
 
 def _count_and_collect(chunks: ChunkScores, lo: float, hi: float) -> tuple[int, torch.Tensor]:
-    """(#scores <= lo, the scores in (lo, hi]) in one pass."""
-    below, inside = 0, []
+    """(#scores <= lo, the scores in (lo, hi]) in one pass; the count kept on the scores' device and read once
+    at the end (on a GPU each read waits for the device)."""
+    below, inside = [], []
     for scores in chunks():
         if lo > -math.inf:
-            below += int(torch.count_nonzero(scores <= lo))
+            below.append(torch.count_nonzero(scores <= lo))
             selected = scores[(scores > lo) & (scores <= hi)] if hi < math.inf else scores[scores > lo]
         else:
             selected = scores[scores <= hi] if hi < math.inf else scores.reshape(-1)
         inside.append(selected.float().clone())  # chunks reuse scratch memory
-    return below, torch.cat(inside) if inside else torch.empty(0)
+    return int(torch.stack(below).sum()) if below else 0, torch.cat(inside) if inside else torch.empty(0)

@@ -1,5 +1,5 @@
-"""AdamWPrune on the AdamWSPAM base: the Triton SPAM step (lib/optim/triton_masked_adamw.py, _masked_spam, driven
-by lib/optim/fused_masked_spam.py), run on CPU under TRITON_INTERPRET=1, and the path chosen without CUDA.
+"""AdamWPrune on the AdamWSPAM base: the Triton SPAM step (lib/optim/triton_masked_adamw.py, _masked_spam_multi,
+driven by lib/optim/fused_masked_spam.py through lib/optim/triton_binding.py), run on CPU under TRITON_INTERPRET=1, and the path chosen without CUDA.
 
 Against AdamWSPAM (lib/optim/spam.py, itself checked against a transcription of the authors' code in
 tests/test_spam.py) stepping on masked gradients with masked weights: after every step, every tensor's w, m
@@ -25,7 +25,7 @@ from lib.pruning import GradualPruner, bitmask
 from lib.pruning.mask_ops import zero_pruned_
 from lib.spec import OptimizerParams, SpamParams
 from tests.pruning_loop import train_steps
-from tests.test_triton_step import compile_for_sm90, groups
+from tests.test_triton_step import compile_for_sm90, count_bindings, groups, multi_compile
 from tests.test_triton_step import interpreted  # noqa: F401 (the fixture: the kernels built for the interpreter)
 from tests.test_triton_step import masks_of as shared_masks_of
 from tests.test_triton_step import tensors as shared_tensors
@@ -93,7 +93,18 @@ def test_the_scenario_has_resets_warmup_and_clipping_on_and_off():
 
 @pytest.mark.parametrize("storage", ["bool", "bits"])
 def test_kernel_matches_adamwspam_on_masked_gradients(interpreted, storage, monkeypatch):  # noqa: F811
+    run_against_adamwspam(storage, monkeypatch, two_pass_at=None)
+
+
+def test_a_two_pass_step_in_between_is_counted(interpreted, monkeypatch):  # noqa: F811
+    """At t = 3 a transposed gradient takes the two-pass step (AdamWSPAM's own, which counts the steps):
+    the kept launch tables must see the counts moved, and be made again."""
+    run_against_adamwspam("bits", monkeypatch, two_pass_at=3)
+
+
+def run_against_adamwspam(storage, monkeypatch, two_pass_at):
     monkeypatch.setattr(MaskedAdamWSPAM, "TRITON_DEVICES", ("cpu",))
+    builds = count_bindings(monkeypatch)
     params, expected = tensors(), tensors()
     ours = MaskedAdamWSPAM(groups(params), 1e-2, BETAS, EPS, **SPAM)
     reference = AdamWSPAM(groups(expected), 1e-2, BETAS, EPS, **SPAM)
@@ -103,9 +114,11 @@ def test_kernel_matches_adamwspam_on_masked_gradients(interpreted, storage, monk
     zero_pruned_([(p.data, k) for p, k in reference_keep.items()])
     starts = [p.detach().abs().max() for p in expected]
     for t, grads in enumerate(gradients(), start=1):
+        if t == two_pass_at:
+            grads = grads[:-1] + [grads[-1].t().contiguous().t()]  # the unmasked (3, 5) tensor
         step_all(ours, params, grads, t, masks=stored)
         step_all(reference, expected, grads, t, two_pass=reference_keep)
-        assert ours.fallback_note is None
+        assert (ours.fallback_note is None) == (two_pass_at is None or t < two_pass_at)
         for p, q, start in zip(params, expected, starts):
             where = (t, tuple(p.shape))
             assert (p - q).abs().max() <= 1e-6 * max(q.abs().max(), start), where
@@ -117,6 +130,7 @@ def test_kernel_matches_adamwspam_on_masked_gradients(interpreted, storage, monk
             for x in (p, ours.state[p]["exp_avg"], ours.state[p]["exp_avg_sq"]):
                 assert not x[~k].any(), (t, tuple(p.shape))
     assert [g["total_step"] for g in ours.param_groups] == [STEPS, STEPS]
+    assert len(builds) == (1 if two_pass_at is None else 2)  # the launch tables kept, else made again once
 
 
 def test_a_step_the_kernel_cannot_take_falls_back_before_counting(interpreted, monkeypatch, capsys):  # noqa: F811
@@ -177,23 +191,6 @@ def test_on_cpu_adamwprune_on_spam_is_adamwspam_with_the_separate_pass_and_says_
         assert not optimizer.state[param]["exp_avg_sq"].view(-1)[pruned].any()
 
 
-COMPILE = """
-import triton
-from triton.backends.compiler import GPUTarget
-from triton.compiler import ASTSource
-from lib.optim.triton_masked_adamw import _masked_spam
-signature = {name: "*fp32" for name in ("w_ptr", "g_ptr", "m_ptr", "v_ptr")}
-signature.update(keep_ptr="*u8", n="i32", HAS_MASK="constexpr", MASK_BITS="constexpr", BLOCK="constexpr")
-signature.update({name: "fp32" for name in ("neg_step_size", "neg_decay", "beta1", "one_minus_beta1", "beta2",
-                                            "one_minus_beta2", "eps", "theta")})
-signature.update(reset="i32", clip="i32")
-for has_mask, bits in [(True, True), (True, False), (False, False)]:
-    source = ASTSource(fn=_masked_spam, signature=signature,
-                       constexprs={"HAS_MASK": has_mask, "MASK_BITS": bits, "BLOCK": 1024})
-    assert triton.compile(source, target=GPUTarget("cuda", 90, 32)).asm["cubin"]
-"""
-
-
 def test_spam_kernel_compiles_for_an_sm90_gpu_without_one():
     """As tests/test_triton_step.py does for the AdamW kernel: each variant to an sm_90 cubin, no GPU needed."""
-    compile_for_sm90(COMPILE)
+    compile_for_sm90(multi_compile("_masked_spam_multi", ("reset", "clip")))

@@ -78,14 +78,13 @@ def train(optimizer, params, masks, two_pass, steps=5, seed=2, event=None):
 
 
 def count_bindings(monkeypatch) -> list:
-    """The Bindings MaskedAdamW makes from now on (each builds the launch tables and reads the step counts)."""
-    made = []
+    """The bindings the optimizer makes from now on (each builds the launch tables and reads the step counts)."""
+    made, make = [], triton_binding.Binding.__init__
 
-    class Counted(triton_binding.Binding):
-        def __init__(self, *args):
-            super().__init__(*args)
-            made.append(self)
-    monkeypatch.setattr(triton_binding, "Binding", Counted)
+    def counted(self, *args):
+        make(self, *args)
+        made.append(self)
+    monkeypatch.setattr(triton_binding.Binding, "__init__", counted)
     return made
 
 
@@ -207,17 +206,21 @@ def test_without_triton_it_takes_the_two_pass_step_and_says_why(monkeypatch, cap
     assert "triton is not installed (test)" in capsys.readouterr().out
 
 
-COMPILE = """
+def multi_compile(kernel: str, flags: tuple[str, ...] = ()) -> str:
+    """A program that compiles the multi-tensor `kernel` of lib/optim/triton_masked_adamw.py (per-step int32
+    `flags` after its tables) for sm_90, each mask variant, as a GPU would at first use."""
+    return f"""
 import triton
 from triton.backends.compiler import GPUTarget
 from triton.compiler import ASTSource
-from lib.optim.triton_masked_adamw import _masked_adamw_multi
-multi = {name: "*i64" for name in ("w_ptrs", "g_ptrs", "m_ptrs", "v_ptrs", "keep_ptrs", "numels", "rows")}
-multi.update(tensor_of_block="*i32", block_in_tensor="*i32", scalars_ptr="*fp32", HAS_MASK="constexpr",
-             MASK_BITS="constexpr", BLOCK="constexpr")
+from lib.optim.triton_masked_adamw import {kernel} as kernel
+signature = {{name: "*i64" for name in ("w_ptrs", "g_ptrs", "m_ptrs", "v_ptrs", "keep_ptrs", "numels", "rows")}}
+signature.update(tensor_of_block="*i32", block_in_tensor="*i32", scalars_ptr="*fp32")
+signature.update({{name: "i32" for name in {flags!r}}})
+signature.update(HAS_MASK="constexpr", MASK_BITS="constexpr", BLOCK="constexpr")
 for has_mask, bits in [(True, True), (True, False), (False, False)]:
-    source = ASTSource(fn=_masked_adamw_multi, signature=multi,
-                       constexprs={"HAS_MASK": has_mask, "MASK_BITS": bits, "BLOCK": 1024})
+    source = ASTSource(fn=kernel, signature=signature,
+                       constexprs={{"HAS_MASK": has_mask, "MASK_BITS": bits, "BLOCK": 1024}})
     assert triton.compile(source, target=GPUTarget("cuda", 90, 32)).asm["cubin"]
 """
 
@@ -226,7 +229,7 @@ for has_mask, bits in [(True, True), (True, False), (False, False)]:
 def test_kernel_compiles_for_an_sm90_gpu_without_one():
     """The interpreter accepts code the GPU compiler refuses (globals, float64 maths): compile each variant
     to a cubin for sm_90 with Triton's bundled ptxas, as `make gpu-check` on an H100/H200 would."""
-    compile_for_sm90(COMPILE)
+    compile_for_sm90(multi_compile("_masked_adamw_multi"))
 
 
 def compile_for_sm90(program: str) -> None:

@@ -126,7 +126,7 @@ class MaskedStep:
         super().__init__(*args, **kwargs)
         self.masks: dict[torch.Tensor, torch.Tensor] = {}
         self.fallback_note: Optional[str] = None  # why the last masked step was not fused, once printed
-        self._binding: Any = None  # MaskedAdamW's Triton launch tables and what they step (triton_binding.py)
+        self._binding: Any = None  # the Triton launch tables and what they step (triton_binding.py)
 
     def set_masks(self, masks: dict[torch.Tensor, torch.Tensor]) -> None:
         """parameter -> keep mask (bool, True = keep, or bit-packed); from now on every step zeroes the
@@ -155,6 +155,30 @@ class MaskedStep:
     def _fused_step(self) -> Optional[str]:
         """Step every tensor in one masked pass and return None; or return why not, nothing stepped."""
         raise NotImplementedError
+
+    def _bound(self, kind: Any, state_of: Any) -> tuple[Any, list[torch.Tensor], Optional[str]]:
+        """(binding, gradients, None) for a Triton step of every parameter with a gradient: the binding
+        (lib/optim/triton_binding.py, class `kind`) kept from the last step while its tensors stay the same,
+        else made anew, states made by state_of(p); (None, [], None) when no parameter has a gradient; or
+        (None, [], why the kernel cannot step them), nothing stepped or counted."""
+        binding = self._binding
+        grads = binding.gradients(self, self.masks) if binding is not None else None
+        if grads is None:
+            self._binding = None
+            entries = [(i, p, state_of(p), self.masks.get(p))
+                       for i, group in enumerate(self.param_groups) for p in group["params"] if p.grad is not None]
+            if not entries:
+                return None, [], None
+            for _, p, s, keep in entries:
+                reason = unfit(p, (s["exp_avg"], s["exp_avg_sq"]), keep, entries[0][1].device, "the Triton kernel")
+                if reason:
+                    return None, [], reason
+            grads = [p.grad for _, p, _, _ in entries]
+        if set(map(attrgetter("dtype"), grads)) != {torch.float32} or not all(map(torch.Tensor.is_contiguous, grads)):
+            return None, [], "a gradient that is not contiguous float32 (the Triton kernel takes contiguous float32 tensors)"
+        if self._binding is None:
+            self._binding = kind(self, self.masks, entries)
+        return self._binding, grads, None
 
 
 class MaskedAdamW(MaskedStep, torch.optim.AdamW):
@@ -193,28 +217,11 @@ class MaskedAdamW(MaskedStep, torch.optim.AdamW):
         reason = triton_masked_adamw.unavailable()
         if reason:
             return f"{reason}; on {next(iter(self.masks)).device} the fused step needs Triton"
-        # One launch per mask kind over every tensor (a launch per tensor cost more than the step itself),
-        # its tables and the host's work kept while the tensors stay the same (triton_binding.py).
-        binding = self._binding
-        grads = binding.gradients(self, self.masks) if binding is not None else None
-        if grads is None:
-            self._binding = None
-            entries = [(i, p, self._state(p, p.device), self.masks.get(p))
-                       for i, group in enumerate(self.param_groups) for p in group["params"] if p.grad is not None]
-            if not entries:
-                return None
-            for _, p, s, keep in entries:
-                reason = unfit(p, (s["exp_avg"], s["exp_avg_sq"]), keep, entries[0][1].device, "the Triton kernel")
-                if reason:
-                    return reason
-            grads = [p.grad for _, p, _, _ in entries]
-        if set(map(attrgetter("dtype"), grads)) != {torch.float32} or not all(map(torch.Tensor.is_contiguous, grads)):
-            return "a gradient that is not contiguous float32 (the Triton kernel takes contiguous float32 tensors)"
-        if self._binding is None:
-            from lib.optim.triton_binding import Binding
-            self._binding = Binding(self, self.masks, entries)
-        self._binding.step(self, grads)
-        return None
+        from lib.optim.triton_binding import AdamWBinding
+        binding, grads, reason = self._bound(AdamWBinding, lambda p: self._state(p, p.device))
+        if binding is not None:
+            binding.step(self, grads)
+        return reason
 
     def _state(self, p: torch.Tensor, step_device: torch.device) -> dict:
         """p's state, made as torch's fused AdamW makes it, its step count on `step_device`."""

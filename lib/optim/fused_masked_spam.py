@@ -1,7 +1,9 @@
 """MaskedAdamWSPAM: AdamWPrune on the AdamWSPAM base, the pruner's masks taken into its step.
 
 On CUDA with Triton installed, for float32 tensors, step() is one Triton pass
-per tensor (lib/optim/triton_masked_adamw.py, _masked_spam): SPAM's whole
+over all tensors per mask kind (lib/optim/triton_masked_adamw.py,
+_masked_spam_multi, its launch tables kept between steps by
+lib/optim/triton_binding.py, SpamBinding): SPAM's whole
 step (reset, spike-aware clipping, moments, the warmed-up bias-corrected
 update, decay) with the mask applied to the gradient and written to w, m and
 v, so pruned weights and their moments stay exactly 0. It replaces a masking
@@ -21,7 +23,7 @@ from __future__ import annotations
 
 from typing import Optional
 
-from lib.optim.fused_masked_adamw import MaskedStep, unfit
+from lib.optim.fused_masked_adamw import MaskedStep
 from lib.optim.spam import AdamWSPAM
 
 
@@ -37,24 +39,10 @@ class MaskedAdamWSPAM(MaskedStep, AdamWSPAM):
         reason = triton_masked_adamw.unavailable()
         if reason:
             return f"{reason}; on {device} the fused step needs Triton"
-        launches = []
-        for group in self.param_groups:
-            for p in group["params"]:
-                if p.grad is None:
-                    continue
-                state, keep = self.state.get(p), self.masks.get(p)
-                moments = (state["exp_avg"], state["exp_avg_sq"]) if state else ()  # made by the step if new
-                reason = unfit(p, moments, keep, p.device, "the Triton kernel")
-                if reason:
-                    return reason
-                launches.append((group, p, keep))
-        reset, clip, scale = self._advance()
-        for group, p, keep in launches:
-            state = self._state(p)
-            state["step"] += 1
-            scalars = triton_masked_adamw.spam_scalars(state["step"], float(group["lr"]), tuple(group["betas"]),
-                                                       float(group["eps"]), float(group["weight_decay"]), scale,
-                                                       self.theta)
-            triton_masked_adamw.spam_step_tensor(p, p.grad, state["exp_avg"], state["exp_avg_sq"], keep, scalars,
-                                                 reset, clip)
-        return None
+        from lib.optim.triton_binding import SpamBinding
+        binding, grads, reason = self._bound(SpamBinding, self._state)
+        if reason is None:
+            flags = self._advance()  # the global step counted only once the step is sure to run, as AdamWSPAM's
+            if binding is not None:
+                binding.step(self, grads, *flags)
+        return reason

@@ -44,9 +44,13 @@ def _same(a: list, b: list) -> bool:
 
 class Binding:
     """One MultiTensorPlan and what it was made from: entries (group index, parameter, its state, its mask)
-    for every parameter with a gradient, in group order, states made and their moments fit for the kernel."""
+    for every parameter with a gradient, in group order, states made and their moments fit for the kernel;
+    counts, each entry's step count before this step. A subclass says how its optimizer keeps the counts."""
 
-    def __init__(self, optimizer: torch.optim.Optimizer, masks: dict, entries: list[tuple[int, Any, dict, Any]]):
+    KERNEL = ""  # triton_masked_adamw.KERNELS key
+
+    def __init__(self, optimizer: torch.optim.Optimizer, masks: dict, entries: list[tuple[int, Any, dict, Any]],
+                 counts: list[float]):
         self.state_table, self.masks = optimizer.state, masks
         self.all_params = [p for group in optimizer.param_groups for p in group["params"]]
         self.has_grad = [p.grad is not None for p in self.all_params]
@@ -55,17 +59,14 @@ class Binding:
         self.keeps = [keep for _, _, _, keep in entries]
         self.exp_avgs = [s["exp_avg"] for s in self.states]
         self.exp_avg_sqs = [s["exp_avg_sq"] for s in self.states]
-        self.steps = [s["step"] for s in self.states]
         self.addresses = [p.data_ptr() for p in self.params]
-        self.versions = [s._version for s in self.steps]
         # One scalar row per distinct (group, step count): usually one per group, as the counts advance together.
-        counts = torch.stack(self.steps).tolist()  # the one read of the device counts
         row_of: dict[tuple[int, float], int] = {}
         rows = [row_of.setdefault((g, c), len(row_of)) for (g, _, _, _), c in zip(entries, counts)]
         self.row_counts = list(row_of)
         self.taken = 0  # steps since the counts were read
         self.plan = triton_masked_adamw.MultiTensorPlan(
-            [(p, s["exp_avg"], s["exp_avg_sq"], keep) for _, p, s, keep in entries], rows)
+            [(p, s["exp_avg"], s["exp_avg_sq"], keep) for _, p, s, keep in entries], rows, self.KERNEL)
 
     def gradients(self, optimizer: torch.optim.Optimizer, masks: dict) -> Optional[list[torch.Tensor]]:
         """The gradients to step, in the plan's order, if the binding still describes `optimizer` and `masks`;
@@ -86,11 +87,31 @@ class Binding:
         if not (_same(list(map(optimizer.state.get, self.params)), states)
                 and _same([s.get("exp_avg") for s in states], self.exp_avgs)
                 and _same([s.get("exp_avg_sq") for s in states], self.exp_avg_sqs)
-                and _same([s.get("step") for s in states], self.steps)
-                and [s._version for s in self.steps] == self.versions
+                and self.counts_unmoved()
                 and list(map(torch.Tensor.data_ptr, self.params)) == self.addresses):
             return None
         return grads if len(grads) == len(self.params) else [g for g in grads if g is not None]
+
+    def counts_unmoved(self) -> bool:
+        """Whether the step counts are where this binding's last step left them."""
+        raise NotImplementedError
+
+
+class AdamWBinding(Binding):
+    """For MaskedAdamW: torch keeps each step count as a float32 tensor beside its parameter. They are read
+    once here; each step advances them on the device (one foreach add) and in the host copies."""
+
+    KERNEL = "adamw"
+
+    def __init__(self, optimizer: torch.optim.Optimizer, masks: dict, entries: list[tuple[int, Any, dict, Any]]):
+        self.steps = [s["step"] for _, _, s, _ in entries]
+        super().__init__(optimizer, masks, entries, torch.stack(self.steps).tolist())  # the one read of the counts
+        self.versions = [s._version for s in self.steps]
+
+    def counts_unmoved(self) -> bool:
+        # A count moved by anything else (a two-pass step, a state loaded in place) has a new version.
+        return (_same([s.get("step") for s in self.states], self.steps)
+                and [s._version for s in self.steps] == self.versions)
 
     def step(self, optimizer: torch.optim.Optimizer, grads: list[torch.Tensor]) -> None:
         """One masked AdamW step of every bound tensor: counts advanced on the device and here, then the kernel."""
@@ -102,3 +123,30 @@ class Binding:
                            float(groups[g]["eps"]), float(groups[g]["weight_decay"]))
                 for g, count in self.row_counts]
         self.plan.step(grads, rows)
+
+
+class SpamBinding(Binding):
+    """For MaskedAdamWSPAM: AdamWSPAM keeps each step count as a Python int in the state, advanced here."""
+
+    KERNEL = "spam"
+
+    def __init__(self, optimizer: torch.optim.Optimizer, masks: dict, entries: list[tuple[int, Any, dict, Any]]):
+        counts = [s["step"] for _, _, s, _ in entries]
+        super().__init__(optimizer, masks, entries, counts)
+        self.expected = counts
+
+    def counts_unmoved(self) -> bool:
+        return [s["step"] for s in self.states] == self.expected
+
+    def step(self, optimizer: Any, grads: list[torch.Tensor], reset: bool, clip: bool, scale: float) -> None:
+        """One masked AdamWSPAM step of every bound tensor, at this global step's reset, clip and warm-up scale."""
+        for state in self.states:
+            state["step"] += 1
+        self.expected = [s["step"] for s in self.states]
+        self.taken += 1
+        groups = optimizer.param_groups
+        rows = [triton_masked_adamw.spam_scalars(count + self.taken, float(groups[g]["lr"]), tuple(groups[g]["betas"]),
+                                                 float(groups[g]["eps"]), float(groups[g]["weight_decay"]), scale,
+                                                 optimizer.theta)
+                for g, count in self.row_counts]
+        self.plan.step(grads, rows, int(reset), int(clip))

@@ -50,8 +50,10 @@ except ImportError as exc:  # optional dependency
 BLOCK = 1024  # entries per program: a multiple of 8, so a program's mask bytes are its own
 # A tensor's float32 scalars, one row per tensor, in the order the kernel reads them (offsets 0..6 there).
 COLUMNS = ("step_size", "decay", "one_minus_beta1", "beta2", "one_minus_beta2", "bias_correction2_sqrt", "eps")
-# The SPAM kernel's float32 arguments after n, in order (spam_scalars), then its reset and clip flags.
+# A SPAM kernel row (spam_scalars), in the order the kernel reads them; its reset and clip flags follow the table.
 SPAM_COLUMNS = ("neg_step_size", "neg_decay", "beta1", "one_minus_beta1", "beta2", "one_minus_beta2", "eps", "theta")
+# The multi-tensor kernels by name: (the kernel's name in this module, the columns of its scalar rows).
+KERNELS = {"adamw": ("_masked_adamw_multi", COLUMNS), "spam": ("_masked_spam_multi", SPAM_COLUMNS)}
 
 
 def unavailable() -> Optional[str]:
@@ -98,34 +100,38 @@ if triton is not None:
         tl.store(v_ptr + offsets, v, mask=inside)
 
     @triton.jit
-    def _masked_adamw_multi(w_ptrs, g_ptrs, m_ptrs, v_ptrs, keep_ptrs, numels, rows, tensor_of_block,
-                            block_in_tensor, scalars_ptr,
-                            HAS_MASK: tl.constexpr, MASK_BITS: tl.constexpr, BLOCK: tl.constexpr):
+    def _program(w_ptrs, g_ptrs, m_ptrs, v_ptrs, keep_ptrs, numels, rows, tensor_of_block, block_in_tensor,
+                 scalars_ptr, WIDTH: tl.constexpr, BLOCK: tl.constexpr):
         # Many tensors in one launch, as torch's fused step does: program i steps block
         # block_in_tensor[i] of tensor t = tensor_of_block[i], whose addresses are read from the
-        # pointer tables and whose scalars are row rows[t] of the scalars table (MultiTensorPlan).
+        # pointer tables and whose scalars are row rows[t] (WIDTH floats) of the scalars table
+        # (MultiTensorPlan). Returns its pointers, its row, its offsets and which are inside t.
         pid = tl.program_id(0)
         t = tl.load(tensor_of_block + pid)
         offsets = tl.load(block_in_tensor + pid).to(tl.int64) * BLOCK + tl.arange(0, BLOCK)
         inside = offsets < tl.load(numels + t)
-        _adamw_block(tl.load(w_ptrs + t).to(tl.pointer_type(tl.float32)),
-                     tl.load(g_ptrs + t).to(tl.pointer_type(tl.float32)),
-                     tl.load(m_ptrs + t).to(tl.pointer_type(tl.float32)),
-                     tl.load(v_ptrs + t).to(tl.pointer_type(tl.float32)),
-                     tl.load(keep_ptrs + t).to(tl.pointer_type(tl.uint8)),
-                     scalars_ptr + tl.load(rows + t) * 7, offsets, inside, HAS_MASK, MASK_BITS)
+        return (tl.load(w_ptrs + t).to(tl.pointer_type(tl.float32)),
+                tl.load(g_ptrs + t).to(tl.pointer_type(tl.float32)),
+                tl.load(m_ptrs + t).to(tl.pointer_type(tl.float32)),
+                tl.load(v_ptrs + t).to(tl.pointer_type(tl.float32)),
+                tl.load(keep_ptrs + t).to(tl.pointer_type(tl.uint8)),
+                scalars_ptr + tl.load(rows + t) * WIDTH, offsets, inside)
 
     @triton.jit
-    def _adamw_block(w_ptr, g_ptr, m_ptr, v_ptr, keep_ptr, scalars_ptr, offsets, inside,
-                     HAS_MASK: tl.constexpr, MASK_BITS: tl.constexpr):
-        # One block of one tensor: the masked AdamW step (the multi-tensor kernel's body).
-        step_size = tl.load(scalars_ptr + 0)  # COLUMNS, in order
-        decay = tl.load(scalars_ptr + 1)
-        one_minus_beta1 = tl.load(scalars_ptr + 2)
-        beta2 = tl.load(scalars_ptr + 3)
-        one_minus_beta2 = tl.load(scalars_ptr + 4)
-        bias_correction2_sqrt = tl.load(scalars_ptr + 5)
-        eps = tl.load(scalars_ptr + 6)
+    def _masked_adamw_multi(w_ptrs, g_ptrs, m_ptrs, v_ptrs, keep_ptrs, numels, rows, tensor_of_block,
+                            block_in_tensor, scalars_ptr,
+                            HAS_MASK: tl.constexpr, MASK_BITS: tl.constexpr, BLOCK: tl.constexpr):
+        # The masked AdamW step of one block of one tensor; rows of COLUMNS (7).
+        w_ptr, g_ptr, m_ptr, v_ptr, keep_ptr, row, offsets, inside = _program(
+            w_ptrs, g_ptrs, m_ptrs, v_ptrs, keep_ptrs, numels, rows, tensor_of_block, block_in_tensor, scalars_ptr,
+            7, BLOCK)
+        step_size = tl.load(row + 0)  # COLUMNS, in order
+        decay = tl.load(row + 1)
+        one_minus_beta1 = tl.load(row + 2)
+        beta2 = tl.load(row + 3)
+        one_minus_beta2 = tl.load(row + 4)
+        bias_correction2_sqrt = tl.load(row + 5)
+        eps = tl.load(row + 6)
 
         w, g, m, v, keep = load_masked(w_ptr, g_ptr, m_ptr, v_ptr, keep_ptr, offsets, inside, HAS_MASK, MASK_BITS)
         w = w * decay
@@ -135,12 +141,23 @@ if triton is not None:
         store_masked(w_ptr, m_ptr, v_ptr, offsets, inside, w, m, v, keep, HAS_MASK)
 
     @triton.jit(do_not_specialize=["reset", "clip"])  # flags: 0 and 1 share one compiled kernel
-    def _masked_spam(w_ptr, g_ptr, m_ptr, v_ptr, keep_ptr, n, neg_step_size, neg_decay, beta1, one_minus_beta1,
-                     beta2, one_minus_beta2, eps, theta, reset, clip,
-                     HAS_MASK: tl.constexpr, MASK_BITS: tl.constexpr, BLOCK: tl.constexpr):
-        # AdamWSPAM._update (lib/optim/spam.py), operation for operation, masked like _masked_adamw_multi.
-        offsets = tl.program_id(0) * BLOCK + tl.arange(0, BLOCK)
-        inside = offsets < n
+    def _masked_spam_multi(w_ptrs, g_ptrs, m_ptrs, v_ptrs, keep_ptrs, numels, rows, tensor_of_block,
+                           block_in_tensor, scalars_ptr, reset, clip,
+                           HAS_MASK: tl.constexpr, MASK_BITS: tl.constexpr, BLOCK: tl.constexpr):
+        # AdamWSPAM._update (lib/optim/spam.py), operation for operation, masked like _masked_adamw_multi;
+        # rows of SPAM_COLUMNS (8); reset and clip are this step's, the same for every tensor.
+        w_ptr, g_ptr, m_ptr, v_ptr, keep_ptr, row, offsets, inside = _program(
+            w_ptrs, g_ptrs, m_ptrs, v_ptrs, keep_ptrs, numels, rows, tensor_of_block, block_in_tensor, scalars_ptr,
+            8, BLOCK)
+        neg_step_size = tl.load(row + 0)  # SPAM_COLUMNS, in order
+        neg_decay = tl.load(row + 1)
+        beta1 = tl.load(row + 2)
+        one_minus_beta1 = tl.load(row + 3)
+        beta2 = tl.load(row + 4)
+        one_minus_beta2 = tl.load(row + 5)
+        eps = tl.load(row + 6)
+        theta = tl.load(row + 7)
+
         w, g, m, v, keep = load_masked(w_ptr, g_ptr, m_ptr, v_ptr, keep_ptr, offsets, inside, HAS_MASK, MASK_BITS)
         restart = reset != 0  # momentum reset: m = v = 0 (where, not a product: a non-finite m goes too)
         m = tl.where(restart, 0.0, m)
@@ -176,15 +193,16 @@ class MultiTensorPlan:
     """
 
     def __init__(self, tensors: list[tuple[torch.Tensor, torch.Tensor, torch.Tensor, Optional[torch.Tensor]]],
-                 rows: list[int]):
+                 rows: list[int], kernel: str = "adamw"):
         self.kinds: list[tuple[list[int], bool, bool, dict[str, torch.Tensor]]] = []
+        self.kernel = kernel  # KERNELS key: looked up at each launch (tests swap the kernels for interpreted ones)
         device = self.device = tensors[0][0].device
         kinds: dict[tuple[bool, bool], list[int]] = {}
         for i, (w, _, _, keep) in enumerate(tensors):
             _, has_mask, bits = _mask_argument(w, keep)
             kinds.setdefault((has_mask, bits), []).append(i)
         self.order = [i for members in kinds.values() for i in members]  # gradients in launch order
-        self.row_entries = len(COLUMNS) * (max(rows) + 1)
+        self.row_entries = len(KERNELS[kernel][1]) * (max(rows) + 1)
         # One int64 buffer per step: the gradients' addresses, then the float32 scalar rows (two per entry).
         self.buffer = torch.empty(len(tensors) + (self.row_entries + 1) // 2, dtype=torch.int64, device=device)
         scalars = self.buffer[len(tensors):].view(torch.float32)[:self.row_entries]
@@ -211,19 +229,21 @@ class MultiTensorPlan:
                 "tensor_of_block": tensor_of_block.to(torch.int32), "block_in_tensor": block_in_tensor.to(torch.int32)}))
             first += len(members)
 
-    def step(self, grads: list[torch.Tensor], rows: list[tuple[float, ...]]) -> None:
-        """One masked AdamW step of every tensor; grads in the order the plan was made with, rows of COLUMNS
-        (float64, rounded to float32 here as torch rounds them) as numbered when it was made."""
+    def step(self, grads: list[torch.Tensor], rows: list[tuple[float, ...]], *flags: int) -> None:
+        """One masked step of every tensor; grads in the order the plan was made with, rows of the kernel's
+        columns (float64, rounded to float32 here as torch rounds them) as numbered when it was made, flags
+        the kernel's per-step arguments after them (SPAM: reset, clip)."""
         host = torch.empty(self.buffer.shape, dtype=torch.int64, pin_memory=self.device.type == "cuda")
         values = host.numpy()
         addresses = list(map(torch.Tensor.data_ptr, grads))
         values[:len(grads)] = [addresses[i] for i in self.order]
         values[len(grads):].view(numpy.float32)[:self.row_entries] = [x for row in rows for x in row]
         self.buffer.copy_(host, non_blocking=True)
+        kernel = globals()[KERNELS[self.kernel][0]]
         for members, has_mask, bits, t in self.kinds:
-            _masked_adamw_multi[(t["tensor_of_block"].numel(),)](
+            kernel[(t["tensor_of_block"].numel(),)](
                 t["w"], t["g"], t["m"], t["v"], t["keep"], t["numels"], t["rows"], t["tensor_of_block"],
-                t["block_in_tensor"], t["scalars"], HAS_MASK=has_mask, MASK_BITS=bits, BLOCK=BLOCK)
+                t["block_in_tensor"], t["scalars"], *flags, HAS_MASK=has_mask, MASK_BITS=bits, BLOCK=BLOCK)
 
 
 def spam_scalars(step: int, lr: float, betas: tuple[float, float], eps: float, weight_decay: float, scale: float,
@@ -233,16 +253,3 @@ def spam_scalars(step: int, lr: float, betas: tuple[float, float], eps: float, w
     step_size = lr * math.sqrt(1.0 - beta2 ** step) / (1.0 - beta1 ** step)
     neg_decay = -lr * weight_decay if weight_decay > 0 else 0.0
     return (-step_size * scale, neg_decay, beta1, 1.0 - beta1, beta2, 1.0 - beta2, eps, theta)
-
-
-def spam_step_tensor(w: torch.Tensor, g: torch.Tensor, m: torch.Tensor, v: torch.Tensor, keep: Optional[torch.Tensor],
-                     scalars: tuple[float, ...], reset: bool, clip: bool) -> None:
-    """One masked AdamWSPAM step of contiguous float32 w (m, v updated in place); scalars from spam_scalars().
-
-    reset: zero m and v first (the step's t is a multiple of the interval); clip: spike-aware clipping is
-    active at this step. keep: None (dense), a bool tensor of w's shape, or its ceil(n/8) packed bytes.
-    """
-    n = w.numel()
-    keep_arg, has_mask, bits = _mask_argument(w, keep)
-    _masked_spam[(triton.cdiv(n, BLOCK),)](w, g, m, v, keep_arg, n, *scalars, int(reset), int(clip),
-                                           HAS_MASK=has_mask, MASK_BITS=bits, BLOCK=BLOCK)

@@ -152,17 +152,19 @@ def bench_step(model: GPT, device: torch.device, repeats: int) -> dict[str, floa
 def bench_spam_step(model: GPT, device: torch.device, repeats: int, masks: dict,
                     bits: dict) -> dict[str, float | str]:
     """AdamWPrune on AdamWSPAM (MaskedAdamWSPAM: one Triton pass) against masking then AdamWSPAM's own step."""
-    ours = build_optimizer("adamwprune", model, 1e-4, dataclasses.replace(ADAMWPRUNE, base="adamwspam", spam=SPAM))
+    # One optimizer per storage, as in training: a step keeps its launch tables while the masks stay the same.
+    ours, ours_bits = (build_optimizer("adamwprune", model, 1e-4,
+                                       dataclasses.replace(ADAMWPRUNE, base="adamwspam", spam=SPAM)) for _ in range(2))
     spam = build_optimizer("adamwspam", model, 1e-4, OptimizerParams(
         learning_rate=None, betas=(0.9, 0.999), eps=1e-8, weight_decay=0.1, spam=SPAM))
 
     def spam_bool() -> None:
-        ours.set_masks(masks)
+        ours.set_masks(dict(masks))
         ours.step()
 
     def spam_bits() -> None:
-        ours.set_masks(bits)
-        ours.step()
+        ours_bits.set_masks(dict(bits))
+        ours_bits.step()
 
     def spam_two_pass() -> None:
         zero_pruned_(((p.grad, keep) for p, keep in masks.items()))

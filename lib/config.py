@@ -499,7 +499,8 @@ def settings_from_kconfig(kconf: kconfiglib.Kconfig) -> Settings:
     pruning = PruningSettings(
         warmup_steps=_int(kconf, "PRUNING_WARMUP"), frequency=_int(kconf, "PRUNING_FREQUENCY"),
         ramp_end_epoch=_int(kconf, "PRUNING_RAMP_END_EPOCH"), schedule=_choice_name(kconf, _SCHEDULES),
-        ramp_fit=_y(kconf, "PRUNING_RAMP_FIT"), mask_storage=_choice_name(kconf, _MASK_STORAGE))
+        ramp_fit=_y(kconf, "PRUNING_RAMP_FIT"), mask_storage=_choice_name(kconf, _MASK_STORAGE),
+        ramp_end_step=0)  # no symbol: the ramp ends with its epoch (lib/matrix.py sets upstream trainers' steps)
     methods = _pruning_methods(kconf)
     optimizer_params, model_params = _optimizer_params(kconf, numbers), _model_params(kconf, numbers)
     if any(m != "none" for m in methods):

@@ -22,7 +22,7 @@ from lib.config import Settings
 from lib.errors import UserError
 from lib.models import model_entry
 from lib.names import check_name
-from lib.spec import MAX_SEED, OptimizerParams, RunSpec, SpecError
+from lib.spec import MAX_SEED, OptimizerParams, PruningSettings, RunSpec, SpecError, TrainingSettings
 from lib.variant_budgets import variant_budget
 
 
@@ -68,7 +68,8 @@ def _check_bounds(spec: RunSpec, where: str) -> None:
               ("hyperparams.training.lr_warmup_steps", t.lr_warmup_steps, t.lr_warmup_steps >= 0, "at least 0"),
               ("hyperparams.pruning.warmup_steps", p.warmup_steps, p.warmup_steps >= 0, "at least 0"),
               ("hyperparams.pruning.frequency", p.frequency, p.frequency >= 1, "at least 1"),
-              ("hyperparams.pruning.ramp_end_epoch", p.ramp_end_epoch, p.ramp_end_epoch >= 1, "at least 1"))
+              ("hyperparams.pruning.ramp_end_epoch", p.ramp_end_epoch, p.ramp_end_epoch >= 1, "at least 1"),
+              ("hyperparams.pruning.ramp_end_step", p.ramp_end_step, p.ramp_end_step >= 0, "at least 0"))
     for name, value, holds, allowed in bounds:
         if not holds:
             raise UserError(f"{where}: {name} {value!r} is not {allowed}")
@@ -108,15 +109,43 @@ def _variants(settings: Settings, model: str) -> tuple[str | None, ...]:
     return settings.gpt2_variants
 
 
+# An upstream defconfig's values are written for upstream's trainer of each model, which hard-codes
+# some of what our Kconfig makes settings (lib/models.py, upstream_*): its runs get what that trainer did.
+
 def _optimizer_params(settings: Settings, model: str, optimizer: str) -> OptimizerParams:
     """The optimizer's settings for runs of `model`. An upstream defconfig's LEARNING_RATE is what
     upstream's trainer for the model scales: ResNet-18's multiplies it by 0.001 for every optimizer but
-    SGD (upstream Kconfig, LEARNING_RATE help), so those runs get that rate unless the file sets their own."""
-    params = settings.optimizer_params[optimizer]
-    scale = model_entry(model).upstream_adam_lr_scale
-    if settings.upstream_semantics and optimizer != "sgd" and scale != 1.0 and params.learning_rate is None:
+    SGD (upstream Kconfig, LEARNING_RATE help), so those runs get that rate unless the file sets their own.
+    A trainer that clips nothing also drops AdamWAdv's clip (upstream applies it in the trainer)."""
+    params, entry = settings.optimizer_params[optimizer], model_entry(model)
+    if not settings.upstream_semantics:
+        return params
+    scale = entry.upstream_adam_lr_scale
+    if optimizer != "sgd" and scale != 1.0 and params.learning_rate is None:
         params = dataclasses.replace(params, learning_rate=settings.training.learning_rate * scale)
+    if not entry.upstream_clips and params.adv is not None and params.adv.grad_clip:
+        adv = dataclasses.replace(params.adv, grad_clip=0.0)
+        params = dataclasses.replace(params, adv=adv)
     return params
+
+
+def _training(settings: Settings, model: str) -> TrainingSettings:
+    """An upstream defconfig's runs of a model whose upstream trainer clips nothing: clipping off."""
+    if settings.upstream_semantics and not model_entry(model).upstream_clips:
+        return dataclasses.replace(settings.training, grad_clip_norm=0.0)
+    return settings.training
+
+
+def _pruning_settings(settings: Settings, model: str, method: str) -> PruningSettings:
+    """An upstream defconfig's magnitude and movement runs get the ramp end and mask interval (steps) of
+    the pruners of upstream's trainer for the model, where it hands them only PRUNING_WARMUP (ResNet-18:
+    step 3000, every 100 steps, whatever PRUNING_RAMP_END_EPOCH and PRUNING_FREQUENCY say). State runs
+    keep AdamWPrune's ADAMWPRUNE_* settings, which upstream's trainer reads."""
+    entry, pruning = model_entry(model), settings.pruning
+    if not settings.upstream_semantics or method in ("none", "state") or not entry.upstream_pruner_ramp_end_step:
+        return pruning
+    return dataclasses.replace(pruning, ramp_end_step=entry.upstream_pruner_ramp_end_step,
+                               frequency=entry.upstream_pruner_frequency or pruning.frequency)
 
 
 def expand(settings: Settings) -> list[RunSpec]:
@@ -136,8 +165,9 @@ def expand(settings: Settings) -> list[RunSpec]:
                             run_id = make_run_id(model, optimizer, method, variant, level,
                                                  seed if tag_seed else None)
                             runs.append(RunSpec(
-                                run_id, model, optimizer, method, variant, level, seed, training=settings.training,
-                                pruning_settings=settings.pruning,
+                                run_id, model, optimizer, method, variant, level, seed,
+                                training=_training(settings, model),
+                                pruning_settings=_pruning_settings(settings, model, method),
                                 optimizer_params=_optimizer_params(settings, model, optimizer),
                                 model_params=model_params, variant_budget=budget))
     if not runs:

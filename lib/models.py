@@ -52,9 +52,15 @@ class ModelEntry:
     activation_scales_with_width: bool = False  # the figure above is for GPT-2 124M: scale by layers x width
     bitter_variants: bool = False  # AdamWPrune state runs multiply by the enabled GPT2_ADAMWPRUNE_VARIANT_*s
     tf32_setting: bool = False  # CUDA matmuls follow GPT2_TF32_ALLOWED (others keep torch's default)
-    # Upstream's trainer for the model multiplies LEARNING_RATE by this for every optimizer but SGD; applied
-    # to upstream defconfigs only (lib/matrix.py), whose LEARNING_RATE is written for that trainer.
+    # What upstream's trainer for the model hard-codes, applied to upstream defconfigs only (lib/matrix.py),
+    # whose values are written for that trainer. It multiplies LEARNING_RATE by upstream_adam_lr_scale for
+    # every optimizer but SGD; it builds its magnitude and movement pruners with only PRUNING_WARMUP, so they
+    # keep their own ramp end and mask interval (optimizer steps; 0: the file's PRUNING_RAMP_END_EPOCH and
+    # PRUNING_FREQUENCY); with upstream_clips False it clips no gradient (GRADIENT_CLIP_NORM, AdamWAdv's clip).
     upstream_adam_lr_scale: float = 1.0
+    upstream_pruner_ramp_end_step: int = 0
+    upstream_pruner_frequency: int = 0
+    upstream_clips: bool = True
 
     def __post_init__(self) -> None:
         if self.task not in TASKS:
@@ -104,9 +110,13 @@ def task_of(name: str | None) -> str | None:
 
 register(ModelEntry("lenet5", "LeNet-5 (MNIST)", CLASSIFICATION, "lenet5.train", _image_params("LENET5"),
                     lr_schedule="constant", activation_mib_per_sample=0.2))
+# Upstream resnet18/train.py: scaled_lr = lr * 0.001 for the Adam family; MagnitudePruning(model,
+# target_sparsity, warmup_steps) and MovementPruning(...) alike, whose defaults are ramp_end_step=3000 and
+# pruning_frequency=100 (upstream lib/magnitude_pruning.py, lib/movement_pruning.py); it discards the clip norm
+# create_optimizer returns (`optimizer, _, _, _, adamprune_state = ...`) and never calls clip_grad_norm_.
 register(ModelEntry("resnet18", "ResNet-18 (CIFAR-10)", CLASSIFICATION, "resnet18.train", _image_params("RESNET18"),
-                    activation_mib_per_sample=12.0,
-                    upstream_adam_lr_scale=0.001))  # upstream resnet18/train.py: scaled_lr = lr * 0.001
+                    activation_mib_per_sample=12.0, upstream_adam_lr_scale=0.001,
+                    upstream_pruner_ramp_end_step=3000, upstream_pruner_frequency=100, upstream_clips=False))
 register(ModelEntry(
     "resnet50", "ResNet-50 (CIFAR-100)", CLASSIFICATION, "resnet50.train",
     _image_params("RESNET50") + (

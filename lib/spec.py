@@ -49,7 +49,8 @@ LEGACY_TRAINING: dict[str, Any] = {
     "grad_clip_norm": None, "tf32": True,  # 6921d5f: the model's clip; TF32 allowed
 }
 LEGACY_PRUNING: dict[str, Any] = {"ramp_fit": False,  # 6921d5f
-                                  "mask_storage": "bool"}  # 0fbf9e3
+                                  "mask_storage": "bool",  # 0fbf9e3
+                                  "ramp_end_step": 0}  # upstream ResNet-18 ramp: the end from ramp_end_epoch
 LEGACY_OPTIMIZER: dict[str, Any] = {"learning_rate": None,  # 281f26c (sgd) / 6921d5f: LEARNING_RATE
                                     "state_score": "bitter0"}  # 281f26c
 LEGACY_SPAM: dict[str, Any] = {"clip_delay_steps": 20}  # 6921d5f: the SPAM authors' delay
@@ -57,13 +58,21 @@ LEGACY_SPAM: dict[str, Any] = {"clip_delay_steps": 20}  # 6921d5f: the SPAM auth
 
 class _Record:
     """JSON in and out for a flat settings record: `JSON_PATH` names it in errors, `LEGACY` fills
-    the keys that files of earlier versions lack."""
+    the keys that files of earlier versions lack. A key in `OPTIONAL` (added after lib/spec.py fixed
+    the layout) is written only when its value differs from LEGACY's, so the files of every run that
+    does not use it, and the identity of their resume checkpoints (a hash of this JSON), stay as
+    they were."""
 
     JSON_PATH = ""
     LEGACY: Mapping[str, Any] = MappingProxyType({})
+    OPTIONAL: frozenset[str] = frozenset()
 
     def to_json(self) -> dict[str, Any]:
-        return asdict(self)  # subclasses are dataclasses
+        data = asdict(self)  # subclasses are dataclasses
+        for key in self.OPTIONAL:
+            if data[key] == self.LEGACY[key]:
+                del data[key]
+        return data
 
     @classmethod
     def from_json(cls, data: Any, where: str | None = None) -> Any:
@@ -98,15 +107,22 @@ class TrainingSettings(_Record):
 
 @dataclass(frozen=True)
 class PruningSettings(_Record):
+    """When magnitude and movement runs prune (state runs take AdamWPrune's own warm-up, frequency
+    and ramp end: RunSpec.pruning_timing), on which curve, and how masks are held."""
+
     warmup_steps: int
     frequency: int
     ramp_end_epoch: int
     schedule: str  # a curve of lib/pruning/schedules.py, or "per-method" (upstream's)
     ramp_fit: bool  # move a ramp that ends at/after the last step to 75% of the run
     mask_storage: str  # "bool" (a byte per weight) or "bits" (eight per byte): lib/pruning/bitmask.py
+    # The optimizer step the ramp ends at, instead of the end of epoch ramp_end_epoch; 0: that epoch.
+    # Set only for an upstream defconfig's runs whose upstream trainer fixes it (lib/models.py).
+    ramp_end_step: int
 
     JSON_PATH = "hyperparams.pruning"
     LEGACY = LEGACY_PRUNING
+    OPTIONAL = frozenset({"ramp_end_step"})
 
 
 @dataclass(frozen=True)
@@ -257,6 +273,16 @@ class RunSpec:
         # a mappingproxy does not pickle (submitit pickles each run's task): rebuild from a dict
         return (type(self), tuple(dict(v) if isinstance(v, MappingProxyType) else v
                                   for v in (getattr(self, f.name) for f in fields(self))))
+
+    def pruning_timing(self) -> tuple[int, int, int]:
+        """(warm-up steps, ramp-end step or 0 for the end of epoch pruning_settings.ramp_end_epoch, steps
+        between mask updates) of a pruned run: state runs follow AdamWPrune's own settings (as upstream),
+        magnitude and movement runs the general ones."""
+        if self.pruning == "state":
+            opt = self.optimizer_params
+            return opt.warmup_steps, opt.ramp_end_step, opt.frequency
+        p = self.pruning_settings
+        return p.warmup_steps, p.ramp_end_step, p.frequency
 
     @property
     def gpus(self) -> int:

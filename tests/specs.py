@@ -16,7 +16,7 @@ TRAINING = TrainingSettings(
     save_checkpoint=False, resume=True, grad_accum=1, hyper_param_auto=False, target_effective_batch=1024,
     log_every=0, grad_clip_norm=None, tf32=True)
 PRUNING = PruningSettings(warmup_steps=10, frequency=5, ramp_end_epoch=1, schedule="per-method", ramp_fit=False,
-                          mask_storage="bool")
+                          mask_storage="bool", ramp_end_step=0)
 ADAMW = OptimizerParams(learning_rate=None, betas=(0.9, 0.999), eps=1e-8, weight_decay=0.01)
 OPTIMIZER_PARAMS = {
     "sgd": OptimizerParams(learning_rate=None, momentum=0.9, weight_decay=0.0005), "adam": ADAMW, "adamw": ADAMW,

@@ -196,3 +196,50 @@ def test_resnet18_recipe_state_runs_ramp_linearly_as_upstreams_did():
         for p in (0.25, 0.5, 0.75):
             got = target_fraction(curve, 1000 + round(p * 1000), 1000, 2000, 0.7)
             assert got == pytest.approx(0.7 * p), (run.run_id, p)
+
+
+RESNET18_RECIPES = sorted(p for p in (ROOT / "defconfigs").iterdir() if p.name.startswith("resnet18-"))
+
+
+@pytest.mark.parametrize("path", RESNET18_RECIPES, ids=lambda p: p.name)
+def test_resnet18_recipes_ramp_as_they_say_not_as_upstreams_trainer(path):
+    """Only an upstream file gets upstream's ResNet-18 trainer's fixed ramp (step 3000, every 100
+    steps) and no clipping: our recipes ramp from their PRUNING_WARMUP to the end of their
+    PRUNING_RAMP_END_EPOCH (state runs: ADAMWPRUNE_WARMUP_STEPS, ADAMWPRUNE_FREQUENCY) every
+    PRUNING_FREQUENCY steps, as docs/recipes.md and configuration.md list them, and keep the model's clip."""
+    from lib.config import load_settings
+    from lib.matrix import expand
+    from lib.train.harness import grad_clip_norm, pruning_ramp
+
+    values = assignments(path)
+    steps_per_epoch = 391  # CIFAR-10 at batch 128
+    assert values["BATCH_SIZE"] == "128"
+    total = int(values["NUM_EPOCHS"]) * steps_per_epoch
+    runs = expand(load_settings(path, warn=lambda message: None))
+    assert {r.pruning for r in runs} > {"none"}
+    for run in runs:
+        assert run.training.grad_clip_norm is None and grad_clip_norm(run) == 0.0, run.run_id
+        if run.pruning == "none":
+            continue
+        state = run.pruning == "state"
+        warmup = int(values["ADAMWPRUNE_WARMUP_STEPS" if state else "PRUNING_WARMUP"])
+        frequency = int(values["ADAMWPRUNE_FREQUENCY" if state else "PRUNING_FREQUENCY"])
+        assert run.pruning_timing() == (warmup, 0, frequency), run.run_id
+        ramp = pruning_ramp(run, total, steps_per_epoch)
+        assert (ramp.warmup_steps, ramp.ramp_end_step) == (
+            warmup, int(values["PRUNING_RAMP_END_EPOCH"]) * steps_per_epoch), run.run_id
+
+
+def test_a_resnet18_file_of_ours_clips_as_it_says(tmp_path):
+    """GRADIENT_CLIP_NORM in a file of ours is obeyed for ResNet-18 (upstream's files: see
+    tests/test_upstream_defconfigs.py), and so is its PRUNING_FREQUENCY."""
+    from lib.config import load_settings
+    from lib.matrix import expand
+    from lib.train.harness import grad_clip_norm
+
+    config = tmp_path / "config"
+    config.write_text((ROOT / "defconfigs/resnet18-sgd-strong-baseline").read_text()
+                      + 'CONFIG_GRADIENT_CLIP_NORM="1.0"\nCONFIG_PRUNING_FREQUENCY=50\n')
+    runs = expand(load_settings(config, warn=lambda message: None))
+    assert {grad_clip_norm(run) for run in runs} == {1.0}
+    assert {run.pruning_timing() for run in runs if run.pruning == "magnitude"} == {(2000, 0, 50)}

@@ -83,7 +83,7 @@ def test_files_of_earlier_versions_read_with_the_values_those_runs_had():
     hp = entry["hyperparams"]
     for block, legacy in (("training", LEGACY_TRAINING), ("pruning", LEGACY_PRUNING)):
         for key in legacy:
-            del hp[block][key]
+            hp[block].pop(key, None)  # ramp_end_step is written only when set: this file never had it
     for key in LEGACY_OPTIMIZER:
         del hp["optimizer"][key]
     for key in LEGACY_SPAM:
@@ -92,12 +92,32 @@ def test_files_of_earlier_versions_read_with_the_values_those_runs_had():
     assert (spec.training.tf32, spec.training.grad_clip_norm, spec.training.grad_accum, spec.training.resume) == (
         True, None, 1, True)
     assert (spec.pruning_settings.ramp_fit, spec.pruning_settings.mask_storage) == (False, "bool")
+    assert spec.pruning_settings.ramp_end_step == 0 and spec.pruning_timing() == (60, 0, 20)  # AdamWPrune's own
     assert (spec.optimizer_params.learning_rate, spec.optimizer_params.state_score) == (None, "bitter0")
     assert spec.optimizer_params.spam.clip_delay_steps == 20
     written = spec.to_json()["hyperparams"]  # written back in today's layout, every key present
     assert list(written["training"]) == [f.name for f in dataclasses.fields(TrainingSettings)]
     del hp["training"]["batch_size"]
     with pytest.raises(UserError, match=r"hyperparams.training: lacks 'batch_size'"):
+        spec_from_entry(entry, "matrix.json")
+
+
+def test_a_pruning_ramp_end_step_is_written_only_where_a_run_has_one():
+    """hyperparams.pruning.ramp_end_step (upstream's ResNet-18 trainer's fixed ramp end) came after the
+    layout was fixed: a run with one writes it and reads it back; every other run's JSON, and so the
+    identity of its resume checkpoint, is what it was without the key (0: the ramp ends with its epoch)."""
+    path = ROOT / "tests/fixtures/upstream/defconfigs/resnet18--resnet18-full-pruning-compare"
+    runs = {r.run_id: r for r in expand(load_settings(path, warn=lambda message: None))}
+    pruned, state = runs["resnet18_adamw_magnitude_70"], runs["resnet18_adamwprune_state_70"]
+    written = pruned.to_json()["hyperparams"]["pruning"]
+    assert written["ramp_end_step"] == 3000 and list(written)[-1] == "ramp_end_step"
+    assert RunSpec.from_json(json.loads(as_json(pruned.to_json()))) == pruned
+    for run in (state, runs["resnet18_adamw_none"]):
+        assert "ramp_end_step" not in run.to_json()["hyperparams"]["pruning"], run.run_id
+        assert RunSpec.from_json(run.to_json()) == run
+    entry = copy.deepcopy(pruned.to_json())
+    entry["hyperparams"]["pruning"]["ramp_end_step"] = -1
+    with pytest.raises(UserError, match=r"hyperparams.pruning.ramp_end_step -1 is not at least 0"):
         spec_from_entry(entry, "matrix.json")
 
 

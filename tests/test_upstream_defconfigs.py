@@ -177,3 +177,82 @@ def test_the_legacy_results_config_gives_each_run_the_rate_it_recorded():
     runs = {r.run_id: peak_lr(r.optimizer_params, r.training)
             for r in expand(load_settings(legacy / "config.txt", warn=lambda message: None))}
     assert runs == pytest.approx(recorded)
+
+
+# Upstream's ResNet-18 trainer (resnet18/train.py, mcgrof/AdamWPrune) builds its pruners as
+# MagnitudePruning(model, target_sparsity=..., warmup_steps=args.pruning_warmup) and MovementPruning(...)
+# alike, so they keep their constructors' ramp_end_step=3000 and pruning_frequency=100 (lib/magnitude_pruning.py,
+# lib/movement_pruning.py) whatever PRUNING_RAMP_END_EPOCH and PRUNING_FREQUENCY say; it discards the clip norm
+# create_optimizer returns and never clips. Its AdamWPrune state pruning reads ADAMWPRUNE_WARMUP_STEPS and
+# ADAMWPRUNE_FREQUENCY (lib/optimizers.py, update_adamprune_masks).
+UPSTREAM_RESNET18_PRUNER = {"ramp_end_step": 3000, "frequency": 100}
+RESNET18_STEPS_PER_EPOCH = 391  # CIFAR-10's 50,000 images at batch 128, the last batch partial
+
+
+@pytest.mark.parametrize("path", DEFCONFIGS, ids=[p.name for p in DEFCONFIGS])
+def test_upstream_resnet18_runs_get_what_upstreams_trainer_hard_codes(path):
+    """Every ResNet-18 run of an upstream file: magnitude and movement ramp from the file's PRUNING_WARMUP
+    to step 3000 with a mask update every 100 steps, state runs on AdamWPrune's own settings, and nothing
+    clips gradients. Other models' runs keep the file's ramp and frequency."""
+    from lib.train.harness import grad_clip_norm
+
+    config = upstream_config(path)
+    for run in expand(load_settings(path, warn=lambda message: None)):
+        if run.pruning in ("magnitude", "movement"):
+            warmup, frequency = int(config["PRUNING_WARMUP"]), int(config["PRUNING_FREQUENCY"])
+            upstream = UPSTREAM_RESNET18_PRUNER if run.model == "resnet18" else {"ramp_end_step": 0,
+                                                                                  "frequency": frequency}
+            assert run.pruning_timing() == (warmup, upstream["ramp_end_step"], upstream["frequency"]), run.run_id
+        elif run.pruning == "state" and run.model == "resnet18":
+            assert run.pruning_timing() == (int(config["ADAMWPRUNE_WARMUP_STEPS"]), 0,
+                                            int(config["ADAMWPRUNE_FREQUENCY"])), run.run_id
+        if run.model == "resnet18":
+            assert grad_clip_norm(run) == 0.0, run.run_id
+            assert run.optimizer_params.adv is None or run.optimizer_params.adv.grad_clip == 0.0, run.run_id
+
+
+def test_an_upstream_resnet18_file_ramps_and_clips_as_upstreams_trainer_did():
+    """resnet18-full-pruning-compare asks for a ramp to epoch 75 and clipping at 1.0; upstream's trainer
+    ignored both: its pruners reached the target at step 3000 (epoch 8 at 391 steps per epoch) and no
+    gradient was clipped, AdamWAdv's included (upstream's trainer applies that clip, and this one drops it)."""
+    from lib.train.harness import grad_clip_norm, pruning_ramp
+
+    path = FIXTURES / "defconfigs/resnet18--resnet18-full-pruning-compare"
+    assert re.search(r'^CONFIG_PRUNING_RAMP_END_EPOCH=75$', path.read_text(), re.M)
+    assert re.search(r'^CONFIG_GRADIENT_CLIP_NORM="1.0"$', path.read_text(), re.M)
+    runs = {r.run_id: r for r in expand(load_settings(path, warn=lambda message: None))}
+    total = 100 * RESNET18_STEPS_PER_EPOCH
+    for run_id in ("resnet18_adamw_magnitude_70", "resnet18_sgd_movement_90"):
+        ramp = pruning_ramp(runs[run_id], total, RESNET18_STEPS_PER_EPOCH)
+        assert (ramp.warmup_steps, ramp.ramp_end_step, ramp.fitted_from) == (1000, 3000, None)
+        assert runs[run_id].pruning_settings.frequency == 100
+    assert {grad_clip_norm(run) for run in runs.values()} == {0.0}
+    assert runs["resnet18_adamwadv_none"].optimizer_params.adv.grad_clip == 0.0
+
+
+def test_the_legacy_results_config_reproduces_its_recorded_sparsity_ramp():
+    """tests/fixtures/legacy/...20250903_180836 holds what upstream's ResNet-18 trainer measured at the end
+    of each epoch: its magnitude and movement runs at 70% went 0, 0, 3.5%, 17.5%, ... 70% from epoch 8 on.
+    The runs its config.txt expands to, pruned step by step with our pruner, measure the same."""
+    import torch
+
+    from lib.train.harness import build_pruner
+
+    legacy = Path(__file__).resolve().parent / "fixtures/legacy/test_matrix_results_20250903_180836"
+    recorded = {r["test_id"]: r["sparsity"] for r in json.loads((legacy / "all_results.json").read_text())}
+    runs = {r.run_id: r for r in expand(load_settings(legacy / "config.txt", warn=lambda message: None))}
+    epochs = 10
+    for run_id in ("resnet18_adam_magnitude_70", "resnet18_adam_movement_70"):
+        model = torch.nn.Linear(100, 100, bias=False)  # 10,000 weights: sparsity in steps of 0.01%
+        optimizer = torch.optim.SGD(model.parameters(), lr=0.0)
+        pruner = build_pruner(runs[run_id], model, optimizer, 100 * RESNET18_STEPS_PER_EPOCH,
+                              RESNET18_STEPS_PER_EPOCH)
+        measured = []
+        for step in range(1, epochs * RESNET18_STEPS_PER_EPOCH + 1):
+            if pruner.score.tracks == "movement":
+                model.weight.grad = torch.ones_like(model.weight)
+                pruner.before_optimizer_step()
+            pruner.after_optimizer_step(step)
+            if step % RESNET18_STEPS_PER_EPOCH == 0:
+                measured.append(float((model.weight == 0).float().mean()))
+        assert measured == pytest.approx(recorded[run_id][:epochs], abs=1e-4), run_id

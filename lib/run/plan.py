@@ -118,12 +118,16 @@ def first_wave(pool: SlotPool, runs: list[RunSpec]) -> list[str]:
 
 
 def recipe(spec: RunSpec) -> str:
-    """What differs between runs beyond their name: peak learning rate, its decay, the sparsity curve,
-    a variant's extended training budget."""
+    """What differs between runs beyond their name: peak learning rate, its decay, the sparsity curve
+    and when it runs (as configured: the trainer may fit a ramp to the run, PRUNING_RAMP_FIT), a
+    variant's extended training budget."""
     decay = schedule_label(spec.optimizer, spec.optimizer_params, spec.training, model_entry(spec.model).lr_schedule)
     text = f"lr {peak_lr(spec.optimizer_params, spec.training):g} {decay}"
     if spec.pruning != "none":
-        text += f", {curve_for(spec.pruning_settings.schedule, spec.pruning)} ramp"
+        warmup, end_step, frequency = spec.pruning_timing()
+        end = f"step {end_step}" if end_step else f"epoch {spec.pruning_settings.ramp_end_epoch}"
+        text += (f", {curve_for(spec.pruning_settings.schedule, spec.pruning)} ramp from step {warmup} to {end}, "
+                 f"masks every {frequency} steps")
     budget = budget_label(spec)
     return f"{text}, {budget}" if budget else text
 

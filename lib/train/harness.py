@@ -112,17 +112,18 @@ def pruning_ramp(spec: RunSpec, total_steps: int, steps_per_epoch: int) -> Ramp:
     """When the run's pruning starts and reaches its target, checked against its length.
 
     State runs follow AdamWPrune's own warm-up and ramp-end settings (as
-    upstream); magnitude and movement runs the general pruning ones.
+    upstream); magnitude and movement runs the general ones (RunSpec.pruning_timing).
     """
-    pruning, opt = spec.pruning_settings, spec.optimizer_params
-    warmup = pruning.warmup_steps
-    ramp_end = pruning.ramp_end_epoch * steps_per_epoch
-    symbols = f"CONFIG_PRUNING_RAMP_END_EPOCH={pruning.ramp_end_epoch} (x {steps_per_epoch} steps per epoch)"
-    if spec.pruning == "state":
-        warmup = opt.warmup_steps
-        if opt.ramp_end_step:
-            ramp_end, symbols = opt.ramp_end_step, f"CONFIG_ADAMWPRUNE_RAMP_END_STEP={opt.ramp_end_step}"
-    return plan_ramp(warmup, ramp_end, total_steps, fit=pruning.ramp_fit, symbols=symbols)
+    warmup, end_step, _ = spec.pruning_timing()
+    if not end_step:
+        epoch = spec.pruning_settings.ramp_end_epoch
+        ramp_end = epoch * steps_per_epoch
+        symbols = f"CONFIG_PRUNING_RAMP_END_EPOCH={epoch} (x {steps_per_epoch} steps per epoch)"
+    elif spec.pruning == "state":
+        ramp_end, symbols = end_step, f"CONFIG_ADAMWPRUNE_RAMP_END_STEP={end_step}"
+    else:  # only an upstream defconfig's runs (lib/matrix.py)
+        ramp_end, symbols = end_step, f"the ramp end upstream's {spec.model} trainer fixes (step {end_step})"
+    return plan_ramp(warmup, ramp_end, total_steps, fit=spec.pruning_settings.ramp_fit, symbols=symbols)
 
 
 def build_pruner(spec: RunSpec, model: nn.Module, optimizer: torch.optim.Optimizer, total_steps: int,
@@ -130,10 +131,10 @@ def build_pruner(spec: RunSpec, model: nn.Module, optimizer: torch.optim.Optimiz
     """The run's pruner, or None for a dense run; prints its ramp."""
     if spec.pruning == "none":
         return None
-    pruning, opt = spec.pruning_settings, spec.optimizer_params
+    pruning = spec.pruning_settings
     ramp = pruning_ramp(spec, total_steps, steps_per_epoch)
-    frequency = opt.frequency if spec.pruning == "state" else pruning.frequency
-    score = score_name(spec.pruning, spec.variant, opt.state_score)
+    frequency = spec.pruning_timing()[2]
+    score = score_name(spec.pruning, spec.variant, spec.optimizer_params.state_score)
     curve = curve_for(pruning.schedule, spec.pruning)
     print(f"{ramp.describe()}; curve {curve}, mask update every {frequency} steps")
     pruner = GradualPruner(model, optimizer, score, spec.target_sparsity_pct / 100.0,

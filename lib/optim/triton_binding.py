@@ -1,22 +1,26 @@
-"""Which tensors MaskedAdamW's Triton step runs over, kept from step to step and checked by identity.
+"""Which tensors a Triton masked step runs over, kept from step to step and checked by identity.
 
-On an H200 the host work around the kernel used to outlast it: 1.43 ms of
-Python and small torch operations per GPT-2 124M step (a key of every
-tensor's address, then the scalar rows from the device step counts in about a
-dozen torch operations) against a 1.05 ms kernel, while torch's fused AdamW
-spends 0.50 ms on the host (docs/performance.md). A Binding is made when the
-tensors change and then, each step, only
+On an H200 the host work around MaskedAdamW's kernel used to outlast it:
+1.43 ms of Python and small torch operations per GPT-2 124M step (a key of
+every tensor's address, then the scalar rows from the device step counts in
+about a dozen torch operations) against a 1.05 ms kernel, while torch's fused
+AdamW spends 0.50 ms on the host (docs/performance.md). A Binding is made when
+the tensors change and then, each step, only
 - checks that they have not: the same parameter objects and storage, state
-  dicts, moment and step tensors, masks, and gradients on the same parameters
-  (identity and address comparisons, no torch operation);
-- advances the step counts on the device with one foreach add (torch's state,
-  read by checkpoints and the scores) and on the host;
-- computes the scalar rows on the host in float64 from those host counts (as
-  torch's fused AdamW computes its scalars in double) and hands them with the
-  gradients' addresses to the plan, which sends both in one copy.
-The device counts are read once, when the binding is made. Their version
-counters tell whether anything else moved them since (a two-pass step, a
-state loaded in place): then MaskedAdamW makes a new binding.
+  dicts, moment tensors, step counts, masks, and gradients on the same
+  parameters (identity and address comparisons, no torch operation);
+- advances the step counts, and computes the scalar rows on the host in
+  float64 from host copies of those counts (as torch's fused AdamW and
+  AdamWSPAM compute their scalars in double);
+- hands the rows with the gradients' addresses to the plan, which sends both
+  in one copy.
+AdamWBinding (MaskedAdamW): torch keeps the counts as tensors beside the
+parameters, read once when the binding is made and then advanced on the
+device with one foreach add (torch's state, read by checkpoints and the
+scores) and here; their version counters tell whether anything else moved
+them (a two-pass step, a state loaded in place). SpamBinding
+(MaskedAdamWSPAM): AdamWSPAM keeps them as ints, compared by value. Either
+way a moved count means a new binding.
 """
 from __future__ import annotations
 

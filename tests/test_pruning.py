@@ -253,3 +253,17 @@ def test_a_mask_update_reads_device_values_a_fixed_number_of_times(storage):
         return sum(e.count for e in prof.key_averages() if e.key == "aten::_local_scalar_dense")
 
     assert reads(3, 4096) == reads(12, 4096) == reads(12, 256)
+
+
+def test_finite_scores_whose_sum_overflows_are_not_taken_for_non_finite():
+    """The finiteness check adds up each chunk's float32 sum; scores near the float32 limit overflow it.
+    The exact check that follows finds nothing, and the update prunes as asked."""
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(64, 64))
+    with torch.no_grad():
+        model[0].weight.copy_(torch.rand(64, 64) * 3e38)
+    opt = torch.optim.SGD(model.parameters(), lr=0.0)
+    pruner = GradualPruner(model, opt, "magnitude", 0.5, warmup_steps=0, ramp_end_step=1, frequency=1)
+    assert not torch.isfinite(model[0].weight.sum())
+    pruner.update_masks(0.5)
+    assert pruner.history[-1]["measured_pct"] == 50.0

@@ -110,16 +110,19 @@ def _default_chunk(device: torch.device) -> int:
 
 class FiniteCheck:
     """Whether every score added is finite, kept on the scores' device: one read at the end instead of one
-    per chunk (on a GPU each read waits for the device). A float64 sum of float32 scores is finite exactly
-    when every score is (it cannot overflow below 10**269 of them)."""
+    per chunk (on a GPU each read waits for the device). Each chunk's sum is finite when its scores are,
+    unless it overflows (scores near 1e33), which the exact check that follows tells apart; the sums are
+    added up in float64, which they cannot overflow."""
 
     def __init__(self) -> None:
         self.total: Optional[torch.Tensor] = None
 
     def add(self, scores: torch.Tensor) -> None:
-        chunk = scores.sum(dtype=torch.float64) if scores.numel() else None
-        if chunk is not None:
-            self.total = chunk if self.total is None else self.total.add_(chunk)
+        chunk = scores.sum()  # in the scores' dtype: sum(dtype=float64) would copy the chunk to float64 first
+        if self.total is None:
+            self.total = chunk.double()
+        else:
+            self.total.add_(chunk)
 
     def finite(self) -> bool:
         return self.total is None or bool(torch.isfinite(self.total))
@@ -424,7 +427,7 @@ class GradualPruner:
 
     def _raise_non_finite(self, names: Sequence[str]) -> None:
         """NonFiniteError naming the first of `names` with a NaN or infinite score (scored again chunk by
-        chunk, exactly)."""
+        chunk, exactly); nothing when none has one (a chunk's sum only overflowed)."""
         for name in names:
             param = self.params[name]
             inputs, n = self._inputs(name, param), param.numel()

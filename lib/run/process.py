@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import Mapping
 
 from lib import ROOT
-from lib.errors import NON_FINITE_EXIT
+from lib.errors import NON_FINITE_EXIT, NON_FINITE_MARKER
 from lib.gpu_monitor.sampler import start_sampler, stop_sampler
 from lib.lifeline import with_parent_death_signal
 
@@ -34,6 +34,7 @@ class RunOutcome:
     started_at: str
     finished_at: str
     duration_s: float
+    non_finite: bool = False  # the trainer stopped on a NaN or infinity (went_non_finite)
 
 
 class Stopped(Exception):
@@ -128,6 +129,13 @@ def run_attempt(command: list[str], run_dir: Path, attempt: int = 1, *, env: Map
             _LIVE.discard(proc.pid)
 
 
+def went_non_finite(run_dir: Path, status: str, exit_code: int | None) -> bool:
+    """Whether an attempt that did not succeed stopped on a NaN or infinity: its trainer exited
+    NON_FINITE_EXIT, or, when a launcher stood between (torchrun exits 1 whatever its workers' codes),
+    a worker left NON_FINITE_MARKER in the run folder (lib/train/harness.record_non_finite)."""
+    return status != "success" and (exit_code == NON_FINITE_EXIT or (run_dir / NON_FINITE_MARKER).is_file())
+
+
 def run_attempts(command: list[str], run_dir: Path, *, env: Mapping[str, str] | None = None, timeout_s: float = 0,
                  retries: int = 0, sample_interval_s: float = 0.1,
                  stop: threading.Event | None = None) -> RunOutcome:
@@ -135,11 +143,13 @@ def run_attempts(command: list[str], run_dir: Path, *, env: Mapping[str, str] | 
     went non-finite is not retried: the same seed and settings diverge again (a crash, a timeout or
     a failed download may not)."""
     started_at, start = now_iso(), time.monotonic()
-    attempt, status, exit_code = 0, "failed", None
+    attempt, status, exit_code, non_finite = 0, "failed", None, False
     while attempt <= retries:
         attempt += 1
+        (run_dir / NON_FINITE_MARKER).unlink(missing_ok=True)  # each attempt is judged by what it leaves
         status, exit_code = run_attempt(command, run_dir, attempt, env=env, timeout_s=timeout_s,
                                         sample_interval_s=sample_interval_s, stop=stop)
-        if status == "success" or exit_code == NON_FINITE_EXIT:
+        non_finite = went_non_finite(run_dir, status, exit_code)
+        if status == "success" or non_finite:
             break
-    return RunOutcome(status, exit_code, attempt, started_at, now_iso(), time.monotonic() - start)
+    return RunOutcome(status, exit_code, attempt, started_at, now_iso(), time.monotonic() - start, non_finite)

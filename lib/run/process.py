@@ -21,9 +21,11 @@ from lib import ROOT
 from lib.errors import NON_FINITE_EXIT, NON_FINITE_MARKER
 from lib.gpu_monitor.sampler import start_sampler, stop_sampler
 from lib.lifeline import with_parent_death_signal
+from lib.run.output_log import LogPump
 
 KILL_GRACE_S = 5.0  # SIGTERM first so a trainer may flush its log; SIGKILL after this
 POLL_S = 0.2  # how often a waiting attempt looks at its stop flag
+LOG_DRAIN_S = 2.0  # after the trainer exits, how long output.log waits for a child still holding its output
 
 
 @dataclass(frozen=True)
@@ -97,36 +99,41 @@ def _wait(proc: subprocess.Popen, timeout_s: float, stop: threading.Event | None
 def run_attempt(command: list[str], run_dir: Path, attempt: int = 1, *, env: Mapping[str, str] | None = None,
                 timeout_s: float = 0, sample_interval_s: float = 0.1,
                 stop: threading.Event | None = None) -> tuple[str, int | None]:
-    """Run `command` once with output appended to run_dir/output.log; return (status, exit code)."""
+    """Run `command` once with its output appended to run_dir/output.log, terminal escape sequences
+    removed (lib/run/output_log.py); return (status, exit code)."""
     full_env = None if env is None else {**os.environ, **env}
-    with open(run_dir / "output.log", "a") as log:
+    with open(run_dir / "output.log", "ab") as log:
         if attempt > 1:
-            log.write(f"\n===== attempt {attempt} =====\n")
+            log.write(f"\n===== attempt {attempt} =====\n".encode())
             log.flush()
         # A new session gives the run its own process group, so Ctrl-C and
         # timeouts can stop the trainer and every child it started; the
         # parent-death signal kills it if the runner dies (lib/lifeline).
-        proc = subprocess.Popen(with_parent_death_signal(command), cwd=ROOT, stdout=log, stderr=subprocess.STDOUT,
-                                env=full_env, stdin=subprocess.DEVNULL, start_new_session=True)
-    with _LIVE_LOCK:
-        _LIVE.add(proc.pid)
-    sampler = None
-    try:
-        # inside the try: a sampler that cannot start (disk full) must not leave the trainer running
-        sampler = start_sampler(proc.pid, run_dir / "gpu_stats.json", sample_interval_s, env=full_env)
-        exit_code = _wait(proc, timeout_s, stop)
-        if exit_code is None:
-            kill_group(proc)
-            return "timeout", proc.returncode
-        return ("success" if exit_code == 0 else "failed"), exit_code
-    except BaseException:
-        kill_group(proc)
-        raise
-    finally:
-        if sampler is not None:
-            stop_sampler(sampler)
+        # Its output comes through a pipe so that terminal escapes stay out of output.log (output_log.py).
+        proc = subprocess.Popen(with_parent_death_signal(command), cwd=ROOT, stdout=subprocess.PIPE,
+                                stderr=subprocess.STDOUT, env=full_env, stdin=subprocess.DEVNULL,
+                                start_new_session=True)
+        pump = LogPump(proc.stdout, log).start()
         with _LIVE_LOCK:
-            _LIVE.discard(proc.pid)
+            _LIVE.add(proc.pid)
+        sampler = None
+        try:
+            # inside the try: a sampler that cannot start (disk full) must not leave the trainer running
+            sampler = start_sampler(proc.pid, run_dir / "gpu_stats.json", sample_interval_s, env=full_env)
+            exit_code = _wait(proc, timeout_s, stop)
+            if exit_code is None:
+                kill_group(proc)
+                return "timeout", proc.returncode
+            return ("success" if exit_code == 0 else "failed"), exit_code
+        except BaseException:
+            kill_group(proc)
+            raise
+        finally:
+            if sampler is not None:
+                stop_sampler(sampler)
+            with _LIVE_LOCK:
+                _LIVE.discard(proc.pid)
+            pump.finish(LOG_DRAIN_S)
 
 
 def went_non_finite(run_dir: Path, status: str, exit_code: int | None) -> bool:

@@ -77,6 +77,19 @@ def trainers_of(root: Path) -> list[int]:
     return found
 
 
+def log_copiers_of(root: Path) -> list[int]:
+    """output.log copiers (lib/run/output_log.py) of runs under `root` still alive."""
+    import psutil
+
+    found = []
+    for proc in psutil.process_iter(["cmdline", "status"]):
+        cmdline = proc.info["cmdline"] or []
+        if proc.info["status"] != psutil.STATUS_ZOMBIE and "lib.run.output_log" in cmdline \
+                and any(str(root) in part for part in cmdline):
+            found.append(proc.pid)
+    return found
+
+
 def wait_for(predicate, timeout_s: float, every_s: float = 0.1) -> bool:
     deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline:

@@ -1,14 +1,17 @@
-"""output.log without terminal escape sequences (lib/run/output_log.py), through the runner's real attempt."""
+"""output.log without terminal escape sequences (lib/run/output_log.py), through the runner's real attempt,
+with its copier process: live, complete after a runner killed with -9, not held by a lingering child."""
 from __future__ import annotations
 
 import os
 import signal
+import subprocess
 import sys
 import threading
 import time
 
 import pytest
 
+from lib import ROOT
 from lib.run.output_log import AnsiStripper
 from lib.run.process import LOG_DRAIN_S, Stopped, run_attempt
 
@@ -121,6 +124,22 @@ def test_a_child_that_outlives_the_trainer_does_not_hold_the_attempt(tmp_path):
     finally:
         if pid_file.exists():
             os.kill(int(pid_file.read_text()), signal.SIGKILL)
+
+
+def test_what_the_trainer_printed_last_survives_a_runner_killed_with_minus_9(tmp_path):
+    """The copier is a process of its own: the trainer prints, then its runner dies at once (the trainer
+    SIGKILLs it here, as the out-of-memory killer might); the line still reaches output.log."""
+    trainer = _trainer("import os, signal; print('step\\n' * 250_000 + '\\x1b[31mlast words\\x1b[0m', flush=True); "
+                       "os.kill(os.getppid(), signal.SIGKILL)")  # 1 MB: the pipe still holds some when it dies
+    runner = subprocess.run([sys.executable, "-c", "import sys; from pathlib import Path; "
+                             "from lib.run.process import run_attempt; run_attempt(sys.argv[2:], Path(sys.argv[1]))",
+                             str(tmp_path), *trainer], cwd=ROOT, timeout=60)
+    assert runner.returncode == -signal.SIGKILL
+    expected = b"step\n" * 250_000 + b"last words\n"
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline and _read(tmp_path / "output.log") != expected:
+        time.sleep(0.05)
+    assert _read(tmp_path / "output.log")[-20:] == expected[-20:]
 
 
 @pytest.mark.parametrize("coloured", [False, True], ids=["plain", "coloured"])

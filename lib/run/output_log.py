@@ -3,23 +3,27 @@
 output.log is read in editors and quoted by the reports (result.json's log
 tail), where colour codes are noise: `ESC[1mESC[38;5;208m...ESC[0m`. Some
 libraries print them whatever the terminal (Trackio ignores NO_COLOR and
-writes them to a plain file), so the runner takes the trainer's output
-through a pipe and drops ECMA-48 escape sequences (CSI such as colours and
-cursor moves, OSC such as hyperlinks and window titles, and the other ESC
-forms) on the way to the file. Everything else passes byte for byte: text,
-carriage returns of progress bars, invalid UTF-8. A sequence split across
-two reads is held back until it is complete, so output stays live.
+writes them to a plain file), so the trainer's output goes through a pipe to
+a small copier process, `python -S -m lib.run.output_log LOG`, which drops
+ECMA-48 escape sequences (CSI such as colours and cursor moves, OSC such as
+hyperlinks and window titles, and the other ESC forms) on the way to the
+file. Everything else passes byte for byte: text, carriage returns of
+progress bars, invalid UTF-8. A sequence split across two reads is held back
+until it is complete, so output stays live.
 
-It owns copying one attempt's pipe into the log; it never starts or stops
-processes (process.py).
+The copier is a process of its own, not a thread of the runner, so that what
+the trainer printed last still reaches the file when the runner is killed
+(kill -9, the out-of-memory killer, a Slurm task killed on its node): it ends
+when the pipe does, once every process holding it has exited. Standard
+library only, for a fast start without site-packages. Starting and stopping
+it belongs to process.py.
 """
 from __future__ import annotations
 
 import os
 import re
-import select
-import threading
-import time
+import signal
+import sys
 from typing import BinaryIO
 
 ESC = b"\x1b"
@@ -31,7 +35,6 @@ SEQUENCE = re.compile(rb"\x1b(?:\[[0-?]*[ -/]*[@-~]|\][^\x07\x1b]*(?:\x07|\x1b\\
 UNFINISHED = re.compile(rb"\x1b(?:\[[0-?]*[ -/]*|\][^\x07\x1b]*\x1b?|[PX^_][^\x1b]*\x1b?|[ -/]*)\Z")
 MAX_HELD = 4096  # bytes held back for an unfinished sequence; a longer "sequence" is not one, and is written
 READ_BYTES = 1 << 16
-POLL_S = 0.2  # how often an idle pump looks whether it has been told to finish
 
 
 class AnsiStripper:
@@ -62,45 +65,30 @@ class AnsiStripper:
         return held
 
 
-class LogPump:
-    """Copies a child's output pipe into the open log file on a thread, escape sequences stripped."""
-
-    def __init__(self, pipe: BinaryIO, log: BinaryIO) -> None:
-        self.pipe, self.log = pipe, log
-        self._stripper = AnsiStripper()
-        self._deadline: float | None = None
-        self._writable = True
-        self._thread = threading.Thread(target=self._run, name="output.log", daemon=True)
-
-    def start(self) -> "LogPump":
-        self._thread.start()
-        return self
-
-    def _write(self, data: bytes) -> None:
-        if data and self._writable:
-            try:
-                self.log.write(data)
-                self.log.flush()  # live: output.log shows progress as the trainer prints it
-            except OSError:  # a full disk: keep draining the pipe, or the trainer would block on it
-                self._writable = False
-
-    def _run(self) -> None:
-        fd = self.pipe.fileno()
-        poller = select.poll()  # not select.select: it fails on descriptors past 1023, a busy runner's
-        poller.register(fd, select.POLLIN)
+def copy_stripped(source: int, log: BinaryIO) -> None:
+    """Copy file descriptor `source` into `log` until end of file, escape sequences removed. A log that
+    cannot be written (a full disk) is given up, but the pipe is still drained: a trainer writing into
+    a full pipe would block."""
+    stripper, writable = AnsiStripper(), True
+    while True:
+        data = os.read(source, READ_BYTES)
+        last = not data  # end of file: every process holding the pipe has exited
+        data = stripper.flush() if last else stripper.feed(data)
         try:
-            while self._deadline is None or time.monotonic() < self._deadline:
-                if poller.poll(POLL_S * 1000):  # readable, or hung up: the read then returns b""
-                    data = os.read(fd, READ_BYTES)
-                    if not data:
-                        break  # end of file: every process holding the pipe has exited
-                    self._write(self._stripper.feed(data))
-            self._write(self._stripper.flush())
-        finally:
-            self.pipe.close()
+            while data and writable:  # unbuffered: output.log shows progress as the trainer prints it
+                data = data[log.write(data):]  # a raw write may take only part
+        except OSError:
+            writable = False
+        if last:
+            return
 
-    def finish(self, grace_s: float) -> None:
-        """Wait for the pipe to end once the trainer has exited: for at most `grace_s`, after which a
-        process that outlived it and still holds the pipe is no longer read."""
-        self._deadline = time.monotonic() + grace_s
-        self._thread.join()
+
+def main(argv: list[str]) -> None:
+    """`python -S -m lib.run.output_log LOG`: standard input appended to LOG, escape sequences removed."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # a Ctrl-C meant for the runner: drain to the end instead
+    with open(argv[0], "ab", buffering=0) as log:
+        copy_stripped(sys.stdin.fileno(), log)
+
+
+if __name__ == "__main__":
+    main(sys.argv[1:])

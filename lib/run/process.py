@@ -10,6 +10,7 @@ from __future__ import annotations
 import os
 import signal
 import subprocess
+import sys
 import threading
 import time
 from dataclasses import dataclass
@@ -21,11 +22,10 @@ from lib import ROOT
 from lib.errors import NON_FINITE_EXIT, NON_FINITE_MARKER
 from lib.gpu_monitor.sampler import start_sampler, stop_sampler
 from lib.lifeline import with_parent_death_signal
-from lib.run.output_log import LogPump
 
 KILL_GRACE_S = 5.0  # SIGTERM first so a trainer may flush its log; SIGKILL after this
 POLL_S = 0.2  # how often a waiting attempt looks at its stop flag
-LOG_DRAIN_S = 2.0  # after the trainer exits, how long output.log waits for a child still holding its output
+LOG_DRAIN_S = 2.0  # after the trainer exits, how long its log copier may wait for a child still holding the pipe
 
 
 @dataclass(frozen=True)
@@ -100,40 +100,71 @@ def run_attempt(command: list[str], run_dir: Path, attempt: int = 1, *, env: Map
                 timeout_s: float = 0, sample_interval_s: float = 0.1,
                 stop: threading.Event | None = None) -> tuple[str, int | None]:
     """Run `command` once with its output appended to run_dir/output.log, terminal escape sequences
-    removed (lib/run/output_log.py); return (status, exit code)."""
+    removed (start_log_copier); return (status, exit code)."""
     full_env = None if env is None else {**os.environ, **env}
-    with open(run_dir / "output.log", "ab") as log:
-        if attempt > 1:
-            log.write(f"\n===== attempt {attempt} =====\n".encode())
-            log.flush()
+    if attempt > 1:
+        with open(run_dir / "output.log", "a") as log:
+            log.write(f"\n===== attempt {attempt} =====\n")
+    copier, pipe = start_log_copier(run_dir / "output.log")
+    try:
         # A new session gives the run its own process group, so Ctrl-C and
         # timeouts can stop the trainer and every child it started; the
         # parent-death signal kills it if the runner dies (lib/lifeline).
-        # Its output comes through a pipe so that terminal escapes stay out of output.log (output_log.py).
-        proc = subprocess.Popen(with_parent_death_signal(command), cwd=ROOT, stdout=subprocess.PIPE,
-                                stderr=subprocess.STDOUT, env=full_env, stdin=subprocess.DEVNULL,
-                                start_new_session=True)
-        pump = LogPump(proc.stdout, log).start()
-        with _LIVE_LOCK:
-            _LIVE.add(proc.pid)
-        sampler = None
-        try:
-            # inside the try: a sampler that cannot start (disk full) must not leave the trainer running
-            sampler = start_sampler(proc.pid, run_dir / "gpu_stats.json", sample_interval_s, env=full_env)
-            exit_code = _wait(proc, timeout_s, stop)
-            if exit_code is None:
-                kill_group(proc)
-                return "timeout", proc.returncode
-            return ("success" if exit_code == 0 else "failed"), exit_code
-        except BaseException:
+        proc = subprocess.Popen(with_parent_death_signal(command), cwd=ROOT, stdout=pipe, stderr=subprocess.STDOUT,
+                                env=full_env, stdin=subprocess.DEVNULL, start_new_session=True)
+    except BaseException:
+        stop_log_copier(copier, 0)
+        raise
+    finally:
+        os.close(pipe)  # the trainer holds the write end now: the copier sees the end of file when it exits
+    with _LIVE_LOCK:
+        _LIVE.add(proc.pid)
+    sampler = None
+    try:
+        # inside the try: a sampler that cannot start (disk full) must not leave the trainer running
+        sampler = start_sampler(proc.pid, run_dir / "gpu_stats.json", sample_interval_s, env=full_env)
+        exit_code = _wait(proc, timeout_s, stop)
+        if exit_code is None:
             kill_group(proc)
-            raise
-        finally:
-            if sampler is not None:
-                stop_sampler(sampler)
-            with _LIVE_LOCK:
-                _LIVE.discard(proc.pid)
-            pump.finish(LOG_DRAIN_S)
+            return "timeout", proc.returncode
+        return ("success" if exit_code == 0 else "failed"), exit_code
+    except BaseException:
+        kill_group(proc)
+        raise
+    finally:
+        if sampler is not None:
+            stop_sampler(sampler)
+        with _LIVE_LOCK:
+            _LIVE.discard(proc.pid)
+        stop_log_copier(copier, LOG_DRAIN_S)
+
+
+def start_log_copier(log_path: Path) -> tuple[subprocess.Popen, int]:
+    """The process that appends a trainer's output to `log_path` without terminal escape sequences
+    (lib/run/output_log.py), and the write end of its pipe, for the trainer's stdout and stderr.
+
+    In a session of its own and without the parent-death signal: it outlives a runner killed with -9
+    long enough to write what the trainer printed last, and ends when the pipe does."""
+    read_end, write_end = os.pipe()
+    try:
+        copier = subprocess.Popen([sys.executable, "-S", "-m", "lib.run.output_log", str(log_path)], cwd=ROOT,
+                                  stdin=read_end, stdout=subprocess.DEVNULL, start_new_session=True)
+    except BaseException:
+        os.close(write_end)
+        raise
+    finally:
+        os.close(read_end)
+    return copier, write_end
+
+
+def stop_log_copier(copier: subprocess.Popen, grace_s: float) -> None:
+    """Wait for the copier to write the rest; after `grace_s`, a process that outlived the trainer and
+    still holds the pipe open is no longer waited for (its later output is lost)."""
+    try:
+        copier.wait(timeout=grace_s)
+    except subprocess.TimeoutExpired:
+        copier.kill()
+        copier.wait()
 
 
 def went_non_finite(run_dir: Path, status: str, exit_code: int | None) -> bool:

@@ -78,15 +78,18 @@ def trainers_of(root: Path) -> list[int]:
 
 
 def log_copiers_of(root: Path) -> list[int]:
-    """output.log copiers (lib/run/output_log.py) of runs under `root` still alive."""
+    """output.log copiers (lib/run/output_log.py) still alive with an output.log under `root` open."""
     import psutil
 
     found = []
     for proc in psutil.process_iter(["cmdline", "status"]):
-        cmdline = proc.info["cmdline"] or []
-        if proc.info["status"] != psutil.STATUS_ZOMBIE and "lib.run.output_log" in cmdline \
-                and any(str(root) in part for part in cmdline):
-            found.append(proc.pid)
+        if proc.info["status"] == psutil.STATUS_ZOMBIE or "lib.run.output_log" not in (proc.info["cmdline"] or []):
+            continue
+        try:
+            if any(str(root) in f.path for f in proc.open_files()):
+                found.append(proc.pid)
+        except psutil.Error:  # gone meanwhile
+            pass
     return found
 
 

@@ -12,7 +12,7 @@ import time
 import pytest
 
 from lib import ROOT
-from lib.run.output_log import AnsiStripper
+from lib.run.output_log import AnsiStripper, copy_stripped
 from lib.run.process import LOG_DRAIN_S, Stopped, run_attempt
 
 # Trackio's line, byte for byte: it prints these whatever the terminal (NO_COLOR, a plain file).
@@ -64,6 +64,22 @@ def test_an_escape_that_never_completes_is_not_held_without_bound():
     stripper = AnsiStripper()
     assert stripper.feed(b"\x1b]" + b"x" * 10_000) == b"x" * 10_000  # no terminator in 10 kB: not an OSC
     assert stripper.flush() == b""
+
+
+@pytest.mark.skipif(not os.path.exists("/dev/full"), reason="no /dev/full (a device whose writes fail with ENOSPC)")
+def test_a_full_disk_stops_the_writing_but_not_the_draining(tmp_path):
+    """The trainer must never block on a full pipe because output.log cannot take more."""
+    read_end, write_end = os.pipe()
+    writer = threading.Thread(target=lambda: (os.write(write_end, b"\x1b[1mx\x1b[0m" * 200_000), os.close(write_end)))
+    writer.start()
+    full = os.open("/dev/full", os.O_WRONLY)
+    try:
+        copy_stripped(read_end, full)  # returns at the end of the pipe, no exception
+    finally:
+        os.close(full)
+        os.close(read_end)
+    writer.join(10)
+    assert not writer.is_alive()
 
 
 def _trainer(code: str) -> list[str]:

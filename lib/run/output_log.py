@@ -4,7 +4,8 @@ output.log is read in editors and quoted by the reports (result.json's log
 tail), where colour codes are noise: `ESC[1mESC[38;5;208m...ESC[0m`. Some
 libraries print them whatever the terminal (Trackio ignores NO_COLOR and
 writes them to a plain file), so the trainer's output goes through a pipe to
-a small copier process, `python -S -m lib.run.output_log LOG`, which drops
+a small copier process, `python -S -m lib.run.output_log` (standard input to
+standard output, which is output.log opened for appending), which drops
 ECMA-48 escape sequences (CSI such as colours and cursor moves, OSC such as
 hyperlinks and window titles, and the other ESC forms) on the way to the
 file. Everything else passes byte for byte: text, carriage returns of
@@ -24,7 +25,6 @@ import os
 import re
 import signal
 import sys
-from typing import BinaryIO
 
 ESC = b"\x1b"
 # ECMA-48 escape sequences: CSI (ESC [ params intermediates final), OSC (ESC ] ... BEL or ST),
@@ -65,10 +65,10 @@ class AnsiStripper:
         return held
 
 
-def copy_stripped(source: int, log: BinaryIO) -> None:
-    """Copy file descriptor `source` into `log` until end of file, escape sequences removed. A log that
-    cannot be written (a full disk) is given up, but the pipe is still drained: a trainer writing into
-    a full pipe would block."""
+def copy_stripped(source: int, target: int) -> None:
+    """Copy file descriptor `source` to `target` until end of file, escape sequences removed. A target
+    that cannot be written (a full disk) is given up, but the pipe is still drained: a trainer writing
+    into a full pipe would block."""
     stripper, writable = AnsiStripper(), True
     while True:
         data = os.read(source, READ_BYTES)
@@ -76,19 +76,18 @@ def copy_stripped(source: int, log: BinaryIO) -> None:
         data = stripper.flush() if last else stripper.feed(data)
         try:
             while data and writable:  # unbuffered: output.log shows progress as the trainer prints it
-                data = data[log.write(data):]  # a raw write may take only part
+                data = data[os.write(target, data):]  # a write may take only part
         except OSError:
             writable = False
         if last:
             return
 
 
-def main(argv: list[str]) -> None:
-    """`python -S -m lib.run.output_log LOG`: standard input appended to LOG, escape sequences removed."""
+def main() -> None:
+    """`python -S -m lib.run.output_log`: standard input to standard output, escape sequences removed."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # a Ctrl-C meant for the runner: drain to the end instead
-    with open(argv[0], "ab", buffering=0) as log:
-        copy_stripped(sys.stdin.fileno(), log)
+    copy_stripped(sys.stdin.fileno(), sys.stdout.fileno())
 
 
 if __name__ == "__main__":
-    main(sys.argv[1:])
+    main()

@@ -16,7 +16,7 @@ import time
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
-from typing import Mapping
+from typing import BinaryIO, Mapping
 
 from lib import ROOT
 from lib.errors import NON_FINITE_EXIT, NON_FINITE_MARKER
@@ -102,10 +102,11 @@ def run_attempt(command: list[str], run_dir: Path, attempt: int = 1, *, env: Map
     """Run `command` once with its output appended to run_dir/output.log, terminal escape sequences
     removed (start_log_copier); return (status, exit code)."""
     full_env = None if env is None else {**os.environ, **env}
-    if attempt > 1:
-        with open(run_dir / "output.log", "a") as log:
-            log.write(f"\n===== attempt {attempt} =====\n")
-    copier, pipe = start_log_copier(run_dir / "output.log")
+    with open(run_dir / "output.log", "ab") as log:
+        if attempt > 1:
+            log.write(f"\n===== attempt {attempt} =====\n".encode())
+            log.flush()
+        copier, pipe = start_log_copier(log)
     try:
         # A new session gives the run its own process group, so Ctrl-C and
         # timeouts can stop the trainer and every child it started; the
@@ -113,10 +114,10 @@ def run_attempt(command: list[str], run_dir: Path, attempt: int = 1, *, env: Map
         proc = subprocess.Popen(with_parent_death_signal(command), cwd=ROOT, stdout=pipe, stderr=subprocess.STDOUT,
                                 env=full_env, stdin=subprocess.DEVNULL, start_new_session=True)
     except BaseException:
-        stop_log_copier(copier, 0)
+        os.close(pipe)
+        stop_log_copier(copier, LOG_DRAIN_S)
         raise
-    finally:
-        os.close(pipe)  # the trainer holds the write end now: the copier sees the end of file when it exits
+    os.close(pipe)  # the trainer holds the write end now: the copier sees the end of file when it exits
     with _LIVE_LOCK:
         _LIVE.add(proc.pid)
     sampler = None
@@ -139,16 +140,17 @@ def run_attempt(command: list[str], run_dir: Path, attempt: int = 1, *, env: Map
         stop_log_copier(copier, LOG_DRAIN_S)
 
 
-def start_log_copier(log_path: Path) -> tuple[subprocess.Popen, int]:
-    """The process that appends a trainer's output to `log_path` without terminal escape sequences
-    (lib/run/output_log.py), and the write end of its pipe, for the trainer's stdout and stderr.
+def start_log_copier(log: BinaryIO) -> tuple[subprocess.Popen, int]:
+    """The process that copies a trainer's output to `log` (output.log, open for appending) without
+    terminal escape sequences (lib/run/output_log.py), and the write end of its pipe, for the
+    trainer's stdout and stderr.
 
     In a session of its own and without the parent-death signal: it outlives a runner killed with -9
     long enough to write what the trainer printed last, and ends when the pipe does."""
     read_end, write_end = os.pipe()
     try:
-        copier = subprocess.Popen([sys.executable, "-S", "-m", "lib.run.output_log", str(log_path)], cwd=ROOT,
-                                  stdin=read_end, stdout=subprocess.DEVNULL, start_new_session=True)
+        copier = subprocess.Popen([sys.executable, "-S", "-m", "lib.run.output_log"], cwd=ROOT, stdin=read_end,
+                                  stdout=log, start_new_session=True)
     except BaseException:
         os.close(write_end)
         raise

@@ -13,6 +13,9 @@ USER_ERROR_EXIT = 2
 # A trainer stopped by NonFiniteError exits with this, so the runner can tell a deterministic
 # divergence (rerunning it fails the same way) from a crash or an interruption.
 NON_FINITE_EXIT = 3
+# ... and leaves this file in its run folder (lib/train/harness), because a launcher between the
+# runner and the trainer hides the code: torchrun exits 1 whatever its workers exited with.
+NON_FINITE_MARKER = "non_finite.json"
 
 
 class UserError(Exception):
@@ -50,6 +53,7 @@ class NonFiniteError(UserError):
 
     A UserError so the trainer ends with one `error:` line and a failed run,
     not a traceback: the usual fix is a smaller learning rate or clipping.
-    Its exit code, NON_FINITE_EXIT, tells the runner not to advise `make continue`."""
+    Its exit code, NON_FINITE_EXIT, and the NON_FINITE_MARKER a trainer writes tell the runner
+    not to retry the run nor advise `make continue`."""
 
     exit_code = NON_FINITE_EXIT

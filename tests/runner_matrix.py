@@ -77,6 +77,22 @@ def trainers_of(root: Path) -> list[int]:
     return found
 
 
+def log_copiers_of(root: Path) -> list[int]:
+    """output.log copiers (lib/run/output_log.py) still alive with an output.log under `root` open."""
+    import psutil
+
+    found = []
+    for proc in psutil.process_iter(["cmdline", "status"]):
+        if proc.info["status"] == psutil.STATUS_ZOMBIE or "lib.run.output_log" not in (proc.info["cmdline"] or []):
+            continue
+        try:
+            if any(str(root) in f.path for f in proc.open_files()):
+                found.append(proc.pid)
+        except psutil.Error:  # gone meanwhile
+            pass
+    return found
+
+
 def wait_for(predicate, timeout_s: float, every_s: float = 0.1) -> bool:
     deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline:

@@ -18,8 +18,8 @@ from pathlib import Path
 
 import pytest
 
-from runner_matrix import (RUNS, comparable_rows, reference_run, runner_config, start_matrix, statuses, trainers_of,
-                           wait_for)
+from runner_matrix import (RUNS, comparable_rows, log_copiers_of, reference_run, runner_config, start_matrix, statuses,
+                           trainers_of, wait_for)
 
 pytestmark = pytest.mark.slow  # a 12-run matrix killed and continued seven times
 
@@ -36,6 +36,7 @@ class Stop:
     exit_code: int
     stop_s: float  # signal to the last training process gone
     orphans: list[int]
+    copiers: list[int]  # output.log copiers still alive 5 s after the last training process
     successes_before: dict[str, int]  # run ID -> result.json mtime, before the signal
     successes_after: dict[str, int]
     output: str
@@ -71,7 +72,9 @@ def _stop_once(proc, results_dir: Path, how: str, when: str, rng: random.Random)
     proc.send_signal(getattr(signal, how))
     output, _ = proc.communicate(timeout=60)
     wait_for(lambda: not trainers_of(root), 20)
-    return Stop(how, when, proc.returncode, time.monotonic() - sent, trainers_of(root), before,
+    stop_s, orphans = time.monotonic() - sent, trainers_of(root)
+    wait_for(lambda: not log_copiers_of(root), 5)  # each ends once its trainer's pipe closes
+    return Stop(how, when, proc.returncode, stop_s, orphans, log_copiers_of(root), before,
                 _successes(results_dir), output)
 
 
@@ -105,6 +108,7 @@ def test_sigkill_five_times_then_continue_gives_the_uninterrupted_results(sequen
 def test_sigkill_leaves_no_training_process_behind(sequence):
     for stop in sequence.stops:
         assert stop.orphans == [], f"{stop.how}: training processes outlived the runner"
+        assert stop.copiers == [], f"{stop.how}: output.log copiers outlived their trainers"
 
 
 def test_no_finished_result_is_lost_or_rewritten_by_an_interruption(sequence):

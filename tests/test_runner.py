@@ -13,6 +13,7 @@ from conftest import run_script
 from fixtures.summary_rows import rows as summary_rows
 from runner_matrix import MATRIX, RUNS, comparable_rows, reference_run, runner_config
 
+from lib.errors import NON_FINITE_MARKER
 from lib.run import runner
 from lib.run.process import run_attempts
 from lib.run.slots import SlotPool, visible_gpus
@@ -141,7 +142,7 @@ def test_hanging_run_is_killed_at_the_timeout_and_marked_timeout(tmp_path, monke
 
 def test_crashing_run_is_retried_then_failed(tmp_path):
     outcome = run_attempts(_fake_trainer("import sys; print('boom'); sys.exit(1)"), tmp_path, retries=2)
-    assert outcome.status == "failed" and outcome.attempts == 3 and outcome.exit_code == 1
+    assert outcome.status == "failed" and outcome.attempts == 3 and outcome.exit_code == 1 and not outcome.non_finite
     log = (tmp_path / "output.log").read_text()
     assert log.count("===== attempt") == 2 and log.count("boom") == 3
 
@@ -149,8 +150,34 @@ def test_crashing_run_is_retried_then_failed(tmp_path):
 def test_a_run_that_went_non_finite_is_not_retried(tmp_path):
     """Exit code 3 (lib/errors.NON_FINITE_EXIT, a trainer's NonFiniteError): the same settings diverge again."""
     outcome = run_attempts(_fake_trainer("import sys; print('loss became nan'); sys.exit(3)"), tmp_path, retries=2)
-    assert outcome.status == "failed" and outcome.attempts == 1 and outcome.exit_code == 3
+    assert outcome.status == "failed" and outcome.attempts == 1 and outcome.exit_code == 3 and outcome.non_finite
     assert "===== attempt" not in (tmp_path / "output.log").read_text()
+
+
+def test_a_launched_run_that_went_non_finite_is_known_by_its_marker_not_its_exit_code(tmp_path):
+    """Under torchrun a worker's exit 3 reaches the runner as torchrun's 1; the marker the worker left
+    (lib/train/harness.record_non_finite) says the run diverged: not retried, recorded, advised."""
+    spec = _spec("lenet5_sgd_magnitude_50")
+    run_dir = tmp_path / spec.run_id
+    run_dir.mkdir()
+    error = "loss became nan at step 3 (lr 10); stopped: lower the learning rate"
+    worker = (f"import json, sys; print('error: ' + {error!r}); "
+              f"open({str(run_dir / NON_FINITE_MARKER)!r}, 'w').write(json.dumps({{'rank': 1, 'error': {error!r}}})); "
+              "print('\\n'.join(['torchrun report'] * 30)); sys.exit(1)")
+    outcome = run_attempts(_fake_trainer(worker), run_dir, retries=2)
+    assert (outcome.status, outcome.exit_code, outcome.attempts, outcome.non_finite) == ("failed", 1, 1, True)
+    result = write_result(run_dir, spec, outcome)
+    assert result["non_finite"] is True and result["exit_code"] == 1
+    assert result["log_tail"][-1] == f"--- stopped non-finite on rank 1: {error} ---"  # the worker's line scrolled off
+    [advice] = runner.failure_lines(tmp_path, [spec])
+    assert advice.startswith("1 run went non-finite (lenet5_sgd_magnitude_50); make continue reruns")
+
+
+def test_a_marker_left_by_an_earlier_attempt_does_not_judge_the_next(tmp_path):
+    """Each attempt starts without the marker, so a crash after it is retried as a crash."""
+    (tmp_path / NON_FINITE_MARKER).write_text("{}")
+    outcome = run_attempts(_fake_trainer("import sys; sys.exit(1)"), tmp_path, retries=1)
+    assert (outcome.attempts, outcome.non_finite) == (2, False)
 
 
 def test_run_that_succeeds_on_retry_records_its_attempts(tmp_path):
@@ -246,13 +273,19 @@ def test_advice_after_failures_fits_the_failure(tmp_path):
     a crash or timeout keeps the `make continue` advice; a run that never finished gets none."""
     specs = [_spec(name) for name in ("diverged", "crashed", "timed_out", "fine", "never_finished")]
     for spec, status, code in zip(specs, ("failed", "failed", "timeout", "success"), (3, 1, None, 0)):
-        (tmp_path / spec.run_id).mkdir()
+        (tmp_path / spec.run_id).mkdir()  # result.json as written before "non_finite": known by exit code 3
         (tmp_path / spec.run_id / "result.json").write_text(json.dumps({"status": status, "exit_code": code}))
+    ddp = _spec("diverged_ddp")  # torchrun's exit 1, the worker's marker recorded as "non_finite"
+    (tmp_path / ddp.run_id).mkdir()
+    (tmp_path / ddp.run_id / "result.json").write_text(json.dumps({"status": "failed", "exit_code": 1,
+                                                                   "non_finite": True}))
+    specs.insert(1, ddp)
     non_finite, other = runner.failure_lines(tmp_path, specs)
-    assert non_finite.startswith("1 run went non-finite (diverged); make continue reruns the recorded settings")
+    assert non_finite.startswith("2 runs went non-finite (diverged, diverged_ddp); make continue reruns the "
+                                 "recorded settings")
     assert "CONFIG_LEARNING_RATE" in non_finite and "CONFIG_GRADIENT_CLIP_NORM" in non_finite
     assert other == "2 runs failed; see their output.log, then `make continue`"
-    assert runner.failure_lines(tmp_path, specs[3:]) == []
+    assert runner.failure_lines(tmp_path, specs[4:]) == []
 
 
 def test_a_non_finite_stop_exits_with_its_own_code(capsys):

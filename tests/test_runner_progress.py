@@ -51,6 +51,14 @@ def test_a_failed_run_says_where_its_log_is():
     assert progress.remaining == 0 and "ETA" not in lines[-1]
 
 
+def test_a_run_that_went_non_finite_says_so_whatever_its_exit_code():
+    """A two-process run reaches the runner as torchrun's exit 1; result.json's "non_finite" tells."""
+    lines: list[str] = []
+    progress = MatrixProgress(total=1, out=lines.append)
+    progress.finished(_task(1), {**_result(3.0, "failed"), "non_finite": True})
+    assert "FAILED (non-finite, exit 1); see lenet5_sgd_magnitude_1/output.log" in lines[-1]
+
+
 def test_terminal_gets_a_live_bar_with_counts_and_eta(capsys):
     progress = MatrixProgress(total=3, slots=2, out=lambda line: pytest.fail("no plain lines on a terminal"), bar=True)
     progress.started(_task(1), None)

@@ -181,3 +181,13 @@ def test_trackio_local_store_holds_config_steps_and_final_metrics(tracked_run):
     final = {k: v for _, row in rows for k, v in row.items()}
     assert final["final/best_accuracy_pct"] == pytest.approx(metrics["best_accuracy_pct"])
     assert final["eval/sparsity_pct"] == pytest.approx(metrics["sparsity"]["global_pct"])
+
+
+@pytest.mark.slow  # a matrix run with trackers (tracked_run)
+@pytest.mark.skipif(not HAVE_TRACKIO, reason=f"trackio {NOT_INSTALLED}")
+def test_trackio_colour_codes_stay_out_of_output_log(tracked_run):
+    """Trackio prints `ESC[1mESC[38;5;208mtrackio show ...ESC[0m` whatever the terminal; the runner drops
+    escape sequences on the way to output.log (lib/run/output_log.py), and the line itself stays."""
+    results, _ = tracked_run
+    log = (results / RUN / "output.log").read_bytes()
+    assert b'trackio show --project "tiny"' in log and b"\x1b" not in log

@@ -70,7 +70,8 @@ class MatrixProgress:
             detail = _metric_text(m)
         else:
             self.failed += 1
-            detail = f"{result['status'].upper()} (exit {result['exit_code']}); see {task.spec.run_id}/output.log"
+            why = "non-finite, " if result.get("non_finite") else ""
+            detail = f"{result['status'].upper()} ({why}exit {result['exit_code']}); see {task.spec.run_id}/output.log"
         line = (f"[{self.done + self.failed}/{self.total}] {result['status']:<7} {task.spec.run_id}  "
                 f"{result['duration_s']:.1f}s  {detail}  ({self.counts()}; {self.clock()})")
         if self._bar is None:

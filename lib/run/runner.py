@@ -155,8 +155,9 @@ def pending(results_dir: Path, runs: list[RunSpec]) -> list[RunSpec]:
 def failure_lines(results_dir: Path, runs: list[RunSpec]) -> list[str]:
     """What to do about the runs that did not succeed, one line per kind of failure (none if all did).
 
-    A run that went non-finite (its trainer's NON_FINITE_EXIT) diverges again from the same recorded
-    settings, so `make continue` is no remedy there; a crash, timeout or interruption may pass."""
+    A run that went non-finite (result.json "non_finite", or its trainer's NON_FINITE_EXIT in a
+    result.json written before that field) diverges again from the same recorded settings, so
+    `make continue` is no remedy there; a crash, timeout or interruption may pass."""
     non_finite, other = [], []
     for spec in runs:
         try:
@@ -164,7 +165,8 @@ def failure_lines(results_dir: Path, runs: list[RunSpec]) -> list[str]:
         except UserError:
             continue  # never finished: reported as missing, and `make continue` runs it
         if isinstance(result, dict) and result.get("status") not in ("success", None):
-            (non_finite if result.get("exit_code") == NON_FINITE_EXIT else other).append(spec.run_id)
+            diverged = result.get("non_finite") is True or result.get("exit_code") == NON_FINITE_EXIT
+            (non_finite if diverged else other).append(spec.run_id)
     lines = []
     if non_finite:
         lines.append(f"{counted(len(non_finite), 'run')} went non-finite ({', '.join(non_finite)}); make continue "

@@ -16,7 +16,7 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any, Mapping
 
-from lib.errors import UserError, counted
+from lib.errors import NON_FINITE_MARKER, UserError, counted
 from lib.gpu_monitor.sampler import read_summary
 from lib.jsonio import SCHEMA_VERSION, read_json, write_json_atomic
 from lib.names import SUPERSEDED_DIR
@@ -103,6 +103,20 @@ def log_tail(path: Path, lines: int = LOG_TAIL_LINES) -> list[str]:
         return []
 
 
+def non_finite_line(run_dir: Path, tail: list[str]) -> list[str]:
+    """The error a worker recorded on stopping non-finite (NON_FINITE_MARKER), for the log tail when the
+    tail lacks it: under torchrun the worker's `error:` line sits above torchrun's own report of ~30 lines."""
+    try:
+        marker = read_json(run_dir / NON_FINITE_MARKER)
+    except UserError:
+        return []
+    error = marker.get("error") if isinstance(marker, dict) else None
+    if not isinstance(error, str) or any(error in line for line in tail):
+        return []
+    rank = marker.get("rank")
+    return [f"--- stopped non-finite{f' on rank {rank}' if isinstance(rank, int) else ''}: {error} ---"]
+
+
 def metrics_summary(run_dir: Path) -> dict[str, Any]:
     summary: dict[str, Any] = {}
     try:
@@ -128,13 +142,14 @@ def write_result(run_dir: Path, spec: RunSpec, outcome: RunOutcome, placement: P
     if status == "success" and not (run_dir / "metrics.json").is_file():
         status = "failed"  # exit 0 without metrics is not a result
     result = {"schema_version": SCHEMA_VERSION, "run_id": spec.run_id, "status": status,
-              "exit_code": outcome.exit_code, "attempts": outcome.attempts,
+              "exit_code": outcome.exit_code, "non_finite": outcome.non_finite, "attempts": outcome.attempts,
               "started_at": outcome.started_at, "finished_at": outcome.finished_at,
               "duration_s": round(outcome.duration_s, 3), "metrics": metrics_summary(run_dir)}
     if placement is not None:
         result.update(executor=placement.executor, placement=placement.to_json())
     if status != "success":
-        result["log_tail"] = log_tail(run_dir / "output.log") + (extra_log or [])
+        tail = log_tail(run_dir / "output.log")
+        result["log_tail"] = tail + (non_finite_line(run_dir, tail) if outcome.non_finite else []) + (extra_log or [])
     write_json_atomic(run_dir / "result.json", result)
     return result
 

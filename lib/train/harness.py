@@ -20,7 +20,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from lib.errors import UserError
+from lib.errors import NON_FINITE_MARKER, NonFiniteError, UserError
 from lib.gpu_monitor.sampler import read_summary
 from lib.jsonio import SCHEMA_VERSION, read_json, write_json_atomic
 from lib.models import model_entry
@@ -225,9 +225,24 @@ def train_and_record(run_dir: Path, spec: RunSpec, loop: TrainingLoop, *, starte
             write_metrics(run_dir, spec, metrics)
             loop.discard_resume_state()
             loop.tracker.log(loop.state.step, final_figures(metrics, run_dir))
+    except NonFiniteError as exc:
+        record_non_finite(run_dir, exc, dist)
+        raise
     finally:
         loop.tracker.finish()
     return metrics
+
+
+def record_non_finite(run_dir: Path, error: NonFiniteError, dist: Dist = Dist()) -> None:
+    """Leave NON_FINITE_MARKER in the run folder before the trainer exits NON_FINITE_EXIT: under
+    torchrun the runner sees only torchrun's exit code (1), so this file is how it learns that the
+    run diverged (not retried, advised a lower rate). Every rank that stops writes it; one of them wins.
+    A marker that cannot be written (a full disk) must not replace the error nor its exit code."""
+    try:
+        write_json_atomic(run_dir / NON_FINITE_MARKER, {"schema_version": SCHEMA_VERSION, "rank": dist.rank,
+                                                        "world_size": dist.world_size, "error": str(error)})
+    except OSError as exc:  # WriteError among them
+        print(f"warning: {exc}")
 
 
 def start_trackers(run_dir: Path, spec: RunSpec) -> Trackers:

@@ -5,12 +5,14 @@ half-written file and a crash leaves either the old file or the new one.
 A write that fails (a full disk: ENOSPC) removes its temporary file and
 raises WriteError, one line naming the path; the target keeps its old
 content. JSON has no NaN or infinity, so non-finite numbers are written as
-null. Reading treats the file as untrusted input (read_json)."""
+null. Reading treats the file as untrusted input (read_json, read_regular):
+only regular files, never more than a size limit."""
 from __future__ import annotations
 
 import json
 import math
 import os
+import stat
 import tempfile
 from pathlib import Path
 from typing import Any
@@ -72,22 +74,64 @@ def write_json_atomic(path: str | os.PathLike, data: Any) -> None:
     write_text_atomic(path, json.dumps(finite(data), indent=2, allow_nan=False, default=str) + "\n")
 
 
-def read_json(path: str | os.PathLike) -> Any:
-    """Read a JSON file; a missing, unreadable or corrupt file is a UserError naming it.
+# No result file of ours or of upstream's comes near this (upstream's largest, a gpu_stats json of
+# one sample a second, is about 0.3 MB an hour); a larger file is refused before it is read, since
+# parsing it would cost several times its size in memory.
+JSON_MAX_BYTES = 128 << 20
 
-    Result files may come from anyone, so everything json.load can raise on
-    bad input is caught: deep nesting (RecursionError), numbers of thousands
-    of digits (ValueError since Python 3.11), a directory in the file's place."""
+
+def _mib(size: int) -> str:
+    return f"{size / 2**20:g} MiB"
+
+
+def read_regular(path: str | os.PathLike, max_bytes: int) -> bytes:
+    """The bytes of a regular file of at most `max_bytes`; anything else is a UserError naming it.
+
+    Opened without blocking and checked on the open descriptor, so a FIFO (whose read would wait
+    forever), a device (/dev/zero never ends) or a directory in a file's place is refused, and
+    at most max_bytes + 1 bytes are ever read, whatever the file claims its size is."""
     path = Path(path)
-    if path.exists() and not path.is_file():  # a directory, or a FIFO whose open() would block forever
-        raise UserError(f"{path}: not a regular file")
     try:
-        with open(path, encoding="utf-8") as handle:
-            return json.load(handle)
+        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK)
     except FileNotFoundError:
         raise UserError(f"{path}: file not found") from None
+    except OSError as exc:  # no permission, a loop of symbolic links, a name too long
+        raise UserError(f"{path}: unreadable ({exc.strerror or exc})") from None
+    try:
+        info = os.fstat(fd)
+        if not stat.S_ISREG(info.st_mode):
+            raise UserError(f"{path}: not a regular file")
+        if info.st_size > max_bytes:
+            raise UserError(f"{path}: {info.st_size:,} bytes, more than the {_mib(max_bytes)} a result file "
+                            "may have; not read")
+        chunks, size = [], 0
+        while size <= max_bytes:
+            chunk = os.read(fd, min(1 << 20, max_bytes + 1 - size))
+            if not chunk:
+                break
+            chunks.append(chunk)
+            size += len(chunk)
     except OSError as exc:
         raise UserError(f"{path}: unreadable ({exc.strerror or exc})") from None
+    finally:
+        os.close(fd)
+    data = b"".join(chunks)
+    if len(data) > max_bytes:  # it grew since, or its size is not what it holds
+        raise UserError(f"{path}: more than the {_mib(max_bytes)} a result file may have; not read")
+    return data
+
+
+def read_json(path: str | os.PathLike, max_bytes: int = JSON_MAX_BYTES) -> Any:
+    """Read a JSON file; a missing, unreadable, oversized or corrupt file is a UserError naming it.
+
+    Result files may come from anyone, so everything json.loads can raise on
+    bad input is caught: deep nesting (RecursionError), numbers of thousands
+    of digits (ValueError since Python 3.11), and read_regular refuses a
+    directory, FIFO or device in the file's place and a file over max_bytes."""
+    path = Path(path)
+    data = read_regular(path, max_bytes)
+    try:
+        return json.loads(data.decode("utf-8"))
     except RecursionError:
         raise UserError(f"{path}: not valid JSON (nested too deeply)") from None
     except ValueError as exc:  # JSONDecodeError, UnicodeDecodeError, an integer too long to convert

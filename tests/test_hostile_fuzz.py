@@ -6,6 +6,8 @@ from __future__ import annotations
 
 import shutil
 
+import pytest
+
 from conftest import ROOT
 from result_dirs import tree_digest
 
@@ -38,4 +40,28 @@ def test_a_result_file_over_the_size_limit_is_refused_unread(tmp_path, capsys):
     assert table.loc[0, "status"] == "missing"
     assert f"warning: {path}: 209,715,200 bytes, more than the 128 MiB a result file may have; not read" \
         in capsys.readouterr().err
+    assert tree_digest(results) == before
+
+
+LEGACY = ROOT / "tests/fixtures/legacy/test_matrix_results_20250903_180836"
+SUMMARY = "resnet18_adam_movement_70/gpu_stats_resnet18_adam_movement_70_20250903_191025_summary.txt"
+
+
+@pytest.mark.parametrize("damage, says", [
+    (lambda path, secret: _sparse(path, 200 << 20, path.read_bytes()),
+     "209,715,200 bytes, more than the 1 MiB a result file may have; not read"),
+    (lambda path, secret: (path.unlink(), path.symlink_to(secret)),
+     "a symbolic link out of the result directory; not read"),
+], ids=["too large", "linked out"])
+def test_upstream_memory_summary_too_large_or_linked_out_is_not_read(tmp_path, capsys, damage, says):
+    """An upstream gpu_stats summary text was read whole whatever its size (a 3 GiB one: 6 GiB of
+    memory), and through a link out of the directory, whose figures then showed as the run's."""
+    results = shutil.copytree(LEGACY, tmp_path / "results")
+    secret = tmp_path / "elsewhere.txt"
+    secret.write_text("Memory Usage:\n  Average: 777.0 MiB\n  Maximum: 999.0 MiB\n")
+    damage(results / SUMMARY, secret)
+    before = tree_digest(results)
+    table = load_results(results).set_index("run_id")
+    assert table.loc["resnet18_adam_movement_70", "memory_source"] is None
+    assert f"warning: {results / SUMMARY}: {says}" in capsys.readouterr().err
     assert tree_digest(results) == before

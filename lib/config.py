@@ -22,6 +22,7 @@ import kconfiglib
 
 from lib import ROOT
 from lib.errors import UserError
+from lib.jsonio import CONFIG_MAX_BYTES
 from lib.models import ModelParam, model_entry, model_names
 from lib.names import is_safe_name
 from lib.spec import (MAX_SEED, PRUNING_METHODS, AdvParams, OptimizerParams, PruningSettings, SpamParams,
@@ -185,6 +186,9 @@ def load_kconfig(path: str | os.PathLike) -> LoadedConfig:
     path = Path(path)
     if not path.is_file():
         raise UserError(f"{path}: no such configuration file (run `make defconfig-NAME` or `make menuconfig`)")
+    if path.stat().st_size > CONFIG_MAX_BYTES:  # kconfiglib reads it whole: a config.txt from elsewhere may be huge
+        raise UserError(f"{path}: {path.stat().st_size:,} bytes, more than the {CONFIG_MAX_BYTES >> 20} MiB a "
+                        "configuration file may have; not read")
     kconf = new_kconfig()
     try:
         kconf.load_config(str(path))

@@ -78,6 +78,7 @@ def write_json_atomic(path: str | os.PathLike, data: Any) -> None:
 # one sample a second, is about 0.3 MB an hour); a larger file is refused before it is read, since
 # parsing it would cost several times its size in memory.
 JSON_MAX_BYTES = 128 << 20
+CONFIG_MAX_BYTES = 1 << 20  # a .config (config.txt) is a few kilobytes; a larger file is not one
 
 
 def _mib(size: int) -> str:

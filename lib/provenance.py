@@ -18,12 +18,11 @@ from typing import Any, Optional
 
 from lib import ROOT
 from lib.errors import UserError
-from lib.jsonio import read_json
+from lib.jsonio import CONFIG_MAX_BYTES, read_json
 from lib.names import leaves
 
 # What a run's figures depend on beyond the code; python is recorded beside them.
 PACKAGES = ("torch", "numpy", "pandas", "kconfiglib", "tiktoken", "mlxtend", "scipy")
-CONFIG_MAX_BYTES = 1 << 20  # a config.txt larger than this is not a .config
 _TEXT_MAX = 200
 
 

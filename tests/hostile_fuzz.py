@@ -509,7 +509,7 @@ def read_continue(root: Path, work: Path, rng: random.Random) -> None:
 
 def read_reproduce(root: Path, work: Path, rng: random.Random) -> None:
     """What `make reproduce` reads and copies before the rerun (lib/reproduce.py), for one run."""
-    from lib.reproduce import _row, differences, prepare, read_recorded_run
+    from lib.reproduce import _row, differences, prepare, read_recorded_run, recorded_config
 
     names = sorted(p.name for p in root.iterdir()) or ["x"]
     run_id = rng.choice(names)
@@ -517,7 +517,7 @@ def read_reproduce(root: Path, work: Path, rng: random.Random) -> None:
     differences(run)
     new_dir = work / "reproduce"
     new_dir.mkdir()
-    prepare(root, run, new_dir)
+    prepare(root, run, new_dir, recorded_config(root, print))
     _row(root, run_id)
 
 

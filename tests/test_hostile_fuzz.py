@@ -4,12 +4,15 @@ by a warning naming its file) or one `error:` line, never a traceback, a hang or
 the input stays byte-identical."""
 from __future__ import annotations
 
+import os
 import shutil
 
 import pytest
 
 from conftest import ROOT
 from result_dirs import tree_digest
+
+from lib.errors import UserError
 
 from lib.results.reader import load_results
 
@@ -64,4 +67,38 @@ def test_upstream_memory_summary_too_large_or_linked_out_is_not_read(tmp_path, c
     table = load_results(results).set_index("run_id")
     assert table.loc["resnet18_adam_movement_70", "memory_source"] is None
     assert f"warning: {results / SUMMARY}: {says}" in capsys.readouterr().err
+    assert tree_digest(results) == before
+
+
+def test_continue_refuses_a_config_txt_larger_than_any_configuration(tmp_path):
+    """kconfiglib read a 3 GiB config.txt whole (3 GiB of memory) when `make continue` loaded it."""
+    from lib.config import load_kconfig
+
+    results = _own(tmp_path)
+    _sparse(results / "config.txt", 200 << 20, (OWN / "config.txt").read_bytes())
+    with pytest.raises(UserError, match=r"config.txt: 209,715,200 bytes, more than the 1 MiB a configuration "
+                                        "file may have; not read"):
+        load_kconfig(results / "config.txt")
+
+
+@pytest.mark.parametrize("damage, says", [
+    (lambda path: _sparse(path, 200 << 20, path.read_bytes()), "more than the 1 MiB a result file may have"),
+    (lambda path: (path.unlink(), os.mkfifo(path)), "not a regular file"),
+], ids=["too large", "FIFO"])
+def test_reproduce_copies_no_config_txt_that_is_not_one(tmp_path, damage, says):
+    """make reproduce copied config.txt into its new directory whatever its size (3 GiB read into memory
+    and written again); now a note says it is not copied, before the new directory exists."""
+    from lib.reproduce import prepare, read_recorded_run, recorded_config
+
+    results = _own(tmp_path)
+    damage(results / "config.txt")
+    before = tree_digest(results)
+    notes = []
+    assert recorded_config(results, notes.append) is None
+    assert len(notes) == 1 and notes[0].startswith(f"note: {results / 'config.txt'}: ") and says in notes[0]
+    assert notes[0].endswith("; the rerun gets no config.txt")
+    new_dir = tmp_path / "rerun"
+    new_dir.mkdir()
+    prepare(results, read_recorded_run(results, RUN), new_dir, None)
+    assert sorted(p.name for p in new_dir.iterdir()) == ["matrix.json"]
     assert tree_digest(results) == before

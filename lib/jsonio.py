@@ -15,9 +15,10 @@ import os
 import stat
 import tempfile
 from pathlib import Path
-from typing import Any
+from typing import Any, Optional
 
 from lib.errors import UserError, WriteError
+from lib.names import leaves
 
 SCHEMA_VERSION = 1
 
@@ -122,14 +123,18 @@ def read_regular(path: str | os.PathLike, max_bytes: int) -> bytes:
     return data
 
 
-def read_json(path: str | os.PathLike, max_bytes: int = JSON_MAX_BYTES) -> Any:
+def read_json(path: str | os.PathLike, max_bytes: int = JSON_MAX_BYTES, within: Optional[Path] = None) -> Any:
     """Read a JSON file; a missing, unreadable, oversized or corrupt file is a UserError naming it.
 
     Result files may come from anyone, so everything json.loads can raise on
     bad input is caught: deep nesting (RecursionError), numbers of thousands
     of digits (ValueError since Python 3.11), and read_regular refuses a
-    directory, FIFO or device in the file's place and a file over max_bytes."""
+    directory, FIFO or device in the file's place and a file over max_bytes.
+    `within`: the result directory the file belongs to; a symbolic link out of
+    it is refused unread (lib/names.leaves)."""
     path = Path(path)
+    if within is not None and leaves(path, within):
+        raise UserError(f"{path}: a symbolic link out of the result directory; not read")
     data = read_regular(path, max_bytes)
     try:
         return json.loads(data.decode("utf-8"))

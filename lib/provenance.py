@@ -112,9 +112,9 @@ def directory_provenance(results_dir: Path, run_ids: list[str], layout: str, war
         path = results_dir / run_id / "run.json"
         if path.is_file():
             try:
-                records.append(recorded(read_json(path)))
-            except UserError:
-                pass  # lib/results already warned about this file
+                records.append(recorded(read_json(path, within=results_dir)))
+            except UserError as exc:  # the same line as lib/results' when it read the file too (printed once)
+                warnings.append(str(exc))
     commit = _one_or_all([r["git_commit"] for r in records])
     note = None
     if commit is None:

@@ -59,7 +59,7 @@ def read_recorded_run(results_dir: Path, run_id: str) -> RecordedRun:
     if not (run_dir / "run.json").is_file():
         raise UserError(f"{run_dir}: no run.json (give RESULTS=<our result directory> RUN=<run id>; "
                         "upstream directories record no spec to rerun)")
-    data = read_json(run_dir / "run.json")
+    data = read_json(run_dir / "run.json", within=results_dir)
     if not isinstance(data, dict):
         raise UserError(f"{run_dir / 'run.json'}: not a JSON object")
     spec = spec_from_entry(data.get("spec"), f"{run_dir / 'run.json'}: spec")
@@ -70,7 +70,7 @@ def read_recorded_run(results_dir: Path, run_id: str) -> RecordedRun:
     threads = threads if isinstance(threads, int) and not isinstance(threads, bool) and 0 < threads <= 4096 else None
     device = None
     try:
-        environment = read_json(run_dir / "metrics.json").get("environment")
+        environment = read_json(run_dir / "metrics.json", within=results_dir).get("environment")
         device = environment.get("device") if isinstance(environment, dict) else None
     except (UserError, AttributeError):
         pass

@@ -4,7 +4,9 @@ by a warning naming its file) or one `error:` line, never a traceback, a hang or
 the input stays byte-identical."""
 from __future__ import annotations
 
+import json
 import os
+import re
 import shutil
 
 import pytest
@@ -14,6 +16,7 @@ from result_dirs import tree_digest
 
 from lib.errors import UserError
 
+from lib.report.summary import write_reports
 from lib.results.reader import load_results
 
 OWN = ROOT / "tests/fixtures/own/20261130_225800"
@@ -102,3 +105,50 @@ def test_reproduce_copies_no_config_txt_that_is_not_one(tmp_path, damage, says):
     prepare(results, read_recorded_run(results, RUN), new_dir, None)
     assert sorted(p.name for p in new_dir.iterdir()) == ["matrix.json"]
     assert tree_digest(results) == before
+
+
+@pytest.mark.parametrize("layout, name", [("own", "matrix.json"), ("own", f"{RUN}/run.json"),
+                                          ("upstream", "all_results.json")])
+def test_directory_files_linked_out_of_it_are_not_read(tmp_path, capsys, layout, name):
+    """matrix.json, all_results.json and run.json (read for provenance) were read through a link out of
+    the result directory: another file's runs, test IDs or git commit showed in the report as this one's."""
+    results = _own(tmp_path) if layout == "own" else shutil.copytree(LEGACY, tmp_path / "results")
+    elsewhere = tmp_path / "elsewhere.json"
+    if name == "all_results.json":
+        elsewhere.write_text(json.dumps([{"test_id": "resnet18_sgd_none", "best_accuracy": 12.5}]))
+    else:
+        spec = {**json.loads((OWN / "matrix.json").read_text())["runs"][0], "run_id": "lenet5_sgd_none"}
+        elsewhere.write_text(json.dumps({"runs": [spec], "spec": spec, "git_commit": "PRIVATE"}))
+    (results / name).unlink()
+    (results / name).symlink_to(elsewhere)
+    before = tree_digest(results)
+    write_reports(load_results(results), tmp_path / "out", "x", graphs=False)
+    written = "".join(p.read_text() for p in (tmp_path / "out").iterdir() if p.is_file())
+    assert "PRIVATE" not in written and "lenet5_sgd_none" not in written and "resnet18_sgd_none" not in written
+    assert f"warning: {results / name}: a symbolic link out of the result directory; not read" \
+        in capsys.readouterr().err
+    assert tree_digest(results) == before
+
+
+@pytest.mark.parametrize("name", ["matrix.json", f"{RUN}/result.json", f"{RUN}/run.json"])
+def test_continue_and_reproduce_read_no_link_out_of_the_directory(tmp_path, name):
+    """make continue took its runs from a matrix.json linked elsewhere and counted a run done by a
+    result.json linked elsewhere; make reproduce reran the spec of a run.json linked elsewhere."""
+    from lib.reproduce import read_recorded_run
+    from lib.run.runner import load_matrix, pending
+
+    results = _own(tmp_path)
+    elsewhere = tmp_path / "elsewhere.json"
+    spec = json.loads((OWN / "matrix.json").read_text())["runs"][0]
+    elsewhere.write_text(json.dumps({"runs": [spec], "spec": spec, "status": "success"}))
+    (results / name).unlink()
+    (results / name).symlink_to(elsewhere)
+    refused = f"{results / name}: a symbolic link out of the result directory; not read"
+    if name == "matrix.json":
+        with pytest.raises(UserError, match=re.escape(refused)):
+            load_matrix(results)
+    elif name.endswith("result.json"):
+        assert [s.run_id for s in pending(results, load_matrix(results))] == [RUN]
+    else:
+        with pytest.raises(UserError, match=re.escape(refused)):
+            read_recorded_run(results, RUN)

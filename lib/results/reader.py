@@ -196,7 +196,7 @@ def _specs_from_matrix(results_dir: Path, warnings: list[str]) -> Optional[list[
     if not path.is_file():
         return None
     try:
-        matrix = read_json(path)
+        matrix = read_json(path, within=results_dir)
     except UserError as exc:  # its message already names the path
         warnings.append(f"{exc}; reading the run folders instead")
         return None

@@ -46,7 +46,7 @@ def _all_results(results_dir: Path, warnings: list[str]) -> Optional[list]:
     if not path.is_file():
         return None
     try:
-        data = read_json(path)
+        data = read_json(path, within=results_dir)
     except UserError as exc:  # its message names the path
         warnings.append(f"{exc}; reading the run folders instead")
         return []

@@ -127,7 +127,7 @@ def load_matrix(results_dir: Path) -> list[RunSpec]:
         raise UserError(f"{results_dir}: no such result directory (give a test_matrix_results/<timestamp> folder)")
     if not path.is_file():
         raise UserError(f"{results_dir}: not a result directory of this framework (no matrix.json)")
-    data = read_json(path)
+    data = read_json(path, within=results_dir)
     entries = data.get("runs") if isinstance(data, dict) else None
     if not isinstance(entries, list) or not entries:
         raise UserError(f"{path}: no 'runs' list")
@@ -143,7 +143,7 @@ def load_matrix(results_dir: Path) -> list[RunSpec]:
 def is_done(run_dir: Path) -> bool:
     """True when result.json is valid JSON saying the run succeeded."""
     try:
-        return read_json(run_dir / "result.json").get("status") == "success"
+        return read_json(run_dir / "result.json", within=run_dir.parent).get("status") == "success"
     except (UserError, AttributeError):
         return False
 
@@ -160,7 +160,7 @@ def failure_lines(results_dir: Path, runs: list[RunSpec]) -> list[str]:
     non_finite, other = [], []
     for spec in runs:
         try:
-            result = read_json(results_dir / spec.run_id / "result.json")
+            result = read_json(results_dir / spec.run_id / "result.json", within=results_dir)
         except UserError:
             continue  # never finished: reported as missing, and `make continue` runs it
         if isinstance(result, dict) and result.get("status") not in ("success", None):

@@ -152,3 +152,23 @@ def test_continue_and_reproduce_read_no_link_out_of_the_directory(tmp_path, name
     else:
         with pytest.raises(UserError, match=re.escape(refused)):
             read_recorded_run(results, RUN)
+
+
+@pytest.mark.parametrize("key, value, says", [
+    ("target_sparsity_pct", -(10**400), "target_sparsity_pct {} is not a number"),
+    ("learning_rate", 10**400, "hyperparams.training.learning_rate: {} is not a finite number"),
+    ("epochs", -(10**400), "hyperparams.training.epochs {} is not at least 1"),
+], ids=["target", "learning rate", "epochs"])
+def test_an_integer_too_large_for_a_float_in_a_matrix_is_one_error(key, value, says):
+    """math.isfinite(10**400) raises OverflowError: make continue and make reproduce ended in a traceback
+    on a matrix.json or run.json with such a number where a float belongs."""
+    from lib.matrix import spec_from_entry
+
+    entry = json.loads((OWN / "matrix.json").read_text())["runs"][0]
+    if key in entry:
+        entry[key] = value
+    else:
+        entry["hyperparams"]["training"][key] = value
+    with pytest.raises(UserError) as caught:
+        spec_from_entry(entry, "matrix.json: run 1")
+    assert str(caught.value) == f"matrix.json: run 1 ({RUN}): " + says.format(repr(value)[:57] + "...")

@@ -23,8 +23,8 @@ OWN = ROOT / "tests/fixtures/own/20261130_225800"
 RUN = "lenet5_adamw_magnitude_50"
 
 
-def _own(tmp_path):
-    return shutil.copytree(OWN, tmp_path / "results")
+def _own(tmp_path, name: str = "results"):
+    return shutil.copytree(OWN, tmp_path / name)
 
 
 def _sparse(path, size: int, head: bytes = b"") -> None:
@@ -172,3 +172,35 @@ def test_an_integer_too_large_for_a_float_in_a_matrix_is_one_error(key, value, s
     with pytest.raises(UserError) as caught:
         spec_from_entry(entry, "matrix.json: run 1")
     assert str(caught.value) == f"matrix.json: run 1 ({RUN}): " + says.format(repr(value)[:57] + "...")
+
+
+@pytest.mark.parametrize("where, value", [
+    ("duration_s", "abc"), ("duration_s", [1, 2]), ("duration_s", 10**400), ("duration_s", 1e308),
+    ("duration_s", -5), ("status", {"a": 1}), ("spec.epochs", 10**400), ("spec.learning_rate", 10**400),
+    ("spec", [1]), ("result", [1]),
+], ids=lambda v: v if isinstance(v, str) else type(v).__name__)
+def test_dry_run_estimate_skips_past_runs_that_make_no_sense(tmp_path, where, value):
+    """The time estimate of `make test-matrix-dry-run` reads every result.json and run.json under the
+    results root, other labs' directories included: a duration that was a string or a list, or a spec with
+    an integer too large for a float, ended the dry run in a traceback."""
+    from lib.run.plan import estimate_lines, find_past_runs
+    from lib.spec import RunSpec
+
+    good = _own(tmp_path / "root", "good")  # a sane past run beside the damaged one
+    bad = _own(tmp_path / "root", "bad")
+    result_path, run_path = bad / RUN / "result.json", bad / RUN / "run.json"
+    result, record = json.loads(result_path.read_text()), json.loads(run_path.read_text())
+    if where == "result":
+        result = value
+    elif where.startswith("spec."):
+        record["spec"]["hyperparams"]["training"][where[5:]] = value
+    elif where == "spec":
+        record["spec"] = value
+    else:
+        result[where] = value
+    result_path.write_text(json.dumps(result))
+    run_path.write_text(json.dumps(record))
+    past = find_past_runs(tmp_path / "root", {"lenet5"})
+    assert past.count == (2 if where == "spec.epochs" else 1)  # the good run alone, or a sane run with odd epochs
+    spec = RunSpec.from_json(json.loads((good / "matrix.json").read_text())["runs"][0])
+    assert estimate_lines([spec], tmp_path / "root", 1)[0].startswith("Estimated time: 0:00:07 ")

@@ -5,6 +5,7 @@ the input stays byte-identical."""
 from __future__ import annotations
 
 import json
+import math
 import os
 import re
 import shutil
@@ -204,3 +205,21 @@ def test_dry_run_estimate_skips_past_runs_that_make_no_sense(tmp_path, where, va
     assert past.count == (2 if where == "spec.epochs" else 1)  # the good run alone, or a sane run with odd epochs
     spec = RunSpec.from_json(json.loads((good / "matrix.json").read_text())["runs"][0])
     assert estimate_lines([spec], tmp_path / "root", 1)[0].startswith("Estimated time: 0:00:07 ")
+
+
+def test_figures_near_the_float_limit_do_not_stop_the_report(tmp_path, capsys):
+    """A curve of accuracies near +-1e308 (finite, so the reader keeps them) made the report's
+    standard deviation raise OverflowError ((v - mean) ** 2), a traceback in make report."""
+    from lib.report.stats import Estimate
+
+    results = _own(tmp_path)
+    path = results / RUN / "metrics.json"
+    metrics = json.loads(path.read_text())
+    metrics["epochs"] = [{**metrics["epochs"][0], "epoch": i, "test_accuracy_pct": v}
+                         for i, v in enumerate([1e308, -1e308, 1e308], 1)]
+    path.write_text(json.dumps(metrics))
+    write_reports(load_results(results), tmp_path / "out", "x", graphs=False)
+    assert (tmp_path / "out" / "report.md").is_file()
+    assert Estimate.of([1e308, 1e308]).mean == 1e308 and Estimate.of([1e200, -1e200]).std == math.inf
+    assert Estimate.of([1.0, 2.0, 4.0]) == Estimate(7 / 3, math.sqrt(((1 - 7 / 3) ** 2 + (2 - 7 / 3) ** 2
+                                                                         + (4 - 7 / 3) ** 2) / 2), 3)

@@ -82,6 +82,28 @@ JSON_MAX_BYTES = 128 << 20
 CONFIG_MAX_BYTES = 1 << 20  # a .config (config.txt) is a few kilobytes; a larger file is not one
 
 
+def found(path: str | os.PathLike) -> bool:
+    """Whether anything is at `path`, a dangling symbolic link included. Python 3.11's Path.exists
+    raises PermissionError inside a folder the user may not read; here that counts as found, so
+    that the read which follows names the file and says it is unreadable."""
+    try:
+        os.lstat(path)
+    except (FileNotFoundError, NotADirectoryError):
+        return False
+    except OSError:
+        return True
+    return True
+
+
+def check_readable_dir(path: str | os.PathLike) -> None:
+    """UserError naming the directory when its entries cannot be listed or looked at (no permission)."""
+    try:
+        os.scandir(path).close()  # needs read permission
+        os.stat(os.path.join(path, "."))  # needs search permission, as every file inside does
+    except OSError as exc:
+        raise UserError(f"{path}: unreadable ({exc.strerror or exc})") from None
+
+
 def _mib(size: int) -> str:
     return f"{size / 2**20:g} MiB"
 

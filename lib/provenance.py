@@ -18,7 +18,7 @@ from typing import Any, Optional
 
 from lib import ROOT
 from lib.errors import UserError
-from lib.jsonio import CONFIG_MAX_BYTES, read_json
+from lib.jsonio import CONFIG_MAX_BYTES, found, read_json
 from lib.names import leaves
 
 # What a run's figures depend on beyond the code; python is recorded beside them.
@@ -110,7 +110,7 @@ def directory_provenance(results_dir: Path, run_ids: list[str], layout: str, war
     records = []
     for run_id in run_ids:
         path = results_dir / run_id / "run.json"
-        if path.is_file():
+        if found(path):
             try:
                 records.append(recorded(read_json(path, within=results_dir)))
             except UserError as exc:  # the same line as lib/results' when it read the file too (printed once)

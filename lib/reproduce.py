@@ -21,7 +21,8 @@ from typing import Any, Callable, Optional
 
 from lib.config import default_runner
 from lib.errors import UserError, counted
-from lib.jsonio import CONFIG_MAX_BYTES, SCHEMA_VERSION, read_json, read_regular, write_bytes_atomic, write_json_atomic
+from lib.jsonio import (CONFIG_MAX_BYTES, SCHEMA_VERSION, check_readable_dir, found, read_json, read_regular,
+                        write_bytes_atomic, write_json_atomic)
 from lib.matrix import spec_from_entry
 from lib.names import check_name, leaves
 from lib.provenance import git_commit, git_dirty, package_versions, recorded
@@ -55,8 +56,9 @@ def read_recorded_run(results_dir: Path, run_id: str) -> RecordedRun:
     check_name(run_id, "RUN", "make reproduce")
     if not results_dir.is_dir():
         raise UserError(f"RESULTS={results_dir}: no such result directory")
+    check_readable_dir(results_dir)
     run_dir = results_dir / run_id
-    if not (run_dir / "run.json").is_file():
+    if not found(run_dir / "run.json"):  # anything else there (unreadable, a directory): read_json says what
         raise UserError(f"{run_dir}: no run.json (give RESULTS=<our result directory> RUN=<run id>; "
                         "upstream directories record no spec to rerun)")
     data = read_json(run_dir / "run.json", within=results_dir)

@@ -507,12 +507,19 @@ def read_continue(root: Path, work: Path, rng: random.Random) -> None:
     failure_lines(root, runs)
 
 
+def _entries(root: Path) -> list[str]:
+    """Names a user could give as RUN= (the folder's entries; "x" when there are none or it is unreadable)."""
+    try:
+        return sorted(p.name for p in root.iterdir()) or ["x"]
+    except OSError:
+        return ["x"]
+
+
 def read_reproduce(root: Path, work: Path, rng: random.Random) -> None:
     """What `make reproduce` reads and copies before the rerun (lib/reproduce.py), for one run."""
     from lib.reproduce import _row, differences, prepare, read_recorded_run, recorded_config
 
-    names = sorted(p.name for p in root.iterdir()) or ["x"]
-    run_id = rng.choice(names)
+    run_id = rng.choice(_entries(root))
     run = read_recorded_run(root, run_id)
     differences(run)
     new_dir = work / "reproduce"
@@ -529,7 +536,7 @@ def read_sample(root: Path, work: Path, rng: random.Random) -> None:
     from lib.names import check_name
     from lib.train.checkpoint import run_checkpoint
 
-    names = sorted(p.name for p in root.iterdir()) or ["x"]
+    names = _entries(root)
     run_id = rng.choice([n for n in names if n.startswith("gpt2")] or names)
     check_name(run_id, "RUN", str(root))
     check_gpt2_run(root / run_id)

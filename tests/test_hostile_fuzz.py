@@ -4,11 +4,15 @@ by a warning naming its file) or one `error:` line, never a traceback, a hang or
 the input stays byte-identical."""
 from __future__ import annotations
 
+import contextlib
+import io
 import json
 import math
 import os
 import re
 import shutil
+import tempfile
+from pathlib import Path
 
 import pytest
 
@@ -16,7 +20,6 @@ from conftest import ROOT
 from result_dirs import tree_digest
 
 from lib.errors import UserError
-
 from lib.report.summary import write_reports
 from lib.results.reader import load_results
 
@@ -223,3 +226,94 @@ def test_figures_near_the_float_limit_do_not_stop_the_report(tmp_path, capsys):
     assert Estimate.of([1e308, 1e308]).mean == 1e308 and Estimate.of([1e200, -1e200]).std == math.inf
     assert Estimate.of([1.0, 2.0, 4.0]) == Estimate(7 / 3, math.sqrt(((1 - 7 / 3) ** 2 + (2 - 7 / 3) ** 2
                                                                          + (4 - 7 / 3) ** 2) / 2), 3)
+
+
+def _outcome(call) -> dict:
+    """call()'s stderr and its UserError's message (None when it returned), or the type of any other exception."""
+    stderr = io.StringIO()
+    try:
+        with contextlib.redirect_stderr(stderr):
+            call()
+        error = None
+    except UserError as exc:
+        error = str(exc)
+    except Exception as exc:  # noqa: BLE001 - reported to the test, which fails on it
+        error = f"{type(exc).__name__}: {exc}"
+    return {"error": error, "stderr": stderr.getvalue()}
+
+
+def _as_another_user(call) -> dict:
+    """_outcome(call) as an unprivileged user: root reads every file, so mode 000 bites only others."""
+    if os.geteuid() != 0:
+        return _outcome(call)
+    from lib.provenance import package_versions
+
+    package_versions()  # its first call imports email.parser, from a folder the other user may not read
+    read_end, write_end = os.pipe()
+    pid = os.fork()
+    if pid == 0:
+        try:
+            os.setgroups([])
+            os.setgid(65534)
+            os.setuid(65534)
+            os.write(write_end, json.dumps(_outcome(call)).encode())
+        finally:
+            os._exit(0)
+    os.close(write_end)
+    with os.fdopen(read_end, "rb") as handle:
+        data = handle.read()
+    os.waitpid(pid, 0)
+    return json.loads(data)
+
+
+@pytest.fixture
+def shared_tmp():
+    """A temporary folder another user may enter (pytest's tmp_path is root's alone when run as root)."""
+    with tempfile.TemporaryDirectory() as folder:
+        os.chmod(folder, 0o777)
+        yield Path(folder)
+
+
+@pytest.mark.parametrize("layout, locked", [("own", RUN), ("upstream", "resnet18_adam_none"), ("own", ".")],
+                         ids=["own run folder", "upstream run folder", "the directory"])
+def test_folders_we_may_not_read_are_a_warning_or_one_error(shared_tmp, layout, locked):
+    """Python 3.11's Path.is_file and Path.exists raise PermissionError inside a folder the user may not
+    read: a run folder (or the whole directory) of mode 000 ended make report in a traceback."""
+    results = shutil.copytree(OWN if layout == "own" else LEGACY, shared_tmp / "results")
+    for path in [results, *results.rglob("*")]:
+        path.chmod(0o755 if path.is_dir() else 0o644)
+    (results / locked).chmod(0)
+    out = shared_tmp / "out"
+    out.mkdir()
+    out.chmod(0o777)
+    outcome = _as_another_user(lambda: write_reports(load_results(results), out, "x", graphs=False))
+    (results / locked).chmod(0o755)
+    if locked == ".":
+        assert outcome["error"] == f"{results}: unreadable (Permission denied)"
+    else:
+        assert outcome["error"] is None and (out / "summary_report.txt").is_file()
+        assert f"{results / locked}/" in outcome["stderr"] and "unreadable (Permission denied)" in outcome["stderr"]
+        assert locked in (out / "summary_report.txt").read_text()  # the run is listed, its cells empty
+
+
+@pytest.mark.parametrize("command", ["continue", "reproduce", "sample"])
+def test_continue_reproduce_and_sample_on_files_we_may_not_read_are_one_error(shared_tmp, command):
+    """The same PermissionError (or kconfiglib's _KconfigIOError for config.txt) in make continue,
+    make reproduce and make sample."""
+    from lib.config import load_kconfig
+    from lib.reproduce import read_recorded_run
+    from lib.train.checkpoint import load_weights, run_checkpoint
+
+    results = shutil.copytree(OWN, shared_tmp / "results")
+    for path in [results, *results.rglob("*")]:
+        path.chmod(0o755 if path.is_dir() else 0o644)
+    locked = results / ("config.txt" if command == "continue" else RUN)
+    locked.chmod(0)
+    call = {"continue": lambda: load_kconfig(locked), "reproduce": lambda: read_recorded_run(results, RUN),
+            "sample": lambda: load_weights(run_checkpoint(results, RUN))}[command]
+    outcome = _as_another_user(call)
+    locked.chmod(0o755)
+    says = {"continue": f"{locked}: unreadable (Permission denied)",
+            "reproduce": f"{locked}/run.json: unreadable (Permission denied)",
+            "sample": f"{locked}/checkpoints/best.pt: unreadable checkpoint (PermissionError: "}[command]
+    assert outcome["error"].startswith(says)

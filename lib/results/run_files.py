@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Any, Optional
 
 from lib.errors import UserError
-from lib.jsonio import read_json, read_regular
+from lib.jsonio import found, read_json, read_regular
 from lib.models import model_names
 from lib.names import leaves
 from lib.spec import MAX_SEED, PRUNING_METHODS
@@ -53,7 +53,7 @@ class RunFiles:
         """The file's JSON value of type `kind`, or an empty one when absent
         (a warning if `expected`), corrupt or of another type (a warning)."""
         path = self.run_dir / name
-        if not (path.exists() or path.is_symlink()):
+        if not found(path):
             if expected:
                 self.warn(name, "file not found")
             return kind()

@@ -17,7 +17,7 @@ from typing import Callable, Iterable
 
 from lib.config import RunnerSettings, default_runner, load_kconfig
 from lib.errors import NON_FINITE_EXIT, UserError, WriteError, counted
-from lib.jsonio import SCHEMA_VERSION, read_json, write_bytes_atomic, write_json_atomic
+from lib.jsonio import SCHEMA_VERSION, check_readable_dir, read_json, write_bytes_atomic, write_json_atomic
 from lib.matrix import spec_from_entry
 from lib.names import RESUME_DIR, SUPERSEDED_DIR, check_no_links
 from lib.provenance import git_commit
@@ -125,6 +125,7 @@ def load_matrix(results_dir: Path) -> list[RunSpec]:
     path = results_dir / "matrix.json"
     if not results_dir.is_dir():  # a mistyped RESULTS=: say so, as `make report` does
         raise UserError(f"{results_dir}: no such result directory (give a test_matrix_results/<timestamp> folder)")
+    check_readable_dir(results_dir)
     if not path.is_file():
         raise UserError(f"{results_dir}: not a result directory of this framework (no matrix.json)")
     data = read_json(path, within=results_dir)

@@ -317,3 +317,21 @@ def test_continue_reproduce_and_sample_on_files_we_may_not_read_are_one_error(sh
             "reproduce": f"{locked}/run.json: unreadable (Permission denied)",
             "sample": f"{locked}/checkpoints/best.pt: unreadable checkpoint (PermissionError: "}[command]
     assert outcome["error"].startswith(says)
+
+
+@pytest.mark.parametrize("name", ["lenet5_x\x1b[2J\nwarning: forged", "lenet5_\u202ex_enon"])
+def test_a_folder_name_cannot_forge_or_reorder_warning_lines(tmp_path, name):
+    """The folder name went raw into its `warning:` line (and into `error:` lines): a newline added a
+    line of its own, an ESC sequence drove the terminal, U+202E showed the rest of the line reversed."""
+    from conftest import no_traceback, run_script
+
+    results = _own(tmp_path)
+    (results / "matrix.json").unlink()
+    (results / RUN).rename(results / name)
+    proc = run_script(ROOT / "scripts" / "report.py", results, "--out", tmp_path / "out")
+    no_traceback(proc)
+    assert proc.returncode == 2
+    lines = proc.stderr.splitlines()
+    assert [line.split(":")[0] for line in lines] == ["warning", "error"]
+    assert not re.search("[\x00-\x1f\x7f-\x9f\u202e]", proc.stderr.replace("\n", ""))
+    assert "\\x0awarning: forged" in lines[0] or "\\u202ex_enon" in lines[0]

@@ -17,7 +17,7 @@ from typing import Callable, Optional
 
 import pandas as pd
 
-from lib.errors import UserError, counted
+from lib.errors import UserError, counted, escaped
 from lib.jsonio import check_readable_dir, read_json
 from lib.models import CLASSIFICATION, LANGUAGE_MODELING, TASKS, task_of
 from lib.spec import MAX_SEED
@@ -288,9 +288,10 @@ def _safe_rows(rows: list[Row], results_dir: Path, warnings: list[str]) -> list[
 
 
 def print_warnings(warnings: list[str]) -> None:
-    """Print each warning once to stderr as `warning: <path>: <what>`."""
+    """Print each warning once to stderr as `warning: <path>: <what>`, control characters escaped
+    (a folder named with a newline or a terminal escape cannot forge lines or drive the terminal)."""
     for message in dict.fromkeys(warnings):
-        print(f"warning: {message}", file=sys.stderr)
+        print(f"warning: {escaped(message)}", file=sys.stderr)
 
 
 def load_results(results_dir: Path) -> pd.DataFrame:

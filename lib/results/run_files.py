@@ -13,7 +13,7 @@ import re
 from pathlib import Path
 from typing import Any, Optional
 
-from lib.errors import UserError
+from lib.errors import UserError, escaped
 from lib.jsonio import found, read_json, read_regular
 from lib.models import model_names
 from lib.names import leaves
@@ -123,8 +123,7 @@ def shown(value: Any, limit: int = 60) -> str:
 def one_line(value: Any, limit: int = LOG_LINE_CHARS) -> str:
     """str(value) cut to `limit` characters, control characters (newlines, terminal escapes) shown
     as \\xNN: a log line from a result file must not forge lines of summary_report.txt."""
-    text = str(value)[:limit]
-    return re.sub(r"[\x00-\x1f\x7f-\x9f]", lambda m: f"\\x{ord(m.group()):02x}", text)
+    return escaped(str(value)[:limit])
 
 
 def thin(items: list, limit: int = TIMELINE_POINTS) -> list:

@@ -635,7 +635,7 @@ def _call(reader: str, root: Path, work: Path, rng: random.Random, timeout_s: fl
     for line in stderr.getvalue().splitlines():
         if not re.match(r"(warning|note): ", line):
             problems.append(f"stderr line that is not a warning: {line[:200]!r}")
-        if re.search(r"[\x00-\x08\x0b-\x1f\x7f]", line):
+        if re.search(r"[\x00-\x1f\x7f-\x9f\u202a-\u202e\u2066-\u2069]", line):
             problems.append(f"control character on stderr: {line[:200]!r}")
     return problems, error
 
@@ -731,6 +731,13 @@ def warm_up() -> None:
                 for reader in READERS:
                     (Path(tmp) / reader).mkdir()
                     _call(reader, root, Path(tmp) / reader, random.Random(0), 60)
+        with tempfile.TemporaryDirectory(prefix="warm-") as tmp:  # a model built as from_checkpoint builds it
+            import torch
+
+            from gpt2.sample import load_model
+
+            _gpt2_checkpoint(Path(tmp) / "best.pt")
+            load_model(Path(tmp) / "best.pt", torch.device("cpu"))
         ttest_ind([1.0, 2.0], [1.0, 3.0], equal_var=False)
         package_versions()  # importlib.metadata imports email.parser on its first call
 

@@ -11,6 +11,7 @@ import math
 import os
 import re
 import shutil
+import sys
 import tempfile
 from pathlib import Path
 
@@ -335,3 +336,21 @@ def test_a_folder_name_cannot_forge_or_reorder_warning_lines(tmp_path, name):
     assert [line.split(":")[0] for line in lines] == ["warning", "error"]
     assert not re.search("[\x00-\x1f\x7f-\x9f\u202e]", proc.stderr.replace("\n", ""))
     assert "\\x0awarning: forged" in lines[0] or "\\u202ex_enon" in lines[0]
+
+
+def test_continue_without_results_passes_over_a_folder_we_may_not_read(shared_tmp):
+    """`make continue` without RESULTS looks for the newest matrix directory; one of mode 000 among them
+    (a copy from elsewhere) raised PermissionError from Path.is_file."""
+    from lib.run.runner import newest_matrix_dir
+
+    older = shutil.copytree(OWN, shared_tmp / "20250101_000000")
+    newer = shutil.copytree(OWN, shared_tmp / "20250202_000000")
+    for path in [older, *older.rglob("*")]:
+        path.chmod(0o755 if path.is_dir() else 0o644)
+    newer.chmod(0)
+    def newest() -> None:
+        print(newest_matrix_dir(shared_tmp), file=sys.stderr)  # the other user's answer comes back as stderr
+
+    outcome = _as_another_user(newest)
+    newer.chmod(0o755)
+    assert outcome == {"error": None, "stderr": f"{older}\n"}

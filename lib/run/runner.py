@@ -10,6 +10,7 @@ status "success" is what "done" means, so resuming needs nothing but files.
 from __future__ import annotations
 
 import dataclasses
+import os
 import re
 from datetime import datetime
 from pathlib import Path
@@ -102,7 +103,8 @@ def newest_matrix_dir(root: Path) -> Path:
         stamp, suffix = MATRIX_DIR_NAME.fullmatch(path.name).groups()
         return stamp, int(suffix or 1)  # _10 after _9, which a plain sort by name gets wrong
 
-    candidates = [p for p in root.glob("*") if MATRIX_DIR_NAME.fullmatch(p.name) and (p / "matrix.json").is_file()]
+    # os.path.isfile: False for a folder we may not read (Path.is_file raises PermissionError there)
+    candidates = [p for p in root.glob("*") if MATRIX_DIR_NAME.fullmatch(p.name) and os.path.isfile(p / "matrix.json")]
     if not candidates:
         raise UserError(f"no result directory under {root} to continue: none named <YYYYMMDD_HHMMSS> holds "
                         "a matrix.json (run `make` first, or give RESULTS=dir)")

@@ -555,6 +555,42 @@ READERS: dict[str, Callable[[Path, Path, random.Random], None]] = {
     "sample": read_sample, "dry_run": read_dry_run}
 
 
+def _script(*args: Any, env: Optional[dict] = None) -> None:
+    """Run scripts/<args> as users do; AssertionError unless it ends in a report (0) or one `error:`
+    line (2), with only warning/note/error lines on stderr and no traceback."""
+    import subprocess
+
+    proc = subprocess.run([sys.executable, *map(str, args)], capture_output=True, text=True, cwd=ROOT,
+                          timeout=120, env={**os.environ, **(env or {})})
+    lines = proc.stderr.splitlines()
+    assert "Traceback" not in proc.stderr, proc.stderr[-3000:]
+    assert proc.returncode in (0, 2), f"exit {proc.returncode}: {proc.stderr[-2000:]}"
+    assert all(re.match(r"(warning|note|error|checkpoint): ", line) for line in lines), proc.stderr[-2000:]
+    assert sum(line.startswith("error: ") for line in lines) == (proc.returncode == 2), proc.stderr[-2000:]
+
+
+def cli_report(root: Path, work: Path, rng: random.Random) -> None:
+    _script(ROOT / "scripts" / "report.py", root, "--out", work / "report")
+
+
+def cli_compare(root: Path, work: Path, rng: random.Random) -> None:
+    other = SEEDS[rng.choice(list(SEEDS))](work / "clean")
+    _script(ROOT / "scripts" / "compare.py", *([root, other] if rng.random() < 0.5 else [other, root]),
+            "--out", work / "compare")
+
+
+def cli_sample(root: Path, work: Path, rng: random.Random) -> None:
+    names = _entries(root)
+    run_id = rng.choice([n for n in names if n.startswith("gpt2")] or names)
+    _script(ROOT / "scripts" / "sample.py", env={"RESULTS": str(root), "RUN": run_id, "MAX_NEW_TOKENS": "2",
+                                                 "PROMPT": "!", "DEVICE": "cpu", "CKPT": ""})
+
+
+# The commands themselves, in a subprocess each (seconds a case, so the driver runs them with --cli only).
+CLI_READERS: dict[str, Callable[[Path, Path, random.Random], None]] = {
+    "cli_report": cli_report, "cli_compare": cli_compare, "cli_sample": cli_sample}
+
+
 # one case ---------------------------------------------------------------------------------
 
 class Hang(Exception):
@@ -618,7 +654,7 @@ def _call(reader: str, root: Path, work: Path, rng: random.Random, timeout_s: fl
     start_rss = _rss()
     try:
         with contextlib.redirect_stderr(stderr), contextlib.redirect_stdout(io.StringIO()):
-            READERS[reader](root, work, rng)
+            {**READERS, **CLI_READERS}[reader](root, work, rng)
     except Hang:
         problems.append(f"hang: still reading after {timeout_s} s")
     except UserError as exc:
@@ -778,7 +814,7 @@ def main(argv: Optional[list[str]] = None) -> int:
     parser.add_argument("--seconds", type=float, default=60)
     parser.add_argument("--seed", type=int, default=0, help="first case seed")
     parser.add_argument("--cases", type=int, default=None, help="stop after this many cases")
-    parser.add_argument("--readers", default=",".join(READERS))
+    parser.add_argument("--readers", default=",".join(READERS), help=f"of {','.join({**READERS, **CLI_READERS})}")
     parser.add_argument("--layouts", default=",".join(SEEDS))
     parser.add_argument("--timeout", type=float, default=30.0)
     parser.add_argument("--skip-kinds", default="", help=f"leave out these of {','.join(KINDS)}")

@@ -796,7 +796,8 @@ def _check_outputs(work: Path) -> list[str]:
     return problems
 
 
-def _cleanup(work: Path) -> None:
+def cleanup(work: Path) -> None:
+    """Remove `work`, mode-000 entries included (for a reader that is not root)."""
     for folder, dirs, files in os.walk(work):
         for name in dirs + files:
             path = Path(folder) / name
@@ -832,7 +833,7 @@ def main(argv: Optional[list[str]] = None) -> int:
         with tempfile.TemporaryDirectory(prefix="fuzz-") as tmp:
             outcome = run_case(seed, Path(tmp), rng.choice(layouts), rng.choice(readers), timeout_s=args.timeout,
                                as_user=args.as_user)
-            _cleanup(Path(tmp))
+            cleanup(Path(tmp))
         counts[outcome.reader] = counts.get(outcome.reader, 0) + 1
         if outcome.problems:
             failures += 1

@@ -15,8 +15,8 @@ import sys
 import tempfile
 from pathlib import Path
 
+import hostile_fuzz as fuzz
 import pytest
-
 from conftest import ROOT
 from result_dirs import tree_digest
 
@@ -25,7 +25,9 @@ from lib.report.summary import write_reports
 from lib.results.reader import load_results
 
 OWN = ROOT / "tests/fixtures/own/20261130_225800"
+LEGACY = ROOT / "tests/fixtures/legacy/test_matrix_results_20250903_180836"
 RUN = "lenet5_adamw_magnitude_50"
+SUMMARY = "resnet18_adam_movement_70/gpu_stats_resnet18_adam_movement_70_20250903_191025_summary.txt"
 
 
 def _own(tmp_path, name: str = "results"):
@@ -37,6 +39,75 @@ def _sparse(path, size: int, head: bytes = b"") -> None:
     with open(path, "wb") as handle:
         handle.write(head)
         handle.truncate(size)
+
+
+# the fuzzer ------------------------------------------------------------------------------------
+
+# Damaged entries where readers expect a file, each kind on each layout, the files and readers taking turns.
+ENTRY_TARGETS = {
+    "own": ["matrix.json", "config.txt", f"{RUN}/run.json", f"{RUN}/result.json", f"{RUN}/metrics.json",
+            f"{RUN}/gpu_stats.json", RUN],
+    "legacy": ["all_results.json", "config.txt", "resnet18_adam_none/gpu_stats_resnet18_adam_none_20250903_180853.json",
+               SUMMARY, "resnet18_adam_none"],
+    "upstream_lm": ["all_results.json", "gpt2_adamwprune_bitter7_state_50/training_metrics.json",
+                    "gpt2_adamwprune_bitter7_state_50/gpu_stats_gpt2_x_20250101_000000_summary.txt",
+                    "resnet50_sgd_magnitude_90/gpu_stats_resnet50_x_20250101_000000.json"],
+    "own_lm": ["gpt2_adamw_none_s1/checkpoints/best.pt", "gpt2_adamw_none_s1/run.json", "matrix.json",
+               "gpt2_adamw_none_s1/result.json"],
+}
+ENTRY_READERS = {"own": ["report", "continue", "reproduce", "dry_run"], "legacy": ["report", "compare"],
+                 "upstream_lm": ["report", "compare"], "own_lm": ["sample", "report", "continue", "reproduce"]}
+ENTRY_CASES = [(layout, targets[i % len(targets)], kind, ENTRY_READERS[layout][i % len(ENTRY_READERS[layout])])
+               for layout, targets in ENTRY_TARGETS.items() for i, kind in enumerate(fuzz.KINDS)]
+
+
+@pytest.mark.parametrize("layout, target, kind, reader", ENTRY_CASES)
+def test_what_is_not_a_file_where_one_belongs_keeps_the_contract(tmp_path, layout, target, kind, reader):
+    """A directory, FIFO, device, link (out of the directory, looping, dangling, to /dev/zero) or a huge
+    sparse file in a file's place: a warning or one error, no hang, no large read, the input untouched."""
+    outcome = fuzz.run_case(0, tmp_path, layout, reader, timeout_s=60, put=(target, kind))
+    assert not outcome.problems, outcome.line()
+
+
+@pytest.mark.parametrize("seed", range(60))
+def test_a_randomly_damaged_directory_keeps_the_contract(tmp_path, seed):
+    """One to three random damages (bytes, JSON values of every type at any key, literals JSON lacks,
+    names, entries of the wrong kind) to a real directory, then one of the six readers."""
+    outcome = fuzz.run_case(seed, tmp_path, timeout_s=60)
+    assert not outcome.problems, outcome.line()
+
+
+@pytest.mark.slow  # about a minute: 500 cases
+def test_a_longer_fuzz_keeps_the_contract(tmp_path):
+    problems = []
+    for seed in range(1000, 1500):
+        outcome = fuzz.run_case(seed, tmp_path / str(seed), timeout_s=60)
+        problems += [outcome.line()] if outcome.problems else []
+    assert not problems, "\n".join(problems)
+
+
+@pytest.mark.slow  # a subprocess per case
+@pytest.mark.parametrize("reader", sorted(fuzz.CLI_READERS))
+def test_the_commands_on_damaged_directories_end_in_a_report_or_one_error(tmp_path, reader):
+    problems = []
+    for seed in range(8):
+        outcome = fuzz.run_case(seed, tmp_path / str(seed), reader=reader, timeout_s=150)
+        problems += [outcome.line()] if outcome.problems else []
+    assert not problems, "\n".join(problems)
+
+
+@pytest.mark.slow  # warms every reader up first, then a fork per case
+@pytest.mark.skipif(os.geteuid() != 0, reason="reads as another user, which needs root")
+def test_fuzz_with_files_we_may_not_read_keeps_the_contract():
+    """As another user, so that mode-000 damage bites (root reads every file)."""
+    fuzz.warm_up()
+    problems = []
+    for seed in range(2000, 2150):
+        with tempfile.TemporaryDirectory() as folder:
+            outcome = fuzz.run_case(seed, Path(folder), timeout_s=60, as_user=65534)
+            fuzz.cleanup(Path(folder))
+        problems += [outcome.line()] if outcome.problems else []
+    assert not problems, "\n".join(problems)
 
 
 # defects found ------------------------------------------------------------------------------
@@ -52,10 +123,6 @@ def test_a_result_file_over_the_size_limit_is_refused_unread(tmp_path, capsys):
     assert f"warning: {path}: 209,715,200 bytes, more than the 128 MiB a result file may have; not read" \
         in capsys.readouterr().err
     assert tree_digest(results) == before
-
-
-LEGACY = ROOT / "tests/fixtures/legacy/test_matrix_results_20250903_180836"
-SUMMARY = "resnet18_adam_movement_70/gpu_stats_resnet18_adam_movement_70_20250903_191025_summary.txt"
 
 
 @pytest.mark.parametrize("damage, says", [

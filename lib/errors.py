@@ -22,8 +22,9 @@ class UserError(Exception):
     exit_code = USER_ERROR_EXIT
 
 
-# C0 and C1 controls (newline, ESC) and the Unicode bidirectional controls (U+202E reverses the text after it)
-_CONTROLS = re.compile(r"[\x00-\x1f\x7f-\x9f\u061c\u200e\u200f\u202a-\u202e\u2066-\u2069]")
+# C0 and C1 controls (newline, ESC), the Unicode bidirectional controls (U+202E reverses the text after
+# it) and lone surrogates (a file name of bytes that are not UTF-8; no UTF-8 text can hold one)
+_CONTROLS = re.compile(r"[\x00-\x1f\x7f-\x9f\u061c\u200e\u200f\u202a-\u202e\u2066-\u2069\ud800-\udfff]")
 
 
 def escaped(text: str) -> str:

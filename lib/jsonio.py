@@ -12,6 +12,7 @@ from __future__ import annotations
 import json
 import math
 import os
+import re
 import stat
 import tempfile
 from pathlib import Path
@@ -145,6 +146,33 @@ def read_regular(path: str | os.PathLike, max_bytes: int) -> bytes:
     return data
 
 
+# A "\\udXXX" escape may stand for a lone surrogate, which JSON allows and no UTF-8 text can hold.
+_SURROGATE_ESCAPE = re.compile(rb"\\u[dD][89a-fA-F]")
+_SURROGATES = re.compile(r"[\ud800-\udfff]")
+
+
+def _without_surrogates(value: Any) -> Any:
+    """Parsed JSON with each lone surrogate in its strings and keys replaced by U+FFFD: a stranger's
+    "\\ud800" otherwise reaches a report, whose UTF-8 encoding (or pandas') raises on it. A loop,
+    not recursion: json.loads took as deep a nesting as the interpreter's recursion limit allows."""
+    def fix(text: str) -> str:
+        return _SURROGATES.sub("\ufffd", text)
+
+    top = [value]
+    todo: list[tuple[Any, Any]] = [(top, 0)]
+    while todo:
+        container, key = todo.pop()
+        item = container[key]
+        if isinstance(item, str):
+            container[key] = fix(item)
+        elif isinstance(item, list):
+            todo += [(item, i) for i in range(len(item))]
+        elif isinstance(item, dict):
+            container[key] = item = {fix(k): v for k, v in item.items()}
+            todo += [(item, k) for k in item]
+    return top[0]
+
+
 def read_json(path: str | os.PathLike, max_bytes: int = JSON_MAX_BYTES, within: Optional[Path] = None) -> Any:
     """Read a JSON file; a missing, unreadable, oversized or corrupt file is a UserError naming it.
 
@@ -159,7 +187,8 @@ def read_json(path: str | os.PathLike, max_bytes: int = JSON_MAX_BYTES, within: 
         raise UserError(f"{path}: a symbolic link out of the result directory; not read")
     data = read_regular(path, max_bytes)
     try:
-        return json.loads(data.decode("utf-8"))
+        value = json.loads(data.decode("utf-8"))
+        return _without_surrogates(value) if _SURROGATE_ESCAPE.search(data) else value
     except RecursionError:
         raise UserError(f"{path}: not valid JSON (nested too deeply)") from None
     except ValueError as exc:  # JSONDecodeError, UnicodeDecodeError, an integer too long to convert

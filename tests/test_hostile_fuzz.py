@@ -421,3 +421,29 @@ def test_continue_without_results_passes_over_a_folder_we_may_not_read(shared_tm
     outcome = _as_another_user(newest)
     newer.chmod(0o755)
     assert outcome == {"error": None, "stderr": f"{older}\n"}
+
+
+def test_lone_surrogates_in_json_or_in_a_folder_name_do_not_stop_a_report(tmp_path, capsys):
+    """JSON may write a lone surrogate ("\\ud800"), which no UTF-8 text holds: in a gpu_stats source it
+    stopped pandas (pyarrow strings), in a log line or a setting the UTF-8 write of the report; a folder
+    named with bytes that are not UTF-8 gives one too (Python's surrogateescape)."""
+    from lib.report.compare import compare_tables
+    from lib.report.compare_render import write_compare
+
+    name = os.fsdecode(b"lab-\xff")  # 'lab-\udcff'
+    results = _own(tmp_path, name)
+    for rel, key, value in ((f"{RUN}/gpu_stats.json", "source", "nvml\ud800"),
+                            (f"{RUN}/result.json", "log_tail", ["boom \udfff"])):
+        data = json.loads((results / rel).read_text())
+        (results / rel).write_text(json.dumps({**data, key: value, "status": "failed"}))
+    matrix = json.loads((results / "matrix.json").read_text())
+    matrix["runs"][0]["hyperparams"]["model"]["odd\ud800"] = "\ud800"
+    (results / "matrix.json").write_text(json.dumps(matrix))
+    before = tree_digest(results)
+    table = load_results(results)
+    assert table.loc[0, "memory_source"] == "nvml\ufffd" and table.loc[0, "log_tail"] == ["boom \ufffd"]
+    write_reports(table, tmp_path / "out", str(results), graphs=False)
+    write_compare(compare_tables(table, load_results(OWN), "a", "b"), tmp_path / "compare")
+    summary = (tmp_path / "out" / "summary_report.txt").read_text()
+    assert f"From: {tmp_path}/lab-\\udcff" in summary and "| boom \ufffd" in summary
+    assert tree_digest(results) == before

@@ -447,3 +447,15 @@ def test_lone_surrogates_in_json_or_in_a_folder_name_do_not_stop_a_report(tmp_pa
     summary = (tmp_path / "out" / "summary_report.txt").read_text()
     assert f"From: {tmp_path}/lab-\\udcff" in summary and "| boom \ufffd" in summary
     assert tree_digest(results) == before
+
+
+@pytest.mark.parametrize("name", ["lab\nWarnings", os.fsdecode(b"lab-\xff")], ids=["newline", "not UTF-8"])
+def test_warnings_listed_in_the_summary_are_escaped(tmp_path, name):
+    """summary_report.txt lists every warning, each naming a path: a result directory named with a newline
+    added lines to it, one named with bytes that are not UTF-8 stopped its UTF-8 write."""
+    results = _own(tmp_path, name)
+    (results / RUN / "gpu_stats.json").write_text("{")
+    write_reports(load_results(results), tmp_path / "out", "x", graphs=False)
+    summary = (tmp_path / "out" / "summary_report.txt").read_text()
+    (warning,) = [line for line in summary.splitlines() if "gpu_stats.json: not valid JSON" in line]
+    assert warning.startswith(f"  {tmp_path}/lab") and ("lab\\x0aWarnings" in warning or "lab-\\udcff" in warning)

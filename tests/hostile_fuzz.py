@@ -152,7 +152,11 @@ def _file_hash(path: Path, size: int) -> str:
 
 HOSTILE_NAMES = ["..", ".", "a/b", "x" * 300, "lenet5_sgd_none\n# forged", "lenet5_\u202esgd_none", "CON",
                  "aux.json", "-rf", "lenet5_sgd_none\x1b[2J", " lenet5 ", "lenet5_sgd_none\x00", "é" * 80,
-                 "resnet18_adam_none/../../x", "", "NUL", "lenet5_sgd_none_s99999999999"]
+                 "resnet18_adam_none/../../x", "", "NUL", "lenet5_sgd_none_s99999999999",
+                 os.fsdecode(b"lenet5_\xff_none")]  # bytes that are not UTF-8: a lone surrogate in Python
+# Names of the result directory itself (it comes from elsewhere too), each a valid file name.
+ROOT_NAMES = ["run_dir", "run dir $(touch x) `y`", "run\ndir", "run\x1b[2Jdir", "run\u202edir",
+              os.fsdecode(b"run\xffdir"), "-run_dir", "r" * 200]
 HOSTILE_VALUES: list[Any] = [
     None, True, False, 0, -1, -(10**18), 10**400, -(10**400), 1e308, -1e308, 5e-324, math.nan, math.inf,
     -math.inf, "", "x" * 100_000, "high", "NaN", "1e999", "\x00\x1b[2J\n", "\ud800", "\u202e", [], {}, [None],
@@ -425,7 +429,7 @@ def m_names(root: Path, rng: random.Random) -> str:
 
 def _fs_name(name: str) -> bool:
     return bool(name) and name not in (".", "..") and "/" not in name and "\x00" not in name \
-        and len(name.encode()) < 250
+        and len(os.fsencode(name)) < 250
 
 
 def m_remove(root: Path, rng: random.Random) -> str:
@@ -643,7 +647,7 @@ def _reset_peak() -> bool:
 
 def _call(reader: str, root: Path, work: Path, rng: random.Random, timeout_s: float) -> tuple[list[str], Optional[str]]:
     """Run one reader under a timer: (problems, the UserError's message or None)."""
-    from lib.errors import UserError
+    from lib.errors import UserError, escaped
 
     problems: list[str] = []
     error = None
@@ -659,7 +663,7 @@ def _call(reader: str, root: Path, work: Path, rng: random.Random, timeout_s: fl
         problems.append(f"hang: still reading after {timeout_s} s")
     except UserError as exc:
         error = str(exc)
-        if "\n" in error or "\r" in error:
+        if re.search(r"[\n\r\x1b]", escaped(error)):  # as run_cli prints it
             problems.append(f"error of more than one line: {error[:300]!r}")
     except Exception:  # noqa: BLE001 - every other exception breaks the contract; show it
         problems.append(traceback.format_exc(limit=-8))
@@ -727,7 +731,7 @@ def run_case(seed: int, work: Path, layout: Optional[str] = None, reader: Option
     reader = reader or rng.choice(sorted(READERS))
     parent = work / "results_root"
     parent.mkdir(parents=True)
-    root = SEEDS[layout](parent / "run_dir")
+    root = SEEDS[layout](parent / (rng.choice(ROOT_NAMES) if rng.random() < 0.2 else "run_dir"))
     if put is not None:  # one chosen damage: (path under the seed directory, KINDS entry)
         done = [f"kind: {put_kind(root, put[0], put[1], rng)}"]
     else:

@@ -22,6 +22,7 @@ import kconfiglib
 
 from lib import ROOT
 from lib.errors import UserError
+from lib.jsonio import CONFIG_MAX_BYTES
 from lib.models import ModelParam, model_entry, model_names
 from lib.names import is_safe_name
 from lib.spec import (MAX_SEED, PRUNING_METHODS, AdvParams, OptimizerParams, PruningSettings, SpamParams,
@@ -183,14 +184,23 @@ def new_kconfig() -> kconfiglib.Kconfig:
 def load_kconfig(path: str | os.PathLike) -> LoadedConfig:
     """Load a .config or defconfig; an upstream defconfig with upstream's semantics, ours strictly."""
     path = Path(path)
-    if not path.is_file():
-        raise UserError(f"{path}: no such configuration file (run `make defconfig-NAME` or `make menuconfig`)")
+    try:
+        if not path.is_file():
+            raise UserError(f"{path}: no such configuration file (run `make defconfig-NAME` or `make menuconfig`)")
+        size = path.stat().st_size
+    except OSError as exc:  # a folder we may not look into
+        raise UserError(f"{path}: unreadable ({exc.strerror or exc})") from None
+    if size > CONFIG_MAX_BYTES:  # kconfiglib reads it whole: a config.txt from elsewhere may be huge
+        raise UserError(f"{path}: {size:,} bytes, more than the {CONFIG_MAX_BYTES >> 20} MiB a "
+                        "configuration file may have; not read")
     kconf = new_kconfig()
     try:
         kconf.load_config(str(path))
     except kconfiglib.KconfigError as exc:  # malformed UTF-8: a config.txt from another lab may hold anything
         reason = str(exc).strip().splitlines()[0].split(" in '")[0][:200]
         raise UserError(f"{path}: not a readable configuration file ({reason})") from None
+    except OSError as exc:  # no permission to read it (kconfiglib's _KconfigIOError)
+        raise UserError(f"{path}: unreadable ({exc.strerror or 'cannot open'})") from None
     upstream = is_upstream_file(kconf)
     if upstream:
         kconf.syms["UPSTREAM_DEFCONFIG"].set_value(2)

@@ -4,6 +4,7 @@ exit with code 2; programming errors keep their traceback. Also `counted`,
 so that the counts in those lines and in the runner's read as English."""
 from __future__ import annotations
 
+import re
 import sys
 from typing import Callable, TypeVar
 
@@ -24,12 +25,25 @@ class UserError(Exception):
     exit_code = USER_ERROR_EXIT
 
 
+# C0 and C1 controls (newline, ESC), the Unicode bidirectional controls (U+202E reverses the text after
+# it) and lone surrogates (a file name of bytes that are not UTF-8; no UTF-8 text can hold one)
+_CONTROLS = re.compile(r"[\x00-\x1f\x7f-\x9f\u061c\u200e\u200f\u202a-\u202e\u2066-\u2069\ud800-\udfff]")
+
+
+def escaped(text: str) -> str:
+    """`text` with control characters shown as \\xNN or \\uNNNN: a name from another lab's result
+    directory, printed in a warning, an error or a report, stays on its one line, reads in its own
+    order and cannot drive the terminal."""
+    return _CONTROLS.sub(lambda m: f"\\x{ord(m.group()):02x}" if ord(m.group()) < 0x100
+                         else f"\\u{ord(m.group()):04x}", text)
+
+
 def run_cli(main: Callable[[], T]) -> T:
     """Call `main`, turning a UserError into one line on stderr and its exit code (2; 3 for NonFiniteError)."""
     try:
         return main()
     except UserError as exc:
-        print(f"error: {exc}", file=sys.stderr)
+        print(f"error: {escaped(str(exc))}", file=sys.stderr)
         sys.exit(exc.exit_code)
 
 

@@ -5,17 +5,21 @@ half-written file and a crash leaves either the old file or the new one.
 A write that fails (a full disk: ENOSPC) removes its temporary file and
 raises WriteError, one line naming the path; the target keeps its old
 content. JSON has no NaN or infinity, so non-finite numbers are written as
-null. Reading treats the file as untrusted input (read_json)."""
+null. Reading treats the file as untrusted input (read_json, read_regular):
+only regular files, never more than a size limit."""
 from __future__ import annotations
 
 import json
 import math
 import os
+import re
+import stat
 import tempfile
 from pathlib import Path
-from typing import Any
+from typing import Any, Optional
 
 from lib.errors import UserError, WriteError
+from lib.names import leaves
 
 SCHEMA_VERSION = 1
 
@@ -72,22 +76,119 @@ def write_json_atomic(path: str | os.PathLike, data: Any) -> None:
     write_text_atomic(path, json.dumps(finite(data), indent=2, allow_nan=False, default=str) + "\n")
 
 
-def read_json(path: str | os.PathLike) -> Any:
-    """Read a JSON file; a missing, unreadable or corrupt file is a UserError naming it.
+# No result file of ours or of upstream's comes near this (upstream's largest, a gpu_stats json of
+# one sample a second, is about 0.3 MB an hour); a larger file is refused before it is read, since
+# parsing it would cost several times its size in memory.
+JSON_MAX_BYTES = 128 << 20
+CONFIG_MAX_BYTES = 1 << 20  # a .config (config.txt) is a few kilobytes; a larger file is not one
 
-    Result files may come from anyone, so everything json.load can raise on
-    bad input is caught: deep nesting (RecursionError), numbers of thousands
-    of digits (ValueError since Python 3.11), a directory in the file's place."""
-    path = Path(path)
-    if path.exists() and not path.is_file():  # a directory, or a FIFO whose open() would block forever
-        raise UserError(f"{path}: not a regular file")
+
+def found(path: str | os.PathLike) -> bool:
+    """Whether anything is at `path`, a dangling symbolic link included. Python 3.11's Path.exists
+    raises PermissionError inside a folder the user may not read; here that counts as found, so
+    that the read which follows names the file and says it is unreadable."""
     try:
-        with open(path, encoding="utf-8") as handle:
-            return json.load(handle)
-    except FileNotFoundError:
-        raise UserError(f"{path}: file not found") from None
+        os.lstat(path)
+    except (FileNotFoundError, NotADirectoryError):
+        return False
+    except OSError:
+        return True
+    return True
+
+
+def check_readable_dir(path: str | os.PathLike) -> None:
+    """UserError naming the directory when its entries cannot be listed or looked at (no permission)."""
+    try:
+        os.scandir(path).close()  # needs read permission
+        os.stat(os.path.join(path, "."))  # needs search permission, as every file inside does
     except OSError as exc:
         raise UserError(f"{path}: unreadable ({exc.strerror or exc})") from None
+
+
+def _mib(size: int) -> str:
+    return f"{size / 2**20:g} MiB"
+
+
+def read_regular(path: str | os.PathLike, max_bytes: int) -> bytes:
+    """The bytes of a regular file of at most `max_bytes`; anything else is a UserError naming it.
+
+    Opened without blocking and checked on the open descriptor, so a FIFO (whose read would wait
+    forever), a device (/dev/zero never ends) or a directory in a file's place is refused, and
+    at most max_bytes + 1 bytes are ever read, whatever the file claims its size is."""
+    path = Path(path)
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK)
+    except FileNotFoundError:
+        raise UserError(f"{path}: file not found") from None
+    except OSError as exc:  # no permission, a loop of symbolic links, a name too long
+        raise UserError(f"{path}: unreadable ({exc.strerror or exc})") from None
+    try:
+        info = os.fstat(fd)
+        if not stat.S_ISREG(info.st_mode):
+            raise UserError(f"{path}: not a regular file")
+        if info.st_size > max_bytes:
+            raise UserError(f"{path}: {info.st_size:,} bytes, more than the {_mib(max_bytes)} a result file "
+                            "may have; not read")
+        chunks, size = [], 0
+        while size <= max_bytes:
+            chunk = os.read(fd, min(1 << 20, max_bytes + 1 - size))
+            if not chunk:
+                break
+            chunks.append(chunk)
+            size += len(chunk)
+    except OSError as exc:
+        raise UserError(f"{path}: unreadable ({exc.strerror or exc})") from None
+    finally:
+        os.close(fd)
+    data = b"".join(chunks)
+    if len(data) > max_bytes:  # it grew since, or its size is not what it holds
+        raise UserError(f"{path}: more than the {_mib(max_bytes)} a result file may have; not read")
+    return data
+
+
+# A "\\udXXX" escape may stand for a lone surrogate, which JSON allows and no UTF-8 text can hold.
+_SURROGATE_ESCAPE = re.compile(rb"\\u[dD][89a-fA-F]")
+_SURROGATES = re.compile(r"[\ud800-\udfff]")
+
+
+def _without_surrogates(value: Any) -> Any:
+    """Parsed JSON with each lone surrogate in its strings and keys replaced by U+FFFD: a stranger's
+    "\\ud800" otherwise reaches a report, whose UTF-8 encoding (or pandas') raises on it. A loop,
+    not recursion: json.loads took as deep a nesting as the interpreter's recursion limit allows."""
+    def fix(text: str) -> str:
+        return _SURROGATES.sub("\ufffd", text)
+
+    top = [value]
+    todo: list[tuple[Any, Any]] = [(top, 0)]
+    while todo:
+        container, key = todo.pop()
+        item = container[key]
+        if isinstance(item, str):
+            container[key] = fix(item)
+        elif isinstance(item, list):
+            todo += [(item, i) for i in range(len(item))]
+        elif isinstance(item, dict):
+            container[key] = item = {fix(k): v for k, v in item.items()}
+            todo += [(item, k) for k in item]
+    return top[0]
+
+
+def read_json(path: str | os.PathLike, max_bytes: int = JSON_MAX_BYTES, within: Optional[Path] = None) -> Any:
+    """Read a JSON file; a missing, unreadable, oversized or corrupt file is a UserError naming it.
+
+    Result files may come from anyone, so everything json.loads can raise on
+    bad input is caught: deep nesting (RecursionError), numbers of thousands
+    of digits (ValueError since Python 3.11), and read_regular refuses a
+    directory, FIFO or device in the file's place and a file over max_bytes.
+    `within`: the result directory the file belongs to; a symbolic link out of
+    it is refused unread (lib/names.leaves)."""
+    path = Path(path)
+    if within is not None and leaves(path, within):
+        raise UserError(f"{path}: a symbolic link out of the result directory; not read")
+    data = read_regular(path, max_bytes)
+    try:
+        value = json.loads(data.decode("utf-8"))
+        return _without_surrogates(value) if _SURROGATE_ESCAPE.search(data) else value
     except RecursionError:
         raise UserError(f"{path}: not valid JSON (nested too deeply)") from None
     except ValueError as exc:  # JSONDecodeError, UnicodeDecodeError, an integer too long to convert

@@ -15,14 +15,14 @@ file before it is used.
 from __future__ import annotations
 
 import dataclasses
-import math
 from typing import Any
 
 from lib.config import Settings
 from lib.errors import UserError
 from lib.models import model_entry
 from lib.names import check_name
-from lib.spec import MAX_SEED, OptimizerParams, PruningSettings, RunSpec, SpecError, TrainingSettings
+from lib.spec import (MAX_SEED, OptimizerParams, PruningSettings, RunSpec, SpecError, TrainingSettings,
+                      is_finite_number, shown)
 from lib.variant_budgets import variant_budget
 
 
@@ -37,10 +37,10 @@ def spec_from_entry(entry: Any, where: str) -> RunSpec:
         check_name(entry.get(name), name, where)
     check_name(entry.get("variant"), "variant", where, optional=True)
     target, seed, hyperparams = entry.get("target_sparsity_pct"), entry.get("seed"), entry.get("hyperparams")
-    if isinstance(target, bool) or not isinstance(target, (int, float)) or not math.isfinite(target):
-        raise UserError(f"{where}: target_sparsity_pct {target!r} is not a number")
+    if not is_finite_number(target):
+        raise UserError(f"{where}: target_sparsity_pct {shown(target)} is not a number")
     if isinstance(seed, bool) or not isinstance(seed, int) or not 0 <= seed <= MAX_SEED:
-        raise UserError(f"{where}: seed {seed!r} is not an integer from 0 to {MAX_SEED}")
+        raise UserError(f"{where}: seed {shown(seed)} is not an integer from 0 to {MAX_SEED}")
     if not (isinstance(hyperparams, dict) and all(isinstance(hyperparams.get(k), dict) for k in ("model", "training"))
             and all(isinstance(hyperparams.get(k, {}), dict) for k in ("optimizer", "pruning"))):
         raise UserError(f"{where}: hyperparams lack their 'model' and 'training' objects")
@@ -72,7 +72,7 @@ def _check_bounds(spec: RunSpec, where: str) -> None:
               ("hyperparams.pruning.ramp_end_step", p.ramp_end_step, p.ramp_end_step >= 0, "at least 0"))
     for name, value, holds, allowed in bounds:
         if not holds:
-            raise UserError(f"{where}: {name} {value!r} is not {allowed}")
+            raise UserError(f"{where}: {name} {shown(value)} is not {allowed}")
 
 
 def format_sparsity(pct: float) -> str:

@@ -18,12 +18,11 @@ from typing import Any, Optional
 
 from lib import ROOT
 from lib.errors import UserError
-from lib.jsonio import read_json
+from lib.jsonio import CONFIG_MAX_BYTES, found, read_json
 from lib.names import leaves
 
 # What a run's figures depend on beyond the code; python is recorded beside them.
 PACKAGES = ("torch", "numpy", "pandas", "kconfiglib", "tiktoken", "mlxtend", "scipy")
-CONFIG_MAX_BYTES = 1 << 20  # a config.txt larger than this is not a .config
 _TEXT_MAX = 200
 
 
@@ -111,11 +110,11 @@ def directory_provenance(results_dir: Path, run_ids: list[str], layout: str, war
     records = []
     for run_id in run_ids:
         path = results_dir / run_id / "run.json"
-        if path.is_file():
+        if found(path):
             try:
-                records.append(recorded(read_json(path)))
-            except UserError:
-                pass  # lib/results already warned about this file
+                records.append(recorded(read_json(path, within=results_dir)))
+            except UserError as exc:  # the same line as lib/results' when it read the file too (printed once)
+                warnings.append(str(exc))
     commit = _one_or_all([r["git_commit"] for r in records])
     note = None
     if commit is None:

@@ -21,7 +21,8 @@ from typing import Any, Callable, Optional
 
 from lib.config import default_runner
 from lib.errors import UserError, counted
-from lib.jsonio import SCHEMA_VERSION, read_json, write_bytes_atomic, write_json_atomic
+from lib.jsonio import (CONFIG_MAX_BYTES, SCHEMA_VERSION, check_readable_dir, found, read_json, read_regular,
+                        write_bytes_atomic, write_json_atomic)
 from lib.matrix import spec_from_entry
 from lib.names import check_name, leaves
 from lib.provenance import git_commit, git_dirty, package_versions, recorded
@@ -55,11 +56,12 @@ def read_recorded_run(results_dir: Path, run_id: str) -> RecordedRun:
     check_name(run_id, "RUN", "make reproduce")
     if not results_dir.is_dir():
         raise UserError(f"RESULTS={results_dir}: no such result directory")
+    check_readable_dir(results_dir)
     run_dir = results_dir / run_id
-    if not (run_dir / "run.json").is_file():
+    if not found(run_dir / "run.json"):  # anything else there (unreadable, a directory): read_json says what
         raise UserError(f"{run_dir}: no run.json (give RESULTS=<our result directory> RUN=<run id>; "
                         "upstream directories record no spec to rerun)")
-    data = read_json(run_dir / "run.json")
+    data = read_json(run_dir / "run.json", within=results_dir)
     if not isinstance(data, dict):
         raise UserError(f"{run_dir / 'run.json'}: not a JSON object")
     spec = spec_from_entry(data.get("spec"), f"{run_dir / 'run.json'}: spec")
@@ -70,7 +72,7 @@ def read_recorded_run(results_dir: Path, run_id: str) -> RecordedRun:
     threads = threads if isinstance(threads, int) and not isinstance(threads, bool) and 0 < threads <= 4096 else None
     device = None
     try:
-        environment = read_json(run_dir / "metrics.json").get("environment")
+        environment = read_json(run_dir / "metrics.json", within=results_dir).get("environment")
         device = environment.get("device") if isinstance(environment, dict) else None
     except (UserError, AttributeError):
         pass
@@ -103,11 +105,27 @@ def new_directory(out: Optional[Path], results_root: Path, original: Path) -> Pa
     return make_output_dir(out or stamped_name(results_root, "reproduce_"), [original], must_be_empty=True)
 
 
-def prepare(results_dir: Path, run: RecordedRun, new_dir: Path) -> None:
-    """config.txt (the original's, when it has one) and a matrix.json of the one run."""
+def recorded_config(results_dir: Path, say: Callable[[str], None]) -> Optional[bytes]:
+    """The original's config.txt, to copy into the new directory; None when it has none, and None with
+    a note when it is a link out of the directory (never copy a file a planted link points at), not
+    a regular file, larger than any .config, or unreadable: the run's spec is in run.json regardless."""
     config = results_dir / "config.txt"
-    if config.is_file() and not leaves(config, results_dir):  # never copy a file a planted link points at
-        write_bytes_atomic(new_dir / "config.txt", config.read_bytes())
+    if not os.path.lexists(config):
+        return None
+    if leaves(config, results_dir):
+        say(f"note: {config}: a symbolic link out of the result directory; the rerun gets no config.txt")
+        return None
+    try:
+        return read_regular(config, CONFIG_MAX_BYTES)
+    except UserError as exc:
+        say(f"note: {exc}; the rerun gets no config.txt")
+        return None
+
+
+def prepare(results_dir: Path, run: RecordedRun, new_dir: Path, config: Optional[bytes]) -> None:
+    """config.txt (the original's bytes, when it has one: recorded_config) and a matrix.json of the one run."""
+    if config is not None:
+        write_bytes_atomic(new_dir / "config.txt", config)
     write_json_atomic(new_dir / "matrix.json", {
         "schema_version": SCHEMA_VERSION, "created_at": datetime.now().isoformat(timespec="seconds"),
         "config_name": None, "reproduces": str(results_dir / run.spec.run_id), "runs": [run.spec.to_json()]})
@@ -169,8 +187,9 @@ def reproduce(results_dir: Path, run_id: str, out: Optional[Path], results_root:
         say(f"note: {line}")
     if not changes:
         say("same git commit and package versions as recorded")
+    config = recorded_config(results_dir, say)  # read before the new directory exists: a refusal leaves none
     new_dir = new_directory(out, results_root, results_dir)
-    prepare(results_dir, run, new_dir)
+    prepare(results_dir, run, new_dir, config)
     if run.threads:  # the recorded thread count: float sums on CPU depend on it
         os.environ.update({name: str(run.threads) for name in THREAD_VARS})
     counts = run_matrix(new_dir, [run.spec], dataclasses.replace(default_runner(), parallel_jobs=1), out=say)

@@ -334,6 +334,17 @@ def _read(cls: type, data: Any, where: str, legacy: Mapping[str, Any]) -> Any:
                                  f"{where}.{f.name}") for f in fields(cls)})
 
 
+def is_finite_number(value: Any) -> bool:
+    """A JSON number that is a finite float: not a bool, NaN, an infinity, nor an integer too large for
+    a float (10**400 in a stranger's file, where math.isfinite raises OverflowError)."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        return False
+    try:
+        return math.isfinite(value)
+    except OverflowError:
+        return False
+
+
 def _typed(value: Any, kind: str, where: str) -> Any:
     """`value` checked against a field's annotation (as written above); floats may be written as ints."""
     if kind.startswith("Optional[") and value is None:
@@ -345,17 +356,18 @@ def _typed(value: Any, kind: str, where: str) -> Any:
         return value
     if kind == "int" and isinstance(value, int) and not isinstance(value, bool):
         return value
-    if kind == "float" and isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value):
+    if kind == "float" and is_finite_number(value):
         return float(value)
     if kind == "tuple[float, float]" and isinstance(value, (list, tuple)) and len(value) == 2:
         return tuple(_typed(v, "float", where) for v in value)
-    raise SpecError(f"{where}: {_shown(value)} is not {_KINDS.get(kind, kind)}")
+    raise SpecError(f"{where}: {shown(value)} is not {_KINDS.get(kind, kind)}")
 
 
 _KINDS = {"bool": "true or false", "str": "a string", "int": "an integer", "float": "a finite number",
           "tuple[float, float]": "a pair of numbers"}
 
 
-def _shown(value: Any) -> str:
+def shown(value: Any) -> str:
+    """repr(value) cut to 60 characters: a message about a stranger's value stays one readable line."""
     text = repr(value)
     return text if len(text) <= 60 else text[:57] + "..."

@@ -71,8 +71,9 @@ class MetricDelta:
     @property
     def standard_error(self) -> float:
         """sqrt(s_a^2/n_a + s_b^2/n_b), the Welch standard error of the delta (NaN below two seeds)."""
-        return math.sqrt(self.a.std ** 2 / self.a.n + self.b.std ** 2 / self.b.n) if self.p_value is not None \
-            else math.nan
+        if self.p_value is None:
+            return math.nan
+        return math.sqrt(self.a.std * self.a.std / self.a.n + self.b.std * self.b.std / self.b.n)
 
     @property
     def within_noise(self) -> Optional[bool]:

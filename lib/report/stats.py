@@ -45,7 +45,10 @@ class Estimate:
         measured = [float(v) for v in values if not is_missing(v) and math.isfinite(float(v))]
         n = len(measured)
         mean = sum(measured) / n if n else math.nan
-        std = math.sqrt(sum((v - mean) ** 2 for v in measured) / (n - 1)) if n > 1 else math.nan
+        if n and not math.isfinite(mean):  # figures near the float limit (a stranger's 1e308): divide first
+            mean = sum(v / n for v in measured)
+        # products, not ** 2: a float power that overflows raises OverflowError, a product gives inf
+        std = math.sqrt(sum((v - mean) * (v - mean) for v in measured) / (n - 1)) if n > 1 else math.nan
         return cls(mean, std, n)
 
     def text(self, digits: int = 2, suffix: str = "", signed: bool = False) -> str:
@@ -58,7 +61,7 @@ class Estimate:
         """True/False when both sides have two or more values; None when noise is unknown."""
         if self.n < 2 or other.n < 2:
             return None
-        standard_error = math.sqrt(self.std ** 2 / self.n + other.std ** 2 / other.n)
+        standard_error = math.sqrt(self.std * self.std / self.n + other.std * other.std / other.n)
         return abs(self.mean - other.mean) <= NOISE_STANDARD_ERRORS * standard_error
 
 

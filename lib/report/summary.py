@@ -17,6 +17,7 @@ from typing import Any, Callable
 
 import pandas as pd
 
+from lib.errors import escaped
 from lib.jsonio import SCHEMA_VERSION, write_json_atomic, write_text_atomic
 from lib.names import check_no_links
 from lib.provenance import git_commit, package_versions
@@ -193,7 +194,8 @@ def _problem_sections(table: pd.DataFrame) -> list[str]:
         lines += [f"  {run_id}" for run_id in missing]
     warnings = list(dict.fromkeys(w for ws in table["warnings"] for w in ws))
     if warnings:
-        lines += ["", "Warnings while reading results:", RULE] + [f"  {w}" for w in warnings]
+        # escaped as on the terminal: a warning names a path from another lab, which may hold a newline
+        lines += ["", "Warnings while reading results:", RULE] + [f"  {escaped(w)}" for w in warnings]
     return lines
 
 

@@ -10,14 +10,15 @@ stops a report. It formats and writes nothing (lib/report does).
 from __future__ import annotations
 
 import math
+import os
 import sys
 from pathlib import Path
 from typing import Callable, Optional
 
 import pandas as pd
 
-from lib.errors import UserError, counted
-from lib.jsonio import read_json
+from lib.errors import UserError, counted, escaped
+from lib.jsonio import check_readable_dir, read_json
 from lib.models import CLASSIFICATION, LANGUAGE_MODELING, TASKS, task_of
 from lib.spec import MAX_SEED
 from lib.names import name_problem, row_name_problem
@@ -196,7 +197,7 @@ def _specs_from_matrix(results_dir: Path, warnings: list[str]) -> Optional[list[
     if not path.is_file():
         return None
     try:
-        matrix = read_json(path)
+        matrix = read_json(path, within=results_dir)
     except UserError as exc:  # its message already names the path
         warnings.append(f"{exc}; reading the run folders instead")
         return None
@@ -222,7 +223,8 @@ def _specs_from_run_folders(results_dir: Path, warnings: list[str]) -> list[dict
     """Specs of the folders holding run.json or result.json, when there is no matrix."""
     specs = []
     for run_dir in sorted(p for p in results_dir.iterdir() if p.is_dir()):
-        if not ((run_dir / "run.json").is_file() or (run_dir / "result.json").exists()):
+        # os.path's checks: a folder we may not look into is no run folder (Path's raise PermissionError)
+        if not (os.path.isfile(run_dir / "run.json") or os.path.lexists(run_dir / "result.json")):
             continue
         if not _safe_run_id(run_dir.name, run_dir, warnings):
             continue
@@ -286,9 +288,10 @@ def _safe_rows(rows: list[Row], results_dir: Path, warnings: list[str]) -> list[
 
 
 def print_warnings(warnings: list[str]) -> None:
-    """Print each warning once to stderr as `warning: <path>: <what>`."""
+    """Print each warning once to stderr as `warning: <path>: <what>`, control characters escaped
+    (a folder named with a newline or a terminal escape cannot forge lines or drive the terminal)."""
     for message in dict.fromkeys(warnings):
-        print(f"warning: {message}", file=sys.stderr)
+        print(f"warning: {escaped(message)}", file=sys.stderr)
 
 
 def load_results(results_dir: Path) -> pd.DataFrame:
@@ -304,6 +307,7 @@ def load_results(results_dir: Path) -> pd.DataFrame:
     if not results_dir.is_dir():
         raise UserError(f"{results_dir}: no such result directory "
                         "(give a test_matrix_results/<timestamp> folder)")
+    check_readable_dir(results_dir)
     warnings: list[str] = []
     for layout, reader in READERS.items():
         rows = reader(results_dir, warnings)

@@ -13,8 +13,8 @@ import re
 from pathlib import Path
 from typing import Any, Optional
 
-from lib.errors import UserError
-from lib.jsonio import read_json
+from lib.errors import UserError, escaped
+from lib.jsonio import found, read_json, read_regular
 from lib.models import model_names
 from lib.names import leaves
 from lib.spec import MAX_SEED, PRUNING_METHODS
@@ -36,31 +36,49 @@ class RunFiles:
         self.warnings: list[str] = []  # this run's, for the row
 
     def warn(self, path: Path | str, what: str) -> None:
-        message = f"{self.run_dir / path}: {what}"
+        self._add(f"{self.run_dir / path}: {what}")
+
+    def _add(self, message: str) -> None:
         self.warnings.append(message)
         self.global_warnings.append(message)
+
+    def _leaves(self, name: str) -> bool:
+        """True (and a warning) when the file is a symbolic link out of the result directory."""
+        if leaves(self.run_dir / name, self.run_dir.parent):
+            self.warn(name, "a symbolic link out of the result directory; not read")
+            return True
+        return False
 
     def load(self, name: str, expected: bool, kind: type = dict) -> Any:
         """The file's JSON value of type `kind`, or an empty one when absent
         (a warning if `expected`), corrupt or of another type (a warning)."""
         path = self.run_dir / name
-        if not (path.exists() or path.is_symlink()):
+        if not found(path):
             if expected:
                 self.warn(name, "file not found")
             return kind()
-        if leaves(path, self.run_dir.parent):
-            self.warn(name, "a symbolic link out of the result directory; not read")
+        if self._leaves(name):
             return kind()
         try:
             data = read_json(path)
         except UserError as exc:  # its message already names the path
-            self.warnings.append(str(exc))
-            self.global_warnings.append(str(exc))
+            self._add(str(exc))
             return kind()
         if not isinstance(data, kind):
             self.warn(name, f"not a JSON {'object' if kind is dict else 'list'}")
             return kind()
         return data
+
+    def text(self, name: str, max_bytes: int) -> Optional[str]:
+        """The file's text (bytes that are not UTF-8 replaced); None and a warning when it is a link
+        out of the result directory, not a regular file, larger than max_bytes or unreadable."""
+        if self._leaves(name):
+            return None
+        try:
+            return read_regular(self.run_dir / name, max_bytes).decode("utf-8", errors="replace")
+        except UserError as exc:  # its message already names the path
+            self._add(str(exc))
+            return None
 
     def number(self, data: Any, keys: tuple[str, ...], name: str) -> float:
         """data[k0][k1]... as a float; NaN when absent, NaN and a warning when not a number."""
@@ -105,8 +123,7 @@ def shown(value: Any, limit: int = 60) -> str:
 def one_line(value: Any, limit: int = LOG_LINE_CHARS) -> str:
     """str(value) cut to `limit` characters, control characters (newlines, terminal escapes) shown
     as \\xNN: a log line from a result file must not forge lines of summary_report.txt."""
-    text = str(value)[:limit]
-    return re.sub(r"[\x00-\x1f\x7f-\x9f]", lambda m: f"\\x{ord(m.group()):02x}", text)
+    return escaped(str(value)[:limit])
 
 
 def thin(items: list, limit: int = TIMELINE_POINTS) -> list:

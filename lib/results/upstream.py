@@ -34,6 +34,7 @@ from lib.results.run_files import Row, RunFiles, curve, one_line, parse_run_id, 
 
 ALL_RESULTS = "all_results.json"
 METRICS = "training_metrics.json"
+SUMMARY_MAX_BYTES = 1 << 20  # upstream's gpu_stats summaries are under a kilobyte
 # The "Memory Usage:" block of a gpu_stats summary: Average and Max(imum) with a unit.
 _SUMMARY_MEMORY = re.compile(r"Memory Usage:\s*\n\s*Average:\s*(\d+(?:\.\d+)?)\s*(%|MiB|MB)?\s*\n"
                              r"\s*Max(?:imum)?:\s*(\d+(?:\.\d+)?)\s*(%|MiB|MB)?")
@@ -45,7 +46,7 @@ def _all_results(results_dir: Path, warnings: list[str]) -> Optional[list]:
     if not path.is_file():
         return None
     try:
-        data = read_json(path)
+        data = read_json(path, within=results_dir)
     except UserError as exc:  # its message names the path
         warnings.append(f"{exc}; reading the run folders instead")
         return []
@@ -193,13 +194,8 @@ def _memory_from_samples(files: RunFiles, name: str) -> Row:
 
 
 def _memory_from_summary(files: RunFiles, name: str) -> Row:
-    path = files.run_dir / name
-    try:
-        if not path.is_file():  # a FIFO would block the read forever
-            raise OSError(0, "not a regular file")
-        text = path.read_text(errors="replace")
-    except OSError as exc:
-        files.warn(name, f"unreadable ({exc.strerror})")
+    text = files.text(name, SUMMARY_MAX_BYTES)
+    if text is None:
         return {}
     found = _SUMMARY_MEMORY.search(text)
     if not found:

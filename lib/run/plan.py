@@ -18,13 +18,17 @@ from pathlib import Path
 
 from lib.config import RunnerSettings
 from lib.errors import UserError, counted
+from lib.matrix import spec_from_entry
 from lib.jsonio import read_json
 from lib.models import model_entry
 from lib.optim.lr_schedules import peak_lr, schedule_label
 from lib.pruning.schedules import curve_for
 from lib.run.slots import SlotPool, visible_gpus
-from lib.spec import RunSpec, SpecError
+from lib.spec import RunSpec, is_finite_number
 from lib.variant_budgets import budget_label
+
+
+MAX_PAST_RUN_S = 366 * 86400  # a "past run" longer than a year is a damaged or crafted file, not a measurement
 
 
 @dataclass
@@ -42,22 +46,40 @@ def _key(spec: RunSpec) -> str:
 
 
 def find_past_runs(root: Path, models: set[str]) -> PastRuns:
+    """Durations of the successful runs of `models` in every result directory under `root`; those
+    directories may hold other labs' results, so a run whose files do not make sense is left out."""
     past = PastRuns()
     for result_path in sorted(root.glob("*/*/result.json")) if root.is_dir() else []:
         if not result_path.parent.name.startswith(tuple(f"{m}_" for m in models)):
             continue
-        try:
-            result = read_json(result_path)
-            spec = RunSpec.from_json(read_json(result_path.parent / "run.json")["spec"])
-        except (UserError, SpecError, KeyError, TypeError):
+        found = _past_run(result_path)
+        if found is None:
             continue
-        if not isinstance(result, dict) or result.get("status") != "success" or not result.get("duration_s"):
-            continue
+        spec, duration = found
         past.count += 1
-        past.exact.setdefault(_key(spec), []).append(float(result["duration_s"]))
-        if spec.training.epochs:
-            past.per_epoch.setdefault(spec.model, []).append(float(result["duration_s"]) / spec.training.epochs)
+        past.exact.setdefault(_key(spec), []).append(duration)
+        try:
+            past.per_epoch.setdefault(spec.model, []).append(duration / spec.training.epochs)
+        except OverflowError:  # an epoch count too large for a float
+            continue
     return past
+
+
+def _past_run(result_path: Path) -> tuple[RunSpec, float] | None:
+    """The spec and duration of a successful past run, None when it is not one or its files are unusable."""
+    directory = result_path.parent.parent
+    try:
+        result = read_json(result_path, within=directory)
+        record = read_json(result_path.parent / "run.json", within=directory)
+        spec = spec_from_entry(record.get("spec") if isinstance(record, dict) else None, str(result_path.parent))
+    except UserError:
+        return None
+    if not isinstance(result, dict) or result.get("status") != "success":
+        return None
+    duration = result.get("duration_s")
+    if not is_finite_number(duration) or not 0 < duration <= MAX_PAST_RUN_S:
+        return None
+    return spec, float(duration)
 
 
 def estimate_run_s(spec: RunSpec, past: PastRuns) -> float | None:

@@ -8,6 +8,7 @@ finished runs times the work left, divided by the runs that go at once.
 """
 from __future__ import annotations
 
+import math
 import time
 from typing import Any, Callable
 
@@ -15,6 +16,8 @@ from lib.run.task import Placement, RunTask
 
 
 def hms(seconds: float) -> str:
+    if not math.isfinite(seconds):  # an estimate from past runs whose durations overflow a float
+        return "unknown"
     seconds = int(round(seconds))
     return f"{seconds // 3600}:{seconds % 3600 // 60:02d}:{seconds % 60:02d}"
 

@@ -10,6 +10,7 @@ status "success" is what "done" means, so resuming needs nothing but files.
 from __future__ import annotations
 
 import dataclasses
+import os
 import re
 from datetime import datetime
 from pathlib import Path
@@ -17,7 +18,7 @@ from typing import Callable, Iterable
 
 from lib.config import RunnerSettings, default_runner, load_kconfig
 from lib.errors import NON_FINITE_EXIT, UserError, WriteError, counted
-from lib.jsonio import SCHEMA_VERSION, read_json, write_bytes_atomic, write_json_atomic
+from lib.jsonio import SCHEMA_VERSION, check_readable_dir, read_json, write_bytes_atomic, write_json_atomic
 from lib.matrix import spec_from_entry
 from lib.names import RESUME_DIR, SUPERSEDED_DIR, check_no_links
 from lib.provenance import git_commit
@@ -102,7 +103,8 @@ def newest_matrix_dir(root: Path) -> Path:
         stamp, suffix = MATRIX_DIR_NAME.fullmatch(path.name).groups()
         return stamp, int(suffix or 1)  # _10 after _9, which a plain sort by name gets wrong
 
-    candidates = [p for p in root.glob("*") if MATRIX_DIR_NAME.fullmatch(p.name) and (p / "matrix.json").is_file()]
+    # os.path.isfile: False for a folder we may not read (Path.is_file raises PermissionError there)
+    candidates = [p for p in root.glob("*") if MATRIX_DIR_NAME.fullmatch(p.name) and os.path.isfile(p / "matrix.json")]
     if not candidates:
         raise UserError(f"no result directory under {root} to continue: none named <YYYYMMDD_HHMMSS> holds "
                         "a matrix.json (run `make` first, or give RESULTS=dir)")
@@ -125,9 +127,10 @@ def load_matrix(results_dir: Path) -> list[RunSpec]:
     path = results_dir / "matrix.json"
     if not results_dir.is_dir():  # a mistyped RESULTS=: say so, as `make report` does
         raise UserError(f"{results_dir}: no such result directory (give a test_matrix_results/<timestamp> folder)")
+    check_readable_dir(results_dir)
     if not path.is_file():
         raise UserError(f"{results_dir}: not a result directory of this framework (no matrix.json)")
-    data = read_json(path)
+    data = read_json(path, within=results_dir)
     entries = data.get("runs") if isinstance(data, dict) else None
     if not isinstance(entries, list) or not entries:
         raise UserError(f"{path}: no 'runs' list")
@@ -143,7 +146,7 @@ def load_matrix(results_dir: Path) -> list[RunSpec]:
 def is_done(run_dir: Path) -> bool:
     """True when result.json is valid JSON saying the run succeeded."""
     try:
-        return read_json(run_dir / "result.json").get("status") == "success"
+        return read_json(run_dir / "result.json", within=run_dir.parent).get("status") == "success"
     except (UserError, AttributeError):
         return False
 
@@ -161,7 +164,7 @@ def failure_lines(results_dir: Path, runs: list[RunSpec]) -> list[str]:
     non_finite, other = [], []
     for spec in runs:
         try:
-            result = read_json(results_dir / spec.run_id / "result.json")
+            result = read_json(results_dir / spec.run_id / "result.json", within=results_dir)
         except UserError:
             continue  # never finished: reported as missing, and `make continue` runs it
         if isinstance(result, dict) and result.get("status") not in ("success", None):

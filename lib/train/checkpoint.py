@@ -29,6 +29,7 @@ import numpy as np
 import torch
 
 from lib.errors import UserError
+from lib.jsonio import check_readable_dir, found
 from lib.names import check_name, is_safe_name, resume_dir
 
 LAST, BEST = "last.pt", "best.pt"
@@ -125,7 +126,7 @@ def load_checkpoint(path: Path, device: torch.device, required: tuple[str, ...] 
 def load_weights(path: Path, device: torch.device | str = "cpu") -> dict[str, Any]:
     """A checkpoint of weights and plain values (best.pt, last.pt, nanoGPT's ckpt.pt),
     read with weights_only=True: loading never runs code from the file."""
-    if not path.is_file():
+    if not found(path):  # anything else there (unreadable, a directory): torch.load says what
         raise UserError(f"{path}: no such checkpoint")
     try:
         return _read_weights_only(path, device)
@@ -136,8 +137,8 @@ def load_weights(path: Path, device: torch.device | str = "cpu") -> dict[str, An
 
 def runs_with_checkpoints(results: Path) -> list[str]:
     """Run folders of a result directory that hold a best.pt (invalid names skipped)."""
-    return sorted(d.name for d in results.iterdir()
-                  if is_safe_name(d.name) and (checkpoint_dir(d) / BEST).is_file())
+    return sorted(d.name for d in results.iterdir()  # os.path.isfile: False in a folder we may not read
+                  if is_safe_name(d.name) and os.path.isfile(checkpoint_dir(d) / BEST))
 
 
 def run_checkpoint(results: Path, run: str) -> Path:
@@ -145,12 +146,13 @@ def run_checkpoint(results: Path, run: str) -> Path:
     run still in progress the best.pt or last.pt beside it in .resume/."""
     if not results.is_dir():
         raise UserError(f"RESULTS={results}: no such result directory")
+    check_readable_dir(results)
     check_name(run, "RUN", str(results))
     candidates = [checkpoint_dir(results / run) / BEST, resume_dir(results / run) / BEST,
                   resume_dir(results / run) / LAST]
-    found = next((path for path in candidates if path.is_file()), None)
-    if found is None:
+    chosen = next((path for path in candidates if found(path)), None)
+    if chosen is None:
         have = ", ".join(runs_with_checkpoints(results)) or "none"
         raise UserError(f"{results / run}: no checkpoint (best.pt is kept with CONFIG_SAVE_CHECKPOINT=y); "
                         f"runs with one here: {have}")
-    return found
+    return chosen

@@ -47,7 +47,7 @@ for _p in (ROOT, ROOT / "tests"):
     if str(_p) not in sys.path:
         sys.path.insert(0, str(_p))
 
-from result_dirs import lm_metrics, spec, write, write_matrix, write_run, gpu_stats  # noqa: E402
+from result_dirs import gpu_stats, lm_metrics, spec, upstream_lm_dir, write, write_matrix, write_run  # noqa: E402
 
 LEGACY = ROOT / "tests/fixtures/legacy/test_matrix_results_20250903_180836"
 OWN = ROOT / "tests/fixtures/own/20261130_225800"
@@ -96,16 +96,7 @@ def seed_own_lm(root: Path) -> Path:
 
 def seed_upstream_lm(root: Path) -> Path:
     """Upstream's other layout: an empty all_results.json, figures in training_metrics.json."""
-    write(root / "all_results.json", [])
-    write(root / "gpt2_adamwprune_bitter7_state_50" / "training_metrics.json", {
-        "config": {"eval_interval": 100, "optimizer": "adamwprune", "target_sparsity": 0.5},
-        "val_losses": [5.0, 3.6, 3.7], "best_val_loss": 3.6, "final_val_loss": 3.7,
-        "sparsities": [0.0, 0.25, 0.4998], "iterations": [0, 10, 20], "total_time": 3600.0})
-    write(root / "gpt2_adamwprune_bitter7_state_50" / "gpu_stats_gpt2_x_20250101_000000_summary.txt",
-          "GPU Monitoring Summary\n\nMemory Usage:\n  Average: 25311.5 MiB\n  Maximum: 25344.0 MiB\n")
-    write(root / "resnet50_sgd_magnitude_90" / "training_metrics.json", {
-        "test_accuracy": [60.0, 70.5, 70.25], "sparsity": [0.3, 0.8, 0.9001], "epochs": [1, 2, 3],
-        "best_accuracy": 70.5, "final_accuracy": 70.25, "final_sparsity": 0.9001, "elapsed_time": 99.0})
+    upstream_lm_dir(root)
     write(root / "resnet50_sgd_magnitude_90" / "gpu_stats_resnet50_x_20250101_000000.json",
           [{"memory_used": 100.0 + i, "elapsed_seconds": float(i), "gpu_type": "nvidia"} for i in range(5)])
     return root
@@ -682,25 +673,31 @@ def _call(reader: str, root: Path, work: Path, rng: random.Random, timeout_s: fl
 
 def _call_as(uid: int, reader: str, root: Path, work: Path, rng: random.Random,
              timeout_s: float) -> tuple[list[str], Optional[str]]:
-    """_call in a forked child that runs as `uid` (root reads every file; mode 000 bites only others).
-    The caller has run the reader once before, so no module is imported from a folder `uid` cannot read."""
+    """_call as `uid` (root reads every file; mode 000 bites only others). The caller has run the reader
+    once before, so no module is imported from a folder `uid` cannot read."""
+    result = in_child_as(uid, lambda: _call(reader, root, work, rng, timeout_s))
+    return tuple(result) if result is not None else (["the unprivileged reader died without a word"], None)
+
+
+def in_child_as(uid: int, call: Callable[[], Any]) -> Any:
+    """call() in a forked child running as user and group `uid`, its JSON-able result sent back through a
+    pipe; None if the child died without one. The child leaves without running the parent's cleanup."""
     read_end, write_end = os.pipe()
     pid = os.fork()
-    if pid == 0:  # the child: drop privileges, read, report, leave without running the parent's cleanup
+    if pid == 0:
         try:
             os.close(read_end)
             os.setgroups([])
             os.setgid(uid)
             os.setuid(uid)
-            result = _call(reader, root, work, rng, timeout_s)
-            os.write(write_end, json.dumps(result).encode())
+            os.write(write_end, json.dumps(call()).encode())
         finally:
             os._exit(0)
     os.close(write_end)
     with os.fdopen(read_end, "rb") as handle:
         data = handle.read()
     os.waitpid(pid, 0)
-    return tuple(json.loads(data)) if data else (["the unprivileged reader died without a word"], None)
+    return json.loads(data) if data else None
 
 
 def _open_to(work: Path, uid: int) -> None:

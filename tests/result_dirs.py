@@ -116,6 +116,23 @@ def seeded_matrix(root: Path, optimizers: tuple[str, ...] = ("sgd", "adamw"), sp
     return root
 
 
+def upstream_lm_dir(root: Path, resnet_final_accuracy: Any = 70.25) -> Path:
+    """Upstream's other layout: all_results.json empty, each run's figures in training_metrics.json (a
+    ResNet-50 classifier, its final accuracy as given, and GPT-2 with a gpu_stats summary)."""
+    write(root / "all_results.json", [])
+    write(root / "resnet50_sgd_magnitude_90" / "training_metrics.json", {
+        "test_accuracy": [60.0, 70.5, 70.25], "sparsity": [0.3, 0.8, 0.9001], "epochs": [1, 2, 3],
+        "best_accuracy": 70.5, "final_accuracy": resnet_final_accuracy, "final_sparsity": 0.9001,
+        "elapsed_time": 99.0})
+    write(root / "gpt2_adamwprune_bitter7_state_50" / "training_metrics.json", {
+        "config": {"eval_interval": 100, "optimizer": "adamwprune", "target_sparsity": 0.5},
+        "val_losses": [5.0, 3.6, 3.7], "best_val_loss": 3.6, "final_val_loss": 3.7,
+        "sparsities": [0.0, 0.25, 0.4998], "iterations": [0, 10, 20], "total_time": 3600.0})
+    write(root / "gpt2_adamwprune_bitter7_state_50" / "gpu_stats_gpt2_x_20250101_000000_summary.txt",
+          "GPU Monitoring Summary\n\nMemory Usage:\n  Average: 25311.5 MiB\n  Maximum: 25344.0 MiB\n")
+    return root
+
+
 def tree_digest(root: Path) -> dict[str, str]:
     """Every entry under `root` with its content hash (or kind): the same digest means byte-identical."""
     found = {}

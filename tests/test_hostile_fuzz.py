@@ -317,21 +317,7 @@ def _as_another_user(call) -> dict:
     from lib.provenance import package_versions
 
     package_versions()  # its first call imports email.parser, from a folder the other user may not read
-    read_end, write_end = os.pipe()
-    pid = os.fork()
-    if pid == 0:
-        try:
-            os.setgroups([])
-            os.setgid(65534)
-            os.setuid(65534)
-            os.write(write_end, json.dumps(_outcome(call)).encode())
-        finally:
-            os._exit(0)
-    os.close(write_end)
-    with os.fdopen(read_end, "rb") as handle:
-        data = handle.read()
-    os.waitpid(pid, 0)
-    return json.loads(data)
+    return fuzz.in_child_as(65534, lambda: _outcome(call))
 
 
 @pytest.fixture

@@ -18,7 +18,7 @@ from pathlib import Path
 
 import pytest
 from conftest import make, own_lines
-from result_dirs import write
+from result_dirs import upstream_lm_dir
 
 from lib.errors import UserError
 from lib.report.summary import default_out_dir, write_reports
@@ -105,18 +105,8 @@ def test_upstream_directories_are_never_the_default_output(tmp_path: Path) -> No
 
 
 def _upstream_dir(root: Path) -> Path:
-    """all_results.json empty; each run's figures in training_metrics.json (a classifier and GPT-2)."""
-    write(root / "all_results.json", [])
-    write(root / "resnet50_sgd_magnitude_90" / "training_metrics.json", {
-        "test_accuracy": [60.0, 70.5, 70.25], "sparsity": [0.3, 0.8, 0.9001], "epochs": [1, 2, 3],
-        "best_accuracy": 70.5, "final_accuracy": "high", "final_sparsity": 0.9001, "elapsed_time": 99.0})
-    write(root / "gpt2_adamwprune_bitter7_state_50" / "training_metrics.json", {
-        "config": {"eval_interval": 100, "optimizer": "adamwprune", "target_sparsity": 0.5},
-        "val_losses": [5.0, 3.6, 3.7], "best_val_loss": 3.6, "final_val_loss": 3.7,
-        "sparsities": [0.0, 0.25, 0.4998], "iterations": [0, 10, 20], "total_time": 3600.0})
-    write(root / "gpt2_adamwprune_bitter7_state_50" / "gpu_stats_gpt2_x_20250101_000000_summary.txt",
-          "GPU Monitoring Summary\n\nMemory Usage:\n  Average: 25311.5 MiB\n  Maximum: 25344.0 MiB\n")
-    return root
+    """all_results.json empty; each run's figures in training_metrics.json, ResNet-50's final accuracy not a number."""
+    return upstream_lm_dir(root, resnet_final_accuracy="high")
 
 
 def test_training_metrics_json_fills_an_empty_all_results(tmp_path: Path, capsys) -> None:

@@ -459,3 +459,28 @@ def test_warnings_listed_in_the_summary_are_escaped(tmp_path, name):
     summary = (tmp_path / "out" / "summary_report.txt").read_text()
     (warning,) = [line for line in summary.splitlines() if "gpu_stats.json: not valid JSON" in line]
     assert warning.startswith(f"  {tmp_path}/lab") and ("lab\\x0aWarnings" in warning or "lab-\\udcff" in warning)
+
+
+def test_compare_with_absurd_memory_figures_prints_nothing_raw(tmp_path):
+    """A memory figure of -1e308 and a device named with an ESC sequence in one side's gpu_stats.json:
+    numpy's overflow warnings from drawing the delta graph reached the terminal as lines of their own
+    (the comparison drew its graph without the report's guard), and the device name went raw into
+    compare.md and compare.txt."""
+    import warnings
+
+    from lib.report.compare import compare_tables
+    from lib.report.compare_render import write_compare
+
+    results = _own(tmp_path)
+    path = results / RUN / "gpu_stats.json"
+    stats = json.loads(path.read_text())
+    stats["summary"]["peak_mib"] = stats["summary"]["mean_mib"] = -1e308
+    stats["device"] = "gpu\x1b[2J"
+    path.write_text(json.dumps(stats))
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        write_compare(compare_tables(load_results(results), load_results(OWN), "a", "b"), tmp_path / "out")
+    assert [str(w.message) for w in caught if issubclass(w.category, RuntimeWarning)] == []
+    for name in ("compare.md", "compare.txt"):
+        text = (tmp_path / "out" / name).read_text()
+        assert "\x1b" not in text and "gpu\\x1b[2J" in text

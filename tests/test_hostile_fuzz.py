@@ -461,6 +461,19 @@ def test_warnings_listed_in_the_summary_are_escaped(tmp_path, name):
     assert warning.startswith(f"  {tmp_path}/lab") and ("lab\\x0aWarnings" in warning or "lab-\\udcff" in warning)
 
 
+def test_a_memory_device_name_reaches_no_report_raw(tmp_path):
+    """gpu_stats.json's device string went raw into summary_report.txt (memory by optimizer and
+    device), ESC sequences and U+202E included."""
+    results = _own(tmp_path)
+    path = results / RUN / "gpu_stats.json"
+    path.write_text(json.dumps({**json.loads(path.read_text()), "device": "gpu\x1b[2J\u202e" + "x" * 100}))
+    table = load_results(results)
+    assert table.loc[0, "memory_device"] == "gpu\\x1b[2J\\u202e" + "x" * 32  # 40 characters, escaped
+    write_reports(table, tmp_path / "out", "x", graphs=False)
+    for name in ("summary_report.txt", "report.md"):
+        assert not re.search("[\x1b\u202e]", (tmp_path / "out" / name).read_text())
+
+
 def test_compare_with_absurd_memory_figures_prints_nothing_raw(tmp_path):
     """A memory figure of -1e308 and a device named with an ESC sequence in one side's gpu_stats.json:
     numpy's overflow warnings from drawing the delta graph reached the terminal as lines of their own

@@ -790,7 +790,8 @@ def _check_outputs(work: Path) -> list[str]:
         text = path.read_text(errors="replace")
         if "PRIVATE" in text:
             problems.append(f"{path.name}: holds content of a file outside the result directory")
-        if path.suffix in (".txt", ".md") and path.name != "config.txt" and re.search(r"[\x00-\x08\x0b-\x1f\x7f]", text):
+        if path.suffix in (".txt", ".md") and path.name != "config.txt" \
+                and re.search(r"[\x00-\x08\x0b-\x1f\x7f-\x9f\u202a-\u202e\u2066-\u2069]", text):
             problems.append(f"{path.name}: a raw control character")
         if path.suffix == ".json" and path.name in ("all_results.json", "matrix.json"):
             try:

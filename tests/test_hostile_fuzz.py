@@ -497,3 +497,19 @@ def test_compare_with_absurd_memory_figures_prints_nothing_raw(tmp_path):
     for name in ("compare.md", "compare.txt"):
         text = (tmp_path / "out" / name).read_text()
         assert "\x1b" not in text and "gpu\\x1b[2J" in text
+
+
+def test_reproduce_prints_no_control_characters_from_run_json():
+    """make reproduce prints the recorded git commit and package versions before it reruns: a run.json
+    from elsewhere with an ESC sequence or a newline in them reached the terminal raw."""
+    from lib.provenance import recorded
+    from lib.reproduce import RecordedRun, differences
+    from lib.spec import RunSpec
+
+    spec = RunSpec.from_json(json.loads((OWN / "matrix.json").read_text())["runs"][0])
+    provenance = recorded({"git_commit": "abc\x1b[2J", "host": "lab\nnote: forged", "python": "3.11\u202e",
+                           "packages": {"torch": "2.0\x1b]0;title\x07", "numpy": "\ud800", "scipy": "1.0"}})
+    assert provenance == {"git_commit": None, "git_dirty": None, "host": None, "packages": {"scipy": "1.0"}}
+    lines = differences(RecordedRun(spec, provenance, None, None))
+    assert not any(re.search("[\x00-\x1f\x7f-\x9f\u202e\ud800-\udfff]", line) for line in lines)
+    assert "git commit: not recorded by the run" in lines

@@ -513,3 +513,16 @@ def test_reproduce_prints_no_control_characters_from_run_json():
     lines = differences(RecordedRun(spec, provenance, None, None))
     assert not any(re.search("[\x00-\x1f\x7f-\x9f\u202e\ud800-\udfff]", line) for line in lines)
     assert "git commit: not recorded by the run" in lines
+
+
+def test_continue_shows_a_recorded_setting_without_its_control_characters(tmp_path):
+    """make continue names the settings where .config differs from the recorded config.txt: a string
+    value there with ESC sequences (a terminal title, a screen clear) was printed raw."""
+    from lib.run.runner import config_changes
+
+    results = _own(tmp_path)
+    text = (results / "config.txt").read_text()
+    (results / "config.txt").write_text(text.replace('CONFIG_DATA_DIR="/tmp/lab/data"',
+                                                     'CONFIG_DATA_DIR="/x\x1b[2J\x1b]0;pwn\x07' + "y" * 100 + '"'))
+    (change,) = config_changes(OWN / "config.txt", results / "config.txt")
+    assert change == "DATA_DIR: /x\\x1b[2J\\x1b]0;pwn\\x07" + "y" * 63 + "... -> /tmp/lab/data"

@@ -526,3 +526,17 @@ def test_continue_shows_a_recorded_setting_without_its_control_characters(tmp_pa
                                                      'CONFIG_DATA_DIR="/x\x1b[2J\x1b]0;pwn\x07' + "y" * 100 + '"'))
     (change,) = config_changes(OWN / "config.txt", results / "config.txt")
     assert change == "DATA_DIR: /x\\x1b[2J\\x1b]0;pwn\\x07" + "y" * 63 + "... -> /tmp/lab/data"
+
+
+@pytest.mark.parametrize("iter_num", ["3\x1b[2J\nnote: forged", 10**40, True, -1])
+def test_sample_shows_no_text_of_the_checkpoint_as_its_step(tmp_path, capsys, iter_num):
+    """make sample prints the step a checkpoint was saved at: a checkpoint from elsewhere whose iter_num was
+    a string (weights-only loading allows strings) put its ESC sequences and newlines on the terminal."""
+    import torch
+    from conftest import script_module
+
+    ckpt = tmp_path / "ckpt.pt"
+    fuzz._gpt2_checkpoint(ckpt)
+    torch.save({**torch.load(ckpt, weights_only=True), "iter_num": iter_num}, ckpt)
+    script_module("sample").main({"CKPT": str(ckpt), "MAX_NEW_TOKENS": "1", "PROMPT": "!", "DEVICE": "cpu"})
+    assert capsys.readouterr().err.splitlines() == [f"checkpoint: {ckpt} (step ?, 3,416 parameters)"]

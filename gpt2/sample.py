@@ -60,6 +60,13 @@ def load_model(path: Path, device: torch.device) -> tuple[GPT, dict[str, Any]]:
     return model.to(device).eval(), info
 
 
+def checkpoint_step(info: dict[str, Any]) -> str:
+    """The step a checkpoint was saved at, as text: its iter_num (ours and nanoGPT's) or step; "?" when it
+    records none or something that is not a count (the file may come from anyone: its strings are not shown)."""
+    step = info.get("iter_num", info.get("step"))
+    return str(step) if isinstance(step, int) and not isinstance(step, bool) and 0 <= step < 10**15 else "?"
+
+
 def prompt_ids(prompt: str) -> list[int]:
     """Token ids of the prompt (or of the file after "FILE:"); an empty prompt is <|endoftext|>."""
     if prompt.startswith("FILE:"):

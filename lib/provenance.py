@@ -64,7 +64,9 @@ def run_record(commit: Optional[str] = None) -> dict[str, Any]:
 
 
 def _text(value: Any) -> Optional[str]:
-    return value if isinstance(value, str) and 0 < len(value) <= _TEXT_MAX else None
+    """A recorded string we may print: of sane length, printable (no newline, terminal escape, bidirectional
+    control or lone surrogate: make reproduce shows the recorded versions and commit on the terminal)."""
+    return value if isinstance(value, str) and 0 < len(value) <= _TEXT_MAX and value.isprintable() else None
 
 
 def recorded(run_json: Any) -> dict[str, Any]:

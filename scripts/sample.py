@@ -71,7 +71,7 @@ def main(env: dict[str, str] | None = None) -> None:
     env = dict(os.environ) if env is None else env
     settings = settings_from_env(env)
     path = checkpoint_path(env)
-    from gpt2.sample import load_model, sample_texts
+    from gpt2.sample import checkpoint_step, load_model, sample_texts
     from lib.train.harness import resolve_device
 
     requested = env.get("DEVICE", "").strip() or "auto"
@@ -81,7 +81,7 @@ def main(env: dict[str, str] | None = None) -> None:
     if note:
         print(f"note: {note}", file=sys.stderr)
     model, info = load_model(path, device)
-    print(f"checkpoint: {path} (step {info.get('iter_num', info.get('step', '?'))}, "
+    print(f"checkpoint: {path} (step {checkpoint_step(info)}, "
           f"{model.get_num_params(non_embedding=False):,} parameters)", file=sys.stderr)  # as the trainer counts
     for i, text in enumerate(sample_texts(model, settings, device)):
         if i:

@@ -642,13 +642,13 @@ def _call(reader: str, root: Path, work: Path, rng: random.Random, timeout_s: fl
 
     problems: list[str] = []
     error = None
-    stderr = io.StringIO()
+    stderr, stdout = io.StringIO(), io.StringIO()
     old = signal.signal(signal.SIGALRM, _alarm)
     signal.setitimer(signal.ITIMER_REAL, timeout_s)
     measured = _reset_peak()
     start_rss = _rss()
     try:
-        with contextlib.redirect_stderr(stderr), contextlib.redirect_stdout(io.StringIO()):
+        with contextlib.redirect_stderr(stderr), contextlib.redirect_stdout(stdout):
             {**READERS, **CLI_READERS}[reader](root, work, rng)
     except Hang:
         problems.append(f"hang: still reading after {timeout_s} s")
@@ -666,8 +666,10 @@ def _call(reader: str, root: Path, work: Path, rng: random.Random, timeout_s: fl
     for line in stderr.getvalue().splitlines():
         if not re.match(r"(warning|note): ", line):
             problems.append(f"stderr line that is not a warning: {line[:200]!r}")
-        if re.search(r"[\x00-\x1f\x7f-\x9f\u202a-\u202e\u2066-\u2069]", line):
-            problems.append(f"control character on stderr: {line[:200]!r}")
+    for name, text in (("stderr", stderr.getvalue()), ("stdout", stdout.getvalue())):
+        for line in text.splitlines():
+            if re.search(r"[\x00-\x1f\x7f-\x9f\u202a-\u202e\u2066-\u2069]", line):
+                problems.append(f"control character on {name}: {line[:200]!r}")
     return problems, error
 
 
@@ -787,7 +789,8 @@ def _check_outputs(work: Path) -> list[str]:
         text = path.read_text(errors="replace")
         if "PRIVATE" in text:
             problems.append(f"{path.name}: holds content of a file outside the result directory")
-        if path.suffix in (".txt", ".md") and path.name != "config.txt" and re.search(r"[\x00-\x08\x0b-\x1f\x7f]", text):
+        if path.suffix in (".txt", ".md") and path.name != "config.txt" \
+                and re.search(r"[\x00-\x08\x0b-\x1f\x7f-\x9f\u202a-\u202e\u2066-\u2069]", text):
             problems.append(f"{path.name}: a raw control character")
         if path.suffix == ".json" and path.name in ("all_results.json", "matrix.json"):
             try:

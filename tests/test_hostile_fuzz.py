@@ -445,3 +445,84 @@ def test_warnings_listed_in_the_summary_are_escaped(tmp_path, name):
     summary = (tmp_path / "out" / "summary_report.txt").read_text()
     (warning,) = [line for line in summary.splitlines() if "gpu_stats.json: not valid JSON" in line]
     assert warning.startswith(f"  {tmp_path}/lab") and ("lab\\x0aWarnings" in warning or "lab-\\udcff" in warning)
+
+
+def test_a_memory_device_name_reaches_no_report_raw(tmp_path):
+    """gpu_stats.json's device string went raw into summary_report.txt (memory by optimizer and
+    device), ESC sequences and U+202E included."""
+    results = _own(tmp_path)
+    path = results / RUN / "gpu_stats.json"
+    path.write_text(json.dumps({**json.loads(path.read_text()), "device": "gpu\x1b[2J\u202e" + "x" * 100}))
+    table = load_results(results)
+    assert table.loc[0, "memory_device"] == "gpu\\x1b[2J\\u202e" + "x" * 32  # 40 characters, escaped
+    write_reports(table, tmp_path / "out", "x", graphs=False)
+    for name in ("summary_report.txt", "report.md"):
+        assert not re.search("[\x1b\u202e]", (tmp_path / "out" / name).read_text())
+
+
+def test_compare_with_absurd_memory_figures_prints_nothing_raw(tmp_path):
+    """A memory figure of -1e308 and a device named with an ESC sequence in one side's gpu_stats.json:
+    numpy's overflow warnings from drawing the delta graph reached the terminal as lines of their own
+    (the comparison drew its graph without the report's guard), and the device name went raw into
+    compare.md and compare.txt."""
+    import warnings
+
+    from lib.report.compare import compare_tables
+    from lib.report.compare_render import write_compare
+
+    results = _own(tmp_path)
+    path = results / RUN / "gpu_stats.json"
+    stats = json.loads(path.read_text())
+    stats["summary"]["peak_mib"] = stats["summary"]["mean_mib"] = -1e308
+    stats["device"] = "gpu\x1b[2J"
+    path.write_text(json.dumps(stats))
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        write_compare(compare_tables(load_results(results), load_results(OWN), "a", "b"), tmp_path / "out")
+    assert [str(w.message) for w in caught if issubclass(w.category, RuntimeWarning)] == []
+    for name in ("compare.md", "compare.txt"):
+        text = (tmp_path / "out" / name).read_text()
+        assert "\x1b" not in text and "gpu\\x1b[2J" in text
+
+
+def test_reproduce_prints_no_control_characters_from_run_json():
+    """make reproduce prints the recorded git commit and package versions before it reruns: a run.json
+    from elsewhere with an ESC sequence or a newline in them reached the terminal raw."""
+    from lib.provenance import recorded
+    from lib.reproduce import RecordedRun, differences
+    from lib.spec import RunSpec
+
+    spec = RunSpec.from_json(json.loads((OWN / "matrix.json").read_text())["runs"][0])
+    provenance = recorded({"git_commit": "abc\x1b[2J", "host": "lab\nnote: forged", "python": "3.11\u202e",
+                           "packages": {"torch": "2.0\x1b]0;title\x07", "numpy": "\ud800", "scipy": "1.0"}})
+    assert provenance == {"git_commit": None, "git_dirty": None, "host": None, "packages": {"scipy": "1.0"}}
+    lines = differences(RecordedRun(spec, provenance, None, None))
+    assert not any(re.search("[\x00-\x1f\x7f-\x9f\u202e\ud800-\udfff]", line) for line in lines)
+    assert "git commit: not recorded by the run" in lines
+
+
+def test_continue_shows_a_recorded_setting_without_its_control_characters(tmp_path):
+    """make continue names the settings where .config differs from the recorded config.txt: a string
+    value there with ESC sequences (a terminal title, a screen clear) was printed raw."""
+    from lib.run.runner import config_changes
+
+    results = _own(tmp_path)
+    text = (results / "config.txt").read_text()
+    (results / "config.txt").write_text(text.replace('CONFIG_DATA_DIR="/tmp/lab/data"',
+                                                     'CONFIG_DATA_DIR="/x\x1b[2J\x1b]0;pwn\x07' + "y" * 100 + '"'))
+    (change,) = config_changes(OWN / "config.txt", results / "config.txt")
+    assert change == "DATA_DIR: /x\\x1b[2J\\x1b]0;pwn\\x07" + "y" * 63 + "... -> /tmp/lab/data"
+
+
+@pytest.mark.parametrize("iter_num", ["3\x1b[2J\nnote: forged", 10**40, True, -1])
+def test_sample_shows_no_text_of_the_checkpoint_as_its_step(tmp_path, capsys, iter_num):
+    """make sample prints the step a checkpoint was saved at: a checkpoint from elsewhere whose iter_num was
+    a string (weights-only loading allows strings) put its ESC sequences and newlines on the terminal."""
+    import torch
+    from conftest import script_module
+
+    ckpt = tmp_path / "ckpt.pt"
+    fuzz._gpt2_checkpoint(ckpt)
+    torch.save({**torch.load(ckpt, weights_only=True), "iter_num": iter_num}, ckpt)
+    script_module("sample").main({"CKPT": str(ckpt), "MAX_NEW_TOKENS": "1", "PROMPT": "!", "DEVICE": "cpu"})
+    assert capsys.readouterr().err.splitlines() == [f"checkpoint: {ckpt} (step ?, 3,416 parameters)"]

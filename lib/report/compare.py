@@ -190,7 +190,7 @@ def _config_comparison(label: str, a_runs: pd.DataFrame, b_runs: pd.DataFrame,
 
 
 def _memory_notes(a: pd.DataFrame, b: pd.DataFrame) -> list[str]:
-    kinds = [sorted({str(d) for d in t["memory_device"] if d}) for t in (a, b)]
+    kinds = [sorted({one_line(d, 40) for d in t["memory_device"] if d}) for t in (a, b)]  # a stranger's text
     if kinds[0] and kinds[1] and kinds[0] != kinds[1]:
         return [f"memory is measured differently (A: {', '.join(kinds[0])}, B: {', '.join(kinds[1])}; "
                 "cpu means process RSS, cuda GPU memory): its deltas compare different things"]

@@ -20,7 +20,7 @@ from lib.errors import counted
 from lib.jsonio import write_text_atomic
 from lib.names import check_no_links
 from lib.report.compare import ALPHA, LABELS, Comparison, ConfigComparison, MetricDelta
-from lib.report.graphs import Graph, new_figure, render_graph
+from lib.report.graphs import Graph, drawn, new_figure
 from lib.report.markdown import Block, Bullets, Heading, Paragraph, Table, code_span, render_markdown
 from lib.report.out_dirs import make_output_dir, stamped_name
 from lib.report.stats import NA, Estimate, fmt
@@ -165,8 +165,7 @@ def delta_figure(comparison: Comparison) -> Optional[Figure]:
 def write_compare(comparison: Comparison, out_dir: Path) -> list[Path]:
     """Write compare.md, compare.txt and graphs/compare_deltas.png|svg into `out_dir`; return the paths."""
     check_no_links(out_dir, OUTPUTS)
-    figure = delta_figure(comparison)
-    graph = render_graph(GRAPH, figure) if figure is not None else None
+    graph = drawn(GRAPH, lambda: delta_figure(comparison))
     blocks = compare_blocks(comparison, graph)
     paths = [out_dir / "compare.md", out_dir / "compare.txt"]
     write_text_atomic(paths[0], render_markdown(blocks))

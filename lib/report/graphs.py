@@ -16,6 +16,7 @@ import math
 import multiprocessing
 import os
 import sys
+import warnings
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
@@ -79,13 +80,28 @@ class Context:
 def render_graph(name: str, figure: Figure) -> Graph:
     """`figure` as a Graph named `name`: PNG and SVG bytes, the same for the same figure."""
     png, svg = io.BytesIO(), io.BytesIO()
-    figure.savefig(png, format="png", dpi=100)
-    figure.set_layout_engine("none")  # laid out by the first save; a second layout pass costs a third
-    # no date and ids salted by the name: the same table gives the same file
-    with rc_context({"svg.hashsalt": name}):
-        figure.savefig(svg, format="svg", metadata={"Date": None})
+    with warnings.catch_warnings():  # numpy's overflow warnings on a stranger's 1e308 are not our lines
+        warnings.simplefilter("ignore", RuntimeWarning)
+        figure.savefig(png, format="png", dpi=100)
+        figure.set_layout_engine("none")  # laid out by the first save; a second layout pass costs a third
+        # no date and ids salted by the name: the same table gives the same file
+        with rc_context({"svg.hashsalt": name}):
+            figure.savefig(svg, format="svg", metadata={"Date": None})
     title = figure.texts[0].get_text() if figure.texts else name
     return Graph(name, title, png.getvalue(), svg.getvalue().decode())
+
+
+def drawn(name: str, build: Callable[[], Optional[Figure]]) -> Optional[Graph]:
+    """The figure `build` draws, rendered; None when there is none, and None with one warning line
+    when drawing fails: figures are drawn from others' files, and one bad value costs one figure."""
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", RuntimeWarning)
+            figure = build()
+        return None if figure is None else render_graph(name, figure)
+    except Exception as exc:  # noqa: BLE001 - whatever matplotlib raises on a value it cannot place
+        print(f"warning: graphs/{name}: not drawn ({type(exc).__name__}: {str(exc)[:200]})", file=sys.stderr)
+        return None
 
 
 def new_figure(title: str, width: float = 10, height: float = 5.5) -> Figure:
@@ -449,12 +465,7 @@ BUILDERS: dict[str, Callable[[Context], Optional[Figure]]] = {
 
 def _build(task: tuple[str, str, Context]) -> Optional[Graph]:
     name, stem, ctx = task
-    try:
-        figure = BUILDERS[stem](ctx)
-        return None if figure is None else render_graph(name, figure)
-    except Exception as exc:  # noqa: BLE001 - figures drawn from others' files: one bad value costs one figure
-        print(f"warning: graphs/{name}: not drawn ({type(exc).__name__}: {str(exc)[:200]})", file=sys.stderr)
-        return None
+    return drawn(name, lambda: BUILDERS[stem](ctx))
 
 
 def contexts(table: pd.DataFrame) -> list[Context]:

@@ -81,11 +81,12 @@ def _text(value: object) -> Optional[str]:
 
 
 def _name_cell(files: RunFiles, data: dict, key: str, name: str) -> Optional[str]:
-    """data[key] when it is a string (None when absent); reports group and look up by it,
-    so a list or an object there is a warning and an empty cell, not a crash."""
+    """data[key] when it is a string (None when absent), cut to 40 characters with control characters
+    escaped (reports print it: "cuda", "nvml"); reports group and look up by it, so a list or an object
+    there is a warning and an empty cell, not a crash."""
     value = data.get(key)
     if value is None or isinstance(value, str):
-        return value
+        return None if value is None else one_line(value, 40)
     files.warn(name, f"{key} {shown(value)} is not a string")
     return None
 

@@ -186,7 +186,7 @@ def _memory_from_samples(files: RunFiles, name: str) -> Row:
     if not points:
         files.warn(name, "no memory samples")
         return {}
-    gpu_type = _text(samples[0].get("gpu_type")) or "gpu"
+    gpu_type = one_line(_text(samples[0].get("gpu_type")) or "gpu", 40)  # printed in reports
     mib = [p[1] for p in points]
     # Upstream dropped samples under 100 MiB as idle; we keep every sample (see docs/results-format.md).
     return {"memory_mean_mib": sum(mib) / len(mib), "memory_peak_mib": max(mib), "memory_device": "cuda",

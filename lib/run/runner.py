@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Callable, Iterable
 
 from lib.config import RunnerSettings, default_runner, load_kconfig
-from lib.errors import NON_FINITE_EXIT, UserError, WriteError, counted
+from lib.errors import NON_FINITE_EXIT, UserError, WriteError, counted, escaped
 from lib.jsonio import SCHEMA_VERSION, check_readable_dir, read_json, write_bytes_atomic, write_json_atomic
 from lib.matrix import spec_from_entry
 from lib.names import RESUME_DIR, SUPERSEDED_DIR, check_no_links
@@ -183,8 +183,9 @@ def failure_lines(results_dir: Path, runs: list[RunSpec]) -> list[str]:
 def config_changes(current: Path, recorded: Path, limit: int = 8) -> list[str]:
     """Symbols whose values differ between two configuration files, as `NAME: old -> new`."""
     def shown(value: str) -> str:
-        # an int or string with no value (its menu switched off) is empty; a bool is never empty (n)
-        return value or "(unset)"
+        # an int or string with no value (its menu switched off) is empty; a bool is never empty (n);
+        # a string of the recorded config.txt comes from elsewhere: cut, control characters escaped
+        return escaped(value if len(value) <= 80 else value[:77] + "...") or "(unset)"
 
     old, new = load_kconfig(recorded).kconf, load_kconfig(current).kconf
     changed = [f"{name}: {shown(sym.str_value)} -> {shown(new.syms[name].str_value)}"

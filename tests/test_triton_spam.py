@@ -151,6 +151,27 @@ def test_a_step_the_kernel_cannot_take_falls_back_before_counting(interpreted, m
     assert capsys.readouterr().out.count("torch.float64 parameter") == 1
 
 
+def test_without_triton_it_takes_adamwspams_step_on_masked_gradients_and_says_why(monkeypatch, capsys):
+    """On a Triton device without Triton: AdamWSPAM's own step after the masking pass, each global step counted
+    once, and one note naming the reason."""
+    from lib.optim import triton_masked_adamw
+    monkeypatch.setattr(MaskedAdamWSPAM, "TRITON_DEVICES", ("cpu",))
+    monkeypatch.setattr(triton_masked_adamw, "_MISSING", "triton is not installed (test)")
+    params, expected = tensors(), tensors()
+    ours = MaskedAdamWSPAM(groups(params), 1e-2, BETAS, EPS, **SPAM)
+    reference = AdamWSPAM(groups(expected), 1e-2, BETAS, EPS, **SPAM)
+    masks = masks_of(params, "bits")[1]
+    reference_masks = dict(zip(expected, masks_of(expected, "bool")[0].values()))
+    for t, grads in enumerate(gradients()[:3], start=1):
+        step_all(ours, params, grads, t, masks=masks)
+        step_all(reference, expected, grads, t, two_pass=reference_masks)
+    for p, q in zip(params, expected):
+        assert torch.equal(p, q)
+    assert [g["total_step"] for g in ours.param_groups] == [3, 3]
+    out = capsys.readouterr().out
+    assert out.count("triton is not installed (test); on cpu the fused step needs Triton") == 1, out
+
+
 # --- the path chosen without CUDA -------------------------------------------------------------
 
 SPAM_SETTINGS = SpamParams(theta=50.0, enable_clip=True, periodic_reset=True, interval=20, warmup=True,

@@ -156,11 +156,16 @@ class MaskedStep:
         """Step every tensor in one masked pass and return None; or return why not, nothing stepped."""
         raise NotImplementedError
 
-    def _bound(self, kind: Any, state_of: Any) -> tuple[Any, list[torch.Tensor], Optional[str]]:
+    def _bound(self, kernel: str, state_of: Any) -> tuple[Any, list[torch.Tensor], Optional[str]]:
         """(binding, gradients, None) for a Triton step of every parameter with a gradient: the binding
-        (lib/optim/triton_binding.py, class `kind`) kept from the last step while its tensors stay the same,
-        else made anew, states made by state_of(p); (None, [], None) when no parameter has a gradient; or
-        (None, [], why the kernel cannot step them), nothing stepped or counted."""
+        (lib/optim/triton_binding.py, BINDINGS[kernel]) kept from the last step while its tensors stay the
+        same, else made anew, states made by state_of(p); (None, [], None) when no parameter has a gradient;
+        or (None, [], why the kernel cannot step them), nothing stepped or counted."""
+        from lib.optim import triton_masked_adamw  # imported here: Triton loads in 0.25 s, needed on CUDA only
+        reason = triton_masked_adamw.unavailable()
+        if reason:
+            return None, [], f"{reason}; on {next(iter(self.masks)).device} the fused step needs Triton"
+        from lib.optim.triton_binding import BINDINGS
         binding = self._binding
         grads = binding.gradients(self, self.masks) if binding is not None else None
         if grads is None:
@@ -177,7 +182,7 @@ class MaskedStep:
         if set(map(attrgetter("dtype"), grads)) != {torch.float32} or not all(map(torch.Tensor.is_contiguous, grads)):
             return None, [], "a gradient that is not contiguous float32 (the Triton kernel takes contiguous float32 tensors)"
         if self._binding is None:
-            self._binding = kind(self, self.masks, entries)
+            self._binding = BINDINGS[kernel](self, self.masks, entries)
         return self._binding, grads, None
 
 
@@ -213,12 +218,7 @@ class MaskedAdamW(MaskedStep, torch.optim.AdamW):
 
     def _triton_step(self) -> Optional[str]:
         """Every tensor through lib/optim/triton_masked_adamw.py (step counts kept on the device); or why not."""
-        from lib.optim import triton_masked_adamw  # imported here: Triton loads in 0.25 s, needed on CUDA only
-        reason = triton_masked_adamw.unavailable()
-        if reason:
-            return f"{reason}; on {next(iter(self.masks)).device} the fused step needs Triton"
-        from lib.optim.triton_binding import AdamWBinding
-        binding, grads, reason = self._bound(AdamWBinding, lambda p: self._state(p, p.device))
+        binding, grads, reason = self._bound("adamw", lambda p: self._state(p, p.device))
         if binding is not None:
             binding.step(self, grads)
         return reason

@@ -35,12 +35,7 @@ class MaskedAdamWSPAM(MaskedStep, AdamWSPAM):
         device = next(iter(self.masks)).device
         if not any(p.device.type in self.TRITON_DEVICES for p in self.masks):
             return f"the fused step on the AdamWSPAM base runs on CUDA with Triton; these parameters are on {device}"
-        from lib.optim import triton_masked_adamw  # imported here: Triton loads in 0.25 s, needed on CUDA only
-        reason = triton_masked_adamw.unavailable()
-        if reason:
-            return f"{reason}; on {device} the fused step needs Triton"
-        from lib.optim.triton_binding import SpamBinding
-        binding, grads, reason = self._bound(SpamBinding, self._state)
+        binding, grads, reason = self._bound("spam", self._state)
         if reason is None:
             flags = self._advance()  # the global step counted only once the step is sure to run, as AdamWSPAM's
             if binding is not None:

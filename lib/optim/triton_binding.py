@@ -154,3 +154,7 @@ class SpamBinding(Binding):
                                                  optimizer.theta)
                 for g, count in self.row_counts]
         self.plan.step(grads, rows, int(reset), int(clip))
+
+
+# The binding of each multi-tensor kernel (triton_masked_adamw.KERNELS), by the same name.
+BINDINGS: dict[str, type[Binding]] = {kind.KERNEL: kind for kind in (AdamWBinding, SpamBinding)}

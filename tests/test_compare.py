@@ -13,6 +13,7 @@ from conftest import ROOT, make
 from result_dirs import classifier_metrics, gpu_stats, spec, write_matrix, write_run
 
 from lib.report.compare import compare_tables, welch_p_value
+from lib.report.compare_render import setting_lines, settings_warning
 from lib.results.reader import load_results
 
 LEGACY = ROOT / "tests" / "fixtures" / "legacy" / "test_matrix_results_20250903_180836"
@@ -181,3 +182,21 @@ def test_compare_with_an_upstream_directory_names_differing_config_symbols(tmp_p
     comparison = compare_tables(load_results(LEGACY), load_results(ours), "up", "ours")
     assert [(d.name, d.a, d.b) for d in comparison.settings] == [("CONFIG_NUM_EPOCHS", "100", "3")]
     assert "config.txt" in comparison.settings_source
+
+
+def test_config_symbols_both_files_set_come_before_those_only_one_sets(tmp_path):
+    """Upstream's Kconfig tree names options ours lacks (and the other way round): symbols only one file sets
+    must not push a real difference out of the twelve lines shown, and the warning counts them."""
+    legacy = (LEGACY / "config.txt").read_text().splitlines(keepends=True)
+    dropped = [line for line in legacy if line.startswith("CONFIG_")][:14]  # A's first symbols: only in A
+    kept = [line for line in legacy if line not in dropped]
+    text = "".join(kept).replace('CONFIG_OPTIMIZER_DEFAULT=""', 'CONFIG_OPTIMIZER_DEFAULT="adamw"')
+    ours = _quick_side(tmp_path / "ours", 3, 1000, text + "CONFIG_OURS_ONLY=y\n")
+    comparison = compare_tables(load_results(LEGACY), load_results(ours), "up", "ours")
+    assert [(d.name, d.one_side) for d in comparison.settings][:2] == [("CONFIG_OPTIMIZER_DEFAULT", False),
+                                                                       ("CONFIG_BATCH_SIZE", True)]
+    assert setting_lines(comparison)[0] == 'CONFIG_OPTIMIZER_DEFAULT: "" -> "adamw"'
+    assert setting_lines(comparison)[1] == "CONFIG_BATCH_SIZE: 128 -> (unset)"
+    assert comparison.settings[-1].name == "CONFIG_OURS_ONLY"
+    assert "16 settings differ" in settings_warning(comparison)
+    assert "15 of them set in one file only" in settings_warning(comparison)

@@ -117,6 +117,7 @@ class SettingDiff:
     a: str
     b: str
     configs: int  # how many matched configurations differ in it; 0 for a config.txt symbol
+    one_side: bool = False  # a config.txt symbol only one directory's file has (another Kconfig tree's)
 
 
 def _first_settings(runs: pd.DataFrame) -> Optional[dict]:
@@ -167,9 +168,13 @@ def config_differences(a: pd.DataFrame, b: pd.DataFrame) -> list[SettingDiff]:
     old, new = (_config_lines((t.attrs.get("provenance") or {}).get("config")) for t in (a, b))
     if not old or not new:
         return []
+    differ = [name for name in dict.fromkeys([*old, *new]) if old.get(name, "n") != new.get(name, "n")]
+    # Symbols both files have come first: those only one has (upstream's Kconfig tree names options this
+    # one does not, and the other way round) are many, and would hide the real differences.
+    differ.sort(key=lambda name: name not in old or name not in new)
     return [SettingDiff(one_line(name, 80), one_line(old.get(name, "(unset)"), 80),
-                        one_line(new.get(name, "(unset)"), 80), 0)
-            for name in dict.fromkeys([*old, *new]) if old.get(name, "n") != new.get(name, "n")]
+                        one_line(new.get(name, "(unset)"), 80), 0, name not in old or name not in new)
+            for name in differ]
 
 
 def _fields(a: pd.DataFrame, b: pd.DataFrame) -> tuple[str, ...]:

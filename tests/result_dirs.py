@@ -78,7 +78,8 @@ def gpu_stats(mean: float, peak: float, device: str = "cuda", samples: int = 50)
 
 
 def write_run(root: Path, spec: dict, status: str, metrics: Optional[dict], stats: Optional[dict],
-              log_tail: Optional[list[str]] = None) -> Path:
+              log_tail: Optional[list[str]] = None, **result_fields: Any) -> Path:
+    """A run folder; `result_fields` are further result.json keys (`non_finite=True`, `exit_code=3`)."""
     run_dir = root / spec["run_id"]
     write(run_dir / "run.json", {"schema_version": 1, "spec": spec})
     if metrics is not None:
@@ -88,7 +89,7 @@ def write_run(root: Path, spec: dict, status: str, metrics: Optional[dict], stat
     result = {"schema_version": 1, "run_id": spec["run_id"], "status": status, "metrics": {}}
     if log_tail is not None:
         result["log_tail"] = log_tail
-    write(run_dir / "result.json", result)
+    write(run_dir / "result.json", {**result, **result_fields})
     return run_dir
 
 

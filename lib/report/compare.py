@@ -6,7 +6,9 @@ runs are matched by configuration (the run ID without its `_s<seed>`
 suffix), each metric of COMPARED gets the mean of each side over its
 successful runs, the delta B - A and, with two or more measured seeds on both
 sides, Welch's t-test p-value (unequal variances); a p-value of ALPHA or more
-marks the difference as within noise. Runs present on one side only are
+marks the difference as within noise. Runs that did not succeed are listed
+with their status in the words of the reports (lib/report/labels: a run that
+went non-finite apart from a crash), runs present on one side only are
 listed, and so is every setting that differs between the sides (the runs'
 hyper-parameters where both record them, else the config.txt symbols): runs
 are matched by ID alone, and the same ID run with other settings is another
@@ -22,6 +24,7 @@ from typing import Optional
 
 import pandas as pd
 
+from lib.report.labels import run_kinds, runs_status, status_label
 from lib.report.stats import Estimate, config_label
 from lib.results.run_files import one_line, shown
 
@@ -89,6 +92,10 @@ class ConfigComparison:
     a_runs: tuple[str, ...]
     b_runs: tuple[str, ...]
     metrics: tuple[MetricDelta, ...]
+    # How each side's runs ended when not all succeeded (labels.runs_status: `✗ Non-finite`,
+    # `1/3 ✗ (1 non-finite)`); "" when all did.
+    a_status: str = ""
+    b_status: str = ""
 
     def metric(self, field: str) -> MetricDelta:
         return next(m for m in self.metrics if m.field == field)
@@ -108,6 +115,8 @@ class Comparison:
     # Settings that differ between the sides (SettingDiff); empty when they agree or cannot be told.
     settings: tuple["SettingDiff", ...] = ()
     settings_source: str = ""  # where `settings` come from: per-run specs or config.txt
+    # (side "A" or "B", run ID, status label) of every run that did not succeed, A's first.
+    unsuccessful: tuple[tuple[str, str, str], ...] = ()
 
 
 @dataclass(frozen=True)
@@ -191,7 +200,17 @@ def _config_comparison(label: str, a_runs: pd.DataFrame, b_runs: pd.DataFrame,
         vb = _measured(good_b[field]) if field in good_b else []
         deltas.append(MetricDelta(field, Estimate.of(va), Estimate.of(vb), welch_p_value(va, vb)))
     model = a_runs["model"].iloc[0] or b_runs["model"].iloc[0]
-    return ConfigComparison(label, model, tuple(a_runs["run_id"]), tuple(b_runs["run_id"]), tuple(deltas))
+    return ConfigComparison(label, model, tuple(a_runs["run_id"]), tuple(b_runs["run_id"]), tuple(deltas),
+                            _side_status(a_runs), _side_status(b_runs))
+
+
+def _side_status(runs: pd.DataFrame) -> str:
+    return "" if (runs["status"] == "success").all() else runs_status(runs)
+
+
+def _unsuccessful(side: str, table: pd.DataFrame) -> list[tuple[str, str, str]]:
+    kinds = run_kinds(table)
+    return [(side, run_id, status_label(kind)) for run_id, kind in zip(table["run_id"], kinds) if kind != "success"]
 
 
 def _memory_notes(a: pd.DataFrame, b: pd.DataFrame) -> list[str]:
@@ -222,5 +241,6 @@ def compare_tables(a: pd.DataFrame, b: pd.DataFrame, a_name: str, b_name: str) -
     settings, source = spec_differences(a, b), "the runs' recorded hyper-parameters (matrix.json/run.json)"
     if settings is None:
         settings, source = config_differences(a, b), "the directories' config.txt"
+    unsuccessful = tuple(_unsuccessful("A", a) + _unsuccessful("B", b))
     return Comparison(a_name, b_name, *layouts, fields, tuple(both), only_a, only_b, tuple(notes),
-                      tuple(settings), source if settings else "")
+                      tuple(settings), source if settings else "", unsuccessful)

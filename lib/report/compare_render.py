@@ -2,11 +2,12 @@
 
 Owns how a comparison reads: one row per configuration and metric with each
 side's figure (mean ± std and n with several seeds), the delta B - A, the
-Welch p-value and the verdict; then the runs of one side only. Markdown and
-text render the same blocks (lib/report/markdown's), so they cannot disagree. The
-graph draws each metric's deltas as bars, grey where within noise, with the
-Welch standard error as error bar. Nothing here reads files; write_compare
-writes the three outputs, atomically.
+Welch p-value and the verdict (naming the status of a side that measured
+nothing: `✗ Non-finite`); then the runs that did not succeed and the runs of
+one side only. Markdown and text render the same blocks (lib/report/markdown's),
+so they cannot disagree. The graph draws each metric's deltas as bars, grey
+where within noise, with the Welch standard error as error bar. Nothing here
+reads files; write_compare writes the three outputs, atomically.
 """
 from __future__ import annotations
 
@@ -50,11 +51,20 @@ def verdict(m: MetricDelta) -> str:
     return "identical" if m.delta == 0 else "one seed: noise unknown"
 
 
+def _unmeasured_sides(config: ConfigComparison, m: MetricDelta) -> str:
+    """` (B: ✗ Non-finite)` when a side measured nothing because its runs did not succeed: "diverged"
+    and "crashed" are results of their own, not a blank."""
+    sides = [f"{side}: {status}" for side, status, estimate in (("A", config.a_status, m.a),
+                                                                ("B", config.b_status, m.b))
+             if status and estimate.n == 0]
+    return f" ({'; '.join(sides)})" if sides else ""
+
+
 def _row(config: ConfigComparison, m: MetricDelta) -> list[str]:
     digits = _digits(m.field)
     p = NA if m.p_value is None else f"{m.p_value:.3g}"
     return [config.config, LABELS[m.field], _side(m.a, digits), _side(m.b, digits),
-            fmt(m.delta, digits, signed=True), p, verdict(m)]
+            fmt(m.delta, digits, signed=True), p, verdict(m) + _unmeasured_sides(config, m)]
 
 
 def _models(comparison: Comparison) -> dict[str, list[ConfigComparison]]:
@@ -104,6 +114,9 @@ def compare_blocks(comparison: Comparison, graph: Optional[Graph]) -> list[Block
         blocks += [Heading(2, f"{model}: runs in both"), Table(HEADERS, rows, "llrrrrl")]
     if not c.both:
         blocks.append(Paragraph("No configuration is present in both directories."))
+    if c.unsuccessful:
+        blocks += [Heading(2, f"Runs that did not succeed ({counted(len(c.unsuccessful), 'run')})"),
+                   Bullets([f"{side}: {run_id}: {label}" for side, run_id, label in c.unsuccessful])]
     for side, runs in (("A", c.only_a), ("B", c.only_b)):
         blocks += [Heading(2, f"Only in {side} ({counted(len(runs), 'run')})"),
                    Bullets(list(runs)) if runs else Paragraph("none")]

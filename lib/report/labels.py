@@ -1,8 +1,8 @@
 """How reports name what they show: the metric of a task (accuracy for
 classifiers, perplexity for language models), what a memory figure measured
 (GPU memory or process RSS, never one called the other), the training-memory
-terms, run statuses, and the derived figures every report shares (efficiency
-score, dense baseline).
+terms, run statuses (a run that went non-finite named apart from a crash), and
+the derived figures every report shares (efficiency score, dense baseline).
 
 Shared by lib/report/summary.py (text), lib/report/markdown.py (Markdown and
 HTML) and lib/report/graphs.py, so the three always use the same words for
@@ -24,8 +24,11 @@ def _term_label(key: str) -> str:
     return "masks" if words == "mask" else words  # one per pruned tensor
 
 
-STATUS_LABELS = {"success": "✓ Success", "failed": "✗ Failed", "timeout": "✗ Timeout",
-                 "interrupted": "✗ Interrupted", "missing": "… Missing"}
+# What reports count a run as (run_kinds): its status, or NON_FINITE for one that stopped on a NaN or
+# infinity. No digit in a label: readers of summary_report.txt take every number on a row for a figure.
+NON_FINITE = "non-finite"
+STATUS_LABELS = {"success": "✓ Success", "failed": "✗ Failed", NON_FINITE: "✗ Non-finite",
+                 "timeout": "✗ Timeout", "interrupted": "✗ Interrupted", "missing": "… Missing"}
 # The training-memory terms a run records (metrics.json "memory"), in the
 # reader's order, with the words reports use for them.
 MEMORY_TERMS = tuple((key, _term_label(key)) for key in MEMORY_TERM_KEYS)
@@ -133,8 +136,35 @@ def table_metrics(table: pd.DataFrame) -> list[Metric]:
     return metrics or [ACCURACY]
 
 
-def status_label(status: Any) -> str:
-    return STATUS_LABELS.get(status, f"? {status}")
+def status_label(kind: Any) -> str:
+    """A status, or a kind of run_kinds, in the words of a report's Status column."""
+    return STATUS_LABELS.get(kind, f"? {kind}")
+
+
+def run_kinds(table: pd.DataFrame) -> pd.Series:
+    """Per run, what reports count and label it as: its status, or NON_FINITE for a run that went
+    non-finite (the reader sets that flag only for a run that did not succeed), whatever its failure
+    status: that the method diverged is the finding, not how the job ended. The data keep
+    "failed" and the flag (all_results.json), so what counts failures stays right."""
+    if "non_finite" not in table:
+        return table["status"]
+    return table["status"].where(~table["non_finite"].astype(bool), NON_FINITE)
+
+
+def run_kind(row: Any) -> str:
+    """run_kinds for one row of the table."""
+    return NON_FINITE if bool(row.get("non_finite", False)) else row["status"]
+
+
+def runs_status(runs: pd.DataFrame) -> str:
+    """The status of one configuration's runs: the label of a single run; with seeds how many
+    succeeded (`2/3 ✗`), and how many went non-finite (`2/3 ✗ (1 non-finite)`)."""
+    kinds = run_kinds(runs)
+    if len(runs) == 1:
+        return status_label(kinds.iloc[0])
+    good, diverged = int((kinds == "success").sum()), int((kinds == NON_FINITE).sum())
+    return (f"{good}/{len(runs)} {'✓' if good == len(runs) else '✗'}"
+            + (f" ({diverged} {NON_FINITE})" if diverged else ""))
 
 
 def efficiency_scores(table: pd.DataFrame) -> pd.Series:
@@ -143,11 +173,13 @@ def efficiency_scores(table: pd.DataFrame) -> pd.Series:
 
 
 def status_counts(table: pd.DataFrame) -> list[str]:
-    """The run-count lines at the top of every report."""
+    """The run-count lines at the top of every report: `Failed: 3 (1 non-finite, 1 timeout)`."""
     status = table["status"]
-    failed = status[~status.isin(["success", "missing"])]
-    others = failed[failed != "failed"].value_counts()  # timeouts and the like, named apart
-    detail = ", ".join(f"{n} {kind}" for kind, n in others.items())
+    failed = run_kinds(table)[~status.isin(["success", "missing"])]
+    others = failed[failed != "failed"].value_counts()  # non-finite runs, timeouts and the like, named apart
+    # in STATUS_LABELS' order (any other kind after them), not by count: the line keeps its shape
+    kinds = [k for k in STATUS_LABELS if k in others.index] + [k for k in others.index if k not in STATUS_LABELS]
+    detail = ", ".join(f"{others[kind]} {kind}" for kind in kinds)
     return [f"Total tests: {len(table)}",
             f"Successful: {int((status == 'success').sum())}",
             f"Failed: {len(failed)}" + (f" ({detail})" if detail else ""),

@@ -20,7 +20,7 @@ import pandas as pd
 
 from lib.report.graphs import MIB, Graph
 from lib.report.labels import (BEST_NOTE, MEMORY_TERMS, PERPLEXITY, PRUNING_STATE_NOTE, TRAINING_TERMS,
-                               MemoryLabels, Metric, efficiency_scores, memory_labels, status_counts, status_label,
+                               MemoryLabels, Metric, efficiency_scores, memory_labels, runs_status, status_counts,
                                table_metrics)
 from lib.report.stats import NA, Estimate, configurations, fmt, has_seeds, is_missing
 from lib.results.run_files import one_line
@@ -108,13 +108,6 @@ def _delta(cfg: pd.Series, metric: Metric, baselines: dict[str, Estimate]) -> st
     return fmt(value.mean - base.mean, 2, signed=True) + noise
 
 
-def _status(runs: pd.DataFrame) -> str:
-    if len(runs) == 1:
-        return status_label(runs["status"].iloc[0])
-    good = int((runs["status"] == "success").sum())
-    return f"{good}/{len(runs)} {'✓' if good == len(runs) else '✗'}"
-
-
 def _configuration_table(configs: pd.DataFrame, metric: Metric, memory: MemoryLabels) -> Table:
     baselines = _baselines(configs, metric)
     classifier = metric is not PERPLEXITY
@@ -127,7 +120,7 @@ def _configuration_table(configs: pd.DataFrame, metric: Metric, memory: MemoryLa
                cfg.sparsity_pct.text(2, "%"), cfg[metric.best].text(2), cfg[metric.final].text(2),
                cfg.memory_mean_mib.text(1), cfg.memory_peak_mib.text(1)]
         row += ([cfg.efficiency.text(2)] if classifier else []) + [
-            _delta(cfg, metric, baselines), str(cfg[metric.best].n), _status(cfg.runs)]
+            _delta(cfg, metric, baselines), str(cfg[metric.best].n), runs_status(cfg.runs)]
         rows.append(row)
     return Table(headers, rows, "lll" + "r" * (len(headers) - 4) + "l")
 

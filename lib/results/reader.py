@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import math
 import os
+import re
 import sys
 from pathlib import Path
 from typing import Callable, Optional
@@ -30,18 +31,20 @@ __all__ = ["LANGUAGE_MODELING", "ROW_FIELDS", "EXTRA_FIELDS", "LM_FIELDS", "READ
 
 # The all_results.json row of docs/results-format.md, in its order.
 ROW_FIELDS: tuple[str, ...] = (
-    "run_id", "model", "optimizer", "pruning", "variant", "seed", "task", "status",
+    "run_id", "model", "optimizer", "pruning", "variant", "seed", "task", "status", "non_finite",
     "target_sparsity_pct", "sparsity_pct", "best_accuracy_pct", "final_accuracy_pct",
     "memory_mean_mib", "memory_peak_mib", "memory_source", "memory_device",
     "training_multiplier", "inference_multiplier", "wall_time_s",
 )
 # Table-only columns: curves for graphs ({"axis", "points"} or None), the
 # measured memory terms in bytes, the memory timeline [[t_s, MiB], ...], the
-# log tail for the failed-runs section, the warnings raised while reading, and
-# the run's resolved hyper-parameters flattened ({"training.epochs": 3, ...};
-# None where the spec records none, as upstream's), which make compare checks.
+# log tail for the failed-runs section, what went non-finite and where (the
+# trainer's words from the log tail; None when the tail does not say or the run
+# did not go non-finite), the warnings raised while reading, and the run's
+# resolved hyper-parameters flattened ({"training.epochs": 3, ...}; None where
+# the spec records none, as upstream's), which make compare checks.
 EXTRA_FIELDS: tuple[str, ...] = ("metric_curve", "sparsity_schedule", "memory_bytes", "memory_timeline",
-                                 "log_tail", "warnings", "settings")
+                                 "log_tail", "non_finite_reason", "warnings", "settings")
 # Present only when the table holds language-model runs.
 LM_FIELDS: tuple[str, ...] = ("best_perplexity", "final_perplexity", "best_val_loss", "final_val_loss")
 NUMERIC_FIELDS: tuple[str, ...] = (
@@ -58,6 +61,15 @@ MISSING = "missing"
 # Of the log tail a failed run recorded (lib/run/task.LOG_TAIL_LINES), the
 # last lines that reports show.
 REPORT_LOG_LINES = 5
+# Where a non-finite run's log tail says what went non-finite: the line the runner adds from the
+# trainer's non_finite.json (lib/run/task.non_finite_line), else the trainer's own `error:` line
+# (lib/errors.run_cli; "[rank0]: error: ..." where a launcher prefixes it). Only the last
+# REASON_LINES lines are searched (the runner keeps 20), each cut to REASON_SCAN characters first,
+# so that a log tail from elsewhere costs little.
+MARKER_LINE = re.compile(r"^--- stopped non-finite(?: on rank \d+)?: (.+) ---$")
+ERROR_LINE = re.compile(r"(?:^|\]: ?)error: (.+)")
+REASON_LINES = 50
+REASON_SCAN = 2000
 
 # A reader recognises one directory layout: it returns the rows of the runs it
 # found (perhaps none), or None when the directory is not in its layout;
@@ -73,6 +85,30 @@ def _status(files: RunFiles, result: dict) -> str:
         files.warn("result.json", f"unknown status {shown(status)}")
         return MISSING
     return status
+
+
+def _non_finite(files: RunFiles, result: dict, status: str) -> bool:
+    """result.json's "non_finite" for a run that did not succeed. Only JSON true counts: a "yes" or
+    a 1 from another lab's writer is no such claim (a warning), and a successful run that says it
+    went non-finite contradicts itself (a warning; its figures stand)."""
+    value = result.get("non_finite")
+    if value is not None and not isinstance(value, bool):
+        files.warn("result.json", f"non_finite {shown(value)} is not true or false; taken as false")
+    elif value is True and status == "success":
+        files.warn("result.json", "non_finite is true for a successful run; taken as false")
+    return value is True and status not in ("success", MISSING)
+
+
+def non_finite_reason(tail: list) -> Optional[str]:
+    """What went non-finite and at which step, in the trainer's words ("loss became nan at step 13
+    (lr 0.1); ..."), from a result.json log tail; None when the tail does not say."""
+    lines = [line[:REASON_SCAN] for line in tail[-REASON_LINES:] if isinstance(line, str)]
+    for pattern in (MARKER_LINE, ERROR_LINE):
+        for line in reversed(lines):
+            match = pattern.search(line)
+            if match:
+                return one_line(match.group(1))
+    return None
 
 
 def _text(value: object) -> Optional[str]:
@@ -183,11 +219,14 @@ def read_run(run_dir: Path, spec: dict, warnings: list[str]) -> Row:
     # kind of runs: the model registry's, classification for a model it lacks
     row["task"] = task if task in TASKS else (task_of(row["model"]) or CLASSIFICATION)
     row["status"] = status
+    row["non_finite"] = _non_finite(files, result, status)
     row.update(_metric_cells(files, metrics, row["task"]))
     row.update(_memory_cells(files, gpu_stats))
     tail = result.get("log_tail")
-    tail = tail[-REPORT_LOG_LINES:] if isinstance(tail, list) else []
-    row["log_tail"] = [one_line(line) for line in tail]
+    tail = tail if isinstance(tail, list) else []
+    row["log_tail"] = [one_line(line) for line in tail[-REPORT_LOG_LINES:]]
+    # searched above the lines shown: under torchrun, its own report follows the worker's error
+    row["non_finite_reason"] = non_finite_reason(tail) if row["non_finite"] else None
     row["warnings"] = files.warnings
     return row
 
@@ -272,6 +311,8 @@ def _to_frame(rows: list[Row]) -> pd.DataFrame:
     text = [c for c in table.columns if c not in NUMERIC_FIELDS and c != "seed"]
     table[text] = table[text].astype(object).where(table[text].notna(), None)
     table["log_tail"] = [cell or [] for cell in table["log_tail"]]
+    # a flag, never None: upstream's rows, which cannot tell, leave it out
+    table["non_finite"] = [cell is not None and bool(cell) for cell in table["non_finite"]]
     table["warnings"] = [cell or [] for cell in table["warnings"]]
     return table
 
@@ -299,10 +340,12 @@ def load_results(results_dir: Path) -> pd.DataFrame:
     """The table of all runs of `results_dir`: ROW_FIELDS + EXTRA_FIELDS (+ LM_FIELDS).
 
     Unmeasured figures are NaN, unknown text None; runs listed in matrix.json
-    without a result have status "missing". `table.attrs["layout"]` names the
-    reader that recognised the directory ("own" or "upstream"); `table.attrs["provenance"]`
-    its config text, git commit, package versions and host (lib/provenance). Raises
-    UserError when the directory does not exist or no reader recognises it.
+    without a result have status "missing"; `non_finite` is True only for a run
+    that did not succeed and whose result.json says `"non_finite": true`.
+    `table.attrs["layout"]` names the reader that recognised the directory
+    ("own" or "upstream"); `table.attrs["provenance"]` its config text, git
+    commit, package versions and host (lib/provenance). Raises UserError when
+    the directory does not exist or no reader recognises it.
     """
     results_dir = Path(results_dir)
     if not results_dir.is_dir():

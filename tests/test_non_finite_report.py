@@ -144,6 +144,12 @@ def test_report_md_and_all_results_json_keep_the_distinction(reports: Path):
 
     assert status(DIVERGED) == status(DIVERGED_DDP) == "✗ Non-finite"
     assert status(CRASHED) == status(SAYS_ONE) == "✗ Failed" and status(OK) == "✓ Success"
+    # why each run did not succeed: what went non-finite at which step, else the last line of its log
+    section = md[md.index("## Runs that did not succeed (5)"):].splitlines()
+    assert f"- `{DIVERGED['run_id']}`: ✗ Non-finite: `{NAN_LOSS}`" in section
+    assert f"- `{DIVERGED_DDP['run_id']}`: ✗ Non-finite: `{NAN_SCORE}`" in section
+    assert f"- `{CRASHED['run_id']}`: ✗ Failed: `RuntimeError: CUDA out of memory`" in section
+    assert f"- `{SAYS_ONE['run_id']}`: ✗ Failed: `boom`" in section
     rows = {row["run_id"]: row for row in json.loads((reports / "all_results.json").read_text())["runs"]}
     assert (rows[DIVERGED["run_id"]]["status"], rows[DIVERGED["run_id"]]["non_finite"]) == ("failed", True)
     assert (rows[SAYS_YES["run_id"]]["status"], rows[SAYS_YES["run_id"]]["non_finite"]) == ("failed", False)

@@ -11,7 +11,7 @@ the same figure.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Optional
 
 import pandas as pd
 
@@ -154,6 +154,14 @@ def run_kinds(table: pd.DataFrame) -> pd.Series:
 def run_kind(row: Any) -> str:
     """run_kinds for one row of the table."""
     return NON_FINITE if bool(row.get("non_finite", False)) else row["status"]
+
+
+def non_finite_reason(row: Any) -> Optional[str]:
+    """For a run that went non-finite, what did and at which step when its log tail said so (the reader's
+    non_finite_reason, escaped there); else None."""
+    if run_kind(row) != NON_FINITE:
+        return None
+    return row.get("non_finite_reason") or None
 
 
 def runs_status(runs: pd.DataFrame) -> str:

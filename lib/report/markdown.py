@@ -19,9 +19,9 @@ from typing import Sequence, Union
 import pandas as pd
 
 from lib.report.graphs import MIB, Graph
-from lib.report.labels import (BEST_NOTE, MEMORY_TERMS, PERPLEXITY, PRUNING_STATE_NOTE, TRAINING_TERMS,
-                               MemoryLabels, Metric, efficiency_scores, memory_labels, runs_status, status_counts,
-                               table_metrics)
+from lib.report.labels import (BEST_NOTE, MEMORY_TERMS, NON_FINITE, PERPLEXITY, PRUNING_STATE_NOTE, TRAINING_TERMS,
+                               MemoryLabels, Metric, efficiency_scores, memory_labels, non_finite_reason, run_kind,
+                               runs_status, status_counts, status_label, table_metrics)
 from lib.report.stats import NA, Estimate, configurations, fmt, has_seeds, is_missing
 from lib.results.run_files import one_line
 
@@ -214,6 +214,20 @@ def _training_memory(configs: pd.DataFrame) -> list[Block]:
             Table(headers, rows, "l" + "r" * (len(headers) - 1))]
 
 
+def _unsuccessful(table: pd.DataFrame) -> list[Block]:
+    """The runs that did not succeed, each with why in its own words when it went non-finite, else the last
+    line of its log tail (summary_report.txt shows five)."""
+    failed = table[~table["status"].isin(["success", "missing"])]
+    if failed.empty:
+        return []
+    items = []
+    for _, r in failed.iterrows():
+        kind = run_kind(r)
+        why = non_finite_reason(r) if kind == NON_FINITE else (r.log_tail[-1] if r.log_tail else None)
+        items.append(f"{code_span(r.run_id)}: {status_label(kind)}" + (f": {code_span(why)}" if why else ""))
+    return [Heading(2, f"Runs that did not succeed ({len(items)})"), Bullets(items)]
+
+
 def markdown_blocks(table: pd.DataFrame, source_name: str, figures: Sequence[Graph] = ()) -> list[Block]:
     """The content of report.md and report.html."""
     memory = memory_labels(table)
@@ -227,6 +241,7 @@ def markdown_blocks(table: pd.DataFrame, source_name: str, figures: Sequence[Gra
         blocks += [Heading(2, str(model)), Heading(3, "All configurations"),
                    _configuration_table(configs, metric, memory), *_by_sparsity(configs, metric),
                    *_ranking(configs, metric, seeds), *_stability(configs, metric), *_training_memory(configs)]
+    blocks += _unsuccessful(table)
     if figures:
         blocks += [Heading(2, "Graphs")] + [Image(graph.title, graph.name) for graph in figures]
     return blocks

@@ -23,8 +23,8 @@ from lib.names import check_no_links
 from lib.provenance import git_commit, package_versions
 from lib.report.graphs import Graph, render_graphs
 from lib.report.html import render_html
-from lib.report.labels import (BEST_NOTE, MIXED_MEMORY, NON_FINITE, PERPLEXITY, PRUNING_STATE_NOTE, TRAINING_TERMS,
-                               MemoryLabels, Metric, efficiency_scores, memory_labels, run_kind, status_counts,
+from lib.report.labels import (BEST_NOTE, MIXED_MEMORY, PERPLEXITY, PRUNING_STATE_NOTE, TRAINING_TERMS,
+                               MemoryLabels, Metric, efficiency_scores, memory_labels, non_finite_reason, run_kind, status_counts,
                                status_label, table_metrics)
 from lib.report.markdown import markdown_blocks, render_markdown
 from lib.report.stats import NA, configurations, fmt, has_seeds
@@ -187,10 +187,8 @@ def _problem_sections(table: pd.DataFrame) -> list[str]:
         lines += ["", "Failed Runs:", RULE]
         for _, r in failed.iterrows():
             tail = [f"    | {line}" for line in r.log_tail] or ["    (no log tail recorded)"]
-            kind = run_kind(r)
-            # what went non-finite and at which step, when the log tail said it (the reader escaped it)
-            reason = r.get("non_finite_reason") if kind == NON_FINITE else None
-            lines += [f"  {r.run_id}: {status_label(kind)}" + (f": {reason}" if reason else ""), *tail]
+            reason = non_finite_reason(r)
+            lines += [f"  {r.run_id}: {status_label(run_kind(r))}" + (f": {reason}" if reason else ""), *tail]
     missing = table.loc[table["status"] == "missing", "run_id"]
     if not missing.empty:
         lines += ["", "Missing Runs (no valid result.json; `make continue` reruns them):", RULE]

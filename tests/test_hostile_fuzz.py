@@ -1,4 +1,4 @@
-"""Readers of other labs' result directories under a seeded fuzzer (tests/hostile_fuzz.py), and one
+"""Readers of other labs' result directories under a seeded fuzzer (tests/fuzz/), and one
 regression test for each defect the fuzzing found. Each damage ends in a report (the bad run marked
 by a warning naming its file) or one `error:` line, never a traceback, a hang or a large read, and
 the input stays byte-identical."""
@@ -15,17 +15,20 @@ import sys
 import tempfile
 from pathlib import Path
 
-import hostile_fuzz as fuzz
 import pytest
 from conftest import ROOT
+from fuzz.as_user import in_child_as, warm_up
+from fuzz.case import run_case
+from fuzz.entry_damage import KINDS
+from fuzz.layouts import LEGACY, OWN, gpt2_checkpoint
+from fuzz.readers import CLI_READERS
+from fuzz.tree import cleanup
 from result_dirs import tree_digest
 
 from lib.errors import UserError
 from lib.report.summary import write_reports
 from lib.results.reader import load_results
 
-OWN = ROOT / "tests/fixtures/own/20261130_225800"
-LEGACY = ROOT / "tests/fixtures/legacy/test_matrix_results_20250903_180836"
 RUN = "lenet5_adamw_magnitude_50"
 SUMMARY = "resnet18_adam_movement_70/gpu_stats_resnet18_adam_movement_70_20250903_191025_summary.txt"
 
@@ -58,14 +61,14 @@ ENTRY_TARGETS = {
 ENTRY_READERS = {"own": ["report", "continue", "reproduce", "dry_run"], "legacy": ["report", "compare"],
                  "upstream_lm": ["report", "compare"], "own_lm": ["sample", "report", "continue", "reproduce"]}
 ENTRY_CASES = [(layout, targets[i % len(targets)], kind, ENTRY_READERS[layout][i % len(ENTRY_READERS[layout])])
-               for layout, targets in ENTRY_TARGETS.items() for i, kind in enumerate(fuzz.KINDS)]
+               for layout, targets in ENTRY_TARGETS.items() for i, kind in enumerate(KINDS)]
 
 
 @pytest.mark.parametrize("layout, target, kind, reader", ENTRY_CASES)
 def test_what_is_not_a_file_where_one_belongs_keeps_the_contract(tmp_path, layout, target, kind, reader):
     """A directory, FIFO, device, link (out of the directory, looping, dangling, to /dev/zero) or a huge
     sparse file in a file's place: a warning or one error, no hang, no large read, the input untouched."""
-    outcome = fuzz.run_case(0, tmp_path, layout, reader, timeout_s=60, put=(target, kind))
+    outcome = run_case(0, tmp_path, layout, reader, timeout_s=60, put=(target, kind))
     assert not outcome.problems, outcome.line()
 
 
@@ -73,7 +76,7 @@ def test_what_is_not_a_file_where_one_belongs_keeps_the_contract(tmp_path, layou
 def test_a_randomly_damaged_directory_keeps_the_contract(tmp_path, seed):
     """One to three random damages (bytes, JSON values of every type at any key, literals JSON lacks,
     names, entries of the wrong kind) to a real directory, then one of the six readers."""
-    outcome = fuzz.run_case(seed, tmp_path, timeout_s=60)
+    outcome = run_case(seed, tmp_path, timeout_s=60)
     assert not outcome.problems, outcome.line()
 
 
@@ -81,17 +84,17 @@ def test_a_randomly_damaged_directory_keeps_the_contract(tmp_path, seed):
 def test_a_longer_fuzz_keeps_the_contract(tmp_path):
     problems = []
     for seed in range(1000, 1500):
-        outcome = fuzz.run_case(seed, tmp_path / str(seed), timeout_s=60)
+        outcome = run_case(seed, tmp_path / str(seed), timeout_s=60)
         problems += [outcome.line()] if outcome.problems else []
     assert not problems, "\n".join(problems)
 
 
 @pytest.mark.slow  # a subprocess per case
-@pytest.mark.parametrize("reader", sorted(fuzz.CLI_READERS))
+@pytest.mark.parametrize("reader", sorted(CLI_READERS))
 def test_the_commands_on_damaged_directories_end_in_a_report_or_one_error(tmp_path, reader):
     problems = []
     for seed in range(8):
-        outcome = fuzz.run_case(seed, tmp_path / str(seed), reader=reader, timeout_s=150)
+        outcome = run_case(seed, tmp_path / str(seed), reader=reader, timeout_s=150)
         problems += [outcome.line()] if outcome.problems else []
     assert not problems, "\n".join(problems)
 
@@ -100,12 +103,12 @@ def test_the_commands_on_damaged_directories_end_in_a_report_or_one_error(tmp_pa
 @pytest.mark.skipif(os.geteuid() != 0, reason="reads as another user, which needs root")
 def test_fuzz_with_files_we_may_not_read_keeps_the_contract():
     """As another user, so that mode-000 damage bites (root reads every file)."""
-    fuzz.warm_up()
+    warm_up()
     problems = []
     for seed in range(2000, 2150):
         with tempfile.TemporaryDirectory() as folder:
-            outcome = fuzz.run_case(seed, Path(folder), timeout_s=60, as_user=65534)
-            fuzz.cleanup(Path(folder))
+            outcome = run_case(seed, Path(folder), timeout_s=60, as_user=65534)
+            cleanup(Path(folder))
         problems += [outcome.line()] if outcome.problems else []
     assert not problems, "\n".join(problems)
 
@@ -317,7 +320,7 @@ def _as_another_user(call) -> dict:
     from lib.provenance import package_versions
 
     package_versions()  # its first call imports email.parser, from a folder the other user may not read
-    return fuzz.in_child_as(65534, lambda: _outcome(call))
+    return in_child_as(65534, lambda: _outcome(call))
 
 
 @pytest.fixture
@@ -522,7 +525,7 @@ def test_sample_shows_no_text_of_the_checkpoint_as_its_step(tmp_path, capsys, it
     from conftest import script_module
 
     ckpt = tmp_path / "ckpt.pt"
-    fuzz._gpt2_checkpoint(ckpt)
+    gpt2_checkpoint(ckpt)
     torch.save({**torch.load(ckpt, weights_only=True), "iter_num": iter_num}, ckpt)
     script_module("sample").main({"CKPT": str(ckpt), "MAX_NEW_TOKENS": "1", "PROMPT": "!", "DEVICE": "cpu"})
     assert capsys.readouterr().err.splitlines() == [f"checkpoint: {ckpt} (step ?, 3,416 parameters)"]

@@ -138,3 +138,15 @@ def one_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(threads)
+
+
+@pytest.fixture(scope="module")
+def interpreted():
+    """lib.optim.triton_masked_adamw with its kernels built for the interpreter (the variable is read at @jit),
+    for the Triton tests (test_triton_step.py, test_triton_spam.py); skipped where Triton is not installed."""
+    pytest.importorskip("triton", reason="triton is not installed (optional: pip install triton)")
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv("TRITON_INTERPRET", "1")
+        module = importlib.reload(importlib.import_module("lib.optim.triton_masked_adamw"))
+        yield module
+    importlib.reload(module)  # as compiled for the device again

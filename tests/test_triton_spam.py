@@ -26,7 +26,6 @@ from lib.pruning.mask_ops import zero_pruned_
 from lib.spec import OptimizerParams, SpamParams
 from tests.pruning_loop import train_steps
 from tests.test_triton_step import compile_for_sm90, count_bindings, groups, multi_compile
-from tests.test_triton_step import interpreted  # noqa: F401 (the fixture: the kernels built for the interpreter)
 from tests.test_triton_step import masks_of as shared_masks_of
 from tests.test_triton_step import tensors as shared_tensors
 
@@ -92,11 +91,11 @@ def test_the_scenario_has_resets_warmup_and_clipping_on_and_off():
 
 
 @pytest.mark.parametrize("storage", ["bool", "bits"])
-def test_kernel_matches_adamwspam_on_masked_gradients(interpreted, storage, monkeypatch):  # noqa: F811
+def test_kernel_matches_adamwspam_on_masked_gradients(interpreted, storage, monkeypatch):
     run_against_adamwspam(storage, monkeypatch, two_pass_at=None)
 
 
-def test_a_two_pass_step_in_between_is_counted(interpreted, monkeypatch):  # noqa: F811
+def test_a_two_pass_step_in_between_is_counted(interpreted, monkeypatch):
     """At t = 3 a transposed gradient takes the two-pass step (AdamWSPAM's own, which counts the steps):
     the kept launch tables must see the counts moved, and be made again."""
     run_against_adamwspam("bits", monkeypatch, two_pass_at=3)
@@ -133,7 +132,7 @@ def run_against_adamwspam(storage, monkeypatch, two_pass_at):
     assert len(builds) == (1 if two_pass_at is None else 2)  # the launch tables kept, else made again once
 
 
-def test_a_step_the_kernel_cannot_take_falls_back_before_counting(interpreted, monkeypatch, capsys):  # noqa: F811
+def test_a_step_the_kernel_cannot_take_falls_back_before_counting(interpreted, monkeypatch, capsys):
     """A float64 tensor: nothing stepped by the kernel, no count advanced twice, AdamWSPAM's step on masked grads."""
     monkeypatch.setattr(MaskedAdamWSPAM, "TRITON_DEVICES", ("cpu",))
     params = [p.detach().double().requires_grad_() for p in tensors()]

@@ -12,7 +12,6 @@ where Triton is not installed. Its GPU speed is not tested.
 from __future__ import annotations
 
 import copy
-import importlib
 import os
 import subprocess
 import sys
@@ -29,17 +28,6 @@ from tests.conftest import ROOT
 
 SHAPES = [(1,), (7,), (3, 11), (1025,)]
 BETAS = (0.9, 0.999)
-
-
-@pytest.fixture(scope="module")
-def interpreted():
-    """lib.optim.triton_masked_adamw with its kernel built for the interpreter (the variable is read at @jit)."""
-    pytest.importorskip("triton", reason="triton is not installed (optional: pip install triton)")
-    with pytest.MonkeyPatch.context() as patch:
-        patch.setenv("TRITON_INTERPRET", "1")
-        module = importlib.reload(importlib.import_module("lib.optim.triton_masked_adamw"))
-        yield module
-    importlib.reload(module)  # as compiled for the device again
 
 
 def tensors(seed=0, shapes=SHAPES, device="cpu"):

@@ -22,7 +22,7 @@ from lib.results.reader import load_results
 from lib.run.plan import plan_lines
 from lib.run.runner import (EXECUTORS, check_devices, check_executor, check_runnable, config_changes,
                             continue_settings, create_results_dir, failure_lines, load_matrix, newest_matrix_dir,
-                            run_matrix)
+                            run_matrix, tracker_note)
 from lib.trackers.backends import check_trackers
 from lib.run.launch import prepare_data
 
@@ -135,9 +135,12 @@ def continue_matrix(results: str | None, config: Path, executor: str | None = No
         changes = config_changes(config, recorded)
         print(f"note: {config.name} differs from {recorded} ({'; '.join(changes) or 'comments only'}); "
               f"continuing the matrix, timeout and retries recorded in {results_dir.name}; "
-              f"executor and slots from {config.name}")
+              f"executor, slots and experiment trackers from {config.name}")
     here = load_settings(config, warn=lambda _: None).runner if config.exists() else None
     settings = continue_settings(recorded_runner, here, executor)
+    note = tracker_note(recorded_runner.tracking, settings.tracking, recorded, config.name if here else None)
+    if note:
+        print(note)
     check_trackers(settings.tracking, os.environ)
     run_then_report(results_dir, runs, settings)
 

@@ -197,9 +197,26 @@ def config_changes(current: Path, recorded: Path, limit: int = 8) -> list[str]:
 def continue_settings(recorded: RunnerSettings, here: RunnerSettings | None,
                       executor: str | None = None) -> RunnerSettings:
     """Settings to finish a directory with: the recorded timeout and retries (part of the
-    experiment), this machine's executor and slots (where it runs), `executor` if given."""
-    settings = dataclasses.replace(here or recorded, timeout_s=recorded.timeout_s, retries=recorded.retries)
+    experiment), this machine's executor and slots (where it runs), `executor` if given, and the
+    experiment trackers of this machine's .config only (`here`; none without one): a directory may
+    come from another lab, whose config.txt would send our runs to its tracker project and entity."""
+    settings = dataclasses.replace(here or recorded, timeout_s=recorded.timeout_s, retries=recorded.retries,
+                                   tracking=here.tracking if here else TrackerSettings())
     return dataclasses.replace(settings, executor=executor) if executor else settings
+
+
+def tracker_note(recorded: TrackerSettings, used: TrackerSettings, recorded_path: Path,
+                 config_name: str | None) -> str | None:
+    """The note `make continue` prints when the trackers recorded in config.txt are not the ones
+    it logs to (None when they are the same): both named, the recorded ones escaped and cut,
+    since config.txt may come from elsewhere. `config_name`: the .config used, None without one."""
+    if recorded == used:
+        return None
+    source = (f"those of {config_name}: {used.describe()}" if config_name
+              else "none (no .config here; trackers come only from your own .config, never from a result "
+                   "directory)")
+    return (f"note: experiment trackers recorded in {escaped(str(recorded_path))}: {recorded.describe()}; "
+            f"not used: continuing with {source}")
 
 
 def make_tasks(results_dir: Path, todo: list[RunSpec], policy: RunPolicy,

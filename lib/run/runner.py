@@ -245,18 +245,23 @@ def run_matrix(results_dir: Path, runs: list[RunSpec], settings: RunnerSettings 
 
 def _run_locked(results_dir: Path, runs: list[RunSpec], settings: RunnerSettings, executor: Executor | None,
                 out: Callable[[str], None], bar: bool, data_ready: bool) -> dict[str, int]:
+    def say(line: str) -> None:
+        # the directory, its matrix's data folders, the recorded Slurm settings and jobs.json may come
+        # from another lab (make continue, make reproduce)
+        out(escaped(line))
+
     todo = pending(results_dir, runs)
-    executor = executor or make_executor(settings, results_dir, out)
+    executor = executor or make_executor(settings, results_dir, say)
     check_runnable(todo)
     if executor.name == "local":
         check_devices(todo)
     skipped = len(runs) - len(todo)
-    out(f"{results_dir}: {counted(len(runs), 'run')}, {skipped} already done, {len(todo)} to run")
+    say(f"{results_dir}: {counted(len(runs), 'run')}, {skipped} already done, {len(todo)} to run")
     if not todo:
         return {"success": skipped, "failed": 0}
-    out(f"executor {executor.name}: {executor.describe()}")
+    say(f"executor {executor.name}: {executor.describe()}")
     if not data_ready:
-        prepare_data(todo, out)
+        prepare_data(todo, say)
     tasks = make_tasks(results_dir, todo, RunPolicy(settings.timeout_s, settings.retries,
                                                      settings.sample_interval_ms / 1000), settings.tracking)
     progress = MatrixProgress(len(tasks), executor.slots, out, bar)

@@ -30,12 +30,16 @@ class UserError(Exception):
 _CONTROLS = re.compile(r"[\x00-\x1f\x7f-\x9f\u061c\u200e\u200f\u202a-\u202e\u2066-\u2069\ud800-\udfff]")
 
 
-def escaped(text: str) -> str:
+def escaped(text: str, keep: str = "") -> str:
     """`text` with control characters shown as \\xNN or \\uNNNN: a name from another lab's result
     directory, printed in a warning, an error or a report, stays on its one line, reads in its own
-    order and cannot drive the terminal."""
-    return _CONTROLS.sub(lambda m: f"\\x{ord(m.group()):02x}" if ord(m.group()) < 0x100
-                         else f"\\u{ord(m.group()):04x}", text)
+    order and cannot drive the terminal. `keep`: controls left as they are ("\\n\\t" for text of
+    several lines, such as what `make sample` generates)."""
+    def shown(match: re.Match) -> str:
+        char = match.group()
+        return char if char in keep else f"\\x{ord(char):02x}" if ord(char) < 0x100 else f"\\u{ord(char):04x}"
+
+    return _CONTROLS.sub(shown, text)
 
 
 def run_cli(main: Callable[[], T]) -> T:

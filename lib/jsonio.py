@@ -76,9 +76,10 @@ def write_json_atomic(path: str | os.PathLike, data: Any) -> None:
     write_text_atomic(path, json.dumps(finite(data), indent=2, allow_nan=False, default=str) + "\n")
 
 
-# No result file of ours or of upstream's comes near this (upstream's largest, a gpu_stats json of
-# one sample a second, is about 0.3 MB an hour); a larger file is refused before it is read, since
-# parsing it would cost several times its size in memory.
+# Above the largest result file of ours (GPT-2 at nanoGPT's 600,000 steps with LOG_EVERY=1: an 88 MiB
+# metrics.json, a train_log record per step; upstream's largest, a gpu_stats json of one sample a
+# second, is about 0.3 MB an hour); a larger file is refused before it is read, since parsing costs
+# several times a file's size in memory (benchmarks/bench_report.py).
 JSON_MAX_BYTES = 128 << 20
 CONFIG_MAX_BYTES = 1 << 20  # a .config (config.txt) is a few kilobytes; a larger file is not one
 
@@ -186,9 +187,12 @@ def read_json(path: str | os.PathLike, max_bytes: int = JSON_MAX_BYTES, within: 
     if within is not None and leaves(path, within):
         raise UserError(f"{path}: a symbolic link out of the result directory; not read")
     data = read_regular(path, max_bytes)
+    surrogates = _SURROGATE_ESCAPE.search(data) is not None
     try:
-        value = json.loads(data.decode("utf-8"))
-        return _without_surrogates(value) if _SURROGATE_ESCAPE.search(data) else value
+        text = data.decode("utf-8")
+        del data  # parsing takes several times the file's size: not the bytes too (a 90 MiB file: 90 MiB less)
+        value = json.loads(text)
+        return _without_surrogates(value) if surrogates else value
     except RecursionError:
         raise UserError(f"{path}: not valid JSON (nested too deeply)") from None
     except ValueError as exc:  # JSONDecodeError, UnicodeDecodeError, an integer too long to convert

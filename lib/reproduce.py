@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import Any, Callable, Optional
 
 from lib.config import default_runner
-from lib.errors import UserError, counted
+from lib.errors import UserError, counted, escaped
 from lib.jsonio import (CONFIG_MAX_BYTES, SCHEMA_VERSION, check_readable_dir, found, read_json, read_regular,
                         write_bytes_atomic, write_json_atomic)
 from lib.matrix import spec_from_entry
@@ -113,12 +113,12 @@ def recorded_config(results_dir: Path, say: Callable[[str], None]) -> Optional[b
     if not os.path.lexists(config):
         return None
     if leaves(config, results_dir):
-        say(f"note: {config}: a symbolic link out of the result directory; the rerun gets no config.txt")
+        say(f"note: {escaped(str(config))}: a symbolic link out of the result directory; the rerun gets no config.txt")
         return None
     try:
         return read_regular(config, CONFIG_MAX_BYTES)
     except UserError as exc:
-        say(f"note: {exc}; the rerun gets no config.txt")
+        say(f"note: {escaped(str(exc))}; the rerun gets no config.txt")
         return None
 
 
@@ -179,10 +179,14 @@ def _shown(value: Optional[float], digits: int) -> str:
 
 def reproduce(results_dir: Path, run_id: str, out: Optional[Path], results_root: Path,
               say: Callable[[str], None] = print) -> bool:
-    """Rerun `run_id` of `results_dir` into a new directory; True when its figures match."""
+    """Rerun `run_id` of `results_dir` into a new directory; True when its figures match.
+
+    Every path and name it prints goes through escaped: the directory, its folder names and the
+    device its metrics.json records may come from another lab (a newline, an ESC sequence, U+202E)."""
     run = read_recorded_run(results_dir, run_id)
     changes = differences(run)
-    say(f"reproducing {results_dir / run_id} (seed {run.spec.seed}, device {run.device or 'unknown'})")
+    device = escaped(run.device[:40]) if run.device else "unknown"  # metrics.json's: anyone's text
+    say(f"reproducing {escaped(str(results_dir / run_id))} (seed {run.spec.seed}, device {device})")
     for line in changes:
         say(f"note: {line}")
     if not changes:
@@ -196,7 +200,8 @@ def reproduce(results_dir: Path, run_id: str, out: Optional[Path], results_root:
     rerun = _row(new_dir, run_id)
     on_gpu = (run.device or "").startswith("cuda") or rerun.get("memory_device") == "cuda"
     lines, same = side_by_side(_row(results_dir, run_id), rerun, on_gpu)
-    say(f"\n{run_id}: original {results_dir}, rerun {new_dir}")
+    say("")
+    say(f"{run_id}: original {escaped(str(results_dir))}, rerun {escaped(str(new_dir))}")
     for line in lines:
         say(line)
     matched = same and counts.get("failed", 0) == 0

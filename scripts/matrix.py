@@ -15,14 +15,14 @@ from typing import Mapping
 import _path  # noqa: F401
 from kconfig import defconfig_path, normalise
 from lib.config import ROOT, RunnerSettings, Settings, default_settings, defconfig_name, load_settings
-from lib.errors import counted, run_cli
+from lib.errors import counted, escaped, run_cli
 from lib.matrix import RunSpec, expand
 from lib.report.summary import write_reports
 from lib.results.reader import load_results
 from lib.run.plan import plan_lines
 from lib.run.runner import (EXECUTORS, check_devices, check_executor, check_runnable, config_changes,
                             continue_settings, create_results_dir, failure_lines, load_matrix, newest_matrix_dir,
-                            run_matrix)
+                            run_matrix, tracker_note)
 from lib.trackers.backends import check_trackers
 from lib.run.launch import prepare_data
 
@@ -67,14 +67,16 @@ def dry_run(config: Path, executor: str | None = None) -> None:
     print(f"Total: {counted(len(runs), 'run')} (nothing was run)")
 
 
+# Paths are printed escaped: `make continue` finishes directories from anywhere, named with a newline,
+# an ESC sequence or U+202E as their lab pleased.
 def report(results_dir: Path) -> None:
     for path in write_reports(load_results(results_dir), results_dir, results_dir.name):
-        print(f"wrote {path}")
+        print(f"wrote {escaped(str(path))}")
 
 
 def finish(results_dir: Path, runs: list[RunSpec], counts: dict[str, int]) -> None:
     report(results_dir)
-    print(f"\nResults: {results_dir}\nSummary: {results_dir / 'summary_report.txt'}")
+    print(f"\nResults: {escaped(str(results_dir))}\nSummary: {escaped(str(results_dir / 'summary_report.txt'))}")
     if counts["failed"]:
         for line in failure_lines(results_dir, runs):
             print(f"error: {line}", file=sys.stderr)
@@ -111,7 +113,7 @@ def run_then_report(results_dir: Path, runs: list[RunSpec], settings: RunnerSett
         counts = run_matrix(results_dir, runs, settings, bar=live_bar_fits(), data_ready=data_ready)
         finish(results_dir, runs, counts)
     except KeyboardInterrupt:
-        print(f"\ninterrupted: finished runs are kept; resume with `make continue RESULTS={results_dir}`",
+        print(f"\ninterrupted: finished runs are kept; resume with `make continue RESULTS={escaped(str(results_dir))}`",
               file=sys.stderr)
         sys.exit(130)
 
@@ -127,17 +129,20 @@ def continue_matrix(results: str | None, config: Path, executor: str | None = No
         results_dir = Path(results)
     else:
         results_dir = newest_matrix_dir(results_root(config))
-        print(f"continuing {results_dir}, the newest matrix directory (RESULTS=dir for another)")
+        print(f"continuing {escaped(str(results_dir))}, the newest matrix directory (RESULTS=dir for another)")
     runs = load_matrix(results_dir)
     recorded = results_dir / "config.txt"
     recorded_runner = load_settings(recorded, warn=lambda _: None).runner  # first: it may be absent or damaged
     if config.exists() and not filecmp.cmp(config, recorded, shallow=False):
         changes = config_changes(config, recorded)
-        print(f"note: {config.name} differs from {recorded} ({'; '.join(changes) or 'comments only'}); "
-              f"continuing the matrix, timeout and retries recorded in {results_dir.name}; "
-              f"executor and slots from {config.name}")
+        print(f"note: {config.name} differs from {escaped(str(recorded))} ({'; '.join(changes) or 'comments only'}); "
+              f"continuing the matrix, timeout and retries recorded in {escaped(results_dir.name)}; "
+              f"executor, slots and experiment trackers from {config.name}")
     here = load_settings(config, warn=lambda _: None).runner if config.exists() else None
     settings = continue_settings(recorded_runner, here, executor)
+    note = tracker_note(recorded_runner.tracking, settings.tracking, recorded, config.name if here else None)
+    if note:
+        print(note)
     check_trackers(settings.tracking, os.environ)
     run_then_report(results_dir, runs, settings)
 

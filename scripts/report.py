@@ -11,7 +11,7 @@ from pathlib import Path
 
 import _path  # noqa: F401  (the project root on sys.path)
 from lib import ROOT  # noqa: E402
-from lib.errors import UserError, run_cli  # noqa: E402
+from lib.errors import UserError, escaped, run_cli  # noqa: E402
 from lib.report.out_dirs import check_report_out  # noqa: E402
 from lib.report.summary import default_out_dir, write_reports  # noqa: E402
 from lib.results.reader import load_results  # noqa: E402
@@ -32,10 +32,10 @@ def main(argv: list[str] | None = None) -> None:
     out = args.out or default_out_dir(args.results_dir, table.attrs["layout"], ROOT / "test_matrix_results")
     check_report_out(out, args.results_dir, table.attrs["layout"] == "own")
     if args.out is None and out != args.results_dir:
-        print(f"note: {args.results_dir} is an upstream directory and is left untouched; "
-              f"writing its reports into {out} (choose with OUT=dir)", file=sys.stderr)
+        print(f"note: {escaped(str(args.results_dir))} is an upstream directory and is left untouched; "
+              f"writing its reports into {escaped(str(out))} (choose with OUT=dir)", file=sys.stderr)
     for path in write_reports(table, out, str(args.results_dir)):
-        print(path)
+        print(escaped(str(path)))  # our own directory's reports go into it, named as its lab named it
 
 
 if __name__ == "__main__":

@@ -18,7 +18,7 @@ from typing import Callable, TypeVar
 import _path  # noqa: F401  (the project root on sys.path)
 
 from lib.train.checkpoint import run_checkpoint  # noqa: E402
-from lib.errors import UserError, run_cli  # noqa: E402
+from lib.errors import UserError, escaped, run_cli  # noqa: E402
 from lib.names import check_name  # noqa: E402
 
 T = TypeVar("T")
@@ -81,12 +81,14 @@ def main(env: dict[str, str] | None = None) -> None:
     if note:
         print(f"note: {note}", file=sys.stderr)
     model, info = load_model(path, device)
-    print(f"checkpoint: {path} (step {checkpoint_step(info)}, "
+    # escaped: the path names a result directory and run from anywhere; the text is what a stranger's
+    # weights make of the prompt, and a checkpoint can be made to write ESC sequences (lines and tabs stay)
+    print(f"checkpoint: {escaped(str(path))} (step {checkpoint_step(info)}, "
           f"{model.get_num_params(non_embedding=False):,} parameters)", file=sys.stderr)  # as the trainer counts
     for i, text in enumerate(sample_texts(model, settings, device)):
         if i:
             print("---------------")
-        print(text)
+        print(escaped(text, keep="\n\t"))
 
 
 if __name__ == "__main__":

@@ -180,3 +180,69 @@ def test_sparsity_schedule_shows_target_overlaps_and_whole_steps(tmp_path: Path)
     assert min(t.get_zorder() for t in targets) > max(m.get_zorder() for m in measured)
     assert {t.get_color() for t in targets}.isdisjoint({m.get_color() for m in measured})
     assert all(float(x).is_integer() for x in ax.get_xticks())
+
+
+# long curves: a stranger's metrics.json of a million evaluations -----------------------------
+
+def test_a_long_curve_is_drawn_through_its_extremes_not_through_every_point(tmp_path: Path) -> None:
+    """Every point of every curve was drawn: 1.35 million epochs of a 90 MiB metrics.json took 15 s
+    to average and plot. A line of more than DRAW_POINTS points keeps its first and last point and the
+    lowest and highest of each slice, so a one-epoch collapse and the peak still show."""
+    from lib.report.graphs import DRAW_POINTS
+
+    s = spec("lenet5", "sgd", "magnitude", 50)
+    write_matrix(tmp_path, [s])
+    count, dip, peak = 60_000, 31_337, 45_678
+    accuracy = [90.0 + (i % 7) / 10 for i in range(count)]
+    accuracy[dip], accuracy[peak] = 3.0, 99.5
+    metrics = classifier_metrics(s, accuracy, 50.0)
+    metrics["pruning_schedule"] = [{"step": i, "target_pct": 50.0 * i / count, "measured_pct": 50.0 * i / count}
+                                   for i in range(count)]
+    metrics["pruning_schedule"][dip]["measured_pct"] = 99.0
+    write_run(tmp_path, s, "success", metrics, gpu_stats(300.0, 400.0, "cpu"))
+    ctx = contexts(load_results(tmp_path))[0]
+    (line,) = evolution(ctx).axes[0].get_lines()
+    xs, ys = list(line.get_xdata()), list(line.get_ydata())
+    assert len(xs) <= DRAW_POINTS + 2 and xs == sorted(xs)
+    assert (xs[0], xs[-1]) == (1, count) and (dip + 1, 3.0) in zip(xs, ys) and (peak + 1, 99.5) in zip(xs, ys)
+    measured, target = sparsity_schedule(ctx).axes[0].get_lines()[:2]
+    assert len(measured.get_xdata()) <= DRAW_POINTS + 2 and 99.0 in list(measured.get_ydata())
+    assert list(target.get_xdata()) == list(measured.get_xdata())
+
+
+def test_mean_curve_over_seeds_is_the_estimate_at_each_x() -> None:
+    """The numpy mean and std per x are Estimate.of's: missing x or y left out, non-finite y not measured,
+    curves of different lengths and steps, a figure near the float limit."""
+    import math
+
+    from lib.report.graphs import _mean_curve
+    from lib.report.stats import Estimate
+
+    rng = random.Random(5)
+    curves = [{"points": [[x, rng.gauss(80, 5)] for x in range(0, 40, step)]} for step in (1, 2, 3)]
+    curves[0]["points"] += [[None, 1.0], [41, None], [42, math.inf], [43, float("nan")], [44, 1e308]]
+    curves[1]["points"] += [[42, 5.0], [44, 1e308], [45, 7.0, "extra"]]
+    xs, mean, std = _mean_curve(curves)
+    by_x: dict = {}
+    for curve in curves:
+        for x, y, *_ in curve["points"]:
+            if x is not None and y is not None and not (isinstance(y, float) and math.isnan(y)):
+                by_x.setdefault(x, []).append(y)
+    assert list(xs) == sorted(by_x)
+    for x, m, s in zip(xs, mean, std):
+        expected = Estimate.of(by_x[x])
+        assert m == pytest.approx(expected.mean, rel=1e-12)
+        assert s == (0.0 if expected.n < 2 else pytest.approx(expected.std, rel=1e-9))
+
+
+def test_forked_graph_workers_inherit_the_table_instead_of_receiving_it_pickled(seeded: Path, monkeypatch) -> None:
+    """Each figure's task carried the model's whole table to a worker: a million-point curve was pickled
+    and unpickled once per figure, 13 of the report's 19 s on two cores."""
+    from lib.report import graphs
+
+    def refuse(self, protocol):
+        raise AssertionError("a figure context was pickled")
+
+    monkeypatch.setattr(graphs.Context, "__reduce_ex__", refuse)
+    names = [graph.name for graph in render_graphs(load_results(seeded), workers=2)]
+    assert "lenet5_accuracy_evolution" in names and len(names) >= 6

@@ -8,7 +8,7 @@ import re
 import shutil
 
 import pytest
-from conftest import ROOT, no_traceback, run_script
+from conftest import ROOT, no_traceback, run_script, write_config
 from result_dirs import classifier_metrics, gpu_stats, spec, tree_digest, write_matrix, write_run
 
 REPORT = ROOT / "scripts" / "report.py"
@@ -228,3 +228,129 @@ def test_a_directory_name_cannot_inject_markdown_html_or_lines(tmp_path):
     assert "\x1b" not in summary and not any(line.startswith("# Injected") for line in summary.splitlines())
     from_lines = [line for line in summary.splitlines() if line.startswith("From: ")]
     assert len(from_lines) == 1 and "\\x0a# Injected heading" in from_lines[0]
+
+
+# control characters of a stranger's names and text on the terminal ------------------------
+
+HOSTILE_NAME = "lab\n\x1b[2J\u202eresults"  # a newline, a terminal escape (clear screen), a bidi override
+SHOWN_NAME = "lab\\x0a\\x1b[2J\\u202eresults"
+
+
+def _no_controls(text: str) -> None:
+    assert "\x1b" not in text and "\u202e" not in text, text
+
+
+def test_make_sample_escapes_the_checkpoint_path_and_the_text_its_weights_write(tmp_path, capsys):
+    """The checkpoint path was printed raw, and so was the generated text: weights can be made to write
+    any token, here greedily the byte ESC after every prompt. Lines and tabs of the text stay as they are."""
+    import torch
+    from conftest import script_module
+
+    from gpt2.model import GPT, GPTConfig
+    from lib.data.tokenizer import gpt2_encoding
+
+    (esc,) = gpt2_encoding().encode("\x1b")
+    prompt = "!\t!\n"
+    assert max(gpt2_encoding().encode(prompt) + [esc]) < TINY["vocab_size"]
+    model = GPT(GPTConfig(**TINY))
+    with torch.no_grad():  # blocks add nothing; every position's embedding points at ESC's (tied) output row
+        for name, param in model.named_parameters():
+            if "c_proj" in name or name.endswith(("wte.weight", "wpe.weight")):
+                param.zero_()
+        pattern = torch.tensor([1.0, -1.0]).repeat(TINY["n_embd"] // 2)
+        model.transformer.wte.weight[esc] = pattern
+        model.transformer.wpe.weight[:] = pattern
+    folder = tmp_path / HOSTILE_NAME
+    folder.mkdir()
+    torch.save({"model_args": TINY, "model": model.state_dict(), "iter_num": 7}, folder / "best.pt")
+    before = tree_digest(tmp_path)
+    script_module("sample").main({"CKPT": str(folder / "best.pt"), "PROMPT": prompt, "MAX_NEW_TOKENS": "3",
+                                  "TOP_K": "1", "DEVICE": "cpu"})
+    out, err = capsys.readouterr()
+    assert out == prompt + "\\x1b" * 3 + "\n"
+    assert err.startswith(f"checkpoint: {tmp_path}/{SHOWN_NAME}/best.pt (step 7, ") and err.count("\n") == 1
+    _no_controls(out + err)
+    assert tree_digest(tmp_path) == before
+
+
+def _fake_trainer_run(monkeypatch, data_line: str) -> None:
+    """run_matrix with a trainer that writes a metrics.json at once, and data preparation that says
+    `data_line` (a data folder a stranger's matrix.json names is where the data is)."""
+    import sys
+
+    from lib.run import runner
+
+    code = ("import json, sys, pathlib; d = pathlib.Path(sys.argv[-1]); "
+            "(d / 'metrics.json').write_text(json.dumps({'best_accuracy_pct': 90.0, 'sparsity': {'global_pct': 0}}))")
+    monkeypatch.setattr(runner, "trainer_command", lambda spec, run_dir, python=sys.executable:
+                        [sys.executable, "-c", code, str(run_dir)])
+    monkeypatch.setattr(runner, "prepare_data", lambda runs, out: out(data_line))
+    monkeypatch.setattr(runner, "check_runnable", lambda runs: None)
+
+
+def test_make_reproduce_escapes_every_path_and_name_it_prints(tmp_path, monkeypatch, capsys):
+    """`make reproduce` printed the result path raw (`reproducing <dir>/<run>`, `original <dir>`), the
+    device metrics.json records and the path of a config.txt it does not copy; a directory named with
+    a newline, ESC or U+202E put them on the terminal."""
+    import json
+
+    from conftest import script_module
+
+    from tests.specs import make_spec
+
+    results = tmp_path / HOSTILE_NAME
+    run = make_spec("lenet5_sgd_none").to_json()
+    write_matrix(results, [run])
+    write_run(results, run, "success", {**classifier_metrics(run, [90.0], 0.0),
+                                        "environment": {"device": "cpu\x1b]0;owned\x07\u202e"}}, gpu_stats(10, 20))
+    (results / "config.txt").symlink_to(tmp_path / "elsewhere")
+    before = tree_digest(results)
+    _fake_trainer_run(monkeypatch, "data in /x\x1b[2J")
+    with pytest.raises(SystemExit):  # the fake trainer's figures are not the original's
+        script_module("reproduce").main([str(results), run["run_id"], "--out", str(tmp_path / "rerun")])
+    out, err = capsys.readouterr()
+    _no_controls(out + err)
+    lines = out.splitlines()
+    assert f"reproducing {tmp_path}/{SHOWN_NAME}/lenet5_sgd_none (seed 1, device cpu\\x1b]0;owned\\x07\\u202e)" in lines
+    assert f"note: {tmp_path}/{SHOWN_NAME}/config.txt: a symbolic link out of the result directory; " \
+           "the rerun gets no config.txt" in lines
+    assert "data in /x\\x1b[2J" in lines
+    assert f"lenet5_sgd_none: original {tmp_path}/{SHOWN_NAME}, rerun {tmp_path}/rerun" in lines
+    assert json.loads((tmp_path / "rerun" / "matrix.json").read_text())["reproduces"] == str(results / "lenet5_sgd_none")
+    assert tree_digest(results) == before
+
+
+def test_make_continue_escapes_the_directory_it_finishes(tmp_path, monkeypatch, capsys):
+    """`make continue` printed the directory raw in its progress (`<dir>: 1 run, ...`), its notes, the
+    reports it wrote and `Results:`; the lines its data preparation and executor print are escaped too."""
+    from conftest import script_module
+
+    from tests.specs import make_spec
+
+    results = tmp_path / HOSTILE_NAME
+    runs = [make_spec(run_id).to_json() for run_id in ("lenet5_sgd_none", "lenet5_adam_none")]
+    write_matrix(results, runs)
+    (tmp_path / "theirs").mkdir()
+    config = write_config(tmp_path / "theirs", "lenet5-quick")
+    shutil.copy(config, results / "config.txt")
+    config.write_text(config.read_text() + "# ours\n")  # differs: a note names both
+    _fake_trainer_run(monkeypatch, "data in /x\x1b[2J")
+    script_module("matrix").continue_matrix(str(results), config)
+    out, err = capsys.readouterr()
+    _no_controls(out + err)
+    lines = out.splitlines()
+    assert f"{tmp_path}/{SHOWN_NAME}: 2 runs, 0 already done, 2 to run" in lines
+    assert "data in /x\\x1b[2J" in lines
+    assert any(line.startswith(f"note: .config differs from {tmp_path}/{SHOWN_NAME}/config.txt") for line in lines)
+    assert f"wrote {tmp_path}/{SHOWN_NAME}/summary_report.txt" in lines
+    assert f"Results: {tmp_path}/{SHOWN_NAME}" in lines
+
+
+def test_make_report_escapes_the_paths_it_prints(tmp_path):
+    """`make report` of our own layout writes into the directory and printed each report's path raw."""
+    results = _own_dir(tmp_path / HOSTILE_NAME)
+    proc = run_script(REPORT, results)
+    no_traceback(proc)
+    assert proc.returncode == 0, proc.stderr
+    _no_controls(proc.stdout + proc.stderr)
+    assert f"{tmp_path}/{SHOWN_NAME}/summary_report.txt" in proc.stdout.splitlines()

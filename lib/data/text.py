@@ -25,7 +25,7 @@ from lib.data.download import temp_beside
 from lib.data.progress import PreparationProgress
 from lib.data.text_sources import TEXT_SOURCES, DocumentStream, SourceUnavailable, local_dir_name, text_files
 from lib.data.tokenizer import BPE_RANKS, BPE_RANKS_SHA256, EOT_TOKEN, VOCAB_SIZE, gpt2_encoding
-from lib.errors import UserError
+from lib.errors import UserError, escaped
 from lib.jsonio import read_json, write_json_atomic
 
 VAL_EVERY = 10  # every 10th document (or the last tenth of a running text) is validation
@@ -69,7 +69,7 @@ def prepare_text(source: str, data_dir: str | Path, token_cap: int | None = None
     wanted = _identity(source, token_cap, file)
     old = _complete_meta(out_dir)
     if old is not None and all(old.get(key) == value for key, value in wanted.items()):
-        print(f"{source}: using {out_dir} ({old['train_tokens']:,} train / {old['val_tokens']:,} val tokens)")
+        print(escaped(f"{source}: using {out_dir} ({old['train_tokens']:,} train / {old['val_tokens']:,} val tokens)"))
         return out_dir
     progress = PreparationProgress(f"tokenizing {source}", token_cap, "tokens", progress_interval_s)
     try:
@@ -94,8 +94,8 @@ def prepare_text(source: str, data_dir: str | Path, token_cap: int | None = None
         "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
     }
     write_json_atomic(out_dir / "meta.json", meta)
-    print(f"{progress.line(counts['train_tokens'] + counts['val_tokens'])}; "
-          f"{counts['train_tokens']:,} train / {counts['val_tokens']:,} val tokens in {out_dir}", flush=True)
+    print(escaped(f"{progress.line(counts['train_tokens'] + counts['val_tokens'])}; "
+                  f"{counts['train_tokens']:,} train / {counts['val_tokens']:,} val tokens in {out_dir}"), flush=True)
     return out_dir
 
 

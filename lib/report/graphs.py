@@ -22,6 +22,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Optional
 
+import numpy as np
 import pandas as pd
 from matplotlib import rc_context
 from matplotlib.figure import Figure
@@ -33,12 +34,16 @@ from lib.jsonio import write_bytes_atomic, write_text_atomic
 from lib.names import is_safe_name
 from lib.report.labels import (MEMORY_TERMS, TRAINING_TERMS, MemoryLabels, Metric, memory_labels, short_label,
                                table_metrics)
-from lib.report.stats import Estimate, configurations, fmt, has_seeds, is_missing
+from lib.report.stats import configurations, fmt, has_seeds, is_missing
 
 AXIS_LABELS = {"epoch": "Epoch", "step": "Training step (optimizer updates)", "eval": "Evaluation number"}
 MIB = 2 ** 20
 BAR_ROW_IN = 0.22  # inches per bar row: 8 pt labels need about 0.15
 LEGEND_RUNS = 12  # above this many runs or configurations, line legends name optimizers
+# A line with more points is drawn through its lowest and highest point in each of DRAW_POINTS / 2
+# equal slices: a panel is a few hundred pixels wide, so the figure looks the same, spikes included,
+# and a stranger's 1.35 million evaluations cost a second, not fifteen.
+DRAW_POINTS = 2000
 
 
 @dataclass(frozen=True)
@@ -111,16 +116,57 @@ def new_figure(title: str, width: float = 10, height: float = 5.5) -> Figure:
     return figure
 
 
-def _mean_curve(curves: list[dict]) -> tuple[list[float], list[float], list[float]]:
-    """x, mean and std (0 for one curve) of curves sampled at the same x values."""
-    by_x: dict[float, list[float]] = {}
-    for curve in curves:
-        for x, y, *_ in curve["points"]:
-            if not (is_missing(x) or is_missing(y)):
-                by_x.setdefault(x, []).append(y)
-    xs = sorted(by_x)
-    estimates = [Estimate.of(by_x[x]) for x in xs]
-    return xs, [e.mean for e in estimates], [0.0 if e.n < 2 else e.std for e in estimates]
+def _columns(points: list, width: int) -> np.ndarray:
+    """A curve's points ([x, y, ...] each) as an n x width float array, NaN for a missing value."""
+    try:
+        array = np.array(points, dtype=float).reshape(len(points), -1)
+        if array.shape[1] >= width:
+            return array[:, :width]
+    except (TypeError, ValueError):  # rows of different lengths, or a value that is no number
+        pass
+
+    def number(row: object, i: int) -> float:
+        value = row[i] if isinstance(row, (list, tuple)) and len(row) > i else None
+        return float(value) if isinstance(value, (int, float)) and not isinstance(value, bool) else math.nan
+
+    return np.array([[number(row, i) for i in range(width)] for row in points], dtype=float).reshape(-1, width)
+
+
+def _mean_curve(curves: list[dict]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """x, mean and std (0 for one curve) of curves sampled at the same x values: Estimate.of over the
+    finite values at each x (NaN where there is none), in numpy, since a curve may hold millions of points."""
+    xy = np.concatenate([_columns(curve["points"], 2) for curve in curves] or [np.empty((0, 2))])
+    xy = xy[~np.isnan(xy).any(axis=1)]
+    xs, where = np.unique(xy[:, 0], return_inverse=True)
+    where = where.reshape(-1)
+    finite = np.isfinite(xy[:, 1])
+    at, ys = where[finite], xy[finite, 1]
+    n = np.bincount(at, minlength=len(xs))
+    with np.errstate(all="ignore"):
+        mean = np.bincount(at, weights=ys, minlength=len(xs)) / n
+        over = (n > 0) & ~np.isfinite(mean)
+        if over.any():  # figures near the float limit (a stranger's 1e308): divide first, as Estimate.of
+            mean[over] = np.bincount(at, weights=ys / n[at], minlength=len(xs))[over]
+        deviation = ys - mean[at]
+        spread = np.bincount(at, weights=deviation * deviation, minlength=len(xs))
+        std = np.where(n > 1, np.sqrt(spread / np.maximum(n - 1, 1)), 0.0)
+    return xs, mean, std
+
+
+def _drawn(values: np.ndarray, limit: int = DRAW_POINTS) -> np.ndarray:
+    """Indices of the points a line of `values` is drawn through: all of them up to `limit`, else
+    the first, the last, and the lowest and highest of each of limit / 2 equal slices, in order."""
+    count = len(values)
+    if count <= limit:
+        return np.arange(count)
+    size = math.ceil(count / (limit // 2))
+    slices = math.ceil(count / size)
+    low = np.pad(np.where(np.isnan(values), np.inf, values), (0, slices * size - count), mode="edge")
+    high = np.pad(np.where(np.isnan(values), -np.inf, values), (0, slices * size - count), mode="edge")
+    starts = np.arange(slices) * size
+    picked = np.concatenate([[0, count - 1], starts + low.reshape(slices, size).argmin(axis=1),
+                             starts + high.reshape(slices, size).argmax(axis=1)])
+    return np.unique(np.minimum(picked, count - 1))
 
 
 def _good_curves(runs: pd.DataFrame, column: str) -> list[dict]:
@@ -171,12 +217,13 @@ def evolution(ctx: Context) -> Optional[Figure]:
             if cfg.optimizer != optimizer:
                 continue
             xs, mean, std = _mean_curve(curves)
+            kept = _drawn(mean)
+            xs, mean, std = xs[kept], mean[kept], std[kept]
             label = ctx.label(cfg.config) + (f" (n={len(curves)})" if len(curves) > 1 else "")
             (line,) = ax.plot(xs, mean, marker="." if len(xs) < 30 else None, label=label,
                               **styles.get(cfg.config, {}))
             if len(curves) > 1:
-                ax.fill_between(xs, [m - s for m, s in zip(mean, std)], [m + s for m, s in zip(mean, std)],
-                                color=line.get_color(), alpha=0.2)
+                ax.fill_between(xs, mean - std, mean + std, color=line.get_color(), alpha=0.2)
         if not ctx.metric.higher_is_better:
             ax.set_yscale("log")  # perplexity falls over orders of magnitude early in training
         ax.set(title=str(optimizer), xlabel=AXIS_LABELS.get(axis, axis), ylabel=ctx.metric.axis_label)
@@ -361,13 +408,13 @@ def memory_vs_metric(ctx: Context) -> Optional[Figure]:
     return figure
 
 
-def _schedule_groups(firsts: list) -> list[tuple[list, dict]]:
-    """(configurations, schedule) per distinct schedule: configurations that pruned on the same
-    steps to the same sparsities (SGD and AdamW magnitude runs often do) share one line, since
-    lines drawn on top of each other hide all but the last."""
-    groups: dict[str, tuple[list, dict]] = {}
+def _schedule_groups(firsts: list) -> list[tuple[list, np.ndarray]]:
+    """(configurations, schedule) per distinct schedule (an n x 3 array: step, target, measured):
+    configurations that pruned on the same steps to the same sparsities (SGD and AdamW magnitude
+    runs often do) share one line, since lines drawn on top of each other hide all but the last."""
+    groups: dict[bytes, tuple[list, np.ndarray]] = {}
     for cfg, schedule in firsts:
-        key = repr(schedule["points"])
+        key = schedule.tobytes()  # the same points give the same bytes, NaN included, in one pass
         groups.setdefault(key, ([], schedule))[0].append(cfg)
     return list(groups.values())
 
@@ -388,7 +435,9 @@ def sparsity_schedule(ctx: Context) -> Optional[Figure]:
               if cfg.pruning != "none" and (curves := _good_curves(cfg.runs, "sparsity_schedule"))]
     if not firsts:
         return None
-    targets_known = any(not is_missing(p[1]) for _, s in firsts for p in s["points"])
+    axis = firsts[0][1]["axis"]
+    firsts = [(cfg, _columns(schedule["points"], 3)) for cfg, schedule in firsts]
+    targets_known = any(not np.isnan(schedule[:, 1]).all() for _, schedule in firsts)
     figure = new_figure(f"{ctx.model}: sparsity reached during training"
                         + (" (coloured: measured, black dashed: target)" if targets_known else " (measured)"))
     ax = figure.subplots()
@@ -396,19 +445,19 @@ def sparsity_schedule(ctx: Context) -> Optional[Figure]:
     per_line = len(groups) <= LEGEND_RUNS
     handles = []
     for cfgs, schedule in groups:
-        xs = [p[0] for p in schedule["points"]]
+        schedule = schedule[_drawn(schedule[:, 2])]
+        xs, targets = schedule[:, 0], schedule[:, 1]
         label = _shared_label([ctx.label(cfg.config) for cfg in cfgs])
-        (line,) = ax.plot(xs, [p[2] for p in schedule["points"]], label=label if per_line else None,
+        (line,) = ax.plot(xs, schedule[:, 2], label=label if per_line else None,
                           color=None if per_line else ctx.color(cfgs[0].optimizer), linewidth=2.5,
                           marker="o" if len(xs) <= 50 else None, markersize=4, zorder=2)
         handles.append(line)
-        targets = [p[1] for p in schedule["points"]]
-        if not all(is_missing(t) for t in targets):
+        if not np.isnan(targets).all():
             # on top, thin and black: the target usually lies exactly on the measured line
             ax.plot(xs, targets, linestyle="--", color="black", linewidth=1, zorder=3)
     if targets_known:
         handles.append(Line2D([], [], linestyle="--", color="black", linewidth=1, label="target"))
-    ax.set(xlabel=AXIS_LABELS.get(firsts[0][1]["axis"], firsts[0][1]["axis"]),
+    ax.set(xlabel=AXIS_LABELS.get(axis, axis),
            ylabel="Sparsity of prunable weights (%)", ylim=(0, 100))
     ax.xaxis.set_major_locator(MaxNLocator(integer=True))  # steps and epochs are whole numbers
     ax.grid(alpha=0.3)
@@ -468,6 +517,16 @@ def _build(task: tuple[str, str, Context]) -> Optional[Graph]:
     return drawn(name, lambda: BUILDERS[stem](ctx))
 
 
+# render_graphs' tasks while its forked workers draw them: a worker inherits the table with its memory
+# instead of receiving a pickled copy per figure (a curve of a million points pickled and unpickled
+# seven times cost 13 s on 2 cores).
+_FORKED_TASKS: list[tuple[str, str, Context]] = []
+
+
+def _build_forked(index: int) -> Optional[Graph]:
+    return _build(_FORKED_TASKS[index])
+
+
 def contexts(table: pd.DataFrame) -> list[Context]:
     """One figure context per model of `table`; colours follow the optimizers of the whole table."""
     memory = memory_labels(table)
@@ -493,8 +552,12 @@ def render_graphs(table: pd.DataFrame, workers: Optional[int] = None) -> list[Gr
              for ctx in contexts(table) for stem in BUILDERS]
     workers = min(len(tasks), os.cpu_count() or 1) if workers is None else workers
     if workers > 1 and "fork" in multiprocessing.get_all_start_methods():
-        with ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("fork")) as pool:
-            graphs = list(pool.map(_build, tasks))
+        _FORKED_TASKS[:] = tasks  # before the pool exists: its workers fork with them
+        try:
+            with ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("fork")) as pool:
+                graphs = list(pool.map(_build_forked, range(len(tasks))))
+        finally:
+            _FORKED_TASKS.clear()
     else:
         graphs = [_build(task) for task in tasks]
     return [graph for graph in graphs if graph is not None]

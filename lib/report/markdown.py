@@ -164,7 +164,13 @@ def _run_stability(run: pd.Series, metric: Metric) -> tuple[float, float]:
     """Std of the run's last evaluations, and how far its final figure fell from its Best
     (positive: worse). Best is the Best column's: for a pruned run at its target sparsity,
     so a peak reached before pruning caught up does not count (BEST_NOTE)."""
-    values = [p[1] for p in run["metric_curve"]["points"] if not is_missing(p[1])]
+    values: list = []  # the last STABILITY_WINDOW measured values, found from the end: a curve may be long
+    for point in reversed(run["metric_curve"]["points"]):
+        if not is_missing(point[1]):
+            values.append(point[1])
+            if len(values) == STABILITY_WINDOW:
+                break
+    values.reverse()
     if len(values) < 2:
         return math.nan, math.nan
     best, final = run[metric.best], run[metric.final]

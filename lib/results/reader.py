@@ -165,14 +165,18 @@ def _spec_cells(spec: dict) -> Row:
 
 
 def _metric_cells(files: RunFiles, metrics: dict, task: str) -> Row:
+    """The figures of metrics.json; its history lists are taken out of `metrics` as they are read
+    (consumed: a stranger's file may hold millions of records, not to be held beside their points)."""
     def num(*keys: str) -> float:
         return files.number(metrics, keys, "metrics.json")
 
+    def points(key: str, fields: tuple[str, ...]) -> list[list[float]]:
+        return files.points(metrics.pop(key, None), fields, "metrics.json", consume=True)
+
     if task == LANGUAGE_MODELING:
-        evals = curve("step", files.points(metrics.get("evals"), ("step", "val_perplexity"), "metrics.json"))
+        evals = curve("step", points("evals", ("step", "val_perplexity")))
     else:
-        evals = curve("epoch", files.points(metrics.get("epochs"), ("epoch", "test_accuracy_pct"),
-                                            "metrics.json"))
+        evals = curve("epoch", points("epochs", ("epoch", "test_accuracy_pct")))
     memory = metrics.get("memory") if isinstance(metrics.get("memory"), dict) else {}
     terms = {term: num("memory", term) for term in MEMORY_TERMS if term in memory}
     cells = {
@@ -183,8 +187,7 @@ def _metric_cells(files: RunFiles, metrics: dict, task: str) -> Row:
         "inference_multiplier": num("memory", "inference_multiplier"),
         "wall_time_s": num("wall_time_s"),
         "metric_curve": evals,
-        "sparsity_schedule": curve("step", files.points(metrics.get("pruning_schedule"),
-                                                        ("step", "target_pct", "measured_pct"), "metrics.json")),
+        "sparsity_schedule": curve("step", points("pruning_schedule", ("step", "target_pct", "measured_pct"))),
         "memory_bytes": terms or None,
     }
     cells.update({field: num(field) for field in LM_FIELDS})

@@ -8,10 +8,12 @@ directory's layout: lib/results and lib/results/upstream do.
 """
 from __future__ import annotations
 
+import contextlib
+import gc
 import math
 import re
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any, Iterator, Optional
 
 from lib.errors import UserError, escaped
 from lib.jsonio import found, read_json, read_regular
@@ -23,6 +25,7 @@ from lib.spec import MAX_SEED, PRUNING_METHODS
 # what a figure can show, and keeps a 60-run table small.
 TIMELINE_POINTS = 400
 LOG_LINE_CHARS = 500  # a log line (or an upstream error shown as one) longer than this is cut in reports
+FLOAT_LIMIT = 1e308  # an integer within it converts to a float without overflow
 
 Row = dict[str, Any]
 
@@ -97,10 +100,47 @@ class RunFiles:
             return math.nan
         return number
 
-    def points(self, records: Any, keys: tuple[str, ...], name: str) -> list[list[float]]:
-        """[[r[k0], r[k1], ...] for r in records] as floats; records that are not objects are skipped."""
-        return [[self.number(r, (key,), name) for key in keys]
-                for r in (records if isinstance(records, list) else []) if isinstance(r, dict)]
+    def points(self, records: Any, keys: tuple[str, ...], name: str, consume: bool = False) -> list[list[float]]:
+        """[[r[k0], r[k1], ...] for r in records] as floats; records that are not objects are skipped.
+        A finite float or a float-sized integer is taken as it is; anything else goes through as_float
+        (NaN, a warning when it is no finite number). Curves may hold millions of records: the cyclic
+        garbage collector, which a million new lists would start again and again over every object of
+        the parsed file, is held off meanwhile (rows of floats hold no cycles). `consume`: the caller
+        hands the list over; each record is dropped from it once converted, so that a million parsed
+        records and their points are not held at once."""
+        with _collector_off():
+            return self._points(records, keys, name, consume)
+
+    def _points(self, records: Any, keys: tuple[str, ...], name: str, consume: bool) -> list[list[float]]:
+        rows = []
+        for index, record in enumerate(records if isinstance(records, list) else []):
+            if consume:
+                records[index] = None
+            if not isinstance(record, dict):
+                continue
+            row = []
+            for key in keys:
+                value = record.get(key)
+                kind = type(value)
+                if kind is float and value - value == 0.0:  # finite: inf - inf and NaN - NaN are NaN
+                    row.append(value)
+                elif kind is int and -FLOAT_LIMIT < value < FLOAT_LIMIT:
+                    row.append(float(value))
+                else:
+                    row.append(self.as_float(value, name, key))
+            rows.append(row)
+        return rows
+
+
+@contextlib.contextmanager
+def _collector_off() -> Iterator[None]:
+    enabled = gc.isenabled()
+    gc.disable()
+    try:
+        yield
+    finally:
+        if enabled:
+            gc.enable()
 
 
 def to_float(value: Any) -> Optional[float]:

@@ -12,6 +12,7 @@ import sys
 from pathlib import Path
 from typing import Callable, Iterable
 
+from lib.errors import escaped
 from lib.models import model_entry
 from lib.spec import RunSpec
 
@@ -28,10 +29,12 @@ def trainer_command(spec: RunSpec, run_dir: Path, python: str = sys.executable) 
 
 
 def prepare_data(runs: Iterable[RunSpec], out: Callable[[str], None] = print) -> None:
-    """Fetch or locate each model's data once, before any run starts."""
+    """Fetch or locate each model's data once, before any run starts. The line each trainer returns is
+    escaped: it names the data folder, which `make continue` and `make reproduce` take from a matrix.json
+    or run.json that may come from another lab."""
     seen: set[str] = set()
     for spec in runs:
         key = repr((spec.model, dict(spec.model_params), spec.training.data_dir))
         if key not in seen:
             seen.add(key)
-            out(importlib.import_module(model_entry(spec.model).trainer).prepare_data(spec))
+            out(escaped(importlib.import_module(model_entry(spec.model).trainer).prepare_data(spec)))

@@ -197,9 +197,26 @@ def config_changes(current: Path, recorded: Path, limit: int = 8) -> list[str]:
 def continue_settings(recorded: RunnerSettings, here: RunnerSettings | None,
                       executor: str | None = None) -> RunnerSettings:
     """Settings to finish a directory with: the recorded timeout and retries (part of the
-    experiment), this machine's executor and slots (where it runs), `executor` if given."""
-    settings = dataclasses.replace(here or recorded, timeout_s=recorded.timeout_s, retries=recorded.retries)
+    experiment), this machine's executor and slots (where it runs), `executor` if given, and the
+    experiment trackers of this machine's .config only (`here`; none without one): a directory may
+    come from another lab, whose config.txt would send our runs to its tracker project and entity."""
+    settings = dataclasses.replace(here or recorded, timeout_s=recorded.timeout_s, retries=recorded.retries,
+                                   tracking=here.tracking if here else TrackerSettings())
     return dataclasses.replace(settings, executor=executor) if executor else settings
+
+
+def tracker_note(recorded: TrackerSettings, used: TrackerSettings, recorded_path: Path,
+                 config_name: str | None) -> str | None:
+    """The note `make continue` prints when the trackers recorded in config.txt are not the ones
+    it logs to (None when they are the same): both named, the recorded ones escaped and cut,
+    since config.txt may come from elsewhere. `config_name`: the .config used, None without one."""
+    if recorded == used:
+        return None
+    source = (f"those of {config_name}: {used.describe()}" if config_name
+              else "none (no .config here; trackers come only from your own .config, never from a result "
+                   "directory)")
+    return (f"note: experiment trackers recorded in {escaped(str(recorded_path))}: {recorded.describe()}; "
+            f"not used: continuing with {source}")
 
 
 def make_tasks(results_dir: Path, todo: list[RunSpec], policy: RunPolicy,
@@ -228,18 +245,23 @@ def run_matrix(results_dir: Path, runs: list[RunSpec], settings: RunnerSettings 
 
 def _run_locked(results_dir: Path, runs: list[RunSpec], settings: RunnerSettings, executor: Executor | None,
                 out: Callable[[str], None], bar: bool, data_ready: bool) -> dict[str, int]:
+    def say(line: str) -> None:
+        # the directory, its matrix's data folders, the recorded Slurm settings and jobs.json may come
+        # from another lab (make continue, make reproduce)
+        out(escaped(line))
+
     todo = pending(results_dir, runs)
-    executor = executor or make_executor(settings, results_dir, out)
+    executor = executor or make_executor(settings, results_dir, say)
     check_runnable(todo)
     if executor.name == "local":
         check_devices(todo)
     skipped = len(runs) - len(todo)
-    out(f"{results_dir}: {counted(len(runs), 'run')}, {skipped} already done, {len(todo)} to run")
+    say(f"{results_dir}: {counted(len(runs), 'run')}, {skipped} already done, {len(todo)} to run")
     if not todo:
         return {"success": skipped, "failed": 0}
-    out(f"executor {executor.name}: {executor.describe()}")
+    say(f"executor {executor.name}: {executor.describe()}")
     if not data_ready:
-        prepare_data(todo, out)
+        prepare_data(todo, say)
     tasks = make_tasks(results_dir, todo, RunPolicy(settings.timeout_s, settings.retries,
                                                      settings.sample_interval_ms / 1000), settings.tracking)
     progress = MatrixProgress(len(tasks), executor.slots, out, bar)

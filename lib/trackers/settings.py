@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from lib.errors import UserError
+from lib.errors import UserError, escaped
 
 if TYPE_CHECKING:  # a trainer reads TrackerSettings from run.json without kconfiglib
     import kconfiglib
@@ -39,6 +39,22 @@ class TrackerSettings:
 
     def run_name_for(self, run_id: str) -> str:
         return f"{self.run_name}_{run_id}" if self.run_name else run_id
+
+    def describe(self) -> str:
+        """One line naming the trackers and where they log (`none` when off): `wandb, project "p",
+        entity "e"`. Values cut to 60 characters, control characters escaped: the settings may be
+        a stranger's (the config.txt of a result directory `make continue` names)."""
+        if not self.enabled:
+            return "none"
+        def quoted(value: str) -> str:
+            return '"' + escaped(value if len(value) <= 60 else value[:57] + "...") + '"'
+
+        names = [name for name in TRACKERS if getattr(self, name)]
+        parts = [" and ".join(names), f"project {quoted(self.project)}"]
+        parts += [f"run names {quoted(self.run_name)}_<run id>"] if self.run_name else []
+        parts += [f"W&B entity {quoted(self.wandb_entity)}"] if self.wandb_entity else []
+        parts += ["W&B offline"] if self.wandb and self.wandb_offline else []
+        return ", ".join(parts)
 
     def to_json(self) -> dict[str, Any]:
         return {name: getattr(self, name) for name in self.__dataclass_fields__}

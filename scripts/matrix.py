@@ -22,7 +22,7 @@ from lib.results.reader import load_results
 from lib.run.plan import plan_lines
 from lib.run.runner import (EXECUTORS, check_devices, check_executor, check_runnable, config_changes,
                             continue_settings, create_results_dir, failure_lines, load_matrix, newest_matrix_dir,
-                            run_matrix, tracker_note)
+                            placement_note, run_matrix, tracker_note)
 from lib.trackers.backends import check_trackers
 from lib.run.launch import prepare_data
 
@@ -140,8 +140,9 @@ def continue_matrix(results: str | None, config: Path, executor: str | None = No
               f"executor, slots and experiment trackers from {config.name}")
     here = load_settings(config, warn=lambda _: None).runner if config.exists() else None
     settings = continue_settings(recorded_runner, here, executor)
-    note = tracker_note(recorded_runner.tracking, settings.tracking, recorded, config.name if here else None)
-    if note:
+    notes = [tracker_note(recorded_runner.tracking, settings.tracking, recorded, config.name if here else None),
+             None if here else placement_note(recorded_runner, settings, recorded)]
+    for note in filter(None, notes):
         print(note)
     check_trackers(settings.tracking, os.environ)
     run_then_report(results_dir, runs, settings)

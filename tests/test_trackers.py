@@ -226,6 +226,7 @@ def continued(tmp_path, monkeypatch, capsys):
         taken.clear()
         matrix_cli.continue_matrix(str(results), config)
         out = capsys.readouterr()
+        run.settings = taken[0]  # all the runner settings it would use
         return taken[0].tracking, out.out + out.err
     return run
 
@@ -262,3 +263,27 @@ def test_continue_with_the_recorded_trackers_in_our_own_config_says_nothing_abou
     results = _foreign_dir(tmp_path, ENABLE_TRACKIO="y", TRACKER_PROJECT='"ours"')
     used, printed = continued(results, config)
     assert used == TrackerSettings(trackio=True, project="ours") and "trackers recorded" not in printed
+
+
+def test_continue_never_submits_where_a_result_directory_from_elsewhere_says(tmp_path, continued):
+    """Without a .config, continuing took the executor and the Slurm settings of the directory's config.txt:
+    another lab's account, partition and sbatch options (an `output=` path is a file Slurm writes). Now only
+    the timeout and retries are the directory's; the rest is Kconfig's defaults, and one note says so."""
+    from lib.config import default_runner
+
+    results = _foreign_dir(tmp_path, EXECUTOR_SLURM="y", SLURM_PARTITION='"their-gpus"', RUN_TIMEOUT="777",
+                           SLURM_EXTRA='"account=theirs output=/home/you/.bashrcESC"')
+    recorded = (results / "config.txt").read_text()
+    assert "CONFIG_EXECUTOR_SLURM=y" in recorded and "account=theirs" in recorded
+    _, printed = continued(results, tmp_path / "no-config-here")
+    used, defaults = continued.settings, default_runner()
+    assert (used.executor, used.slurm_partition, used.slurm_extra) == (defaults.executor, "", defaults.slurm_extra)
+    assert used.timeout_s == 777  # the experiment's own, kept
+    (note,) = [line for line in printed.splitlines() if "not used: without a .config" in line]
+    assert "executor 'slurm'" in note and "slurm_partition 'their-gpus'" in note
+    assert "'account=theirs output=/home/you/.bashrc\\x1b[2J'" in note and "\x1b" not in printed
+
+    ours = write_config(tmp_path, "lenet5-quick", EXECUTOR_SLURM="y", SLURM_PARTITION='"ours"')
+    _, printed = continued(results, ours)
+    assert (continued.settings.executor, continued.settings.slurm_partition) == ("slurm", "ours")
+    assert continued.settings.slurm_extra == "" and "not used: without a .config" not in printed

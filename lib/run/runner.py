@@ -194,15 +194,41 @@ def config_changes(current: Path, recorded: Path, limit: int = 8) -> list[str]:
     return changed[:limit] + ([f"... and {len(changed) - limit} more"] if len(changed) > limit else [])
 
 
+# What the recorded config.txt decides when a directory is continued: part of the experiment. Everything
+# else (executor, slots, Slurm's partition, account and sbatch options, trackers) says where and how the
+# runs go, and comes from this machine's .config only, else Kconfig's defaults: a directory may come from
+# another lab, whose config.txt would otherwise submit our runs under its Slurm account with its sbatch
+# options (SLURM_EXTRA "output=..." writes a file wherever it names) and log them to its tracker project.
+RECORDED_FIELDS = ("timeout_s", "retries")
+PLACEMENT_FIELDS = tuple(f.name for f in dataclasses.fields(RunnerSettings)
+                         if f.name not in (*RECORDED_FIELDS, "tracking", "results_root"))
+
+
 def continue_settings(recorded: RunnerSettings, here: RunnerSettings | None,
                       executor: str | None = None) -> RunnerSettings:
-    """Settings to finish a directory with: the recorded timeout and retries (part of the
-    experiment), this machine's executor and slots (where it runs), `executor` if given, and the
-    experiment trackers of this machine's .config only (`here`; none without one): a directory may
-    come from another lab, whose config.txt would send our runs to its tracker project and entity."""
-    settings = dataclasses.replace(here or recorded, timeout_s=recorded.timeout_s, retries=recorded.retries,
-                                   tracking=here.tracking if here else TrackerSettings())
+    """Settings to finish a directory with: the recorded timeout and retries (RECORDED_FIELDS), the rest
+    from this machine's .config (`here`), else Kconfig's defaults, never the directory's; `executor` if
+    given."""
+    settings = dataclasses.replace(here or default_runner(),
+                                   **{name: getattr(recorded, name) for name in RECORDED_FIELDS})
     return dataclasses.replace(settings, executor=executor) if executor else settings
+
+
+def placement_note(recorded: RunnerSettings, used: RunnerSettings, recorded_path: Path) -> str | None:
+    """The note `make continue` prints without a .config when config.txt recorded another placement
+    (executor, slots, Slurm settings) than the defaults it runs with; None when they agree. Values
+    escaped and cut: config.txt may come from elsewhere."""
+    def shown(value: object) -> str:
+        text = str(value)
+        return "'" + escaped(text if len(text) <= 60 else text[:57] + "...") + "'"
+
+    differ = [f"{name} {shown(getattr(recorded, name))}" for name in PLACEMENT_FIELDS
+              if getattr(recorded, name) != getattr(used, name)]
+    if not differ:
+        return None
+    return (f"note: {escaped(str(recorded_path))} recorded {', '.join(differ)}; not used: without a .config "
+            f"here the runs go where Kconfig's defaults say (executor {used.executor!r}); where runs go is "
+            "never taken from a result directory: load a .config to choose")
 
 
 def tracker_note(recorded: TrackerSettings, used: TrackerSettings, recorded_path: Path,

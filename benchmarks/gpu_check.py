@@ -1,7 +1,10 @@
 #!/usr/bin/env python3
 """The project's GPU figures in one run (`make gpu-check`, under 10 minutes on one GPU).
 
-On CUDA it measures, and writes to a JSON file and to a section of
+On CUDA it first runs the tests that need a GPU (CUDA_TESTS: the Triton
+steps against torch's AdamW and AdamWSPAM, state pruning end to end on the
+device, the data loaders), since a figure from a wrong kernel is worth
+nothing; then it measures, and writes to a JSON file and to a section of
 docs/performance.md:
   nvml     NVML per-process memory of two GPT-2 runs started together, each
            sampled by the project's sampler (lib/gpu_monitor/sampler.py), beside each
@@ -123,6 +126,24 @@ def concurrent_memory(steps: int) -> dict[str, Any]:
     return {"runs": result, "steps": steps, "note": "GPT-2 124M fp32 eager, batch 8 x 1024, both started together"}
 
 
+# The tests that skip without CUDA (`make test` runs them skipped on CPU machines).
+CUDA_TESTS = ("tests/test_triton_cuda.py", "tests/test_pruning_devices.py",
+              "tests/test_data_cifar.py::test_loads_onto_cuda", "tests/test_data_text.py::test_get_batch_on_cuda")
+
+
+def cuda_tests() -> dict[str, Any]:
+    """CUDA_TESTS through pytest: its summary line, and an error naming the failures when any failed."""
+    command = [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "-rfE", *CUDA_TESTS]
+    done = subprocess.run(command, capture_output=True, text=True, cwd=ROOT, timeout=300)
+    lines = done.stdout.splitlines()
+    summary = lines[-1].strip("= ") if lines else "(no output)"
+    figures: dict[str, Any] = {"command": " ".join(command[1:]), "returncode": done.returncode, "summary": summary,
+                               "failures": [line for line in lines if line.startswith(("FAILED", "ERROR"))][:20]}
+    if done.returncode != 0:
+        figures["error"] = f"pytest exit {done.returncode}: {summary}"
+    return figures
+
+
 def cuda_bench() -> dict[str, Any]:
     command = [sys.executable, str(ROOT / "benchmarks" / "bench_pruning.py"), "--device", "cuda"]
     done = subprocess.run(command, capture_output=True, text=True, cwd=ROOT, timeout=360)
@@ -161,6 +182,7 @@ def run_checks(steps: int) -> dict[str, Any]:
     result: dict[str, Any] = {"machine": machine(), "skipped": {}}
     if torch.cuda.is_available():
         device = torch.device("cuda")
+        result["cuda_tests"] = _measured("cuda_tests", cuda_tests)
         result["nvml"] = _measured("nvml", lambda: concurrent_memory(steps=30))
         result["bench"] = _measured("bench", cuda_bench)
         result["gpt2"] = _measured("gpt2", lambda: gpt2_throughput(device, "124M", steps, batch=12, block=1024,
@@ -169,7 +191,8 @@ def run_checks(steps: int) -> dict[str, Any]:
                                                                                batch=512, bf16=True))
         return result
     why = "no CUDA device"
-    result["skipped"] = {"nvml": f"{why}: NVML memory of two concurrent runs needs a GPU",
+    result["skipped"] = {"cuda_tests": f"{why}: the tests that need one skip (make test runs the rest)",
+                         "nvml": f"{why}: NVML memory of two concurrent runs needs a GPU",
                          "bench": f"{why}: the CPU bench is `make bench`",
                          "gpt2": f"{why}: ran GPT-2 tiny on the CPU instead (fp32, eager), not GPT-2 124M",
                          "resnet18": f"{why}: ran ResNet-18 on a CPU batch of 2 instead"}
@@ -200,15 +223,21 @@ def _nvml_line(nvml: dict[str, Any]) -> str:
                         for i, r in enumerate(nvml["runs"])))
 
 
+def _cuda_tests_line(tests: dict[str, Any]) -> str:
+    return f"- tests that need a GPU (`{tests['command']}`): {tests['summary']}"
+
+
 def _bench_lines(bench: dict[str, Any]) -> list[str]:
     return ["", f"`{bench['command']}` (exit {bench['returncode']}):", "", "```", *bench["output"], "```"]
 
 
 def _part(result: dict[str, Any], name: str, render: Callable[[dict[str, Any]], Any]) -> list[str]:
     """A part's lines, or one line saying it failed and why (the figures of the others still stand)."""
-    figures = result[name]
+    figures = result.get(name)
+    if figures is None:
+        return []  # a result written before the part existed
     if "error" in figures:
-        return [f"- {name}: **failed**, {figures['error']}"]
+        return [f"- {name}: **failed**, {figures['error']}"] + [f"  - {line}" for line in figures.get("failures", [])]
     rendered = render(figures)
     return rendered if isinstance(rendered, list) else [rendered]
 
@@ -218,7 +247,7 @@ def section(result: dict[str, Any]) -> str:
     lines = [BEGIN, f"## GPU check (`make gpu-check`, {time.strftime('%Y-%m-%d')})", "",
              f"Machine: {result['machine'].get('gpu')}; torch {result['machine']['torch']}; "
              f"triton {result['machine']['triton']}. Figures written by benchmarks/gpu_check.py.", "",
-             *_part(result, "gpt2", _gpt2_line), *_part(result, "resnet18", _resnet18_line),
+             *_part(result, "cuda_tests", _cuda_tests_line), *_part(result, "gpt2", _gpt2_line), *_part(result, "resnet18", _resnet18_line),
              *_part(result, "nvml", _nvml_line), *_part(result, "bench", _bench_lines), END]
     return "\n".join(lines) + "\n"
 

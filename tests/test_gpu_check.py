@@ -21,11 +21,11 @@ def test_cpu_mode_runs_the_cpu_parts_and_says_what_it_skipped(tmp_path, capsys):
     docs.write_text("# Performance\n")
     assert gpu_check.main(["--steps", "2", "--out", str(tmp_path / "check.json"), "--docs", str(docs)]) == 0
     result = json.loads((tmp_path / "check.json").read_text())
-    assert set(result["skipped"]) == {"nvml", "bench", "gpt2", "resnet18"}
+    assert set(result["skipped"]) == {"cuda_tests", "nvml", "bench", "gpt2", "resnet18"}
     assert result["gpt2_cpu_smoke"]["tokens_per_s"] > 0 and result["resnet18_cpu_smoke"]["images_per_s"] > 0
     assert docs.read_text() == "# Performance\n"
     out = capsys.readouterr().out
-    assert out.count("skipped ") == 4 and "not GPU figures" in out
+    assert out.count("skipped ") == 5 and "not GPU figures" in out
 
 
 def test_a_gpu_section_replaces_the_previous_one(tmp_path):
@@ -72,3 +72,29 @@ def test_bench_device_from_the_environment_is_checked(capsys):
         bench_device("cdua")
     assert stop.value.code == 2
     assert capsys.readouterr().err == "error: DEVICE='cdua' is not valid; allowed: cpu, cuda, cuda:N or mps\n"
+
+
+def test_the_gpu_tests_part_runs_pytest_on_the_tests_that_need_cuda(monkeypatch):
+    """Every CUDA_TESTS entry exists (a renamed test would make the part fail on the GPU, where time is
+    scarce); a failing run is an error naming the failures, shown in the docs section."""
+    from tests.conftest import ROOT
+
+    for entry in gpu_check.CUDA_TESTS:
+        path, _, name = entry.partition("::")
+        assert (ROOT / path).is_file(), entry
+        assert not name or f"def {name}(" in (ROOT / path).read_text(), entry
+
+    class Done:
+        returncode, stderr = 1, ""
+        stdout = "F.\nFAILED tests/test_triton_cuda.py::test_x - AssertionError\n==== 1 failed, 1 passed in 3.0s ===="
+    monkeypatch.setattr(gpu_check.subprocess, "run", lambda *a, **k: Done())
+    failed = gpu_check._measured("cuda_tests", gpu_check.cuda_tests)
+    assert failed["error"] == "pytest exit 1: 1 failed, 1 passed in 3.0s"
+    assert failed["failures"] == ["FAILED tests/test_triton_cuda.py::test_x - AssertionError"]
+    result = {"machine": {"gpu": "NVIDIA H200", "torch": "2.13", "triton": None}, "cuda_tests": failed}
+    text = gpu_check.section(result)
+    assert "- cuda_tests: **failed**, pytest exit 1: 1 failed, 1 passed in 3.0s" in text
+    assert "  - FAILED tests/test_triton_cuda.py::test_x - AssertionError" in text
+    Done.returncode, Done.stdout = 0, "....\n==== 4 passed in 9.1s ===="
+    passed = gpu_check.cuda_tests()
+    assert "error" not in passed and gpu_check._cuda_tests_line(passed).endswith(": 4 passed in 9.1s")

@@ -1,4 +1,4 @@
-"""The one-pass masked AdamW step compiled and run on a GPU (lib/optim/triton_masked_adamw.py).
+"""The one-pass masked AdamW and AdamWSPAM steps compiled and run on a GPU (lib/optim/triton_masked_adamw.py).
 
 A module of its own: tests/test_triton_step.py's interpreter fixture swaps the
 kernels for interpreted ones while its module runs, and an interpreted kernel
@@ -16,6 +16,7 @@ import torch
 from lib.optim.fused_masked_adamw import MaskedAdamW
 from lib.pruning import bitmask
 from lib.pruning.mask_ops import zero_pruned_
+from tests.test_triton_spam import run_against_adamwspam
 from tests.test_triton_step import BETAS, EVENTS, assert_close, follow_changes, groups, tensors
 
 
@@ -50,3 +51,12 @@ def test_on_a_gpu_the_kept_launch_tables_follow_changes(event, monkeypatch):
     by a two-pass step, new state, storage or masks), on CUDA: pinned copies, device step counts."""
     pytest.importorskip("triton", reason="triton is not installed (optional: pip install triton)")
     follow_changes(event, "cuda", monkeypatch)
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA: the compiled kernel on a GPU")
+@pytest.mark.parametrize("storage, two_pass_at", [("bool", None), ("bits", None), ("bits", 3)])
+def test_on_a_gpu_the_spam_kernel_matches_adamwspam(storage, two_pass_at, monkeypatch):
+    """tests/test_triton_spam.py's seven steps (clipping on and off, a reset, the warm-up after it; with a
+    two-pass step at t = 3) compiled and run on CUDA tensors against AdamWSPAM there."""
+    pytest.importorskip("triton", reason="triton is not installed (optional: pip install triton)")
+    run_against_adamwspam(storage, monkeypatch, two_pass_at, device="cuda")

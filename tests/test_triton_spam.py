@@ -39,8 +39,8 @@ STEPS = 7
 SPIKE_STEPS = (3, 5, 7)  # clipped, passed (no clipping after the reset), clipped
 
 
-def tensors(seed=0):
-    return shared_tensors(seed, SHAPES)
+def tensors(seed=0, device="cpu"):
+    return shared_tensors(seed, SHAPES, device)
 
 
 def masks_of(params, storage, seed=1):
@@ -101,10 +101,13 @@ def test_a_two_pass_step_in_between_is_counted(interpreted, monkeypatch):
     run_against_adamwspam("bits", monkeypatch, two_pass_at=3)
 
 
-def run_against_adamwspam(storage, monkeypatch, two_pass_at):
-    monkeypatch.setattr(MaskedAdamWSPAM, "TRITON_DEVICES", ("cpu",))
+def run_against_adamwspam(storage, monkeypatch, two_pass_at, device="cpu"):
+    """The kernel's steps against AdamWSPAM's on masked gradients: on CPU tensors under the interpreter, or
+    compiled on CUDA tensors (tests/test_triton_cuda.py)."""
+    if device == "cpu":
+        monkeypatch.setattr(MaskedAdamWSPAM, "TRITON_DEVICES", ("cpu",))
     builds = count_bindings(monkeypatch)
-    params, expected = tensors(), tensors()
+    params, expected = tensors(device=device), tensors(device=device)
     ours = MaskedAdamWSPAM(groups(params), 1e-2, BETAS, EPS, **SPAM)
     reference = AdamWSPAM(groups(expected), 1e-2, BETAS, EPS, **SPAM)
     keep, stored = masks_of(params, storage)
@@ -113,6 +116,7 @@ def run_against_adamwspam(storage, monkeypatch, two_pass_at):
     zero_pruned_([(p.data, k) for p, k in reference_keep.items()])
     starts = [p.detach().abs().max() for p in expected]
     for t, grads in enumerate(gradients(), start=1):
+        grads = [g.to(device) for g in grads]
         if t == two_pass_at:
             grads = grads[:-1] + [grads[-1].t().contiguous().t()]  # the unmasked (3, 5) tensor
         step_all(ours, params, grads, t, masks=stored)

@@ -208,8 +208,8 @@ def test_make_compare_names_the_side_that_went_non_finite(results: Path, tmp_pat
         assert best[CRASHED["run_id"]].rstrip(" |").endswith("not measured on both sides (B: ✗ Failed)")
         assert "✗" not in best[OK["run_id"]]
         section = text[text.index("Runs that did not succeed (5 runs)"):text.index("Only in A")]
-        assert f"B: {DIVERGED['run_id']}: ✗ Non-finite" in section
-        assert f"B: {DIVERGED_DDP['run_id']}: ✗ Non-finite" in section
+        assert f"B: {DIVERGED['run_id']}: ✗ Non-finite: `{NAN_LOSS}`" in section  # what, and at which step
+        assert f"B: {DIVERGED_DDP['run_id']}: ✗ Non-finite: `{NAN_SCORE}`" in section
         for s in (CRASHED, SAYS_YES, SAYS_ONE):
             assert f"B: {s['run_id']}: ✗ Failed" in section
         assert "A: " not in section

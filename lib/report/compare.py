@@ -24,7 +24,7 @@ from typing import Optional
 
 import pandas as pd
 
-from lib.report.labels import run_kinds, runs_status, status_label
+from lib.report.labels import non_finite_reason, run_kind, runs_status, status_label
 from lib.report.stats import Estimate, config_label
 from lib.results.run_files import one_line, shown
 
@@ -116,7 +116,7 @@ class Comparison:
     settings: tuple["SettingDiff", ...] = ()
     settings_source: str = ""  # where `settings` come from: per-run specs or config.txt
     # (side "A" or "B", run ID, status label) of every run that did not succeed, A's first.
-    unsuccessful: tuple[tuple[str, str, str], ...] = ()
+    unsuccessful: tuple[tuple[str, str, str, Optional[str]], ...] = ()
 
 
 @dataclass(frozen=True)
@@ -208,9 +208,10 @@ def _side_status(runs: pd.DataFrame) -> str:
     return "" if (runs["status"] == "success").all() else runs_status(runs)
 
 
-def _unsuccessful(side: str, table: pd.DataFrame) -> list[tuple[str, str, str]]:
-    kinds = run_kinds(table)
-    return [(side, run_id, status_label(kind)) for run_id, kind in zip(table["run_id"], kinds) if kind != "success"]
+def _unsuccessful(side: str, table: pd.DataFrame) -> list[tuple[str, str, str, Optional[str]]]:
+    """(side, run ID, label, what went non-finite at which step or None) of each run that did not succeed."""
+    return [(side, row["run_id"], status_label(run_kind(row)), non_finite_reason(row))
+            for _, row in table.iterrows() if run_kind(row) != "success"]
 
 
 def _memory_notes(a: pd.DataFrame, b: pd.DataFrame) -> list[str]:

@@ -116,7 +116,8 @@ def compare_blocks(comparison: Comparison, graph: Optional[Graph]) -> list[Block
         blocks.append(Paragraph("No configuration is present in both directories."))
     if c.unsuccessful:
         blocks += [Heading(2, f"Runs that did not succeed ({counted(len(c.unsuccessful), 'run')})"),
-                   Bullets([f"{side}: {run_id}: {label}" for side, run_id, label in c.unsuccessful])]
+                   Bullets([f"{side}: {run_id}: {label}" + (f": {code_span(why)}" if why else "")
+                            for side, run_id, label, why in c.unsuccessful])]
     for side, runs in (("A", c.only_a), ("B", c.only_b)):
         blocks += [Heading(2, f"Only in {side} ({counted(len(runs), 'run')})"),
                    Bullets(list(runs)) if runs else Paragraph("none")]

@@ -73,7 +73,7 @@ help:
 	@echo "Development:"
 	@echo "  make test                  run the test suite (everything; what CI runs)"
 	@echo "  make test-fast             the unit and small integration tests only: no trainer runs, matrices"
-	@echo "                             or make calls (those are marked slow); about 1.5 min on 2 cores"
+	@echo "                             or make calls (those are marked slow); about 2.5 min on 2 cores"
 	@echo "  make ci                    run every ci-* defconfig end to end"
 	@echo "  make bench [DEVICE=cuda]   AdamWPrune step, mask update, threshold and memory vs torch baselines"
 	@echo "  make gpu-check             GPU figures (NVML, bench on cuda, GPT-2 124M, ResNet-18) into JSON + docs"

@@ -150,3 +150,13 @@ def interpreted():
         module = importlib.reload(importlib.import_module("lib.optim.triton_masked_adamw"))
         yield module
     importlib.reload(module)  # as compiled for the device again
+
+
+@pytest.fixture
+def reports(results: Path) -> Path:
+    """The module's `results` directory with its reports written into it, as `make` writes them (no graphs)."""
+    from lib.report.summary import write_reports
+    from lib.results.reader import load_results
+
+    write_reports(load_results(results), results, str(results), graphs=False)
+    return results

@@ -69,12 +69,6 @@ def results(tmp_path: Path) -> Path:
     return diverged_dir(tmp_path / "20260101_000000")
 
 
-@pytest.fixture
-def reports(results: Path) -> Path:
-    write_reports(load_results(results), results, str(results), graphs=False)
-    return results
-
-
 def _table_lines(text: str) -> dict[str, str]:
     """Results Table rows by run ID (the first section that lists every run)."""
     table = text[text.index("Results Table:"):text.index("Best Performers:")]

@@ -111,12 +111,6 @@ def results(tmp_path: Path) -> Path:
     return make_results(tmp_path / "20250101_000000")
 
 
-@pytest.fixture
-def reports(results: Path) -> Path:
-    write_reports(load_results(results), results, str(results), graphs=False)
-    return results
-
-
 def _table_lines(text: str) -> dict[str, str]:
     return {line.split()[0]: line for line in text.splitlines() if line.startswith("lenet5_")}
 

@@ -260,7 +260,9 @@ def _check_own_values(kconf: kconfiglib.Kconfig, path: Path, warnings: tuple[str
     # cannot parse (CONFIG_X 1, a stray word); a typo must not quietly change an experiment.
     for message in warnings:
         lowered = message.lower()
-        if "assignment ignored" in lowered or "malformed line" in lowered:  # bad int, bool, string, syntax
+        if "assignment ignored" in lowered:  # a value of the wrong type: kconfiglib names no line
+            raise UserError(_invalid_value(kconf, path, message))
+        if "malformed line" in lowered:  # CONFIG_X 1, a stray word: kconfiglib names the line
             raise UserError(message if message.startswith(str(path)) else f"{path}: {message}")
     for sym in kconf.unique_defined_syms:
         if sym.orig_type not in (kconfiglib.INT, kconfiglib.HEX) or sym.user_value is None:
@@ -269,6 +271,26 @@ def _check_own_values(kconf: kconfiglib.Kconfig, path: Path, warnings: tuple[str
             continue
         allowed = _int_range(sym)
         raise UserError(f"{path}: CONFIG_{sym.name}={sym.user_value!r} is not valid; allowed: an integer in {allowed}")
+
+
+def _invalid_value(kconf: kconfiglib.Kconfig, path: Path, message: str) -> str:
+    """kconfiglib's "the value 'x' is invalid for SYM (defined at ...), which has type int -- assignment
+    ignored" as one error line with the file's line number (its last assignment of SYM, the one that
+    counts), without "assignment ignored": here the load stops, it does not go on with the default."""
+    match = _KCONFIG_SYMBOL.search(message)
+    text = message.split(" -- assignment ignored")[0].rstrip(". ")
+    if text.startswith(f"{path}: "):
+        text = text[len(f"{path}: "):]
+    where = str(path)
+    if match:
+        assignment = re.compile(rf"\s*CONFIG_{match.group(1)}=")
+        try:
+            lines = path.read_text(errors="replace").splitlines()
+        except OSError:
+            lines = []
+        numbers = [n for n, line in enumerate(lines, start=1) if assignment.match(line)]
+        where = f"{path}:{numbers[-1]}" if numbers else where
+    return f"{where}: {text}; fix or remove the line (`make menuconfig` shows the values allowed)"
 
 
 def _int_range(sym: kconfiglib.Symbol) -> str:

@@ -159,6 +159,18 @@ def test_int_symbol_that_is_not_a_number_names_the_symbol(tmp_path, symbol):
         settings_of(tmp_path, BASE + f"CONFIG_{symbol}=abc\n")
 
 
+def test_a_value_of_the_wrong_type_names_its_line_and_does_not_say_ignored(tmp_path):
+    """kconfiglib names no line for "the value '12x' is invalid for BATCH_SIZE ... -- assignment ignored",
+    and the load stops here: the error names the line of the last assignment (the one that counts)."""
+    text = BASE + "CONFIG_BATCH_SIZE=64\nCONFIG_SEED=1\nCONFIG_BATCH_SIZE=12x\n"
+    with pytest.raises(UserError) as err:
+        settings_of(tmp_path, text)
+    line = len(text.splitlines())
+    message = str(err.value)
+    assert f".config:{line}: the value '12x' is invalid for BATCH_SIZE" in message, message
+    assert "ignored" not in message and "fix or remove the line" in message
+
+
 def test_valid_numbers_become_floats(tmp_path):
     settings = settings_of(tmp_path, BASE + 'CONFIG_LEARNING_RATE="2e-3"\nCONFIG_ADAM_BETA2="0.98"\n')
     assert settings.training.learning_rate == 2e-3

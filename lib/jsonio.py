@@ -106,6 +106,21 @@ def check_readable_dir(path: str | os.PathLike) -> None:
         raise UserError(f"{path}: unreadable ({exc.strerror or exc})") from None
 
 
+def check_result_dir(path: str | os.PathLike, label: str = "", hint: str = "") -> None:
+    """UserError unless `path` is a directory whose entries can be read: "no such result directory",
+    "a file, not a result directory" (a mistyped RESULTS= naming a file), or unreadable. `label` comes
+    before the path (`RESULTS=`), `hint` after the message."""
+    where = f"{label}{path}"
+    try:
+        kind = "dir" if os.path.isdir(path) else "file" if os.path.lexists(path) else None
+    except OSError:  # unreachable: check_readable_dir names it
+        kind = "dir"
+    if kind != "dir":
+        what = "a file, not a result directory" if kind == "file" else "no such result directory"
+        raise UserError(f"{where}: {what}" + (f" {hint}" if hint else ""))
+    check_readable_dir(path)
+
+
 def _mib(size: int) -> str:
     return f"{size / 2**20:g} MiB"
 

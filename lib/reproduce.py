@@ -21,7 +21,7 @@ from typing import Any, Callable, Optional
 
 from lib.config import default_runner
 from lib.errors import UserError, counted, escaped
-from lib.jsonio import (CONFIG_MAX_BYTES, SCHEMA_VERSION, check_readable_dir, found, read_json, read_regular,
+from lib.jsonio import (CONFIG_MAX_BYTES, SCHEMA_VERSION, check_result_dir, found, read_json, read_regular,
                         write_bytes_atomic, write_json_atomic)
 from lib.matrix import spec_from_entry
 from lib.names import check_name, leaves
@@ -54,9 +54,7 @@ class RecordedRun:
 def read_recorded_run(results_dir: Path, run_id: str) -> RecordedRun:
     """The run's spec and provenance from `results_dir/run_id/run.json`, each value checked."""
     check_name(run_id, "RUN", "make reproduce")
-    if not results_dir.is_dir():
-        raise UserError(f"RESULTS={results_dir}: no such result directory")
-    check_readable_dir(results_dir)
+    check_result_dir(results_dir, "RESULTS=")
     run_dir = results_dir / run_id
     if not found(run_dir / "run.json"):  # anything else there (unreadable, a directory): read_json says what
         raise UserError(f"{run_dir}: no run.json (give RESULTS=<our result directory> RUN=<run id>; "

@@ -354,3 +354,23 @@ def test_make_report_escapes_the_paths_it_prints(tmp_path):
     assert proc.returncode == 0, proc.stderr
     _no_controls(proc.stdout + proc.stderr)
     assert f"{tmp_path}/{SHOWN_NAME}/summary_report.txt" in proc.stdout.splitlines()
+
+
+@pytest.mark.parametrize("reader", ["report", "reproduce", "sample", "continue"])
+def test_results_naming_a_file_says_it_is_a_file(tmp_path, reader):
+    """A mistyped RESULTS= that names a plain file: every reader says it is a file, not that nothing is there."""
+    from lib.errors import UserError
+    from lib.reproduce import read_recorded_run
+    from lib.results.reader import load_results
+    from lib.run.runner import load_matrix
+    from lib.train.checkpoint import run_checkpoint
+
+    read = {"report": load_results, "reproduce": lambda path: read_recorded_run(path, "x"),
+            "sample": lambda path: run_checkpoint(path, "x"), "continue": load_matrix}[reader]
+    plain = tmp_path / "summary_report.txt"
+    plain.write_text("not a directory\n")
+    with pytest.raises(UserError, match=f"{re.escape(str(plain))}: a file, not a result directory"):
+        read(plain)
+    assert plain.read_text() == "not a directory\n"
+    with pytest.raises(UserError, match="absent: no such result directory"):
+        read(tmp_path / "absent")

@@ -19,7 +19,7 @@ from typing import Callable, Optional
 import pandas as pd
 
 from lib.errors import UserError, counted, escaped
-from lib.jsonio import check_readable_dir, read_json
+from lib.jsonio import check_result_dir, read_json
 from lib.models import CLASSIFICATION, LANGUAGE_MODELING, TASKS, task_of
 from lib.spec import MAX_SEED
 from lib.names import name_problem, row_name_problem
@@ -351,10 +351,7 @@ def load_results(results_dir: Path) -> pd.DataFrame:
     the directory does not exist or no reader recognises it.
     """
     results_dir = Path(results_dir)
-    if not results_dir.is_dir():
-        raise UserError(f"{results_dir}: no such result directory "
-                        "(give a test_matrix_results/<timestamp> folder)")
-    check_readable_dir(results_dir)
+    check_result_dir(results_dir, hint="(give a test_matrix_results/<timestamp> folder)")
     warnings: list[str] = []
     for layout, reader in READERS.items():
         rows = reader(results_dir, warnings)

@@ -18,7 +18,7 @@ from typing import Callable, Iterable
 
 from lib.config import RunnerSettings, default_runner, load_kconfig
 from lib.errors import NON_FINITE_EXIT, UserError, WriteError, counted, escaped
-from lib.jsonio import SCHEMA_VERSION, check_readable_dir, read_json, write_bytes_atomic, write_json_atomic
+from lib.jsonio import SCHEMA_VERSION, check_result_dir, read_json, write_bytes_atomic, write_json_atomic
 from lib.matrix import spec_from_entry
 from lib.names import RESUME_DIR, SUPERSEDED_DIR, check_no_links
 from lib.provenance import git_commit
@@ -125,9 +125,7 @@ def create_results_dir(root: Path, config_path: Path, config_name: str | None, r
 def load_matrix(results_dir: Path) -> list[RunSpec]:
     """The runs of matrix.json, each checked (lib/matrix.spec_from_entry): it may come from anyone."""
     path = results_dir / "matrix.json"
-    if not results_dir.is_dir():  # a mistyped RESULTS=: say so, as `make report` does
-        raise UserError(f"{results_dir}: no such result directory (give a test_matrix_results/<timestamp> folder)")
-    check_readable_dir(results_dir)
+    check_result_dir(results_dir, hint="(give a test_matrix_results/<timestamp> folder)")  # a mistyped RESULTS=
     if not path.is_file():
         raise UserError(f"{results_dir}: not a result directory of this framework (no matrix.json)")
     data = read_json(path, within=results_dir)

@@ -29,7 +29,7 @@ import numpy as np
 import torch
 
 from lib.errors import UserError
-from lib.jsonio import check_readable_dir, found
+from lib.jsonio import check_result_dir, found
 from lib.names import check_name, is_safe_name, resume_dir
 
 LAST, BEST = "last.pt", "best.pt"
@@ -144,9 +144,7 @@ def runs_with_checkpoints(results: Path) -> list[str]:
 def run_checkpoint(results: Path, run: str) -> Path:
     """The checkpoint of run `run` in result directory `results`: its best.pt, or for a
     run still in progress the best.pt or last.pt beside it in .resume/."""
-    if not results.is_dir():
-        raise UserError(f"RESULTS={results}: no such result directory")
-    check_readable_dir(results)
+    check_result_dir(results, "RESULTS=")
     check_name(run, "RUN", str(results))
     candidates = [checkpoint_dir(results / run) / BEST, resume_dir(results / run) / BEST,
                   resume_dir(results / run) / LAST]

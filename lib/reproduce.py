@@ -24,7 +24,7 @@ from lib.errors import UserError, counted, escaped
 from lib.jsonio import (CONFIG_MAX_BYTES, SCHEMA_VERSION, check_result_dir, found, read_json, read_regular,
                         write_bytes_atomic, write_json_atomic)
 from lib.matrix import spec_from_entry
-from lib.names import check_name, leaves
+from lib.names import check_name, is_safe_name, leaves
 from lib.provenance import git_commit, git_dirty, package_versions, recorded
 from lib.report.out_dirs import make_output_dir, stamped_name
 from lib.results.reader import load_results
@@ -51,6 +51,14 @@ class RecordedRun:
     device: Optional[str]  # where it trained (metrics.json environment), None if unknown
 
 
+def _rerunnable(results_dir: Path, shown: int = 10) -> str:
+    """The run folders of `results_dir` with a run.json (invalid names skipped), the first `shown` named."""
+    runs = sorted(d.name for d in results_dir.iterdir()  # os.path.isfile: False in a folder we may not read
+                  if is_safe_name(d.name) and os.path.isfile(d / "run.json"))
+    more = f" and {len(runs) - shown} more" if len(runs) > shown else ""
+    return (", ".join(runs[:shown]) + more) or "none"
+
+
 def read_recorded_run(results_dir: Path, run_id: str) -> RecordedRun:
     """The run's spec and provenance from `results_dir/run_id/run.json`, each value checked."""
     check_name(run_id, "RUN", "make reproduce")
@@ -58,7 +66,7 @@ def read_recorded_run(results_dir: Path, run_id: str) -> RecordedRun:
     run_dir = results_dir / run_id
     if not found(run_dir / "run.json"):  # anything else there (unreadable, a directory): read_json says what
         raise UserError(f"{run_dir}: no run.json (give RESULTS=<our result directory> RUN=<run id>; "
-                        "upstream directories record no spec to rerun)")
+                        f"upstream directories record no spec to rerun); runs here: {_rerunnable(results_dir)}")
     data = read_json(run_dir / "run.json", within=results_dir)
     if not isinstance(data, dict):
         raise UserError(f"{run_dir / 'run.json'}: not a JSON object")

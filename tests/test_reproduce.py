@@ -61,8 +61,12 @@ def test_reproduce_refuses_a_bad_run_name_and_an_out_inside_the_original(tmp_pat
     bad = run_script(REPRODUCE, str(tmp_path), "../etc")
     assert bad.returncode == 2 and bad.stderr.startswith("error: make reproduce: RUN '../etc' is not a safe name")
     (tmp_path / "r" / "x").mkdir(parents=True)
+    for other in ("lenet5_sgd_none", "lenet5_adam_none", "bad name"):  # the runs it could rerun are named
+        (tmp_path / "r" / other).mkdir()
+        (tmp_path / "r" / other / "run.json").write_text("{}")
     missing = run_script(REPRODUCE, str(tmp_path / "r"), "x")
     assert missing.returncode == 2 and "no run.json" in missing.stderr and "Traceback" not in missing.stderr
+    assert missing.stderr.rstrip().endswith("runs here: lenet5_adam_none, lenet5_sgd_none"), missing.stderr
     assert not (tmp_path / "r" / "x").joinpath("matrix.json").exists()
     nowhere = run_script(REPRODUCE, str(tmp_path / "nowhere"), "x")
     assert nowhere.returncode == 2 and nowhere.stderr == f"error: RESULTS={tmp_path / 'nowhere'}: no such result directory\n"

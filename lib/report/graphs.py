@@ -390,8 +390,10 @@ def memory_vs_metric(ctx: Context) -> Optional[Figure]:
         ax.errorbar(m.mean, a.mean, xerr=m.std if m.n > 1 else None, yerr=a.std if a.n > 1 else None,
                     fmt="o", color=ctx.color(optimizer), capsize=3)
     front = pareto_front([(m.mean, a.mean) for m, a in zip(memory, metric)], ctx.metric.higher_is_better)
+    # each point of the front ringed: a front of one point draws no line, and would show nothing
     ax.plot([memory[i].mean for i in front], [metric[i].mean for i in front], color="red", linestyle="--",
-            drawstyle="steps-post", label=f"Pareto front (on mean {ctx.memory.name})")
+            drawstyle="steps-post", marker="o", markersize=11, markerfacecolor="none",
+            label=f"Pareto front (on mean {ctx.memory.name})")
     labels = configs["config"].tolist()
     middle = sum(ax.get_xlim()) / 2
     for i in (range(len(labels)) if len(labels) <= LEGEND_RUNS else front):

@@ -299,7 +299,7 @@ def test_cli_writes_reports_and_fails_cleanly(results: Path, tmp_path: Path) -> 
     done = subprocess.run(script + [str(results), "--out", str(out)], capture_output=True, text=True)
     assert done.returncode == 0, done.stderr
     assert done.stdout.split() == [str(out / n) for n in
-                                   ("all_results.json", "summary_report.txt", "report.md", "report.html")]
+                                   ("all_results.json", "summary_report.txt", "report.md", "report.html", "graphs")]
     assert done.stderr.count("warning: ") == 1
     failed = subprocess.run(script + [str(tmp_path / "absent")], capture_output=True, text=True)
     assert failed.returncode == 2 and failed.stderr.startswith("error: ") and "Traceback" not in failed.stderr
@@ -422,7 +422,7 @@ def test_sixty_runs_are_reported_in_under_ten_seconds(tmp_path: Path) -> None:
     paths = write_reports(load_results(root), root, "sixty")
     elapsed, cpu = time.perf_counter() - start, _cpu_seconds() - cpu
     assert len(json.loads(paths[0].read_text())["runs"]) == 60
-    assert len(list((root / "graphs").glob("*.png"))) == 7
+    assert len(list((root / "graphs").glob("*.png"))) == 7 and paths[-1] == root / "graphs"  # make report says so
     # The work itself, CPU seconds over all processes, bounds the wall time on an
     # idle machine (figures are drawn in parallel); wall time on a shared
     # machine also counts everybody else's work, so it only gets a loose bound.

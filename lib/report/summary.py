@@ -260,7 +260,7 @@ def default_out_dir(results_dir: Path, layout: str, reports_root: Path) -> Path:
 
 def write_reports(table: pd.DataFrame, out_dir: Path, source_name: str, graphs: bool = True) -> list[Path]:
     """Write all_results.json, summary_report.txt, report.md, report.html and
-    graphs/*.png|svg into `out_dir`; return the paths of the reports written."""
+    graphs/*.png|svg into `out_dir`; return the paths written (graphs/ once, when it holds figures)."""
     out_dir = Path(out_dir)
     check_no_links(out_dir, ["graphs", "all_results.json", "summary_report.txt", "report.md", "report.html"])
     figures: list[Graph] = render_graphs(table) if graphs else []
@@ -273,4 +273,5 @@ def write_reports(table: pd.DataFrame, out_dir: Path, source_name: str, graphs: 
         write_text_atomic(out_dir / name, text)
     for figure in figures:
         figure.write(out_dir / "graphs")
-    return [out_dir / "all_results.json"] + [out_dir / name for name in texts]
+    written = [out_dir / "all_results.json"] + [out_dir / name for name in texts]
+    return written + ([out_dir / "graphs"] if figures else [])

@@ -200,3 +200,18 @@ def test_config_symbols_both_files_set_come_before_those_only_one_sets(tmp_path)
     assert comparison.settings[-1].name == "CONFIG_OURS_ONLY"
     assert "16 settings differ" in settings_warning(comparison)
     assert "15 of them set in one file only" in settings_warning(comparison)
+
+
+def test_config_values_that_spell_the_same_number_do_not_differ(tmp_path):
+    """`CONFIG_LEARNING_RATE="0.002"` and `"2e-3"` are one setting; a real difference keeps its spelling."""
+    a = _quick_side(tmp_path / "a", 3, 1000, 'CONFIG_LEARNING_RATE="0.002"\nCONFIG_WEIGHT_DECAY=0.0001\n'
+                                            'CONFIG_NUM_EPOCHS=3\nCONFIG_MOMENTUM="0.9"\n')
+    b = _quick_side(tmp_path / "b", 3, 1000, 'CONFIG_LEARNING_RATE="2e-3"\nCONFIG_WEIGHT_DECAY=1e-4\n'
+                                            'CONFIG_NUM_EPOCHS=3.0\nCONFIG_MOMENTUM="0.90000"\n')
+    from lib.report.compare import config_differences
+
+    assert config_differences(load_results(a), load_results(b)) == []
+    c = _quick_side(tmp_path / "c", 3, 1000, 'CONFIG_LEARNING_RATE="3e-3"\nCONFIG_WEIGHT_DECAY=0.0001\n'
+                                            'CONFIG_NUM_EPOCHS=3\nCONFIG_MOMENTUM="nan"\n')
+    assert [(d.name, d.a, d.b) for d in config_differences(load_results(a), load_results(c))] == [
+        ("CONFIG_LEARNING_RATE", '"0.002"', '"3e-3"'), ("CONFIG_MOMENTUM", '"0.9"', '"nan"')]

@@ -172,12 +172,35 @@ def _config_lines(text: object) -> dict[str, str]:
     return values
 
 
+def _number(value: str) -> Optional[float]:
+    """The finite number a config.txt value spells, quoted or not ("0.002", 2e-3); None for any other."""
+    text = value.strip()
+    if len(text) >= 2 and text[0] == text[-1] == '"':
+        text = text[1:-1].strip()
+    try:
+        number = float(text)
+    except ValueError:
+        return None
+    return number if math.isfinite(number) else None
+
+
+def _same_value(old: str, new: str) -> bool:
+    """Equal as text, or both the same finite number (`"0.002"` and `"2e-3"`): Kconfig stores a
+    float option as a string, and two ways to write it are one setting."""
+    if old == new:
+        return True
+    x, y = _number(old), _number(new)
+    return x is not None and x == y
+
+
 def config_differences(a: pd.DataFrame, b: pd.DataFrame) -> list[SettingDiff]:
-    """config.txt symbols whose values differ between the two directories; [] when either has none."""
+    """config.txt symbols whose values differ between the two directories; [] when either has none.
+    Values are shown as written; two spellings of one number are not a difference."""
     old, new = (_config_lines((t.attrs.get("provenance") or {}).get("config")) for t in (a, b))
     if not old or not new:
         return []
-    differ = [name for name in dict.fromkeys([*old, *new]) if old.get(name, "n") != new.get(name, "n")]
+    differ = [name for name in dict.fromkeys([*old, *new])
+              if not _same_value(old.get(name, "n"), new.get(name, "n"))]
     # Symbols both files have come first: those only one has (upstream's Kconfig tree names options this
     # one does not, and the other way round) are many, and would hide the real differences.
     differ.sort(key=lambda name: name not in old or name not in new)

@@ -126,7 +126,9 @@ class SettingDiff:
     a: str
     b: str
     configs: int  # how many matched configurations differ in it; 0 for a config.txt symbol
-    one_side: bool = False  # a config.txt symbol only one directory's file has (another Kconfig tree's)
+    # a config.txt symbol only one directory's file has: an option switched off there (Kconfig writes
+    # only visible symbols) or one of another Kconfig tree
+    one_side: bool = False
 
 
 def _first_settings(runs: pd.DataFrame) -> Optional[dict]:

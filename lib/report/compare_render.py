@@ -81,8 +81,10 @@ SETTINGS_SHOWN = 12  # settings listed; the rest counted
 def settings_warning(c: Comparison) -> str:
     differ = "differs" if len(c.settings) == 1 else "differ"
     one_side = sum(d.one_side for d in c.settings)
-    where = (f"; {one_side} of them set in one file only, listed last: the two may come from different "
-             "Kconfig trees" if one_side else "")
+    # Kconfig writes only the symbols that are visible: an option under a menu switched off is missing
+    # from that file, as are the options of another Kconfig tree (upstream's).
+    where = (f"; {one_side} of them set in one file only (options switched off there, or of another "
+             "Kconfig tree), listed last" if one_side else "")
     return (f"Runs are matched by run ID alone, but {counted(len(c.settings), 'setting')} {differ} "
             f"(from {c.settings_source}{where}), "
             "so a delta may come from the settings rather than the method:")

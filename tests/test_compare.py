@@ -17,6 +17,7 @@ from lib.report.compare_render import setting_lines, settings_warning
 from lib.results.reader import load_results
 
 LEGACY = ROOT / "tests" / "fixtures" / "legacy" / "test_matrix_results_20250903_180836"
+UPSTREAM_RUN = ("resnet18", "adam", "magnitude", 70.0)  # a configuration LEGACY has too
 BEST_A = [97.0, 97.2, 97.4]  # lenet5_adam_magnitude_70, seeds 1-3
 BEST_B = [98.0, 98.1, 98.5]
 
@@ -148,9 +149,10 @@ def test_default_compare_folders_stay_out_of_git_status():
     assert not git_ignores("lib/report/compare.py")
 
 
-def _quick_side(root: Path, epochs: int, train_limit: int, config: str) -> Path:
-    """One configuration, lenet5_sgd_none, trained for `epochs` on `train_limit` images."""
-    s = spec("lenet5", "sgd", "none", 0.0)
+def _quick_side(root: Path, epochs: int, train_limit: int, config: str,
+                run: tuple = ("lenet5", "sgd", "none", 0.0)) -> Path:
+    """One configuration, `run` (lenet5_sgd_none), trained for `epochs` on `train_limit` images."""
+    s = spec(*run)
     s["hyperparams"] = {"training": {"epochs": epochs, "batch_size": 64}, "model": {"train_limit": train_limit}}
     write_matrix(root, [s])
     write_run(root, s, "success", classifier_metrics(s, [90.0, 91.0], 0.0), gpu_stats(300.0, 350.0, "cpu"))
@@ -178,7 +180,7 @@ def test_compare_warns_when_the_directories_were_run_with_different_settings(tmp
 def test_compare_with_an_upstream_directory_names_differing_config_symbols(tmp_path):
     """Upstream runs record no hyper-parameters; their config.txt is compared instead."""
     ours = _quick_side(tmp_path / "ours", 3, 1000, (LEGACY / "config.txt").read_text().replace(
-        "CONFIG_NUM_EPOCHS=100", "CONFIG_NUM_EPOCHS=3"))
+        "CONFIG_NUM_EPOCHS=100", "CONFIG_NUM_EPOCHS=3"), UPSTREAM_RUN)
     comparison = compare_tables(load_results(LEGACY), load_results(ours), "up", "ours")
     assert [(d.name, d.a, d.b) for d in comparison.settings] == [("CONFIG_NUM_EPOCHS", "100", "3")]
     assert "config.txt" in comparison.settings_source
@@ -191,7 +193,7 @@ def test_config_symbols_both_files_set_come_before_those_only_one_sets(tmp_path)
     dropped = [line for line in legacy if line.startswith("CONFIG_")][:14]  # A's first symbols: only in A
     kept = [line for line in legacy if line not in dropped]
     text = "".join(kept).replace('CONFIG_OPTIMIZER_DEFAULT=""', 'CONFIG_OPTIMIZER_DEFAULT="adamw"')
-    ours = _quick_side(tmp_path / "ours", 3, 1000, text + "CONFIG_OURS_ONLY=y\n")
+    ours = _quick_side(tmp_path / "ours", 3, 1000, text + "CONFIG_OURS_ONLY=y\n", UPSTREAM_RUN)
     comparison = compare_tables(load_results(LEGACY), load_results(ours), "up", "ours")
     assert [(d.name, d.one_side) for d in comparison.settings][:2] == [("CONFIG_OPTIMIZER_DEFAULT", False),
                                                                        ("CONFIG_BATCH_SIZE", True)]
@@ -217,3 +219,22 @@ def test_config_values_that_spell_the_same_number_do_not_differ(tmp_path):
                                             'CONFIG_NUM_EPOCHS=3\nCONFIG_MOMENTUM="nan"\n')
     assert [(d.name, d.a, d.b) for d in config_differences(load_results(a), load_results(c))] == [
         ("CONFIG_LEARNING_RATE", '"0.002"', '"3e-3"'), ("CONFIG_MOMENTUM", '"0.9"', '"nan"')]
+
+
+def test_no_settings_warning_when_no_configuration_is_in_both(tmp_path):
+    """Settings explain a delta; with no configuration in both there is none, and nothing to warn about."""
+    a = _quick_side(tmp_path / "a", 15, 4000, "CONFIG_NUM_EPOCHS=15\n")
+    b = tmp_path / "b"
+    s = spec("lenet5", "adam", "none", 0.0)
+    s["hyperparams"] = {"training": {"epochs": 3, "batch_size": 64}, "model": {"train_limit": 1000}}
+    write_matrix(b, [s])
+    write_run(b, s, "success", classifier_metrics(s, [90.0, 91.0], 0.0), gpu_stats(300.0, 350.0, "cpu"))
+    (b / "config.txt").write_text("CONFIG_NUM_EPOCHS=3\n")
+    assert compare_tables(load_results(a), load_results(b), "a", "b").settings == ()
+    script = [str(ROOT / ".venv" / "bin" / "python"), str(ROOT / "scripts" / "compare.py")]
+    proc = subprocess.run(script + [str(a), str(b), "--out", str(tmp_path / "out")], capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stderr
+    text = (tmp_path / "out" / "compare.txt").read_text()
+    assert "No configuration is present in both directories." in text
+    for output in (proc.stderr, text, (tmp_path / "out" / "compare.md").read_text()):
+        assert "different settings" not in output and "CONFIG_NUM_EPOCHS" not in output

@@ -112,7 +112,8 @@ class Comparison:
     only_a: tuple[str, ...]  # run IDs
     only_b: tuple[str, ...]
     notes: tuple[str, ...]  # what a reader must know (memory measured differently, ...)
-    # Settings that differ between the sides (SettingDiff); empty when they agree or cannot be told.
+    # Settings that differ between the sides (SettingDiff); empty when they agree, cannot be told, or no
+    # configuration is in both (no delta then, which the settings could explain).
     settings: tuple["SettingDiff", ...] = ()
     settings_source: str = ""  # where `settings` come from: per-run specs or config.txt
     # (side "A" or "B", run ID, status label) of every run that did not succeed, A's first.
@@ -267,6 +268,8 @@ def compare_tables(a: pd.DataFrame, b: pd.DataFrame, a_name: str, b_name: str) -
     settings, source = spec_differences(a, b), "the runs' recorded hyper-parameters (matrix.json/run.json)"
     if settings is None:
         settings, source = config_differences(a, b), "the directories' config.txt"
+    if not both:  # no delta to explain, so nothing to warn about
+        settings = []
     unsuccessful = tuple(_unsuccessful("A", a) + _unsuccessful("B", b))
     return Comparison(a_name, b_name, *layouts, fields, tuple(both), only_a, only_b, tuple(notes),
                       tuple(settings), source if settings else "", unsuccessful)

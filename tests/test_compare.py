@@ -238,3 +238,23 @@ def test_no_settings_warning_when_no_configuration_is_in_both(tmp_path):
     assert "No configuration is present in both directories." in text
     for output in (proc.stderr, text, (tmp_path / "out" / "compare.md").read_text()):
         assert "different settings" not in output and "CONFIG_NUM_EPOCHS" not in output
+
+
+def test_delta_graph_marks_one_seed_bars_and_titles_only_the_error_bars_it_draws(tmp_path):
+    """One seed a side: no Welch SE exists and the noise is unknown; those bars must not look significant."""
+    from lib.report.compare_render import delta_figure
+
+    def drawn(seeds: tuple[int, ...], name: str):
+        a, b = (_side(tmp_path / name / s, best, seeds, "adamw") for s, best in (("a", BEST_A), ("b", BEST_B)))
+        figure = delta_figure(compare_tables(load_results(a), load_results(b), "a", "b"))
+        patches = [p for ax in figure.axes for p in ax.patches]
+        return figure.get_suptitle(), patches, [t.get_text() for legend in figure.legends for t in legend.get_texts()]
+
+    title, patches, legend = drawn((1,), "one")
+    assert "Welch SE" not in title and "hatched: one seed: noise unknown" in title
+    assert legend == ["one seed: noise unknown"]  # sgd none's accuracy, the same on both sides, draws no bar
+    moved = [p for p in patches if p.get_width() != 0]  # best/final accuracy of adam magnitude 70: +1.0
+    assert moved and all(p.get_hatch() == "//" for p in moved)
+    title, patches, legend = drawn((1, 2, 3), "three")
+    assert "bars ± Welch SE" in title and "one seed" not in title and "one seed: noise unknown" not in legend
+    assert not any(p.get_hatch() for p in patches) and "differs (p < 0.05)" in legend

@@ -258,3 +258,17 @@ def test_delta_graph_marks_one_seed_bars_and_titles_only_the_error_bars_it_draws
     title, patches, legend = drawn((1, 2, 3), "three")
     assert "bars ± Welch SE" in title and "one seed" not in title and "one seed: noise unknown" not in legend
     assert not any(p.get_hatch() for p in patches) and "differs (p < 0.05)" in legend
+
+
+def test_compare_of_a_directory_with_itself_says_so_once_and_still_writes(sides, tmp_path):
+    a, _ = sides
+    (tmp_path / "link").symlink_to(a)
+    script = [str(ROOT / ".venv" / "bin" / "python"), str(ROOT / "scripts" / "compare.py")]
+    proc = subprocess.run(script + [str(a), str(tmp_path / "link" / ".." / "a"), "--out", str(tmp_path / "out")],
+                          capture_output=True, text=True, cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stderr.count("note:") == 1 and "A and B are the same directory" in proc.stderr
+    assert "lenet5_adam_magnitude_70" in (tmp_path / "out" / "compare.txt").read_text()
+    other = subprocess.run(script + [str(a), str(tmp_path / "b"), "--out", str(tmp_path / "out2")],
+                           capture_output=True, text=True)
+    assert other.returncode == 0 and "same directory" not in other.stderr

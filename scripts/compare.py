@@ -12,7 +12,7 @@ from pathlib import Path
 import _path  # noqa: F401
 from lib.report.compare import compare_tables
 from lib.report.compare_render import out_dir_for, setting_lines, settings_warning, write_compare
-from lib.errors import UserError, run_cli
+from lib.errors import UserError, escaped, run_cli
 from lib.results.reader import load_results
 
 
@@ -29,6 +29,9 @@ def main(argv: list[str] | None = None) -> None:
     if args.a is None or args.b is None:
         raise UserError("give both result directories: make compare A=dir B=dir [OUT=dir]")
     tables = [load_results(path) for path in (args.a, args.b)]
+    same = os.path.realpath(args.a)
+    if same == os.path.realpath(args.b):  # allowed (a check of the outputs), but rarely what was meant
+        print(f"note: A and B are the same directory ({escaped(same)}): every delta is zero", file=sys.stderr)
     comparison = compare_tables(*tables, str(args.a), str(args.b))
     if comparison.settings:  # also in compare.txt/md; on stderr so that it is seen at the terminal
         print(f"warning: {settings_warning(comparison)}", file=sys.stderr)

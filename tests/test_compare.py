@@ -17,6 +17,7 @@ from lib.report.compare_render import setting_lines, settings_warning
 from lib.results.reader import load_results
 
 LEGACY = ROOT / "tests" / "fixtures" / "legacy" / "test_matrix_results_20250903_180836"
+UPSTREAM_RUN = ("resnet18", "adam", "magnitude", 70.0)  # a configuration LEGACY has too
 BEST_A = [97.0, 97.2, 97.4]  # lenet5_adam_magnitude_70, seeds 1-3
 BEST_B = [98.0, 98.1, 98.5]
 
@@ -148,9 +149,10 @@ def test_default_compare_folders_stay_out_of_git_status():
     assert not git_ignores("lib/report/compare.py")
 
 
-def _quick_side(root: Path, epochs: int, train_limit: int, config: str) -> Path:
-    """One configuration, lenet5_sgd_none, trained for `epochs` on `train_limit` images."""
-    s = spec("lenet5", "sgd", "none", 0.0)
+def _quick_side(root: Path, epochs: int, train_limit: int, config: str,
+                run: tuple = ("lenet5", "sgd", "none", 0.0)) -> Path:
+    """One configuration, `run` (lenet5_sgd_none), trained for `epochs` on `train_limit` images."""
+    s = spec(*run)
     s["hyperparams"] = {"training": {"epochs": epochs, "batch_size": 64}, "model": {"train_limit": train_limit}}
     write_matrix(root, [s])
     write_run(root, s, "success", classifier_metrics(s, [90.0, 91.0], 0.0), gpu_stats(300.0, 350.0, "cpu"))
@@ -178,7 +180,7 @@ def test_compare_warns_when_the_directories_were_run_with_different_settings(tmp
 def test_compare_with_an_upstream_directory_names_differing_config_symbols(tmp_path):
     """Upstream runs record no hyper-parameters; their config.txt is compared instead."""
     ours = _quick_side(tmp_path / "ours", 3, 1000, (LEGACY / "config.txt").read_text().replace(
-        "CONFIG_NUM_EPOCHS=100", "CONFIG_NUM_EPOCHS=3"))
+        "CONFIG_NUM_EPOCHS=100", "CONFIG_NUM_EPOCHS=3"), UPSTREAM_RUN)
     comparison = compare_tables(load_results(LEGACY), load_results(ours), "up", "ours")
     assert [(d.name, d.a, d.b) for d in comparison.settings] == [("CONFIG_NUM_EPOCHS", "100", "3")]
     assert "config.txt" in comparison.settings_source
@@ -191,7 +193,7 @@ def test_config_symbols_both_files_set_come_before_those_only_one_sets(tmp_path)
     dropped = [line for line in legacy if line.startswith("CONFIG_")][:14]  # A's first symbols: only in A
     kept = [line for line in legacy if line not in dropped]
     text = "".join(kept).replace('CONFIG_OPTIMIZER_DEFAULT=""', 'CONFIG_OPTIMIZER_DEFAULT="adamw"')
-    ours = _quick_side(tmp_path / "ours", 3, 1000, text + "CONFIG_OURS_ONLY=y\n")
+    ours = _quick_side(tmp_path / "ours", 3, 1000, text + "CONFIG_OURS_ONLY=y\n", UPSTREAM_RUN)
     comparison = compare_tables(load_results(LEGACY), load_results(ours), "up", "ours")
     assert [(d.name, d.one_side) for d in comparison.settings][:2] == [("CONFIG_OPTIMIZER_DEFAULT", False),
                                                                        ("CONFIG_BATCH_SIZE", True)]
@@ -199,4 +201,74 @@ def test_config_symbols_both_files_set_come_before_those_only_one_sets(tmp_path)
     assert setting_lines(comparison)[1] == "CONFIG_BATCH_SIZE: 128 -> (unset)"
     assert comparison.settings[-1].name == "CONFIG_OURS_ONLY"
     assert "16 settings differ" in settings_warning(comparison)
-    assert "15 of them set in one file only" in settings_warning(comparison)
+    assert "15 of them set in one file only (options switched off there, or of another Kconfig tree), " \
+           "listed last" in settings_warning(comparison)
+    assert "may come from different Kconfig trees" not in settings_warning(comparison)  # usually a menu switched off
+
+
+def test_config_values_that_spell_the_same_number_do_not_differ(tmp_path):
+    """`CONFIG_LEARNING_RATE="0.002"` and `"2e-3"` are one setting; a real difference keeps its spelling."""
+    a = _quick_side(tmp_path / "a", 3, 1000, 'CONFIG_LEARNING_RATE="0.002"\nCONFIG_WEIGHT_DECAY=0.0001\n'
+                                            'CONFIG_NUM_EPOCHS=3\nCONFIG_MOMENTUM="0.9"\n')
+    b = _quick_side(tmp_path / "b", 3, 1000, 'CONFIG_LEARNING_RATE="2e-3"\nCONFIG_WEIGHT_DECAY=1e-4\n'
+                                            'CONFIG_NUM_EPOCHS=3.0\nCONFIG_MOMENTUM="0.90000"\n')
+    from lib.report.compare import config_differences
+
+    assert config_differences(load_results(a), load_results(b)) == []
+    c = _quick_side(tmp_path / "c", 3, 1000, 'CONFIG_LEARNING_RATE="3e-3"\nCONFIG_WEIGHT_DECAY=0.0001\n'
+                                            'CONFIG_NUM_EPOCHS=3\nCONFIG_MOMENTUM="nan"\n')
+    assert [(d.name, d.a, d.b) for d in config_differences(load_results(a), load_results(c))] == [
+        ("CONFIG_LEARNING_RATE", '"0.002"', '"3e-3"'), ("CONFIG_MOMENTUM", '"0.9"', '"nan"')]
+
+
+def test_no_settings_warning_when_no_configuration_is_in_both(tmp_path):
+    """Settings explain a delta; with no configuration in both there is none, and nothing to warn about."""
+    a = _quick_side(tmp_path / "a", 15, 4000, "CONFIG_NUM_EPOCHS=15\n")
+    b = tmp_path / "b"
+    s = spec("lenet5", "adam", "none", 0.0)
+    s["hyperparams"] = {"training": {"epochs": 3, "batch_size": 64}, "model": {"train_limit": 1000}}
+    write_matrix(b, [s])
+    write_run(b, s, "success", classifier_metrics(s, [90.0, 91.0], 0.0), gpu_stats(300.0, 350.0, "cpu"))
+    (b / "config.txt").write_text("CONFIG_NUM_EPOCHS=3\n")
+    assert compare_tables(load_results(a), load_results(b), "a", "b").settings == ()
+    script = [str(ROOT / ".venv" / "bin" / "python"), str(ROOT / "scripts" / "compare.py")]
+    proc = subprocess.run(script + [str(a), str(b), "--out", str(tmp_path / "out")], capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stderr
+    text = (tmp_path / "out" / "compare.txt").read_text()
+    assert "No configuration is present in both directories." in text
+    for output in (proc.stderr, text, (tmp_path / "out" / "compare.md").read_text()):
+        assert "different settings" not in output and "CONFIG_NUM_EPOCHS" not in output
+
+
+def test_delta_graph_marks_one_seed_bars_and_titles_only_the_error_bars_it_draws(tmp_path):
+    """One seed a side: no Welch SE exists and the noise is unknown; those bars must not look significant."""
+    from lib.report.compare_render import delta_figure
+
+    def drawn(seeds: tuple[int, ...], name: str):
+        a, b = (_side(tmp_path / name / s, best, seeds, "adamw") for s, best in (("a", BEST_A), ("b", BEST_B)))
+        figure = delta_figure(compare_tables(load_results(a), load_results(b), "a", "b"))
+        patches = [p for ax in figure.axes for p in ax.patches]
+        return figure.get_suptitle(), patches, [t.get_text() for legend in figure.legends for t in legend.get_texts()]
+
+    title, patches, legend = drawn((1,), "one")
+    assert "Welch SE" not in title and "hatched: one seed: noise unknown" in title
+    assert legend == ["one seed: noise unknown"]  # sgd none's accuracy, the same on both sides, draws no bar
+    moved = [p for p in patches if p.get_width() != 0]  # best/final accuracy of adam magnitude 70: +1.0
+    assert moved and all(p.get_hatch() == "//" for p in moved)
+    title, patches, legend = drawn((1, 2, 3), "three")
+    assert "bars ± Welch SE" in title and "one seed" not in title and "one seed: noise unknown" not in legend
+    assert not any(p.get_hatch() for p in patches) and "differs (p < 0.05)" in legend
+
+
+def test_compare_of_a_directory_with_itself_says_so_once_and_still_writes(sides, tmp_path):
+    a, _ = sides
+    (tmp_path / "link").symlink_to(a)
+    script = [str(ROOT / ".venv" / "bin" / "python"), str(ROOT / "scripts" / "compare.py")]
+    proc = subprocess.run(script + [str(a), str(tmp_path / "link" / ".." / "a"), "--out", str(tmp_path / "out")],
+                          capture_output=True, text=True, cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stderr.count("note:") == 1 and "A and B are the same directory" in proc.stderr
+    assert "lenet5_adam_magnitude_70" in (tmp_path / "out" / "compare.txt").read_text()
+    other = subprocess.run(script + [str(a), str(tmp_path / "b"), "--out", str(tmp_path / "out2")],
+                           capture_output=True, text=True)
+    assert other.returncode == 0 and "same directory" not in other.stderr

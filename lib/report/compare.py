@@ -112,7 +112,8 @@ class Comparison:
     only_a: tuple[str, ...]  # run IDs
     only_b: tuple[str, ...]
     notes: tuple[str, ...]  # what a reader must know (memory measured differently, ...)
-    # Settings that differ between the sides (SettingDiff); empty when they agree or cannot be told.
+    # Settings that differ between the sides (SettingDiff); empty when they agree, cannot be told, or no
+    # configuration is in both (no delta then, which the settings could explain).
     settings: tuple["SettingDiff", ...] = ()
     settings_source: str = ""  # where `settings` come from: per-run specs or config.txt
     # (side "A" or "B", run ID, status label) of every run that did not succeed, A's first.
@@ -126,7 +127,9 @@ class SettingDiff:
     a: str
     b: str
     configs: int  # how many matched configurations differ in it; 0 for a config.txt symbol
-    one_side: bool = False  # a config.txt symbol only one directory's file has (another Kconfig tree's)
+    # a config.txt symbol only one directory's file has: an option switched off there (Kconfig writes
+    # only visible symbols) or one of another Kconfig tree
+    one_side: bool = False
 
 
 def _first_settings(runs: pd.DataFrame) -> Optional[dict]:
@@ -172,12 +175,35 @@ def _config_lines(text: object) -> dict[str, str]:
     return values
 
 
+def _number(value: str) -> Optional[float]:
+    """The finite number a config.txt value spells, quoted or not ("0.002", 2e-3); None for any other."""
+    text = value.strip()
+    if len(text) >= 2 and text[0] == text[-1] == '"':
+        text = text[1:-1].strip()
+    try:
+        number = float(text)
+    except ValueError:
+        return None
+    return number if math.isfinite(number) else None
+
+
+def _same_value(old: str, new: str) -> bool:
+    """Equal as text, or both the same finite number (`"0.002"` and `"2e-3"`): Kconfig stores a
+    float option as a string, and two ways to write it are one setting."""
+    if old == new:
+        return True
+    x, y = _number(old), _number(new)
+    return x is not None and x == y
+
+
 def config_differences(a: pd.DataFrame, b: pd.DataFrame) -> list[SettingDiff]:
-    """config.txt symbols whose values differ between the two directories; [] when either has none."""
+    """config.txt symbols whose values differ between the two directories; [] when either has none.
+    Values are shown as written; two spellings of one number are not a difference."""
     old, new = (_config_lines((t.attrs.get("provenance") or {}).get("config")) for t in (a, b))
     if not old or not new:
         return []
-    differ = [name for name in dict.fromkeys([*old, *new]) if old.get(name, "n") != new.get(name, "n")]
+    differ = [name for name in dict.fromkeys([*old, *new])
+              if not _same_value(old.get(name, "n"), new.get(name, "n"))]
     # Symbols both files have come first: those only one has (upstream's Kconfig tree names options this
     # one does not, and the other way round) are many, and would hide the real differences.
     differ.sort(key=lambda name: name not in old or name not in new)
@@ -242,6 +268,8 @@ def compare_tables(a: pd.DataFrame, b: pd.DataFrame, a_name: str, b_name: str) -
     settings, source = spec_differences(a, b), "the runs' recorded hyper-parameters (matrix.json/run.json)"
     if settings is None:
         settings, source = config_differences(a, b), "the directories' config.txt"
+    if not both:  # no delta to explain, so nothing to warn about
+        settings = []
     unsuccessful = tuple(_unsuccessful("A", a) + _unsuccessful("B", b))
     return Comparison(a_name, b_name, *layouts, fields, tuple(both), only_a, only_b, tuple(notes),
                       tuple(settings), source if settings else "", unsuccessful)

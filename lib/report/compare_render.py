@@ -6,7 +6,8 @@ Welch p-value and the verdict (naming the status of a side that measured
 nothing: `✗ Non-finite`); then the runs that did not succeed and the runs of
 one side only. Markdown and text render the same blocks (lib/report/markdown's),
 so they cannot disagree. The graph draws each metric's deltas as bars, grey
-where within noise, with the Welch standard error as error bar. Nothing here
+where within noise, hatched where one seed leaves the noise unknown, with the
+Welch standard error as error bar where there is one. Nothing here
 reads files; write_compare writes the three outputs, atomically.
 """
 from __future__ import annotations
@@ -81,8 +82,10 @@ SETTINGS_SHOWN = 12  # settings listed; the rest counted
 def settings_warning(c: Comparison) -> str:
     differ = "differs" if len(c.settings) == 1 else "differ"
     one_side = sum(d.one_side for d in c.settings)
-    where = (f"; {one_side} of them set in one file only, listed last: the two may come from different "
-             "Kconfig trees" if one_side else "")
+    # Kconfig writes only the symbols that are visible: an option under a menu switched off is missing
+    # from that file, as are the options of another Kconfig tree (upstream's).
+    where = (f"; {one_side} of them set in one file only (options switched off there, or of another "
+             "Kconfig tree), listed last" if one_side else "")
     return (f"Runs are matched by run ID alone, but {counted(len(c.settings), 'setting')} {differ} "
             f"(from {c.settings_source}{where}), "
             "so a delta may come from the settings rather than the method:")
@@ -152,30 +155,80 @@ def _short(config: str, model: Optional[str]) -> str:
     return config[len(model) + 1:] if model and config.startswith(model + "_") else config
 
 
+ONE_SEED = "one seed: noise unknown"  # verdict() of a delta with no noise estimate
+# (verdict kind, legend label, colour, hatch) of a bar
+BAR_KINDS = (("differs", f"differs (p < {ALPHA:g})", "tab:blue", ""),
+             ("noise", f"within noise (p >= {ALPHA:g})", "lightgrey", ""),
+             ("one_seed", ONE_SEED, "lightsteelblue", "//"),
+             ("no_variance", "no variance on either side", "tab:blue", ""))
+
+
+def _bar_kind(m: MetricDelta) -> str:
+    if verdict(m) == ONE_SEED:
+        return "one_seed"
+    if m.within_noise is None:  # identical (no bar to see) or no variance on either side
+        return "no_variance"
+    return "noise" if m.within_noise else "differs"
+
+
+def _seeded(m: MetricDelta) -> bool:
+    """Whether both sides have two or more seeds, so that the Welch standard error exists (0 without variance)."""
+    return m.a.n > 1 and m.b.n > 1
+
+
+def _figure_title(deltas: list[MetricDelta]) -> str:
+    """The delta graph's title, true of its bars: what grey and hatched mean, and what the error bars are."""
+    parts = [f"grey: within noise, p >= {ALPHA:g}"]
+    if any(_bar_kind(m) == "one_seed" for m in deltas):
+        parts.append(f"hatched: {ONE_SEED}")
+    with_se = [_seeded(m) for m in deltas]
+    if all(with_se):
+        parts.append("bars ± Welch SE")
+    elif any(with_se):
+        parts.append("bars ± Welch SE where both sides have two or more seeds")
+    else:
+        parts.append("no error bars: a side has one seed")
+    return f"Δ B - A per configuration ({'; '.join(parts)})"
+
+
 def delta_figure(comparison: Comparison) -> Optional[Figure]:
-    """One panel per metric with a measured delta: a bar per configuration."""
+    """One panel per metric with a measured delta: a bar per configuration, hatched where one seed
+    leaves the noise unknown (no standard error then)."""
+    from matplotlib.patches import Patch
+
     panels = [(field, [(config, config.metric(field)) for config in comparison.both
                        if not math.isnan(config.metric(field).delta)]) for field in comparison.fields]
     panels = [(field, bars) for field, bars in panels if bars]
     if not panels:
         return None
+    deltas = [m for _, bars in panels for _, m in bars]
     bars_per_panel = max(len(bars) for _, bars in panels)
     columns = min(3, len(panels))
     grid = math.ceil(len(panels) / columns)
-    figure = new_figure(f"Δ B - A per configuration (grey: within noise, p >= {ALPHA:g}; bars ± Welch SE)",
-                     width=4.5 * columns, height=grid * (1.2 + 0.3 * bars_per_panel))
+    figure = new_figure(_figure_title(deltas), width=4.5 * columns, height=grid * (1.2 + 0.3 * bars_per_panel) + 0.4)
     axes = figure.subplots(grid, columns, squeeze=False).flatten()
     for ax in axes[len(panels):]:
         ax.set_visible(False)
+    styles = {kind: (colour, hatch) for kind, _, colour, hatch in BAR_KINDS}
     for ax, (field, bars) in zip(axes, panels):
         ys = range(len(bars))
         errors = [0 if math.isnan(m.standard_error) else m.standard_error for _, m in bars]
-        colors = ["lightgrey" if m.within_noise else "tab:blue" for _, m in bars]
-        ax.barh(list(ys), [m.delta for _, m in bars], xerr=errors, color=colors, capsize=2)
+        kinds = [_bar_kind(m) for _, m in bars]
+        drawn_bars = ax.barh(list(ys), [m.delta for _, m in bars], xerr=errors,
+                             color=[styles[k][0] for k in kinds], capsize=2)
+        for patch, kind in zip(drawn_bars.patches, kinds):
+            if styles[kind][1]:
+                patch.set_hatch(styles[kind][1])
+                patch.set_edgecolor("tab:blue")
         ax.set_yticks(list(ys), [_short(c.config, c.model) for c, _ in bars], fontsize=7)
         ax.axvline(0, color="black", linewidth=0.8)
         ax.set_xlabel(f"Δ {LABELS[field]}")
         ax.invert_yaxis()
+    present = {_bar_kind(m) for m in deltas if m.delta != 0}  # a bar of zero length shows no colour
+    handles = [Patch(facecolor=colour, hatch=hatch, edgecolor="tab:blue" if hatch else colour, label=label)
+               for kind, label, colour, hatch in BAR_KINDS if kind in present]
+    if handles:
+        figure.legend(handles=handles, loc="outside lower center", ncols=len(handles), fontsize=8)
     return figure
 
 

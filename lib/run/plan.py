@@ -22,7 +22,7 @@ from lib.matrix import spec_from_entry
 from lib.jsonio import read_json
 from lib.models import model_entry
 from lib.optim.lr_schedules import peak_lr, schedule_label
-from lib.pruning.schedules import curve_for
+from lib.pruning.schedules import curve_for, fixed_steps, pruning_ramp
 from lib.run.slots import SlotPool, visible_gpus
 from lib.spec import RunSpec, is_finite_number
 from lib.variant_budgets import budget_label
@@ -139,16 +139,37 @@ def first_wave(pool: SlotPool, runs: list[RunSpec]) -> list[str]:
     return labels
 
 
+def ramp_label(spec: RunSpec) -> str:
+    """When a pruned run's ramp runs, in optimizer steps as its log says it (`pruning ramp: steps A->B
+    of N`), computed as the trainer computes it (lib/pruning/schedules.pruning_ramp), fitted to the run
+    where PRUNING_RAMP_FIT says so. A run whose steps per epoch come from its data's size has an
+    epoch-bound end shown as that many epochs of steps."""
+    fixed = fixed_steps(spec)
+    if fixed:
+        ramp = pruning_ramp(spec, *fixed)
+        text = f"steps {ramp.warmup_steps}->{ramp.ramp_end_step} of {ramp.total_steps}"
+        if ramp.fitted_from:
+            text += f" (fitted from {ramp.fitted_from[0]}->{ramp.fitted_from[1]}, PRUNING_RAMP_FIT)"
+        return text
+    warmup, end_step, _ = spec.pruning_timing()
+    if end_step:
+        return f"steps {warmup}->{end_step}"
+    epochs = spec.pruning_settings.ramp_end_epoch
+    return f"steps {warmup}->{epochs}xS"
+
+
+PER_EPOCH_NOTE = ("  S: the run's steps per epoch, set by its data's size and batch; its log gives the ramp as "
+                  "`pruning ramp: steps A->B of N`")
+
+
 def recipe(spec: RunSpec) -> str:
     """What differs between runs beyond their name: peak learning rate, its decay, the sparsity curve
-    and when it runs (as configured: the trainer may fit a ramp to the run, PRUNING_RAMP_FIT), a
-    variant's extended training budget."""
+    and its ramp in optimizer steps, a variant's extended training budget."""
     decay = schedule_label(spec.optimizer, spec.optimizer_params, spec.training, model_entry(spec.model).lr_schedule)
     text = f"lr {peak_lr(spec.optimizer_params, spec.training):g} {decay}"
     if spec.pruning != "none":
-        warmup, end_step, frequency = spec.pruning_timing()
-        end = f"step {end_step}" if end_step else f"epoch {spec.pruning_settings.ramp_end_epoch}"
-        text += (f", {curve_for(spec.pruning_settings.schedule, spec.pruning)} ramp from step {warmup} to {end}, "
+        frequency = spec.pruning_timing()[2]
+        text += (f", {curve_for(spec.pruning_settings.schedule, spec.pruning)} ramp {ramp_label(spec)}, "
                  f"masks every {frequency} steps")
     budget = budget_label(spec)
     return f"{text}, {budget}" if budget else text
@@ -168,4 +189,6 @@ def plan_lines(settings: RunnerSettings, runs: list[RunSpec], root: Path) -> lis
         lines = [f"Slots: {pool.describe()}"]
     lines += [f"  {number}. {spec.run_id}  ({recipe(spec)}){placed}"
               for number, (spec, placed) in enumerate(zip(runs, where), 1)]
+    if any(spec.pruning != "none" and not fixed_steps(spec) and not spec.pruning_timing()[1] for spec in runs):
+        lines.append(PER_EPOCH_NOTE)
     return lines + estimate_lines(runs, root, slots)

@@ -17,6 +17,7 @@ from lib.data.text import TokenData, load_tokens, prepare_text, prepared_dir
 from lib.data.tokenizer import VOCAB_SIZE
 from lib.errors import run_cli
 from lib.optim import build_optimizer
+from lib.pruning.schedules import fixed_steps
 from lib.spec import RunSpec
 from lib.train.batch_plan import activation_mib, free_gpu_mib, plan_batch
 from lib.train.distributed import init_distributed, shutdown
@@ -77,11 +78,13 @@ def main() -> None:
         print(f"model: GPT-2 {m['model_size']} ({num_params:,} parameters), "
               f"block {config.block_size}; {plan.describe()}")
     tokens_per_step = plan.effective_batch * config.block_size
-    total_steps = m["max_iters"] or training.epochs * math.ceil(len(tokens.train) / tokens_per_step)
+    fixed = fixed_steps(spec)  # max_iters: the dry run shows the same ramp (lib/run/plan.py)
+    total_steps = fixed[0] if fixed else training.epochs * math.ceil(len(tokens.train) / tokens_per_step)
     schedule = schedule_for(spec, total_steps, warmup_steps=min(m["warmup_steps"], total_steps),
                             min_lr=m["min_lr"], decay_steps=m.get("lr_decay_iters", 0))
     optimizer = build_optimizer(spec.optimizer, model, schedule.peak, spec.optimizer_params)
-    pruner = build_pruner(spec, model, optimizer, total_steps, math.ceil(total_steps / training.epochs))
+    pruner = build_pruner(spec, model, optimizer, total_steps,
+                          fixed[1] if fixed else math.ceil(total_steps / training.epochs))
     task = LanguageModelTask(tokens, config.block_size, plan.micro_batch, spec.seed, m["eval_samples"], device,
                              rank=dist.rank)
     # MFU at each evaluation: the model's PaLM FLOPs count over the device's datasheet peak.

@@ -203,7 +203,7 @@ def test_dry_run_lists_runs_slots_and_estimate_without_training(isolated_config,
     numbered = [line for line in proc.stdout.splitlines() if line.startswith("  ") and ". lenet5_" in line]
     assert len(numbered) == 12 and numbered[0].startswith("  1. lenet5_sgd_none  (lr 0.01 constant)  [slot 1")
     assert "Slots: " in proc.stdout
-    assert "Estimated time: unknown (no past runs of lenet5" in proc.stdout
+    assert "Estimated time: unknown (no comparable past run under " in proc.stdout
     assert "12 runs" in proc.stdout.splitlines()[-1]
     assert not (tmp_path / "results").exists()
 

@@ -13,7 +13,7 @@ from types import SimpleNamespace
 import pytest
 from conftest import script_module
 
-from lib.run.plan import estimate_lines, estimate_run_s, find_past_runs, makespan_s
+from lib.run.plan import STARTUP_S, estimate_lines, estimate_run_s, find_past_runs, makespan_s
 from lib.run.progress import MatrixProgress
 from lib.run.task import RunTask
 from tests.specs import make_spec
@@ -80,21 +80,23 @@ def _past_run(root: Path, task: RunTask, seconds: float, status: str = "success"
     (run_dir / "result.json").write_text(json.dumps({"status": status, "duration_s": seconds}))
 
 
-def test_estimate_uses_identical_past_runs_then_the_model_per_epoch(tmp_path):
+def test_estimate_uses_identical_past_runs_then_comparable_ones_per_epoch(tmp_path):
     _past_run(tmp_path, _task(50, epochs=2), 40.0)
     _past_run(tmp_path, _task(70, epochs=2), 60.0)
     _past_run(tmp_path, _task(90, epochs=2), 999.0, status="failed")  # failures say nothing about duration
     past = find_past_runs(tmp_path, {"lenet5"})
     assert past.count == 2
     assert estimate_run_s(_task(50, epochs=2).spec, past) == 40.0
-    assert estimate_run_s(_task(90, epochs=4).spec, past) == pytest.approx(100.0)  # median 25 s/epoch x 4
+    # the start-up once, then the median of (40 - S) / 2 and (60 - S) / 2 s per epoch x 4
+    assert estimate_run_s(_task(90, epochs=4).spec, past) == pytest.approx(STARTUP_S + 4 * (50.0 - STARTUP_S) / 2)
     lines = estimate_lines([_task(50).spec, _task(70).spec], tmp_path, slots=2)
     assert lines[0].startswith("Estimated time: 0:01:00 with 2 runs at once (serial 0:01:40)")
 
 
 def test_no_past_runs_is_said_plainly(tmp_path):
     assert estimate_lines([_task(50).spec], tmp_path, slots=1) == [
-        f"Estimated time: unknown (no past runs of lenet5 under {tmp_path})"]
+        f"Estimated time: unknown (no comparable past run under {tmp_path}: one with the same model settings, "
+        "data and batch)"]
 
 
 def test_counts_of_one_read_in_the_singular(tmp_path):

@@ -5,10 +5,14 @@ sparsity is reached exactly.
 """
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
-from typing import Callable, Optional
+from typing import TYPE_CHECKING, Callable, Optional
 
 from lib.errors import UserError, counted
+
+if TYPE_CHECKING:
+    from lib.spec import RunSpec
 
 
 def cubic(progress: float) -> float:
@@ -91,3 +95,32 @@ def plan_ramp(warmup_steps: int, ramp_end_step: int, total_steps: int, *, fit: b
         raise UserError(f"training has {counted(total_steps, 'step')}: too few to prune and recover; train longer")
     return Ramp(min(warmup_steps, end // 2) if warmup_steps >= end else warmup_steps, end, total_steps,
                 fitted_from=(warmup_steps, ramp_end_step))
+
+
+def pruning_ramp(spec: "RunSpec", total_steps: int, steps_per_epoch: int) -> Ramp:
+    """When the run's pruning starts and reaches its target, checked against its length: what the
+    trainer prunes by (lib/train/harness.build_pruner) and the dry run shows (lib/run/plan.recipe).
+
+    State runs follow AdamWPrune's own warm-up and ramp-end settings (as
+    upstream); magnitude and movement runs the general ones (RunSpec.pruning_timing).
+    """
+    warmup, end_step, _ = spec.pruning_timing()
+    if not end_step:
+        epoch = spec.pruning_settings.ramp_end_epoch
+        ramp_end = epoch * steps_per_epoch
+        symbols = f"CONFIG_PRUNING_RAMP_END_EPOCH={epoch} (x {steps_per_epoch} steps per epoch)"
+    elif spec.pruning == "state":
+        ramp_end, symbols = end_step, f"CONFIG_ADAMWPRUNE_RAMP_END_STEP={end_step}"
+    else:  # only an upstream defconfig's runs (lib/matrix.py)
+        ramp_end, symbols = end_step, f"the ramp end upstream's {spec.model} trainer fixes (step {end_step})"
+    return plan_ramp(warmup, ramp_end, total_steps, fit=spec.pruning_settings.ramp_fit, symbols=symbols)
+
+
+def fixed_steps(spec: "RunSpec") -> Optional[tuple[int, int]]:
+    """(total optimizer steps, steps per epoch) of a run whose length the configuration fixes in steps
+    (GPT-2's max_iters, its variant budget applied), as the trainer counts them; None when the data's
+    size and the batch set it (epochs x steps per epoch, known only once the data is loaded)."""
+    total = spec.model_params.get("max_iters") or 0
+    if not isinstance(total, int) or total <= 0:
+        return None
+    return total, max(1, math.ceil(total / max(1, spec.training.epochs)))

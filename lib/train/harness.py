@@ -28,7 +28,7 @@ from lib.names import resume_dir
 from lib.optim import state_bytes
 from lib.optim.lr_schedules import LRSchedule, lr_schedule_for
 from lib.pruning import GradualPruner
-from lib.pruning.schedules import Ramp, curve_for, plan_ramp
+from lib.pruning.schedules import curve_for, pruning_ramp  # noqa: F401 (pruning_ramp: tests import it here)
 from lib.pruning.scores import score_name
 from lib.spec import RunSpec, SpecError
 from lib.trackers.backends import Trackers, open_trackers
@@ -106,24 +106,6 @@ def environment(device: torch.device, note: str | None) -> dict[str, Any]:
     return {"device": device.type, "torch_version": torch.__version__, "num_threads": torch.get_num_threads(),
             "gpu_name": torch.cuda.get_device_name(device) if device.type == "cuda" else None,
             "host": platform.node(), "device_note": note}
-
-
-def pruning_ramp(spec: RunSpec, total_steps: int, steps_per_epoch: int) -> Ramp:
-    """When the run's pruning starts and reaches its target, checked against its length.
-
-    State runs follow AdamWPrune's own warm-up and ramp-end settings (as
-    upstream); magnitude and movement runs the general ones (RunSpec.pruning_timing).
-    """
-    warmup, end_step, _ = spec.pruning_timing()
-    if not end_step:
-        epoch = spec.pruning_settings.ramp_end_epoch
-        ramp_end = epoch * steps_per_epoch
-        symbols = f"CONFIG_PRUNING_RAMP_END_EPOCH={epoch} (x {steps_per_epoch} steps per epoch)"
-    elif spec.pruning == "state":
-        ramp_end, symbols = end_step, f"CONFIG_ADAMWPRUNE_RAMP_END_STEP={end_step}"
-    else:  # only an upstream defconfig's runs (lib/matrix.py)
-        ramp_end, symbols = end_step, f"the ramp end upstream's {spec.model} trainer fixes (step {end_step})"
-    return plan_ramp(warmup, ramp_end, total_steps, fit=spec.pruning_settings.ramp_fit, symbols=symbols)
 
 
 def build_pruner(spec: RunSpec, model: nn.Module, optimizer: torch.optim.Optimizer, total_steps: int,

@@ -209,7 +209,8 @@ def test_resnet18_recipes_ramp_as_they_say_not_as_upstreams_trainer(path):
     PRUNING_FREQUENCY steps, as docs/recipes.md and configuration.md list them, and keep the model's clip."""
     from lib.config import load_settings
     from lib.matrix import expand
-    from lib.train.harness import grad_clip_norm, pruning_ramp
+    from lib.pruning.schedules import pruning_ramp
+    from lib.train.harness import grad_clip_norm
 
     values = assignments(path)
     steps_per_epoch = 391  # CIFAR-10 at batch 128

@@ -215,7 +215,8 @@ def test_an_upstream_resnet18_file_ramps_and_clips_as_upstreams_trainer_did():
     """resnet18-full-pruning-compare asks for a ramp to epoch 75 and clipping at 1.0; upstream's trainer
     ignored both: its pruners reached the target at step 3000 (epoch 8 at 391 steps per epoch) and no
     gradient was clipped, AdamWAdv's included (upstream's trainer applies that clip, and this one drops it)."""
-    from lib.train.harness import grad_clip_norm, pruning_ramp
+    from lib.pruning.schedules import pruning_ramp
+    from lib.train.harness import grad_clip_norm
 
     path = FIXTURES / "defconfigs/resnet18--resnet18-full-pruning-compare"
     assert re.search(r'^CONFIG_PRUNING_RAMP_END_EPOCH=75$', path.read_text(), re.M)

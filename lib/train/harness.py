@@ -28,7 +28,7 @@ from lib.names import resume_dir
 from lib.optim import state_bytes
 from lib.optim.lr_schedules import LRSchedule, lr_schedule_for
 from lib.pruning import GradualPruner
-from lib.pruning.schedules import curve_for, pruning_ramp  # noqa: F401 (pruning_ramp: tests import it here)
+from lib.pruning.schedules import curve_for, pruning_ramp
 from lib.pruning.scores import score_name
 from lib.spec import RunSpec, SpecError
 from lib.trackers.backends import Trackers, open_trackers

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import re
 import sys
-from typing import Callable, TypeVar
+from typing import Any, Callable, TypeVar
 
 T = TypeVar("T")
 
@@ -40,6 +40,18 @@ def escaped(text: str, keep: str = "") -> str:
         return char if char in keep else f"\\x{ord(char):02x}" if ord(char) < 0x100 else f"\\u{ord(char):04x}"
 
     return _CONTROLS.sub(shown, text)
+
+
+def clipped(text: str, limit: int = 60) -> str:
+    """`text` cut to `limit` characters, the cut marked with "...": a stranger's value in a message stays
+    one readable line."""
+    return text if len(text) <= limit else text[:limit - 3] + "..."
+
+
+def shown(value: Any, limit: int = 60) -> str:
+    """repr(value) clipped to `limit` characters; an integer too long to print usefully by its size."""
+    text = repr(value) if not isinstance(value, int) or abs(value) < 10**limit else f"<{value.bit_length()}-bit int>"
+    return clipped(text, limit)
 
 
 def run_cli(main: Callable[[], T]) -> T:

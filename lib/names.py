@@ -15,7 +15,7 @@ import re
 from pathlib import Path
 from typing import Any, Iterable, Optional
 
-from lib.errors import UserError
+from lib.errors import UserError, shown
 
 MAX_LEN = 128
 # The hidden folders of a result directory, beside its run folders: the last.pt of runs
@@ -38,18 +38,13 @@ def is_safe_name(value: Any) -> bool:
     return isinstance(value, str) and _SAFE.fullmatch(value) is not None
 
 
-def _shown(value: Any) -> str:
-    text = repr(value)
-    return text if len(text) <= 60 else text[:57] + "..."
-
-
 def name_problem(value: Any, what: str, optional: bool = False) -> Optional[str]:
     """Why `value` cannot be the `what` of a run (None when it can)."""
     if optional and value is None:
         return None
     if is_safe_name(value):
         return None
-    return f"{what} {_shown(value)} is not a safe name ({RULE})"
+    return f"{what} {shown(value)} is not a safe name ({RULE})"
 
 
 def check_name(value: Any, what: str, where: str, optional: bool = False) -> Optional[str]:

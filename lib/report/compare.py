@@ -26,7 +26,8 @@ import pandas as pd
 
 from lib.report.labels import non_finite_reason, run_kind, runs_status, status_label
 from lib.report.stats import Estimate, config_label
-from lib.results.run_files import one_line, shown
+from lib.errors import shown
+from lib.results.run_files import one_line
 
 ALPHA = 0.05  # p >= ALPHA: the difference is within noise
 # (table field, label, higher is better or None when neither); in this order in every output.

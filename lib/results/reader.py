@@ -18,13 +18,13 @@ from typing import Callable, Optional
 
 import pandas as pd
 
-from lib.errors import UserError, counted, escaped
+from lib.errors import UserError, counted, escaped, shown
 from lib.jsonio import check_result_dir, read_json
 from lib.models import CLASSIFICATION, LANGUAGE_MODELING, TASKS, task_of
 from lib.spec import MAX_SEED
 from lib.names import name_problem, row_name_problem
 from lib.provenance import directory_provenance
-from lib.results.run_files import Row, RunFiles, curve, one_line, shown, thin, to_float
+from lib.results.run_files import Row, RunFiles, curve, one_line, thin, to_float
 from lib.results.upstream import read_upstream_layout
 
 __all__ = ["LANGUAGE_MODELING", "ROW_FIELDS", "EXTRA_FIELDS", "LM_FIELDS", "READERS", "load_results"]

@@ -15,7 +15,7 @@ import re
 from pathlib import Path
 from typing import Any, Iterator, Optional
 
-from lib.errors import UserError, escaped
+from lib.errors import UserError, escaped, shown
 from lib.jsonio import found, read_json, read_regular
 from lib.models import model_names
 from lib.names import leaves
@@ -152,12 +152,6 @@ def to_float(value: Any) -> Optional[float]:
         return float(value)
     except OverflowError:
         return None
-
-
-def shown(value: Any, limit: int = 60) -> str:
-    """repr(value), cut to `limit` characters: a warning must stay one readable line."""
-    text = repr(value) if not isinstance(value, int) or abs(value) < 10**limit else f"<{value.bit_length()}-bit int>"
-    return text if len(text) <= limit else text[:limit - 3] + "..."
 
 
 def one_line(value: Any, limit: int = LOG_LINE_CHARS) -> str:

@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Callable, Iterable
 
 from lib.config import RunnerSettings, default_runner, load_kconfig
-from lib.errors import NON_FINITE_EXIT, UserError, WriteError, counted, escaped
+from lib.errors import NON_FINITE_EXIT, UserError, WriteError, clipped, counted, escaped
 from lib.jsonio import SCHEMA_VERSION, check_result_dir, read_json, write_bytes_atomic, write_json_atomic
 from lib.matrix import spec_from_entry
 from lib.names import RESUME_DIR, SUPERSEDED_DIR, check_no_links
@@ -183,7 +183,7 @@ def config_changes(current: Path, recorded: Path, limit: int = 8) -> list[str]:
     def shown(value: str) -> str:
         # an int or string with no value (its menu switched off) is empty; a bool is never empty (n);
         # a string of the recorded config.txt comes from elsewhere: cut, control characters escaped
-        return escaped(value if len(value) <= 80 else value[:77] + "...") or "(unset)"
+        return escaped(clipped(value, 80)) or "(unset)"
 
     old, new = load_kconfig(recorded).kconf, load_kconfig(current).kconf
     changed = [f"{name}: {shown(sym.str_value)} -> {shown(new.syms[name].str_value)}"
@@ -217,8 +217,7 @@ def placement_note(recorded: RunnerSettings, used: RunnerSettings, recorded_path
     (executor, slots, Slurm settings) than the defaults it runs with; None when they agree. Values
     escaped and cut: config.txt may come from elsewhere."""
     def shown(value: object) -> str:
-        text = str(value)
-        return "'" + escaped(text if len(text) <= 60 else text[:57] + "...") + "'"
+        return "'" + escaped(clipped(str(value))) + "'"
 
     differ = [f"{name} {shown(getattr(recorded, name))}" for name in PLACEMENT_FIELDS
               if getattr(recorded, name) != getattr(used, name)]

@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from lib.errors import UserError, escaped
+from lib.errors import UserError, clipped, escaped
 
 if TYPE_CHECKING:  # a trainer reads TrackerSettings from run.json without kconfiglib
     import kconfiglib
@@ -47,7 +47,7 @@ class TrackerSettings:
         if not self.enabled:
             return "none"
         def quoted(value: str) -> str:
-            return '"' + escaped(value if len(value) <= 60 else value[:57] + "...") + '"'
+            return '"' + escaped(clipped(value)) + '"'
 
         names = [name for name in TRACKERS if getattr(self, name)]
         parts = [" and ".join(names), f"project {quoted(self.project)}"]
